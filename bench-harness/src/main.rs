@@ -1,0 +1,52 @@
+//! `ringleader-bench`: one subcommand per scenario. See the crate docs of `ringleader_bench`.
+
+use clap::{Parser, Subcommand};
+use ringleader_bench::scenarios;
+
+#[derive(Parser, Debug)]
+#[command(name = "ringleader-bench", version, about = "Ringleader load benchmarks with same-run baselines")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The denominators: raw loopback UDP, raw fdatasync, raw TCP.
+    Baseline(scenarios::baseline::Args),
+    /// Every scenario briefly, with one summary table (the README's main job).
+    Quick(scenarios::quick::Args),
+    /// Write-ahead log appends with group commit, against raw and naive fdatasync.
+    Wal(scenarios::wal::Args),
+    /// The io_uring transport against raw sendmmsg/recvmmsg and glommio's UdpSocket.
+    Transport(scenarios::transport::Args),
+    /// A live SWIM cluster on loopback.
+    Swim(scenarios::swim::Args),
+    /// Deterministic simulations of the protocol cores.
+    #[command(subcommand)]
+    Sim(SimCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum SimCommand {
+    /// SWIM + Lifeguard membership in the simulator.
+    Swim(scenarios::sim_swim::Args),
+    /// Raft with faults and a linearizability check in the simulator.
+    Raft(scenarios::sim_raft::Args),
+    /// Serf events, queries and Vivaldi coordinates in the simulator.
+    Serf(scenarios::sim_serf::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Baseline(a) => scenarios::baseline::run(a),
+        Command::Quick(a) => scenarios::quick::run(a),
+        Command::Wal(a) => scenarios::wal::run(a),
+        Command::Transport(a) => scenarios::transport::run(a),
+        Command::Swim(a) => scenarios::swim::run(a),
+        Command::Sim(SimCommand::Swim(a)) => scenarios::sim_swim::run(a),
+        Command::Sim(SimCommand::Raft(a)) => scenarios::sim_raft::run(a),
+        Command::Sim(SimCommand::Serf(a)) => scenarios::sim_serf::run(a),
+    }
+}

@@ -1,0 +1,10 @@
+//! Scenario `transport` (not built yet: its issue is open).
+
+/// Flags of the `transport` scenario.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {}
+
+/// Runs the scenario.
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("scenario `transport` is not built in this version of ringleader-bench")
+}

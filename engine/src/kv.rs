@@ -1,0 +1,1 @@
+//! A small replicated key-value state machine, the reference workload.

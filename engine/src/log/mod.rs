@@ -1,0 +1,2 @@
+//! Write-ahead log on io_uring: segments, group commit, recovery.
+pub mod format;

@@ -1,0 +1,1 @@
+//! Shards: one glommio executor per core, timers, cross-shard mesh.

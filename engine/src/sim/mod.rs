@@ -1,0 +1,1 @@
+//! Deterministic simulator: virtual clock, network and disk with faults.

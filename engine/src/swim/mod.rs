@@ -1,0 +1,1 @@
+//! SWIM + Lifeguard membership core (sans-IO, deterministic).

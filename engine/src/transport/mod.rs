@@ -1,0 +1,1 @@
+//! UDP and TCP on io_uring.

@@ -1,0 +1,6 @@
+//! One module per subcommand; each exports `Args` and `run`.
+
+pub mod compare;
+pub mod flamegraph;
+pub mod node;
+pub mod wal_crash;

@@ -1,0 +1,34 @@
+//! `ringleader-tools`: histogram compare and plots, flamegraphs, WAL crash tests, node agent.
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Parser, Debug)]
+#[command(name = "ringleader-tools", version, about = "Ringleader tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Side-by-side percentile table of .hgrm files or result folders, with an SVG overlay.
+    Compare(cmd::compare::Args),
+    /// Run a bench under `perf record` and write a flamegraph SVG.
+    Flamegraph(cmd::flamegraph::Args),
+    /// Kill a writing process at random moments and check no acknowledged entry was lost.
+    WalCrash(cmd::wal_crash::Args),
+    /// A single-member node that prints membership events as lines.
+    Node(cmd::node::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Compare(a) => cmd::compare::run(a),
+        Command::Flamegraph(a) => cmd::flamegraph::run(a),
+        Command::WalCrash(a) => cmd::wal_crash::run(a),
+        Command::Node(a) => cmd::node::run(a),
+    }
+}
