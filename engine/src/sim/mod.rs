@@ -1,1 +1,17 @@
 //! Deterministic simulator: virtual clock, network and disk with faults.
+//!
+//! Single-threaded and seeded: the same seed replays the same run, event for event. The
+//! protocol cores run here exactly as they run under [`crate::runtime`]; only time, the
+//! network and the disk are simulated.
+//!
+//! - [`sched`]: the virtual clock and event queue every simulation is built on.
+//! - [`net`]: a network model with latency, loss, duplication, reordering and partitions.
+//! - [`swim`]: SWIM clusters.
+//! - [`raft`]: Raft clusters with clients, disks and a linearizability check.
+
+pub mod net;
+pub mod raft;
+pub mod sched;
+pub mod swim;
+
+pub use sched::{Scheduler, SimRng};
