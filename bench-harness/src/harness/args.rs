@@ -82,7 +82,10 @@ pub enum Pacing {
 }
 
 fn parse_rate(s: &str) -> Result<u64, String> {
-    let rate: u64 = s.trim().parse().map_err(|e| format!("`{s}` is not a rate: {e}"))?;
+    let rate: u64 = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{s}` is not a rate: {e}"))?;
     if rate == 0 {
         return Err("--rate must be at least 1 request/s".to_owned());
     }
@@ -90,7 +93,10 @@ fn parse_rate(s: &str) -> Result<u64, String> {
 }
 
 fn parse_concurrency(s: &str) -> Result<usize, String> {
-    let n: usize = s.trim().parse().map_err(|e| format!("`{s}` is not a count: {e}"))?;
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{s}` is not a count: {e}"))?;
     if n == 0 || n > CONCURRENCY_MAX {
         return Err(format!("--concurrency must be in 1..={CONCURRENCY_MAX}"));
     }
@@ -114,7 +120,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ns" => 1,
         "m" | "min" | "mins" => 60_000_000_000,
         "h" => 3_600_000_000_000,
-        other => return Err(format!("`{s}`: unknown unit `{other}` (use ns, us, ms, s, m, h)")),
+        other => {
+            return Err(format!(
+                "`{s}`: unknown unit `{other}` (use ns, us, ms, s, m, h)"
+            ));
+        }
     };
     let (int_part, frac_part) = match number.split_once('.') {
         Some((i, f)) => (i, f),
@@ -134,7 +144,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     let mut total_ns = int_value.checked_mul(unit_ns).ok_or_else(overflow)?;
     if !frac_part.is_empty() {
-        let frac_value: u128 = frac_part.parse().map_err(|_| format!("`{s}` is not a duration"))?;
+        let frac_value: u128 = frac_part
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration"))?;
         let scale = 10u128.pow(frac_part.len() as u32);
         total_ns = total_ns
             .checked_add(frac_value * unit_ns / scale)

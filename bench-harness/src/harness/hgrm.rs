@@ -60,7 +60,11 @@ pub fn write_hgrm<W: io::Write>(h: &Histogram<u64>, unit: Unit, w: &mut W) -> io
             }
         }
     }
-    let (mean, stdev) = if h.is_empty() { (0.0, 0.0) } else { (h.mean(), h.stdev()) };
+    let (mean, stdev) = if h.is_empty() {
+        (0.0, 0.0)
+    } else {
+        (h.mean(), h.stdev())
+    };
     writeln!(
         w,
         "#[Mean    = {:>12.decimals$}, StdDeviation   = {:>12.decimals$}]",
@@ -183,7 +187,10 @@ impl Spectrum {
 }
 
 fn bad(line: usize, text: &str) -> HgrmError {
-    HgrmError::BadLine { line, text: text.chars().take(120).collect() }
+    HgrmError::BadLine {
+        line,
+        text: text.chars().take(120).collect(),
+    }
 }
 
 /// Parses a percentile spectrum (see the module docs for what is accepted).
@@ -246,7 +253,11 @@ fn parse_row(line: &str) -> Option<SpectrumRow> {
     if words.next().is_some() || !value.is_finite() || !(0.0..=1.0).contains(&quantile) {
         return None;
     }
-    Some(SpectrumRow { value, quantile, total_count })
+    Some(SpectrumRow {
+        value,
+        quantile,
+        total_count,
+    })
 }
 
 fn parse_footer(body: &str, spectrum: &mut Spectrum) -> Option<()> {

@@ -22,20 +22,28 @@ impl OpenLoop {
     /// A schedule of `rate_per_s` requests per second from `start` (the first one at `start`).
     pub fn new(rate_per_s: u64, start: Instant) -> Self {
         assert!(rate_per_s > 0, "an open loop needs a positive rate");
-        OpenLoop { start, rate_per_s, issued_count: 0 }
-    }
-
-    /// The intended send time of the next request.
-    pub fn next(&mut self) -> Instant {
-        let offset_ns = u128::from(self.issued_count) * 1_000_000_000 / u128::from(self.rate_per_s);
-        self.issued_count += 1;
-        let secs = u64::try_from(offset_ns / 1_000_000_000).unwrap_or(u64::MAX);
-        self.start + Duration::new(secs, (offset_ns % 1_000_000_000) as u32)
+        OpenLoop {
+            start,
+            rate_per_s,
+            issued_count: 0,
+        }
     }
 
     /// How many send times `next` has handed out.
     pub fn issued_count(&self) -> u64 {
         self.issued_count
+    }
+}
+
+/// An endless schedule: `next()` is the intended send time of the next request.
+impl Iterator for OpenLoop {
+    type Item = Instant;
+
+    fn next(&mut self) -> Option<Instant> {
+        let offset_ns = u128::from(self.issued_count) * 1_000_000_000 / u128::from(self.rate_per_s);
+        self.issued_count += 1;
+        let secs = u64::try_from(offset_ns / 1_000_000_000).unwrap_or(u64::MAX);
+        Some(self.start + Duration::new(secs, (offset_ns % 1_000_000_000) as u32))
     }
 }
 
@@ -105,7 +113,7 @@ where
     loop {
         let from = match open.as_deref_mut() {
             Some(open) => {
-                let intended = open.next();
+                let Some(intended) = open.next() else { break };
                 if intended >= end {
                     break;
                 }

@@ -200,7 +200,11 @@ impl Recorder {
         let whole = u32::try_from(whole).unwrap_or(u32::MAX);
         let next_start = start + INTERVAL_LENGTH * whole;
         let histogram = std::mem::replace(&mut self.current, Histogram::new_from(&self.total));
-        self.intervals.push(Interval { start, length: INTERVAL_LENGTH, histogram });
+        self.intervals.push(Interval {
+            start,
+            length: INTERVAL_LENGTH,
+            histogram,
+        });
         self.current_start = Some(next_start);
     }
 
@@ -254,7 +258,11 @@ impl Recorder {
         {
             let end = self.last_at.unwrap_or(start);
             let length = end.saturating_duration_since(start).min(INTERVAL_LENGTH);
-            all.push(Interval { start, length, histogram: self.current.clone() });
+            all.push(Interval {
+                start,
+                length,
+                histogram: self.current.clone(),
+            });
         }
         all
     }
@@ -305,13 +313,20 @@ impl Recorder {
         // Group the intervals that start in the same second of the run (from merged recorders).
         let mut i = 0;
         while i < intervals.len() {
-            let second = intervals[i].start.saturating_duration_since(origin).as_secs();
+            let second = intervals[i]
+                .start
+                .saturating_duration_since(origin)
+                .as_secs();
             let mut merged = intervals[i].histogram.clone();
             let mut length = intervals[i].length;
             let start = origin + Duration::from_secs(second);
             let mut j = i + 1;
             while j < intervals.len()
-                && intervals[j].start.saturating_duration_since(origin).as_secs() == second
+                && intervals[j]
+                    .start
+                    .saturating_duration_since(origin)
+                    .as_secs()
+                    == second
             {
                 // Same configuration on both sides, so adding cannot fail short of overflow.
                 let _ = merged.add(&intervals[j].histogram);

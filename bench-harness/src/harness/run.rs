@@ -36,7 +36,12 @@ pub struct Run {
 
 impl Run {
     /// Creates the output folder (`out`, or `results/<scenario>-<timestamp>/`).
-    pub fn new(scenario: &str, out: Option<&Path>, json: bool, config: Value) -> anyhow::Result<Run> {
+    pub fn new(
+        scenario: &str,
+        out: Option<&Path>,
+        json: bool,
+        config: Value,
+    ) -> anyhow::Result<Run> {
         let started_wall = SystemTime::now();
         let dir = match out {
             Some(dir) => dir.to_path_buf(),
@@ -72,7 +77,10 @@ impl Run {
 
     /// Adds a histogram, written as `<name>.hgrm` and `<name>.hlog` by `finish`.
     pub fn add(&mut self, rec: Recorder) {
-        assert!(self.recorders.len() < RECORDERS_MAX, "more than {RECORDERS_MAX} histograms");
+        assert!(
+            self.recorders.len() < RECORDERS_MAX,
+            "more than {RECORDERS_MAX} histograms"
+        );
         if let Some(same) = self.recorders.iter_mut().find(|r| r.name() == rec.name()) {
             same.merge(&rec);
         } else {
@@ -115,7 +123,13 @@ impl Run {
 
         let stdout = io::stdout();
         let mut out = stdout.lock();
-        writeln!(out, "{} finished in {:.1}s; results in {}", self.scenario, elapsed_s, self.dir.display())?;
+        writeln!(
+            out,
+            "{} finished in {:.1}s; results in {}",
+            self.scenario,
+            elapsed_s,
+            self.dir.display()
+        )?;
         for rec in &self.recorders {
             let h = rec.histogram();
             let u = rec.unit().symbol();
@@ -146,18 +160,28 @@ impl Run {
     }
 }
 
-fn write_file(path: &Path, body: impl FnOnce(&mut io::BufWriter<fs::File>) -> io::Result<()>) -> anyhow::Result<()> {
+fn write_file(
+    path: &Path,
+    body: impl FnOnce(&mut io::BufWriter<fs::File>) -> io::Result<()>,
+) -> anyhow::Result<()> {
     let file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut w = io::BufWriter::new(file);
     body(&mut w).with_context(|| format!("writing {}", path.display()))?;
-    w.flush().with_context(|| format!("writing {}", path.display()))?;
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
 fn default_dir(scenario: &str, now: SystemTime) -> PathBuf {
     let stem: String = scenario
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let base = PathBuf::from("results").join(format!("{stem}-{}", compact_timestamp(now)));
     if !base.exists() {
@@ -193,7 +217,12 @@ impl Progress {
             bar.set_prefix(label.to_owned());
             bar
         });
-        Progress { bar, label: label.to_owned(), total, next_due_ms: AtomicU64::new(0) }
+        Progress {
+            bar,
+            label: label.to_owned(),
+            total,
+            next_due_ms: AtomicU64::new(0),
+        }
     }
 
     /// Reports progress; cheap when called often (updates at most every 100 ms on a bar,
@@ -204,10 +233,19 @@ impl Progress {
         if elapsed_ms < due {
             return;
         }
-        let step_ms = if self.bar.is_some() { 100 } else { PLAIN_PROGRESS_EVERY.as_millis() as u64 };
+        let step_ms = if self.bar.is_some() {
+            100
+        } else {
+            PLAIN_PROGRESS_EVERY.as_millis() as u64
+        };
         if self
             .next_due_ms
-            .compare_exchange(due, elapsed_ms + step_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(
+                due,
+                elapsed_ms + step_ms,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
             .is_err()
         {
             return; // Another thread reported this step.
@@ -215,7 +253,11 @@ impl Progress {
         match &self.bar {
             Some(bar) => {
                 bar.set_position(elapsed_ms);
-                bar.set_message(format!("{:.1}s / {:.1}s", elapsed.as_secs_f64(), self.total.as_secs_f64()));
+                bar.set_message(format!(
+                    "{:.1}s / {:.1}s",
+                    elapsed.as_secs_f64(),
+                    self.total.as_secs_f64()
+                ));
             }
             None if elapsed_ms > 0 => eprintln!(
                 "{}: {:.1}s / {:.1}s",
@@ -238,8 +280,14 @@ impl Progress {
 
 /// The environment of a run: cores, kernel, git commit, hostname, time, CPU model.
 pub fn environment(started: SystemTime) -> Value {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let read = |p: &str| fs::read_to_string(p).map(|s| s.trim().to_owned()).unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let read = |p: &str| {
+        fs::read_to_string(p)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    };
     let cpu_model = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -298,7 +346,10 @@ pub fn compact_timestamp(t: SystemTime) -> String {
 
 /// UTC calendar fields of `t` (Howard Hinnant's days-from-civil inverse).
 fn civil(t: SystemTime) -> (i64, u32, u32, u32, u32, u32) {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let z = days + 719_468;
@@ -310,5 +361,12 @@ fn civil(t: SystemTime) -> (i64, u32, u32, u32, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, (rem / 3600) as u32, ((rem % 3600) / 60) as u32, (rem % 60) as u32)
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        ((rem % 3600) / 60) as u32,
+        (rem % 60) as u32,
+    )
 }
