@@ -192,4 +192,6 @@ messages! {
     70 => TimeoutNow(raft::TimeoutNow),
     71 => ReadIndexRequest(raft::ReadIndexRequest),
     72 => ReadIndexResponse(raft::ReadIndexResponse),
+    73 => Heartbeat(raft::Heartbeat),
+    74 => HeartbeatResponse(raft::HeartbeatResponse),
 }

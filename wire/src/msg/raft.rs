@@ -68,7 +68,8 @@ pub struct AppendResponse {
     pub header: RaftHeader,
     /// Whether the entries were accepted.
     pub success: bool,
-    /// On success: the highest index the follower now matches.
+    /// On success: the highest index the follower now matches. On rejection: the
+    /// `prev_log_index` that was rejected (lets the leader drop stale rejections).
     pub match_index: u64,
     /// On rejection: fast back-off hint, the index to retry from.
     pub reject_hint_index: u64,
@@ -179,4 +180,28 @@ pub struct ReadIndexResponse {
     pub ctx: u64,
     /// The read index: reads may be served once this index is applied. 0 = refused.
     pub index: u64,
+}
+
+/// Leader heartbeat (etcd's MsgHeartbeat): keeps followers from campaigning, carries a
+/// commit index the follower is known to match, and a round number (`ctx`) that ReadIndex
+/// and the leader lease count acknowledgements by.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct Heartbeat {
+    /// Routing.
+    pub header: RaftHeader,
+    /// `min(leader commit, follower's match index)`.
+    pub commit: u64,
+    /// The leader's heartbeat round, echoed back.
+    pub ctx: u64,
+}
+
+/// Answer to a [`Heartbeat`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct HeartbeatResponse {
+    /// Routing.
+    pub header: RaftHeader,
+    /// The round being acknowledged.
+    pub ctx: u64,
 }
