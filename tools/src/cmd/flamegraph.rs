@@ -201,7 +201,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("perf recorded no samples (is the benchmark too short?)");
     }
     let folded_text = String::from_utf8_lossy(&folded).into_owned();
-    let sample_count: u64 = folded_text
+    // inferno weighs each perf sample by its period: for cpu-clock, nanoseconds of CPU.
+    let cpu_ns: u64 = folded_text
         .lines()
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, n)| n.parse::<u64>().ok()))
         .sum();
@@ -213,8 +214,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let mut options = GraphOptions::default();
     options.title = format!("{bench_line} — cpu-clock, {} Hz", args.freq);
-    options.subtitle = Some(format!("commit {commit}, {date}, {sample_count} samples"));
-    options.count_name = "samples".to_owned();
+    options.subtitle = Some(format!(
+        "commit {commit}, {date}, {:.1} ms of CPU sampled",
+        cpu_ns as f64 / 1e6
+    ));
+    options.count_name = "ns of CPU".to_owned();
     let svg = fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
     flamegraph::from_lines(&mut options, folded_text.lines(), io::BufWriter::new(svg))
         .with_context(|| format!("writing {}", out.display()))?;
@@ -233,12 +237,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &command_line(&record_line),
         &commit,
         &date,
-        sample_count,
+        cpu_ns,
         &perf_version,
     )?;
     println!(
-        "wrote {} ({sample_count} samples) and listed it in {}",
+        "wrote {} ({:.1} ms of CPU sampled) and listed it in {}",
         out.display(),
+        cpu_ns as f64 / 1e6,
         readme.display()
     );
     Ok(())
@@ -252,7 +257,7 @@ fn append_readme(
     record_line: &str,
     commit: &str,
     date: &str,
-    sample_count: u64,
+    cpu_ns: u64,
     perf_version: &str,
 ) -> anyhow::Result<()> {
     let existed = readme.exists();
@@ -275,7 +280,8 @@ fn append_readme(
         .unwrap_or_default();
     writeln!(
         f,
-        "- [{file}]({file}): `{invoked}` (runs `{record_line}`), commit `{commit}`, {date}, {sample_count} samples, {perf_version}"
+        "- [{file}]({file}): `{invoked}` (runs `{record_line}`), commit `{commit}`, {date}, {:.1} ms of CPU sampled, {perf_version}",
+        cpu_ns as f64 / 1e6
     )?;
     Ok(())
 }
