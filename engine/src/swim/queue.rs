@@ -1,0 +1,314 @@
+//! The bounded broadcast queue (memberlist's `TransmitLimitedQueue`).
+//!
+//! Each broadcast is retransmitted up to a limit that the caller computes per call
+//! (`retransmit_mult × ⌈log10(n + 1)⌉`). Selection is fewest-sent first, newest first within
+//! a count, and the priority class 0 (suspicions) before class 1 (everything else). A
+//! broadcast with a key invalidates the queued broadcast with the same key. When full, the
+//! most-sent, oldest broadcast of the lowest-priority class is dropped. Every operation is
+//! O(1) amortized except the fill, which touches only what it sends (plus a bounded number
+//! of broadcasts that do not fit).
+
+use std::collections::VecDeque;
+
+use super::hash::FxHashMap;
+
+const CLASSES: usize = 2;
+/// Broadcasts that did not fit which a fill looks past before it stops.
+const MISFITS_MAX: usize = 16;
+
+struct Slot<T> {
+    item: Option<T>,
+    key: Option<u64>,
+    size: u32,
+    transmits: u32,
+    generation: u32,
+    class: u8,
+}
+
+/// A bounded queue of broadcasts of type `T`.
+pub struct BroadcastQueue<T> {
+    slots: Vec<Slot<T>>,
+    free: Vec<u32>,
+    /// `buckets[class][transmits]`: (slot, generation), oldest at the front.
+    buckets: [Vec<VecDeque<(u32, u32)>>; CLASSES],
+    by_key: FxHashMap<u64, u32>,
+    len: usize,
+    stale: usize,
+    max: usize,
+    dropped: u64,
+}
+
+impl<T> BroadcastQueue<T> {
+    /// An empty queue holding at most `max` broadcasts.
+    pub fn new(max: usize) -> BroadcastQueue<T> {
+        assert!(max > 0, "a broadcast queue needs room for one broadcast");
+        BroadcastQueue {
+            slots: Vec::new(),
+            free: Vec::new(),
+            buckets: [Vec::new(), Vec::new()],
+            by_key: FxHashMap::default(),
+            len: 0,
+            stale: 0,
+            max,
+            dropped: 0,
+        }
+    }
+
+    /// Broadcasts queued.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bound.
+    pub fn capacity(&self) -> usize {
+        self.max
+    }
+
+    /// Broadcasts dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Queues `item` of `size` bytes in priority `class` (0 first), replacing the queued
+    /// broadcast with the same `key`.
+    pub fn push(&mut self, item: T, size: usize, key: Option<u64>, class: u8) {
+        let class = class.min(CLASSES as u8 - 1);
+        if let Some(k) = key
+            && let Some(old) = self.by_key.remove(&k)
+        {
+            self.release(old);
+        }
+        if self.len >= self.max {
+            self.evict();
+        }
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(Slot { item: None, key: None, size: 0, transmits: 0, generation: 0, class: 0 });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let s = &mut self.slots[slot as usize];
+        debug_assert!(s.item.is_none());
+        s.item = Some(item);
+        s.key = key;
+        s.size = size as u32;
+        s.transmits = 0;
+        s.class = class;
+        let generation = s.generation;
+        if let Some(k) = key {
+            self.by_key.insert(k, slot);
+        }
+        self.bucket(class, 0).push_back((slot, generation));
+        self.len += 1;
+        debug_assert!(self.len <= self.max);
+        // Stale entries are skipped lazily; compacting here (never during a fill) keeps
+        // their number bounded.
+        if self.stale > self.max.max(64) {
+            self.compact();
+        }
+    }
+
+    fn bucket(&mut self, class: u8, transmits: u32) -> &mut VecDeque<(u32, u32)> {
+        let b = &mut self.buckets[class as usize];
+        let t = transmits as usize;
+        if b.len() <= t {
+            b.resize_with(t + 1, VecDeque::new);
+        }
+        &mut b[t]
+    }
+
+    /// Frees a slot; its bucket entry turns stale and is skipped later.
+    fn release(&mut self, slot: u32) {
+        let s = &mut self.slots[slot as usize];
+        debug_assert!(s.item.is_some());
+        s.item = None;
+        s.generation = s.generation.wrapping_add(1);
+        if let Some(k) = s.key.take()
+            && self.by_key.get(&k) == Some(&slot)
+        {
+            self.by_key.remove(&k);
+        }
+        self.free.push(slot);
+        self.len -= 1;
+        self.stale += 1;
+    }
+
+    fn live(&self, (slot, generation): (u32, u32)) -> bool {
+        let s = &self.slots[slot as usize];
+        s.generation == generation && s.item.is_some()
+    }
+
+    fn compact(&mut self) {
+        let slots = &self.slots;
+        for class in &mut self.buckets {
+            for b in class.iter_mut() {
+                b.retain(|&(slot, g)| {
+                    let s = &slots[slot as usize];
+                    s.generation == g && s.item.is_some()
+                });
+            }
+        }
+        self.stale = 0;
+    }
+
+    /// Drops the most-sent, oldest broadcast of the lowest-priority non-empty class.
+    fn evict(&mut self) {
+        for class in (0..CLASSES).rev() {
+            for t in (0..self.buckets[class].len()).rev() {
+                while let Some(e) = self.buckets[class][t].pop_front() {
+                    if self.live(e) {
+                        self.release_popped(e.0);
+                        self.dropped += 1;
+                        return;
+                    }
+                    self.stale = self.stale.saturating_sub(1);
+                }
+            }
+        }
+    }
+
+    /// Frees a slot whose bucket entry was already removed.
+    fn release_popped(&mut self, slot: u32) {
+        self.release(slot);
+        self.stale = self.stale.saturating_sub(1);
+    }
+
+    /// Takes broadcasts that fit in `bytes_free` (each costing its size), fewest-sent first,
+    /// and hands each to `take`. Broadcasts sent `limit` times leave the queue. Returns the
+    /// bytes used.
+    pub fn fill(&mut self, bytes_free: usize, limit: u32, mut take: impl FnMut(&T)) -> usize {
+        let mut used = 0usize;
+        let mut moved: Vec<(u8, u32, u32)> = Vec::new();
+        let mut misfits = 0usize;
+        'classes: for class in 0..CLASSES {
+            let mut t = 0usize;
+            while t < self.buckets[class].len() {
+                let mut i = self.buckets[class][t].len();
+                while i > 0 {
+                    i -= 1;
+                    let e = self.buckets[class][t][i];
+                    if !self.live(e) {
+                        self.buckets[class][t].swap_remove_back(i);
+                        self.stale = self.stale.saturating_sub(1);
+                        continue;
+                    }
+                    let s = &self.slots[e.0 as usize];
+                    if s.transmits >= limit {
+                        // The limit shrank (fewer members): done with it.
+                        self.buckets[class][t].swap_remove_back(i);
+                        self.release_popped(e.0);
+                        continue;
+                    }
+                    if used + s.size as usize > bytes_free {
+                        misfits += 1;
+                        if misfits > MISFITS_MAX || bytes_free - used < 16 {
+                            break 'classes;
+                        }
+                        continue;
+                    }
+                    used += s.size as usize;
+                    if let Some(item) = &s.item {
+                        take(item);
+                    }
+                    self.buckets[class][t].swap_remove_back(i);
+                    moved.push((class as u8, e.0, e.1));
+                }
+                t += 1;
+            }
+        }
+        for (class, slot, generation) in moved {
+            let s = &mut self.slots[slot as usize];
+            s.transmits += 1;
+            let transmits = s.transmits;
+            if transmits >= limit {
+                self.release_popped(slot);
+            } else {
+                self.bucket(class, transmits).push_back((slot, generation));
+            }
+        }
+        used
+    }
+
+    /// Removes every broadcast.
+    pub fn clear(&mut self) {
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].item.is_some() {
+                self.release(slot as u32);
+            }
+        }
+        self.compact();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(q: &mut BroadcastQueue<u32>, bytes: usize, limit: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        q.fill(bytes, limit, |&x| out.push(x));
+        out
+    }
+
+    #[test]
+    fn fewest_sent_then_newest_and_suspicions_first() {
+        let mut q = BroadcastQueue::new(100);
+        q.push(1, 10, Some(1), 1);
+        q.push(2, 10, Some(2), 1);
+        assert_eq!(drain(&mut q, 10, 3), vec![2]);
+        q.push(3, 10, Some(3), 1);
+        q.push(4, 10, Some(4), 0);
+        // Class 0 first, then unsent newest-first, then the once-sent.
+        assert_eq!(drain(&mut q, 40, 3), vec![4, 3, 1, 2]);
+    }
+
+    #[test]
+    fn keys_invalidate_and_limits_retire() {
+        let mut q = BroadcastQueue::new(100);
+        q.push(1, 10, Some(7), 1);
+        q.push(2, 10, Some(7), 1);
+        assert_eq!(q.len(), 1);
+        assert_eq!(drain(&mut q, 100, 2), vec![2]);
+        assert_eq!(drain(&mut q, 100, 2), vec![2]);
+        assert!(q.is_empty());
+        assert!(drain(&mut q, 100, 2).is_empty());
+    }
+
+    #[test]
+    fn respects_the_byte_budget() {
+        let mut q = BroadcastQueue::new(100);
+        for i in 0..10 {
+            q.push(i, 30, None, 1);
+        }
+        q.push(99, 5, None, 1);
+        let got = drain(&mut q, 100, 5);
+        // Newest (99, 5 B) then three of 30 B: 95 B.
+        assert_eq!(got, vec![99, 9, 8, 7]);
+    }
+
+    #[test]
+    fn holds_its_bound_when_flooded() {
+        let mut q = BroadcastQueue::new(64);
+        for i in 0..100_000u32 {
+            q.push(i, 8, Some(u64::from(i % 1000)), (i % 7 == 0) as u8 ^ 1);
+            assert!(q.len() <= 64);
+            if i % 3 == 0 {
+                drain(&mut q, 64, 4);
+            }
+        }
+        assert!(q.len() <= 64 && q.len() > 32, "{}", q.len());
+        assert!(q.dropped() > 0);
+        // Internal bookkeeping stays bounded too.
+        assert!(q.slots.len() <= 64 + 1);
+        let entries: usize = q.buckets.iter().flatten().map(|b| b.len()).sum();
+        assert!(entries <= 64 + q.max.max(64) + 1, "{entries}");
+        q.clear();
+        assert!(q.is_empty());
+    }
+}
