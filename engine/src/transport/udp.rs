@@ -1,0 +1,895 @@
+//! UDP on an io_uring ring owned by one shard.
+//!
+//! Receive: every socket has one multishot `recvmsg` in flight that picks buffers from the
+//! shard's provided buffer ring (shared by all sockets of the shard), so thousands of
+//! member sockets cost one SQE each, not one buffer each. A completion names the buffer;
+//! the payload (16-byte aligned, see [`super::bufring`]) goes through
+//! [`Decoder::decode`] and every message is validated in place before the handler sees
+//! any of them; a datagram that fails anywhere is counted by cause and dropped whole.
+//!
+//! Send: a frame is copied into a send slot (bounded, [`UdpConfig::send_slots`]) and
+//! queued as an `IORING_OP_SEND` with a destination address; SQEs are submitted in
+//! batches, so one `io_uring_enter` carries many datagrams.
+//!
+//! This module must never panic on received bytes, never free memory the kernel may still
+//! use, and never block except in [`UdpRing::close`] (bounded).
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::types::{Fd, SubmitArgs, Timespec};
+use io_uring::{IoUring, Submitter, cqueue, opcode, squeue};
+use ringleader_wire::frame::{DATAGRAM_BYTES_MAX_DEFAULT, HEADER_LEN};
+use ringleader_wire::{Decoder, Frame, Keyring, MessageRef};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::bufring::BufRing;
+use super::counters::UdpCounters;
+use super::features::{self, Features, MissingFeature};
+use crate::runtime::notify::EventFd;
+
+/// Bounds and sizes of one shard's UDP ring. Every queue here is bounded by a field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpConfig {
+    /// Submission queue entries.
+    pub sq_entries: u32,
+    /// Completion queue entries; at least `recv_buffers + send_slots` so the queue cannot
+    /// overflow between two polls.
+    pub cq_entries: u32,
+    /// Receive buffers in the provided buffer ring (power of two).
+    pub recv_buffers: u16,
+    /// Bytes per receive buffer (multiple of 16, at least `datagram_bytes_max + 48`).
+    pub recv_buffer_bytes: usize,
+    /// Sends in flight at most; beyond it [`Sender::send`] refuses with `QueueFull`.
+    pub send_slots: usize,
+    /// Largest datagram sent or accepted.
+    pub datagram_bytes_max: usize,
+    /// SO_RCVBUF / SO_SNDBUF asked for on every socket (the kernel caps at
+    /// net.core.rmem_max / wmem_max).
+    pub socket_buffer_bytes: usize,
+    /// Sockets on this ring at most.
+    pub sockets_max: usize,
+    /// Queued SQEs that trigger a submit on their own.
+    pub submit_batch: usize,
+    /// How long [`UdpRing::close`] waits for the kernel to finish in-flight requests
+    /// before leaking their memory instead of freeing it.
+    pub close_timeout_ms: u64,
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        UdpConfig {
+            sq_entries: 512,
+            cq_entries: 8192,
+            recv_buffers: 2048,
+            recv_buffer_bytes: 2048,
+            send_slots: 1024,
+            datagram_bytes_max: DATAGRAM_BYTES_MAX_DEFAULT,
+            socket_buffer_bytes: 4 << 20,
+            sockets_max: 16384,
+            submit_batch: 64,
+            close_timeout_ms: 2000,
+        }
+    }
+}
+
+/// Room the kernel's `io_uring_recvmsg_out` and the reserved source address take before
+/// the payload, at most (IPv6).
+pub const RECV_PREFIX_BYTES_MAX: usize = 16 + 32;
+
+impl UdpConfig {
+    /// Bytes of ring memory the kernel pins for this config (accounted to RLIMIT_MEMLOCK
+    /// without CAP_IPC_LOCK): the buffer ring entries.
+    pub fn locked_bytes(&self) -> u64 {
+        (self.recv_buffers as u64 * 16).next_multiple_of(4096)
+    }
+
+    fn check(&self) -> Result<(), UdpError> {
+        let bad = |what: &'static str| Err(UdpError::Config(what));
+        if !self.recv_buffers.is_power_of_two() || self.recv_buffers > 32768 {
+            return bad("recv_buffers must be a power of two <= 32768");
+        }
+        if self.recv_buffer_bytes % 16 != 0 || self.recv_buffer_bytes < self.datagram_bytes_max + RECV_PREFIX_BYTES_MAX {
+            return bad("recv_buffer_bytes must be a multiple of 16 and hold datagram_bytes_max + 48");
+        }
+        if self.datagram_bytes_max <= HEADER_LEN || self.datagram_bytes_max > 65507 {
+            return bad("datagram_bytes_max must be in (32, 65507]");
+        }
+        if self.send_slots == 0 || self.send_slots > SLOT_INDEX_MASK as usize {
+            return bad("send_slots must be in [1, 2^32)");
+        }
+        if (self.cq_entries as usize) < self.recv_buffers as usize + self.send_slots {
+            return bad("cq_entries must be >= recv_buffers + send_slots");
+        }
+        if self.sockets_max == 0 || self.sockets_max > SLOT_INDEX_MASK as usize {
+            return bad("sockets_max must be in [1, 2^32)");
+        }
+        if self.submit_batch == 0 || self.submit_batch > self.sq_entries as usize {
+            return bad("submit_batch must be in [1, sq_entries]");
+        }
+        Ok(())
+    }
+}
+
+/// Errors of the UDP ring.
+#[derive(Debug, thiserror::Error)]
+pub enum UdpError {
+    /// The kernel lacks a feature the transport needs.
+    #[error(transparent)]
+    Missing(#[from] MissingFeature),
+    /// A config value is out of range.
+    #[error("invalid UdpConfig: {0}")]
+    Config(&'static str),
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+    /// `sockets_max` sockets are open already.
+    #[error("this ring already holds its maximum of {0} sockets")]
+    TooManySockets(usize),
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> UdpError {
+    move |source| UdpError::Io { what, source }
+}
+
+/// Why a send was refused (nothing was queued).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// Every send slot is in flight; poll to reap completions, then retry or drop.
+    #[error("all send slots are in flight")]
+    QueueFull,
+    /// The frame is larger than `datagram_bytes_max`.
+    #[error("datagram of {0} bytes exceeds the configured maximum")]
+    TooLarge(usize),
+    /// No such socket on this ring.
+    #[error("unknown socket")]
+    UnknownSocket,
+    /// The socket's family cannot reach this address.
+    #[error("address family of the destination does not match the socket")]
+    FamilyMismatch,
+}
+
+/// A socket on a ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketId(pub u32);
+
+/// Receives validated datagrams, and may send from inside the callback.
+pub trait UdpHandler {
+    /// `frame` decoded (checksum, label, keyring) and every one of `messages` validated in
+    /// place; they borrow the receive buffer, which goes back to the kernel on return.
+    fn on_datagram(
+        &mut self,
+        out: &mut Sender<'_, '_>,
+        socket: SocketId,
+        from: SocketAddr,
+        frame: &Frame<'_>,
+        messages: &[MessageRef<'_>],
+    );
+}
+
+/// `IORING_ENTER_GETEVENTS` (linux/io_uring.h): also run deferred completions.
+const IORING_ENTER_GETEVENTS: u32 = 1;
+const KIND_SHIFT: u32 = 56;
+const KIND_RECV: u64 = 1;
+const KIND_SEND: u64 = 2;
+const KIND_CANCEL: u64 = 3;
+const SLOT_INDEX_MASK: u64 = 0xffff_ffff;
+
+fn user_data(kind: u64, index: u32) -> u64 {
+    (kind << KIND_SHIFT) | index as u64
+}
+
+struct Sock {
+    socket: Socket,
+    local: SocketAddr,
+    /// The multishot recvmsg template; the kernel reads it at submission. Boxed so its
+    /// address is stable while the request that names it is being prepared.
+    msghdr: Box<libc::msghdr>,
+    /// A multishot receive is in flight (a completion without F_MORE will end it).
+    armed: bool,
+    /// Removal was asked: do not re-arm; free the slot when the receive has ended.
+    closing: bool,
+}
+
+/// Send slots: bounded, preallocated, each a datagram buffer and a destination address.
+struct SendSlots {
+    bytes: Box<[u8]>,
+    slot_bytes: usize,
+    addrs: Box<[libc::sockaddr_storage]>,
+    free: Vec<u32>,
+    in_flight: usize,
+}
+
+impl SendSlots {
+    fn new(count: usize, datagram_bytes_max: usize) -> SendSlots {
+        let slot_bytes = datagram_bytes_max.next_multiple_of(16);
+        SendSlots {
+            bytes: vec![0u8; count * slot_bytes].into_boxed_slice(),
+            slot_bytes,
+            // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
+            addrs: vec![unsafe { std::mem::zeroed::<libc::sockaddr_storage>() }; count].into_boxed_slice(),
+            free: (0..count as u32).rev().collect(),
+            in_flight: 0,
+        }
+    }
+}
+
+/// Sends datagrams on a ring; handed to [`UdpHandler::on_datagram`] and returned by
+/// [`UdpRing::sender`].
+pub struct Sender<'a, 'r> {
+    sq: &'a mut squeue::SubmissionQueue<'r>,
+    submitter: &'a Submitter<'r>,
+    slots: &'a mut SendSlots,
+    sockets: &'a [Option<Sock>],
+    counters: &'a mut UdpCounters,
+    datagram_bytes_max: usize,
+}
+
+impl Sender<'_, '_> {
+    /// Queues `frame` to `to` from `socket`. The bytes are copied; the kernel sees the send
+    /// at the next submit (a full batch, or the next poll).
+    pub fn send(&mut self, socket: SocketId, to: SocketAddr, frame: &[u8]) -> Result<(), SendError> {
+        if frame.len() > self.datagram_bytes_max {
+            return Err(SendError::TooLarge(frame.len()));
+        }
+        let Some(Some(sock)) = self.sockets.get(socket.0 as usize) else {
+            return Err(SendError::UnknownSocket);
+        };
+        if sock.local.is_ipv4() != to.is_ipv4() {
+            return Err(SendError::FamilyMismatch);
+        }
+        if self.sq.is_full() && submit(self.sq, self.submitter, self.counters).is_err() {
+            self.counters.send_queue_full += 1;
+            return Err(SendError::QueueFull);
+        }
+        let Some(slot) = self.slots.free.pop() else {
+            self.counters.send_queue_full += 1;
+            return Err(SendError::QueueFull);
+        };
+        let i = slot as usize;
+        let start = i * self.slots.slot_bytes;
+        self.slots.bytes[start..start + frame.len()].copy_from_slice(frame);
+        let addr_len = write_sockaddr(&mut self.slots.addrs[i], to);
+        let entry = opcode::Send::new(Fd(sock.socket.as_raw_fd()), self.slots.bytes[start..].as_ptr(), frame.len() as u32)
+            .dest_addr((&self.slots.addrs[i] as *const libc::sockaddr_storage).cast())
+            .dest_addr_len(addr_len)
+            .build()
+            .user_data(user_data(KIND_SEND, slot));
+        // SAFETY: the SQE points into `slots.bytes[slot]` and `slots.addrs[slot]`, boxed
+        // slices that are never reallocated and that live as long as the ring (or are
+        // leaked by `close` if the kernel does not finish in time). The slot is off the
+        // free list until its completion is reaped, so nothing overwrites it meanwhile.
+        let pushed = unsafe { self.sq.push(&entry) };
+        if pushed.is_err() {
+            // The queue was made non-full above; keep the slot consistent anyway.
+            self.slots.free.push(slot);
+            self.counters.send_queue_full += 1;
+            return Err(SendError::QueueFull);
+        }
+        self.slots.in_flight += 1;
+        self.counters.datagrams_queued += 1;
+        Ok(())
+    }
+
+    /// Send slots free right now.
+    pub fn slots_free(&self) -> usize {
+        self.slots.free.len()
+    }
+}
+
+fn submit(sq: &mut squeue::SubmissionQueue<'_>, submitter: &Submitter<'_>, counters: &mut UdpCounters) -> io::Result<usize> {
+    sq.sync();
+    let n = sq.len();
+    let r = submitter.submit();
+    counters.enter_calls += 1;
+    sq.sync();
+    if let Ok(done) = r {
+        counters.sqes_submitted += done as u64;
+    } else if n > 0 && sq.len() < n {
+        counters.sqes_submitted += (n - sq.len()) as u64;
+    }
+    r
+}
+
+fn write_sockaddr(storage: &mut libc::sockaddr_storage, addr: SocketAddr) -> libc::socklen_t {
+    let sa: socket2::SockAddr = addr.into();
+    let len = sa.len();
+    // SAFETY: `SockAddr` holds a valid sockaddr of `len <= sizeof(sockaddr_storage)` bytes;
+    // both are plain old data and do not overlap.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            sa.as_ptr().cast::<u8>(),
+            (storage as *mut libc::sockaddr_storage).cast::<u8>(),
+            len as usize,
+        );
+    }
+    len
+}
+
+fn parse_sockaddr(name: &[u8]) -> Option<SocketAddr> {
+    let family = u16::from_ne_bytes([*name.first()?, *name.get(1)?]);
+    let port = u16::from_be_bytes([*name.get(2)?, *name.get(3)?]);
+    match family as i32 {
+        libc::AF_INET => {
+            let ip: [u8; 4] = name.get(4..8)?.try_into().ok()?;
+            Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(ip), port)))
+        }
+        libc::AF_INET6 => {
+            let flow = u32::from_be_bytes(name.get(4..8)?.try_into().ok()?);
+            let ip: [u8; 16] = name.get(8..24)?.try_into().ok()?;
+            let scope = u32::from_ne_bytes(name.get(24..28)?.try_into().ok()?);
+            Some(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, flow, scope)))
+        }
+        _ => None,
+    }
+}
+
+/// Options of a socket added to a ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SocketOptions {
+    /// SO_REUSEPORT: several sockets (one per shard) share the address, and the kernel
+    /// spreads datagrams over them by flow hash.
+    pub reuse_port: bool,
+}
+
+/// One shard's UDP transport: an io_uring, a provided buffer ring, sockets and send slots.
+/// Not `Send`: it lives and dies on its shard's thread (the ring is single-issuer).
+pub struct UdpRing {
+    // Field order matters only for documentation: `Drop` tears down explicitly.
+    ring: IoUring,
+    bufs: Option<BufRing>,
+    slots: Option<SendSlots>,
+    sockets: Vec<Option<Sock>>,
+    free_sockets: Vec<u32>,
+    socket_count: usize,
+    decoder: Decoder,
+    keyring: Option<Keyring>,
+    counters: UdpCounters,
+    config: UdpConfig,
+    features: Features,
+    eventfd: Arc<EventFd>,
+    /// Reused storage for the validated messages of one datagram (empty between uses).
+    refs: Vec<MessageRef<'static>>,
+    closed: bool,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+/// What [`UdpRing::close`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseReport {
+    /// Requests still in flight when the wait gave up (0 on a clean close).
+    pub in_flight_left: usize,
+    /// Whether buffer memory had to be leaked because the kernel might still use it.
+    pub leaked: bool,
+}
+
+impl UdpRing {
+    /// A ring for frames of cluster `label`, opened with `keyring` when given. Checks the
+    /// kernel's features first.
+    pub fn new(config: UdpConfig, label: &[u8], keyring: Option<Keyring>) -> Result<UdpRing, UdpError> {
+        config.check()?;
+        let features = features::detect()?;
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(config.cq_entries).setup_submit_all();
+        if features.defer_taskrun {
+            builder.setup_single_issuer().setup_defer_taskrun().setup_taskrun_flag();
+        } else {
+            builder.setup_coop_taskrun().setup_taskrun_flag();
+        }
+        let ring = builder.build(config.sq_entries).map_err(io_err("io_uring_setup"))?;
+        let eventfd = Arc::new(EventFd::new().map_err(io_err("eventfd"))?);
+        ring.submitter().register_eventfd(eventfd.raw()).map_err(io_err("IORING_REGISTER_EVENTFD"))?;
+        let bufs = BufRing::new(config.recv_buffers, config.recv_buffer_bytes, 0).map_err(io_err("buffer ring mmap"))?;
+        // SAFETY: the ring entries live in `bufs`, which outlives the registration: `Drop`
+        // unregisters the group and drops the io_uring before `bufs`.
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(bufs.ring_addr(), bufs.count(), bufs.bgid(), 0)
+                .map_err(|e| {
+                    UdpError::Missing(MissingFeature {
+                        feature: "provided buffer ring (IORING_REGISTER_PBUF_RING)",
+                        since: "5.19",
+                        kernel: features.kernel.clone(),
+                        detail: e.to_string(),
+                    })
+                })?;
+        }
+        let body_max = config.datagram_bytes_max - HEADER_LEN;
+        Ok(UdpRing {
+            ring,
+            bufs: Some(bufs),
+            slots: Some(SendSlots::new(config.send_slots, config.datagram_bytes_max)),
+            sockets: Vec::new(),
+            free_sockets: Vec::new(),
+            socket_count: 0,
+            decoder: Decoder::new(label, body_max),
+            keyring,
+            counters: UdpCounters::default(),
+            config,
+            features,
+            eventfd,
+            refs: Vec::new(),
+            closed: false,
+            _not_send: std::marker::PhantomData,
+        })
+    }
+
+    /// The eventfd the kernel signals when completions are ready; the shard awaits it.
+    pub fn eventfd(&self) -> &Arc<EventFd> {
+        &self.eventfd
+    }
+
+    /// What the kernel offers.
+    pub fn features(&self) -> &Features {
+        &self.features
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> &UdpCounters {
+        &self.counters
+    }
+
+    /// Sockets open on this ring.
+    pub fn socket_count(&self) -> usize {
+        self.socket_count
+    }
+
+    /// The address `socket` is bound to.
+    pub fn local_addr(&self, socket: SocketId) -> Option<SocketAddr> {
+        self.sockets.get(socket.0 as usize).and_then(|s| s.as_ref()).map(|s| s.local)
+    }
+
+    /// Binds a UDP socket to `addr` (port 0 picks one) and starts receiving on it.
+    pub fn bind(&mut self, addr: SocketAddr, options: SocketOptions) -> Result<SocketId, UdpError> {
+        let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+        let socket = Socket::new(domain, Type::DGRAM.nonblocking().cloexec(), Some(Protocol::UDP))
+            .map_err(io_err("socket"))?;
+        if options.reuse_port {
+            socket.set_reuse_port(true).map_err(io_err("SO_REUSEPORT"))?;
+        }
+        // A request: the kernel caps it at net.core.[rw]mem_max, which is fine.
+        let _ = socket.set_recv_buffer_size(self.config.socket_buffer_bytes);
+        let _ = socket.set_send_buffer_size(self.config.socket_buffer_bytes);
+        socket.bind(&addr.into()).map_err(io_err("bind"))?;
+        self.add_socket(socket)
+    }
+
+    /// Adds a bound, non-blocking UDP socket and starts receiving on it.
+    pub fn add_socket(&mut self, socket: Socket) -> Result<SocketId, UdpError> {
+        if self.socket_count >= self.config.sockets_max {
+            return Err(UdpError::TooManySockets(self.config.sockets_max));
+        }
+        let local = socket
+            .local_addr()
+            .map_err(io_err("getsockname"))?
+            .as_socket()
+            .ok_or(UdpError::Config("socket is not an inet socket"))?;
+        socket.set_nonblocking(true).map_err(io_err("O_NONBLOCK"))?;
+        // SAFETY: msghdr is plain old data; all-zero is "no name, no iov, no control".
+        let mut msghdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        // Reserved source-address room: 16 (IPv4) or 32 (IPv6, sockaddr_in6 is 28) so the
+        // payload starts at 32 or 48, a multiple of 16.
+        msghdr.msg_namelen = if local.is_ipv4() { 16 } else { 32 };
+        let sock = Sock { socket, local, msghdr, armed: false, closing: false };
+        let id = match self.free_sockets.pop() {
+            Some(id) => {
+                self.sockets[id as usize] = Some(sock);
+                id
+            }
+            None => {
+                self.sockets.push(Some(sock));
+                (self.sockets.len() - 1) as u32
+            }
+        };
+        self.socket_count += 1;
+        self.arm(id)?;
+        self.submit_pending()?;
+        Ok(SocketId(id))
+    }
+
+    /// Stops receiving on `socket`; it is closed once the kernel has ended its receive.
+    pub fn remove_socket(&mut self, socket: SocketId) {
+        let Some(Some(sock)) = self.sockets.get_mut(socket.0 as usize) else { return };
+        if sock.closing {
+            return;
+        }
+        sock.closing = true;
+        if sock.armed {
+            let cancel = opcode::AsyncCancel::new(user_data(KIND_RECV, socket.0))
+                .build()
+                .user_data(user_data(KIND_CANCEL, socket.0));
+            // SAFETY: a cancel SQE references no memory.
+            let mut sq = self.ring.submission();
+            if unsafe { sq.push(&cancel) }.is_err() {
+                drop(sq);
+                let _ = self.submit_pending();
+                // SAFETY: as above.
+                let _ = unsafe { self.ring.submission().push(&cancel) };
+            }
+        } else {
+            self.release_socket(socket.0);
+        }
+    }
+
+    fn release_socket(&mut self, id: u32) {
+        if let Some(slot) = self.sockets.get_mut(id as usize)
+            && slot.take().is_some()
+        {
+            self.socket_count -= 1;
+            self.free_sockets.push(id);
+        }
+    }
+
+    fn arm(&mut self, id: u32) -> Result<(), UdpError> {
+        let Some(Some(sock)) = self.sockets.get(id as usize) else { return Ok(()) };
+        let bgid = self.bufs.as_ref().map_or(0, |b| b.bgid());
+        let entry = opcode::RecvMsgMulti::new(Fd(sock.socket.as_raw_fd()), &*sock.msghdr, bgid)
+            .build()
+            .user_data(user_data(KIND_RECV, id));
+        // SAFETY: the SQE points at `sock.msghdr`, boxed (stable address) and alive until
+        // the socket is released, which happens only after the receive has ended. The
+        // buffers it will pick belong to the registered buffer ring (see bufring).
+        let pushed = unsafe { self.ring.submission().push(&entry) };
+        if pushed.is_err() {
+            self.submit_pending()?;
+            // SAFETY: as above.
+            unsafe { self.ring.submission().push(&entry) }.map_err(|_| UdpError::Config("submission queue full"))?;
+        }
+        if let Some(Some(sock)) = self.sockets.get_mut(id as usize) {
+            sock.armed = true;
+        }
+        Ok(())
+    }
+
+    fn submit_pending(&mut self) -> Result<(), UdpError> {
+        let (submitter, mut sq, _) = self.ring.split();
+        submit(&mut sq, &submitter, &mut self.counters).map_err(io_err("io_uring_enter"))?;
+        Ok(())
+    }
+
+    /// Runs `f` with a [`Sender`] on this ring, then submits what it queued if a batch is
+    /// full (call [`UdpRing::poll`] or [`UdpRing::flush`] to submit the rest).
+    pub fn with_sender<R>(&mut self, f: impl FnOnce(&mut Sender<'_, '_>) -> R) -> R {
+        let Some(slots) = self.slots.as_mut() else {
+            // Closed: a sender with no slots refuses everything.
+            let mut empty = SendSlots::new(0, 64);
+            let (submitter, mut sq, _) = self.ring.split();
+            let mut s = Sender {
+                sq: &mut sq,
+                submitter: &submitter,
+                slots: &mut empty,
+                sockets: &[],
+                counters: &mut self.counters,
+                datagram_bytes_max: 0,
+            };
+            return f(&mut s);
+        };
+        let (submitter, mut sq, _) = self.ring.split();
+        let r = {
+            let mut s = Sender {
+                sq: &mut sq,
+                submitter: &submitter,
+                slots,
+                sockets: &self.sockets,
+                counters: &mut self.counters,
+                datagram_bytes_max: self.config.datagram_bytes_max,
+            };
+            f(&mut s)
+        };
+        if sq.len() >= self.config.submit_batch {
+            let _ = submit(&mut sq, &submitter, &mut self.counters);
+        }
+        r
+    }
+
+    /// Submits every queued SQE now.
+    pub fn flush(&mut self) -> Result<(), UdpError> {
+        self.submit_pending()
+    }
+
+    /// Sends in flight (queued or submitted, not yet completed).
+    pub fn sends_in_flight(&self) -> usize {
+        self.slots.as_ref().map_or(0, |s| s.in_flight)
+    }
+
+    /// Submits queued sends, reaps every completion (running `handler` on each valid
+    /// datagram) and returns the number of completions seen. Never blocks.
+    pub fn poll<H: UdpHandler>(&mut self, handler: &mut H) -> Result<usize, UdpError> {
+        let mut seen = 0;
+        // Completions we produce ourselves while polling need not wake us again.
+        self.ring.completion().disable_eventfd();
+        loop {
+            let n = self.poll_once(handler)?;
+            seen += n;
+            if n > 0 {
+                continue;
+            }
+            // Re-enable, then look once more: work queued while disabled did not signal.
+            self.ring.completion().enable_eventfd();
+            let pending = {
+                let mut sq = self.ring.submission();
+                sq.sync();
+                sq.taskrun() || !sq.is_empty()
+            };
+            if !pending && self.ring.completion().is_empty() {
+                return Ok(seen);
+            }
+            self.ring.completion().disable_eventfd();
+        }
+    }
+
+    fn poll_once<H: UdpHandler>(&mut self, handler: &mut H) -> Result<usize, UdpError> {
+        if let Some(b) = self.bufs.as_mut() {
+            b.publish();
+        }
+        let mut rearm: Vec<u32> = Vec::new();
+        let mut seen = 0;
+        {
+            let (submitter, mut sq, mut cq) = self.ring.split();
+            sq.sync();
+            if !sq.is_empty() || sq.taskrun() || !self.features.defer_taskrun {
+                // SAFETY: enter with GETEVENTS and min_complete 0 only submits what is
+                // queued (every SQE's memory is kept alive as documented where pushed) and
+                // runs deferred completions; it waits for nothing.
+                let r = unsafe { submitter.enter::<libc::sigset_t>(sq.len() as u32, 0, IORING_ENTER_GETEVENTS, None) };
+                self.counters.enter_calls += 1;
+                match r {
+                    Ok(n) => self.counters.sqes_submitted += n as u64,
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EAGAIN) || e.raw_os_error() == Some(libc::EINTR) => {}
+                    Err(e) => return Err(UdpError::Io { what: "io_uring_enter", source: e }),
+                }
+                sq.sync();
+            }
+            cq.sync();
+            let (Some(bufs), Some(slots)) = (self.bufs.as_mut(), self.slots.as_mut()) else {
+                return Ok(0);
+            };
+            for cqe in &mut cq {
+                seen += 1;
+                let ud = cqe.user_data();
+                let index = (ud & SLOT_INDEX_MASK) as u32;
+                match ud >> KIND_SHIFT {
+                    KIND_SEND => {
+                        slots.free.push(index);
+                        slots.in_flight -= 1;
+                        if cqe.result() >= 0 {
+                            self.counters.datagrams_sent += 1;
+                            self.counters.bytes_sent += cqe.result() as u64;
+                        } else {
+                            self.counters.send_errors += 1;
+                            self.counters.send_errno_last = -cqe.result();
+                        }
+                    }
+                    KIND_RECV => {
+                        let flags = cqe.flags();
+                        let res = cqe.result();
+                        if res >= 0 {
+                            if let Some(bid) = cqueue::buffer_select(flags) {
+                                let mut sender = Sender {
+                                    sq: &mut sq,
+                                    submitter: &submitter,
+                                    slots,
+                                    sockets: &self.sockets,
+                                    counters: &mut self.counters,
+                                    datagram_bytes_max: self.config.datagram_bytes_max,
+                                };
+                                let (ipv4, known) = match self.sockets.get(index as usize) {
+                                    Some(Some(s)) => (s.local.is_ipv4(), true),
+                                    _ => (true, false),
+                                };
+                                let refs = std::mem::take(&mut self.refs);
+                                let refs = receive_one(
+                                    bufs,
+                                    bid,
+                                    res as usize,
+                                    ipv4,
+                                    known,
+                                    SocketId(index),
+                                    &self.decoder,
+                                    self.keyring.as_ref(),
+                                    refs,
+                                    handler,
+                                    &mut sender,
+                                );
+                                self.refs = refs;
+                                bufs.recycle(bid);
+                            }
+                        } else if res == -libc::ENOBUFS {
+                            self.counters.recv_no_buffers += 1;
+                        } else if res != -libc::ECANCELED {
+                            self.counters.recv_errors += 1;
+                        }
+                        if !cqueue::more(flags) {
+                            rearm.push(index);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            cq.sync();
+        }
+        for id in rearm {
+            let Some(Some(sock)) = self.sockets.get_mut(id as usize) else { continue };
+            sock.armed = false;
+            if sock.closing || self.closed {
+                self.release_socket(id);
+            } else {
+                self.counters.recv_rearmed += 1;
+                self.arm(id)?;
+            }
+        }
+        if let Some(b) = self.bufs.as_mut() {
+            b.publish();
+        }
+        Ok(seen)
+    }
+
+    /// Cancels every receive, waits (at most `close_timeout_ms`) for every request to
+    /// complete, then closes the sockets. If the kernel does not finish in time the receive
+    /// and send memory is leaked rather than freed under it. Idempotent.
+    pub fn close(&mut self) -> CloseReport {
+        if self.closed {
+            return CloseReport { in_flight_left: 0, leaked: false };
+        }
+        self.closed = true;
+        let ids: Vec<u32> = (0..self.sockets.len() as u32).collect();
+        for id in ids {
+            self.remove_socket(SocketId(id));
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.config.close_timeout_ms);
+        struct Discard;
+        impl UdpHandler for Discard {
+            fn on_datagram(&mut self, _: &mut Sender<'_, '_>, _: SocketId, _: SocketAddr, _: &Frame<'_>, _: &[MessageRef<'_>]) {}
+        }
+        loop {
+            let _ = self.poll_once(&mut Discard);
+            let left = self.in_flight();
+            if left == 0 || Instant::now() >= deadline {
+                break;
+            }
+            let ts = Timespec::new().nsec(1_000_000);
+            let args = SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+        }
+        let left = self.in_flight();
+        let leaked = left > 0;
+        if leaked {
+            // The kernel may still write into receive buffers or read send slots: never free
+            // them. This is a bounded, one-off leak at shutdown of a misbehaving kernel.
+            std::mem::forget(self.bufs.take());
+            std::mem::forget(self.slots.take());
+        } else if let Some(b) = self.bufs.as_ref() {
+            let _ = self.ring.submitter().unregister_buf_ring(b.bgid());
+        }
+        let _ = self.ring.submitter().unregister_eventfd();
+        for s in self.sockets.iter_mut() {
+            if s.take().is_some() {
+                self.socket_count -= 1;
+            }
+        }
+        CloseReport { in_flight_left: left, leaked }
+    }
+
+    /// Requests in flight: armed receives plus sends.
+    pub fn in_flight(&self) -> usize {
+        self.sockets.iter().flatten().filter(|s| s.armed).count() + self.sends_in_flight()
+    }
+
+    /// Receive buffers currently held by the shard (0 between polls).
+    pub fn buffers_held(&self) -> usize {
+        self.bufs.as_ref().map_or(0, |b| b.held_count())
+    }
+}
+
+impl Drop for UdpRing {
+    fn drop(&mut self) {
+        self.close();
+        // `ring` is dropped with the struct; the fields drop in declaration order, so the
+        // io_uring (and its registration of the buffer ring) goes before `bufs` and `slots`.
+    }
+}
+
+/// Decodes and validates one received buffer and runs the handler on it. Returns the
+/// message storage (emptied) for reuse.
+#[allow(clippy::too_many_arguments)]
+fn receive_one<H: UdpHandler>(
+    bufs: &mut BufRing,
+    bid: u16,
+    len: usize,
+    ipv4: bool,
+    known_socket: bool,
+    socket: SocketId,
+    decoder: &Decoder,
+    keyring: Option<&Keyring>,
+    storage: Vec<MessageRef<'static>>,
+    handler: &mut H,
+    out: &mut Sender<'_, '_>,
+) -> Vec<MessageRef<'static>> {
+    out.counters.datagrams_received += 1;
+    let Some(buf) = bufs.take(bid) else {
+        out.counters.drop_cause("bad_buffer_id");
+        return storage;
+    };
+    let name_len = if ipv4 { 16 } else { 32 };
+    let payload_at = 16 + name_len;
+    if len < payload_at || len > buf.len() || !known_socket {
+        out.counters.drop_cause("truncated");
+        return storage;
+    }
+    let word = |at: usize| u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+    let (payload_len, msg_flags) = (word(8) as usize, word(12) as i32);
+    let from = parse_sockaddr(&buf[16..16 + name_len]);
+    if msg_flags & libc::MSG_TRUNC != 0 || payload_at + payload_len > len {
+        out.counters.drop_cause("recv_truncated");
+        return storage;
+    }
+    out.counters.bytes_received += payload_len as u64;
+    let Some(from) = from else {
+        out.counters.drop_cause("truncated");
+        return storage;
+    };
+    let payload = &mut buf[payload_at..payload_at + payload_len];
+    debug_assert_eq!(payload.as_ptr() as usize % 16, 0, "payload must be 16-byte aligned");
+    let frame = match decoder.decode(payload, keyring) {
+        Ok(f) => f,
+        Err(e) => {
+            out.counters.drop_decode(&e);
+            return storage;
+        }
+    };
+    // Reuse the allocation across datagrams: an empty Vec of the same layout, collected in
+    // place (no allocation, no unsafe).
+    let mut refs: Vec<MessageRef<'_>> = storage.into_iter().filter_map(|_| None).collect();
+    for m in frame.messages() {
+        match m {
+            Ok(r) => refs.push(r),
+            Err(e) => {
+                out.counters.drop_decode(&e);
+                return refs.into_iter().filter_map(|_| None).collect();
+            }
+        }
+    }
+    if refs.is_empty() {
+        out.counters.drop_cause("empty_batch");
+    } else {
+        out.counters.datagrams_delivered += 1;
+        out.counters.messages_delivered += refs.len() as u64;
+        handler.on_datagram(out, socket, from, &frame, &refs);
+    }
+    refs.clear();
+    refs.into_iter().filter_map(|_| None).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddr_round_trip() {
+        for a in ["127.0.0.7:4000", "[::1]:9", "[fe80::1%2]:77"] {
+            let addr: SocketAddr = a.parse().expect("addr");
+            // SAFETY: all-zero sockaddr_storage is valid.
+            let mut s: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            let len = write_sockaddr(&mut s, addr) as usize;
+            // SAFETY: reading `len` initialized bytes of `s`.
+            let bytes = unsafe { std::slice::from_raw_parts((&s as *const libc::sockaddr_storage).cast::<u8>(), len) };
+            assert_eq!(parse_sockaddr(bytes), Some(addr));
+        }
+        assert_eq!(parse_sockaddr(&[0, 0]), None);
+    }
+
+    #[test]
+    fn default_config_is_valid() {
+        UdpConfig::default().check().expect("default config");
+        let bad = UdpConfig { recv_buffer_bytes: 1000, ..UdpConfig::default() };
+        assert!(bad.check().is_err());
+    }
+}
