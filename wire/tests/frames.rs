@@ -342,17 +342,34 @@ fn the_header_is_authenticated() {
 #[test]
 fn the_label_is_associated_data() {
     // Even if two labels' hashes collided, the label itself is authenticated.
-    let keyring = Keyring::new(KEY_A);
+    let mut keyring = Keyring::new(KEY_A);
+    keyring.install(KEY_B).expect("room");
     let nonce = [1u8; 12];
     let header = [2u8; 16];
     let mut data = *b"some plaintext bytes";
     let tag = keyring.seal(&nonce, &header, b"cluster-a", &mut data).expect("seals");
     let sealed = data;
     let r = keyring.open(&nonce, &header, b"cluster-b", &mut data, &tag);
-    assert_eq!(r, Err(DecodeError::NoKeyAuthenticates { tried: 1 }));
-    assert_eq!(data, sealed, "a failed open leaves the buffer as it was");
+    assert_eq!(r, Err(DecodeError::NoKeyAuthenticates { tried: 2 }));
+    assert_eq!(data, sealed, "with several keys, a failed open leaves the buffer as it was");
     assert_eq!(keyring.open(&nonce, &header, b"cluster-a", &mut data, &tag), Ok(0));
     assert_eq!(&data, b"some plaintext bytes");
+}
+
+#[test]
+fn a_large_stream_frame_opens_with_a_secondary_key() {
+    // Larger than the stack copy: the ciphertext is saved on the heap between tries.
+    let old = Keyring::new(KEY_A);
+    let mut enc = Encoder::new(LABEL);
+    let big = swim::UserMsg { payload: (0..100_000u32).map(|i| i as u8).collect() };
+    let mut b = aligned(enc.encode(&big, Some(&old), STREAM).expect("encodes"));
+    let mut rotated = Keyring::new(KEY_B);
+    rotated.install(KEY_A).expect("room");
+    let frame = Decoder::new(LABEL, STREAM).decode(&mut b, Some(&rotated)).expect("opens");
+    assert_eq!(frame.key_index, Some(1));
+    let Some(Ok(MessageRef::UserMsg(m))) = frame.messages().next() else { panic!("not a user message") };
+    assert_eq!(m.payload.len(), 100_000);
+    assert!(m.payload.iter().enumerate().all(|(i, &x)| x == i as u8));
 }
 
 #[test]

@@ -1,0 +1,28 @@
+//! Arbitrary bytes as the body of a batch frame with a valid header and checksum, so the
+//! fuzzer spends its time in batch-item parsing and archive validation.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use ringleader_wire::frame::{label_hash, FLAG_BATCH, HEADER_LEN, MAGIC, VERSION};
+use ringleader_wire::Decoder;
+use rkyv::util::AlignedVec;
+
+fuzz_target!(|body: &[u8]| {
+    let mut buf = AlignedVec::<16>::with_capacity(HEADER_LEN + body.len());
+    buf.extend_from_slice(&MAGIC.to_le_bytes());
+    buf.extend_from_slice(&[VERSION, 0, FLAG_BATCH, 0]);
+    buf.extend_from_slice(&label_hash(b"fuzz").to_le_bytes());
+    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&[0; 16]);
+    buf.extend_from_slice(body);
+    let mut crc = crc32c::crc32c(&buf[..16]);
+    crc = crc32c::crc32c_append(crc, &buf[20..HEADER_LEN]);
+    crc = crc32c::crc32c_append(crc, &buf[HEADER_LEN..]);
+    buf[16..20].copy_from_slice(&crc.to_le_bytes());
+    let frame = Decoder::new(b"fuzz", 1 << 20).decode(&mut buf, None).expect("the header is valid by construction");
+    for m in frame.messages() {
+        if let Ok(m) = m {
+            let _ = m.to_owned();
+        }
+    }
+});
