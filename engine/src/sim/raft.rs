@@ -1,1 +1,0 @@
-//! Placeholder: written by its issue's owner.

@@ -1,0 +1,183 @@
+//! A simulated disk for one Raft node: writes queue up and become durable only when an
+//! fsync covering them completes. A process crash keeps every issued write (the page cache
+//! survives); a power loss keeps only a random prefix of the un-synced writes — most often
+//! none — and may tear the write after that prefix (part of its entries reach the platter,
+//! recovery's checksums drop the rest; the hard state and snapshot files are replaced
+//! atomically, so a torn write keeps their old versions).
+
+use std::collections::VecDeque;
+
+use rand::Rng;
+use ringleader_wire::msg::Message;
+use ringleader_wire::msg::raft::Entry;
+
+use crate::raft::{HardState, Recovered, Snapshot};
+use crate::sim::SimRng;
+
+/// One write: what a Ready asked to persist, and the messages waiting for it.
+#[derive(Debug, Default)]
+pub struct Write {
+    /// New term and vote.
+    pub hard: Option<HardState>,
+    /// A snapshot received from the leader.
+    pub snapshot: Option<Snapshot>,
+    /// Entries; the first index replaces the log from there.
+    pub entries: Vec<Entry>,
+    /// Messages that may leave once this write is durable.
+    pub messages: Vec<Message>,
+}
+
+/// The durable state.
+#[derive(Debug, Clone, Default)]
+pub struct Durable {
+    /// Term and vote.
+    pub hard: HardState,
+    /// Latest snapshot.
+    pub snapshot: Option<Snapshot>,
+    /// Entries after the snapshot, contiguous.
+    pub log: Vec<Entry>,
+}
+
+impl Durable {
+    fn snap_index(&self) -> u64 {
+        self.snapshot.as_ref().map_or(0, |s| s.index)
+    }
+
+    /// The term of the durable entry at `index`, if any.
+    pub fn term(&self, index: u64) -> Option<u64> {
+        let first = self.snap_index() + 1;
+        if index < first {
+            return None;
+        }
+        self.log.get((index - first) as usize).map(|e| e.term)
+    }
+
+    /// Last durable entry (index, term), or the snapshot's.
+    pub fn last(&self) -> (u64, u64) {
+        match self.log.last() {
+            Some(e) => (e.index, e.term),
+            None => self.snapshot.as_ref().map_or((0, 0), |s| (s.index, s.term)),
+        }
+    }
+
+    /// Whether the effect of entry (`index`, `term`) survives here.
+    pub fn holds(&self, index: u64, term: u64) -> bool {
+        self.snap_index() >= index || self.term(index) == Some(term)
+    }
+
+    fn apply(&mut self, w: &Write, entries_kept: usize) {
+        if let Some(h) = w.hard {
+            self.hard = h;
+        }
+        if let Some(s) = &w.snapshot
+            && s.index > self.snap_index()
+        {
+            let keep = self.term(s.index) == Some(s.term);
+            let old_first = self.snap_index() + 1;
+            if keep {
+                self.log.drain(..(s.index + 1 - old_first) as usize);
+            } else {
+                self.log.clear();
+            }
+            self.snapshot = Some(s.clone());
+        }
+        for e in w.entries.iter().take(entries_kept) {
+            let first = self.snap_index() + 1;
+            if e.index < first {
+                continue;
+            }
+            let at = (e.index - first) as usize;
+            if at > self.log.len() {
+                break; // would leave a gap: recovery could not read past it
+            }
+            self.log.truncate(at);
+            self.log.push(e.clone());
+        }
+    }
+
+    /// Installs a snapshot the application wrote atomically, dropping the log it covers.
+    pub fn install_own_snapshot(&mut self, s: Snapshot) {
+        if s.index <= self.snap_index() {
+            return;
+        }
+        let old_first = self.snap_index() + 1;
+        let n = ((s.index + 1).saturating_sub(old_first) as usize).min(self.log.len());
+        self.log.drain(..n);
+        self.snapshot = Some(s);
+    }
+}
+
+/// A disk with a queue of un-synced writes and at most one fsync in flight.
+#[derive(Debug, Default)]
+pub struct Disk {
+    /// What survives any crash.
+    pub durable: Durable,
+    /// Issued, not yet synced.
+    pub pending: VecDeque<Write>,
+    /// Writes covered by the fsync in flight (a prefix of `pending`).
+    pub syncing: usize,
+}
+
+impl Disk {
+    /// Queues a write.
+    pub fn push(&mut self, w: Write) {
+        self.pending.push_back(w);
+    }
+
+    /// Completes the fsync in flight: its writes become durable. Returns their messages.
+    pub fn complete_sync(&mut self) -> Vec<Message> {
+        let mut out = Vec::new();
+        for _ in 0..self.syncing {
+            let Some(w) = self.pending.pop_front() else {
+                break;
+            };
+            self.durable.apply(&w, w.entries.len());
+            out.extend(w.messages);
+        }
+        self.syncing = 0;
+        out
+    }
+
+    /// A crash. `power_loss`: un-synced writes are lost (a random prefix may survive and
+    /// the write after it may be torn); otherwise every issued write survives.
+    pub fn crash(&mut self, power_loss: bool, rng: &mut SimRng) {
+        let pending: Vec<Write> = self.pending.drain(..).collect();
+        self.syncing = 0;
+        if !power_loss {
+            for w in &pending {
+                self.durable.apply(w, w.entries.len());
+            }
+            return;
+        }
+        let kept = if rng.random_bool(0.5) {
+            0
+        } else {
+            rng.random_range(0..=pending.len())
+        };
+        for w in &pending[..kept] {
+            self.durable.apply(w, w.entries.len());
+        }
+        if let Some(w) = pending.get(kept)
+            && rng.random_bool(0.5)
+            && !w.entries.is_empty()
+        {
+            let torn = Write {
+                hard: None,
+                snapshot: None,
+                entries: w.entries.clone(),
+                messages: Vec::new(),
+            };
+            let n = rng.random_range(0..w.entries.len());
+            self.durable.apply(&torn, n);
+        }
+    }
+
+    /// What a restart reads back.
+    pub fn recover(&self) -> Recovered {
+        Recovered {
+            hard_state: self.durable.hard,
+            snapshot: self.durable.snapshot.clone(),
+            entries: self.durable.log.clone(),
+        }
+    }
+}

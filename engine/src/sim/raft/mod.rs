@@ -1,0 +1,1210 @@
+//! Raft clusters in the simulator: nodes running the real [`crate::raft::Raft`] core with the
+//! [`crate::kv`] state machine, a simulated disk per node ([`disk`]), a network with loss,
+//! duplication, reordering, delay and partitions, crashes and restarts, and clients that
+//! issue key-value operations and record a history for the linearizability checker
+//! ([`check`]).
+//!
+//! After every simulated step the invariants of the Raft paper are checked: election safety,
+//! log matching, leader completeness, state-machine safety; after every crash, that every
+//! acknowledged write is still durable on a majority. A run is a function of its seed.
+
+pub mod check;
+pub mod disk;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use ringleader_wire::msg::Message;
+use ringleader_wire::msg::raft::{ConfState, Entry, EntryKind};
+
+use self::check::{CheckResult, KvOp, KvRet, Operation};
+use self::disk::{Disk, Write};
+use crate::kv::{Command, Kv, Output, ReadMode};
+use crate::raft::{Config, Raft, Role};
+use crate::sim::{Scheduler, SimRng, sched};
+use crate::time::Time;
+
+/// Which faults a run injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Faults {
+    /// None: a perfect network, no crashes.
+    None,
+    /// Loss, duplication, reordering, delay spikes and partitions.
+    Net,
+    /// Process crashes and restarts (leader included); issued writes survive.
+    Crash,
+    /// Power loss: crashes that lose un-synced writes and may tear the last one.
+    Disk,
+    /// All of the above.
+    All,
+}
+
+impl std::str::FromStr for Faults {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Faults, String> {
+        Ok(match s {
+            "none" => Faults::None,
+            "net" => Faults::Net,
+            "crash" => Faults::Crash,
+            "disk" => Faults::Disk,
+            "all" => Faults::All,
+            _ => return Err(format!("unknown faults `{s}` (none|net|crash|disk|all)")),
+        })
+    }
+}
+
+impl Faults {
+    fn net(self) -> bool {
+        matches!(self, Faults::Net | Faults::All)
+    }
+    fn crashes(self) -> bool {
+        matches!(self, Faults::Crash | Faults::Disk | Faults::All)
+    }
+}
+
+/// A simulation's parameters.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Voters in the cluster.
+    pub nodes: usize,
+    /// Client operations per seed.
+    pub ops: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Distinct keys (few, so operations contend).
+    pub keys: u64,
+    /// Faults injected.
+    pub faults: Faults,
+    /// The Raft configuration of every node.
+    pub raft: Config,
+    /// Node tick interval.
+    pub tick_ms: u64,
+    /// A client gives up on an operation after this long (its outcome is then unknown).
+    pub op_timeout_ms: u64,
+    /// Take a snapshot after this many applied entries.
+    pub snapshot_every_entries: u64,
+    /// Linearizability search bound per key.
+    pub check_step_limit: u64,
+    /// Virtual time limit of one seed.
+    pub time_limit_ms: u64,
+}
+
+impl SimConfig {
+    /// Defaults for `nodes` voters, `ops` operations and `faults`.
+    pub fn new(nodes: usize, ops: usize, faults: Faults) -> SimConfig {
+        SimConfig {
+            nodes,
+            ops,
+            clients: 3,
+            keys: 4,
+            faults,
+            raft: Config {
+                election_timeout_ms: 150,
+                heartbeat_interval_ms: 30,
+                inflight_msgs_max: 8,
+                msg_entries_max: 16,
+                snapshot_chunk_bytes: 256,
+                ..Config::default()
+            },
+            tick_ms: 10,
+            op_timeout_ms: 1000,
+            snapshot_every_entries: 40,
+            check_step_limit: 2_000_000,
+            time_limit_ms: 120_000,
+        }
+    }
+}
+
+/// The outcome of one seed.
+#[derive(Debug, Clone, Default)]
+pub struct SeedReport {
+    /// The seed.
+    pub seed: u64,
+    /// Operations acknowledged to clients (writes and linearizable reads).
+    pub ops_acked: u64,
+    /// Operations whose outcome stayed unknown.
+    pub ops_unknown: u64,
+    /// Invariant violations, described.
+    pub violations: Vec<String>,
+    /// The linearizability verdict (None when the history was not checked).
+    pub linearizability: Option<CheckResult>,
+    /// Leaders elected (distinct (term, leader) pairs).
+    pub elections: u64,
+    /// Longest stretch of virtual time with no leader.
+    pub max_leader_gap_ms: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: u64,
+    /// Virtual time simulated.
+    pub virtual_ms: u64,
+    /// Whether every client finished its operations.
+    pub finished: bool,
+}
+
+impl SeedReport {
+    /// Whether the history was found not linearizable.
+    pub fn non_linearizable(&self) -> bool {
+        matches!(
+            self.linearizability,
+            Some(CheckResult::NotLinearizable { .. })
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Req {
+    Write { cmd: Command },
+    Read { key: u64, mode: ReadMode },
+}
+
+#[derive(Debug, Clone)]
+enum Reply {
+    Written(Output),
+    Value(Option<u64>),
+    /// Definitely not done; try another node.
+    Refused {
+        leader_hint: u64,
+    },
+}
+
+#[derive(Debug)]
+enum Ev {
+    Deliver {
+        to: u64,
+        msg: Message,
+    },
+    Tick {
+        node: u64,
+        incarnation: u64,
+    },
+    Sync {
+        node: u64,
+        incarnation: u64,
+    },
+    Crash,
+    Restart {
+        node: u64,
+    },
+    Partition,
+    Heal,
+    ClientNext {
+        client: usize,
+    },
+    ToNode {
+        node: u64,
+        client: usize,
+        attempt: u64,
+        req: Req,
+    },
+    ToClient {
+        client: usize,
+        attempt: u64,
+        reply: Reply,
+    },
+    ClientTimeout {
+        client: usize,
+        attempt: u64,
+    },
+    ClientResend {
+        client: usize,
+        attempt: u64,
+    },
+}
+
+struct Node {
+    id: u64,
+    raft: Option<Raft<SimRng>>,
+    incarnation: u64,
+    kv: Kv,
+    disk: Disk,
+    /// Proposals waiting to apply: index -> (term, client, attempt).
+    writes: HashMap<u64, (u64, usize, u64)>,
+    /// Reads waiting for a read index: ctx -> (client, attempt, key).
+    reads: HashMap<u64, (usize, u64, u64)>,
+    /// Reads waiting to apply: (index, client, attempt, key).
+    ready_reads: Vec<(u64, usize, u64, u64)>,
+    next_ctx: u64,
+    last_role: Role,
+}
+
+struct ClientState {
+    attempt: u64,
+    /// (history index, request, tries)
+    current: Option<(usize, Req, u32)>,
+    leader_guess: u64,
+    done: u64,
+    seq: u64,
+}
+
+struct Sim {
+    cfg: SimConfig,
+    rng: SimRng,
+    sched: Scheduler<Ev>,
+    nodes: Vec<Node>,
+    clients: Vec<ClientState>,
+    history: Vec<Operation>,
+    /// Whether a history entry is void (definitely never took effect).
+    void: Vec<bool>,
+    invoked: usize,
+    blocked: BTreeSet<(u64, u64)>,
+    loss: f64,
+    dup: f64,
+    delay_ms_max: u64,
+    faults_on: bool,
+    leaders: BTreeMap<u64, u64>,
+    /// index -> (term, payload hash, estimated commit term)
+    applied: HashMap<u64, (u64, u64, u64)>,
+    /// (index, term) -> (payload hash, previous term)
+    entries_seen: HashMap<(u64, u64), (u64, Option<u64>)>,
+    /// Acknowledged writes: (index, term).
+    acked_writes: Vec<(u64, u64)>,
+    written_values: BTreeSet<u64>,
+    report: SeedReport,
+    no_leader_since: Option<Time>,
+    down: usize,
+}
+
+fn hash_of(e: &Entry) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (e.kind as u8).hash(&mut h);
+    e.payload.hash(&mut h);
+    h.finish()
+}
+
+fn key_bytes(k: u64) -> Vec<u8> {
+    k.to_le_bytes().to_vec()
+}
+
+fn value_of(b: Option<&[u8]>) -> Option<u64> {
+    b.map(|b| b.try_into().map(u64::from_le_bytes).unwrap_or(u64::MAX))
+}
+
+fn header_of(m: &Message) -> (u64, u64) {
+    match m {
+        Message::AppendEntries(x) => (x.header.from, x.header.to),
+        Message::AppendResponse(x) => (x.header.from, x.header.to),
+        Message::VoteRequest(x) => (x.header.from, x.header.to),
+        Message::VoteResponse(x) => (x.header.from, x.header.to),
+        Message::InstallSnapshot(x) => (x.header.from, x.header.to),
+        Message::SnapshotResponse(x) => (x.header.from, x.header.to),
+        Message::TimeoutNow(x) => (x.header.from, x.header.to),
+        Message::ReadIndexRequest(x) => (x.header.from, x.header.to),
+        Message::ReadIndexResponse(x) => (x.header.from, x.header.to),
+        Message::Heartbeat(x) => (x.header.from, x.header.to),
+        Message::HeartbeatResponse(x) => (x.header.from, x.header.to),
+        _ => (0, 0),
+    }
+}
+
+/// Runs one seed.
+pub fn run_seed(cfg: &SimConfig, seed: u64) -> SeedReport {
+    let mut sim = Sim::new(cfg.clone(), seed);
+    sim.run();
+    sim.report
+}
+
+impl Sim {
+    fn new(cfg: SimConfig, seed: u64) -> Sim {
+        let mut rng = sched::rng(seed);
+        let faults = cfg.faults;
+        let (loss, dup, delay_ms_max) = if faults.net() {
+            (
+                rng.random_range(0.0..0.1),
+                rng.random_range(0.0..0.05),
+                rng.random_range(5..30),
+            )
+        } else {
+            (0.0, 0.0, 5)
+        };
+        let nodes = (1..=cfg.nodes as u64)
+            .map(|id| Node {
+                id,
+                raft: None,
+                incarnation: 0,
+                kv: Kv::new(),
+                disk: Disk::default(),
+                writes: HashMap::new(),
+                reads: HashMap::new(),
+                ready_reads: Vec::new(),
+                next_ctx: 0,
+                last_role: Role::Follower,
+            })
+            .collect();
+        let clients = (0..cfg.clients)
+            .map(|_| ClientState {
+                attempt: 0,
+                current: None,
+                leader_guess: 0,
+                done: 0,
+                seq: 0,
+            })
+            .collect();
+        Sim {
+            rng,
+            sched: Scheduler::new(),
+            nodes,
+            clients,
+            history: Vec::new(),
+            void: Vec::new(),
+            invoked: 0,
+            blocked: BTreeSet::new(),
+            loss,
+            dup,
+            delay_ms_max,
+            faults_on: faults != Faults::None,
+            leaders: BTreeMap::new(),
+            applied: HashMap::new(),
+            entries_seen: HashMap::new(),
+            acked_writes: Vec::new(),
+            written_values: BTreeSet::new(),
+            report: SeedReport {
+                seed,
+                ..SeedReport::default()
+            },
+            no_leader_since: Some(Time::ZERO),
+            down: 0,
+            cfg,
+        }
+    }
+
+    fn conf(&self) -> ConfState {
+        ConfState {
+            voters: (1..=self.cfg.nodes as u64).collect(),
+            learners: vec![],
+            voters_outgoing: vec![],
+        }
+    }
+
+    fn violation(&mut self, what: String) {
+        if self.report.violations.len() < 16 {
+            self.report
+                .violations
+                .push(format!("t={}ms: {what}", self.sched.now().as_millis()));
+        }
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let now = self.sched.now();
+        let conf = self.conf();
+        let node_rng = sched::rng(self.rng.random());
+        let cfg = self.cfg.raft.clone();
+        let n = &mut self.nodes[i];
+        let recovered = n.disk.recover();
+        n.kv = match recovered.snapshot.as_ref().map(|s| Kv::restore(&s.data)) {
+            Some(Ok(kv)) => kv,
+            Some(Err(_)) => {
+                let id = n.id;
+                self.violation(format!("node {id}: durable snapshot does not decode"));
+                return;
+            }
+            None => Kv::new(),
+        };
+        let n = &mut self.nodes[i];
+        match Raft::new(cfg, n.id, conf, recovered, node_rng, now) {
+            Ok(r) => n.raft = Some(r),
+            Err(e) => {
+                let id = n.id;
+                self.violation(format!("node {id}: restart refused: {e}"));
+                return;
+            }
+        }
+        n.incarnation += 1;
+        n.last_role = Role::Follower;
+        let (node, incarnation) = (n.id, n.incarnation);
+        let jitter = self.rng.random_range(0..self.cfg.tick_ms);
+        self.sched.schedule_in(
+            Duration::from_millis(jitter),
+            Ev::Tick { node, incarnation },
+        );
+    }
+
+    fn run(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.start_node(i);
+        }
+        for c in 0..self.clients.len() {
+            let at = self.rng.random_range(0..50);
+            self.sched
+                .schedule_in(Duration::from_millis(at), Ev::ClientNext { client: c });
+        }
+        if self.cfg.faults.crashes() {
+            let at = self.rng.random_range(200..1000);
+            self.sched.schedule_in(Duration::from_millis(at), Ev::Crash);
+        }
+        if self.cfg.faults.net() {
+            let at = self.rng.random_range(200..1000);
+            self.sched
+                .schedule_in(Duration::from_millis(at), Ev::Partition);
+        }
+        let limit = Time::from_millis(self.cfg.time_limit_ms);
+        while let Some((now, ev)) = self.sched.pop() {
+            if now > limit {
+                break;
+            }
+            self.handle(ev);
+            self.check_step();
+            if self.all_done() {
+                self.report.finished = true;
+                break;
+            }
+            if self.faults_on && self.invoked >= self.cfg.ops {
+                self.stop_faults();
+            }
+        }
+        self.report.virtual_ms = self.sched.now().as_millis();
+        if let Some(since) = self.no_leader_since {
+            self.report.max_leader_gap_ms = self
+                .report
+                .max_leader_gap_ms
+                .max((self.sched.now() - since).as_millis() as u64);
+        }
+        self.finish_history();
+    }
+
+    fn all_done(&self) -> bool {
+        self.invoked >= self.cfg.ops && self.clients.iter().all(|c| c.current.is_none())
+    }
+
+    /// The last ops run on a healed cluster: every fault stops, every node restarts.
+    fn stop_faults(&mut self) {
+        self.faults_on = false;
+        self.blocked.clear();
+        self.loss = 0.0;
+        self.dup = 0.0;
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].raft.is_none() {
+                self.down -= 1;
+                self.start_node(i);
+            }
+        }
+    }
+
+    fn finish_history(&mut self) {
+        let mut ops = Vec::with_capacity(self.history.len());
+        for (i, op) in self.history.iter().enumerate() {
+            if self.void[i] {
+                continue;
+            }
+            if op.ret == KvRet::Unknown && op.op == KvOp::Get {
+                continue; // a read without an answer constrains nothing
+            }
+            ops.push(*op);
+        }
+        self.report.linearizability = Some(check::check(&ops, self.cfg.check_step_limit));
+    }
+
+    // ----- invariants -----
+
+    fn check_step(&mut self) {
+        let now = self.sched.now();
+        let mut has_leader = false;
+        let mut new_leaders = Vec::new();
+        for n in &mut self.nodes {
+            let Some(r) = n.raft.as_ref() else { continue };
+            if r.role() == Role::Leader {
+                has_leader = true;
+                if n.last_role != Role::Leader {
+                    new_leaders.push((n.id, r.term()));
+                }
+            }
+            n.last_role = r.role();
+        }
+        for (id, term) in new_leaders {
+            match self.leaders.get(&term) {
+                Some(&other) if other != id => self.violation(format!(
+                    "election safety: nodes {other} and {id} both lead term {term}"
+                )),
+                Some(_) => {}
+                None => {
+                    self.leaders.insert(term, id);
+                    self.report.elections += 1;
+                    self.check_leader_completeness(id, term);
+                }
+            }
+        }
+        match (has_leader, self.no_leader_since) {
+            (true, Some(since)) => {
+                self.report.max_leader_gap_ms = self
+                    .report
+                    .max_leader_gap_ms
+                    .max((now - since).as_millis() as u64);
+                self.no_leader_since = None;
+            }
+            (false, None) => self.no_leader_since = Some(now),
+            _ => {}
+        }
+    }
+
+    fn check_leader_completeness(&mut self, id: u64, term: u64) {
+        let Some(r) = self.nodes[(id - 1) as usize].raft.as_ref() else {
+            return;
+        };
+        let log = r.log();
+        let mut missing = None;
+        for (&index, &(t, _, commit_term)) in &self.applied {
+            if commit_term >= term || index <= log.offset() {
+                continue;
+            }
+            if log.term(index) != Some(t) {
+                missing = Some((index, t));
+                break;
+            }
+        }
+        if let Some((index, t)) = missing {
+            self.violation(format!(
+                "leader completeness: leader {id} of term {term} lacks committed entry {index}@{t}"
+            ));
+        }
+    }
+
+    fn check_entries(&mut self, i: usize, entries: &[Entry]) {
+        let Some(r) = self.nodes[i].raft.as_ref() else {
+            return;
+        };
+        let mut bad = Vec::new();
+        for e in entries {
+            let prev = if e.index == 1 {
+                Some(0)
+            } else {
+                r.log().term(e.index - 1)
+            };
+            let h = hash_of(e);
+            match self.entries_seen.get(&(e.index, e.term)) {
+                None => {
+                    self.entries_seen.insert((e.index, e.term), (h, prev));
+                }
+                Some(&(h0, p0)) => {
+                    if h0 != h || (p0.is_some() && prev.is_some() && p0 != prev) {
+                        bad.push((e.index, e.term));
+                    }
+                }
+            }
+        }
+        let id = self.nodes[i].id;
+        for (index, term) in bad {
+            self.violation(format!(
+                "log matching: node {id} holds a different entry {index}@{term}"
+            ));
+        }
+    }
+
+    fn check_acked_durable(&mut self) {
+        let majority = self.cfg.nodes / 2 + 1;
+        let mut lost = None;
+        for &(index, term) in &self.acked_writes {
+            let holders = self
+                .nodes
+                .iter()
+                .filter(|n| n.disk.durable.holds(index, term))
+                .count();
+            if holders < majority {
+                lost = Some((index, term, holders));
+                break;
+            }
+        }
+        if let Some((index, term, holders)) = lost {
+            self.violation(format!(
+                "acknowledged write {index}@{term} durable on only {holders} nodes after a crash"
+            ));
+        }
+    }
+
+    // ----- events -----
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Deliver { to, msg } => {
+                let i = (to - 1) as usize;
+                if let Some(r) = self.nodes[i].raft.as_mut() {
+                    let _ = r.step(msg);
+                    self.process(i);
+                }
+            }
+            Ev::Tick { node, incarnation } => {
+                let i = (node - 1) as usize;
+                if self.nodes[i].incarnation != incarnation {
+                    return;
+                }
+                let now = self.sched.now();
+                if let Some(r) = self.nodes[i].raft.as_mut() {
+                    r.tick(now);
+                    self.process(i);
+                    self.sched.schedule_in(
+                        Duration::from_millis(self.cfg.tick_ms),
+                        Ev::Tick { node, incarnation },
+                    );
+                }
+            }
+            Ev::Sync { node, incarnation } => {
+                let i = (node - 1) as usize;
+                if self.nodes[i].incarnation != incarnation || self.nodes[i].raft.is_none() {
+                    return;
+                }
+                let msgs = self.nodes[i].disk.complete_sync();
+                let (index, term) = self.nodes[i].disk.durable.last();
+                if let Some(r) = self.nodes[i].raft.as_mut() {
+                    r.persisted(index, term);
+                }
+                for m in msgs {
+                    self.send(m);
+                }
+                self.start_sync(i);
+                self.process(i);
+            }
+            Ev::Crash => self.crash(),
+            Ev::Restart { node } => {
+                let i = (node - 1) as usize;
+                if self.nodes[i].raft.is_none() {
+                    self.down -= 1;
+                    self.start_node(i);
+                }
+            }
+            Ev::Partition => self.partition(),
+            Ev::Heal => self.blocked.clear(),
+            Ev::ClientNext { client } => self.client_next(client),
+            Ev::ToNode {
+                node,
+                client,
+                attempt,
+                req,
+            } => self.node_request((node - 1) as usize, client, attempt, req),
+            Ev::ToClient {
+                client,
+                attempt,
+                reply,
+            } => self.client_reply(client, attempt, reply),
+            Ev::ClientResend { client, attempt } => {
+                if self.clients[client].attempt == attempt {
+                    self.client_send(client);
+                }
+            }
+            Ev::ClientTimeout { client, attempt } => {
+                if self.clients[client].attempt == attempt
+                    && let Some((h, _, _)) = self.clients[client].current.take()
+                {
+                    self.report.ops_unknown += 1;
+                    self.clients[client].attempt += 1;
+                    self.clients[client].leader_guess = 0;
+                    let _ = h; // stays Unknown with an infinite return time
+                    self.sched
+                        .schedule_in(Duration::from_millis(1), Ev::ClientNext { client });
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, m: Message) {
+        let (from, to) = header_of(&m);
+        if to == 0 || to as usize > self.nodes.len() || self.blocked.contains(&(from, to)) {
+            return;
+        }
+        if self.loss > 0.0 && self.rng.random_bool(self.loss) {
+            return;
+        }
+        let mut delay = self.rng.random_range(1..=self.delay_ms_max);
+        if self.faults_on && self.cfg.faults.net() && self.rng.random_bool(0.01) {
+            delay += self.rng.random_range(50..300);
+        }
+        if self.dup > 0.0 && self.rng.random_bool(self.dup) {
+            let d2 = self.rng.random_range(1..=self.delay_ms_max * 2);
+            self.sched.schedule_in(
+                Duration::from_micros(d2 * 1000 + 7),
+                Ev::Deliver { to, msg: m.clone() },
+            );
+        }
+        self.sched
+            .schedule_in(Duration::from_millis(delay), Ev::Deliver { to, msg: m });
+    }
+
+    fn start_sync(&mut self, i: usize) {
+        let d = &mut self.nodes[i].disk;
+        if d.syncing > 0 || d.pending.is_empty() {
+            return;
+        }
+        d.syncing = d.pending.len();
+        let lat = self.rng.random_range(200..3000);
+        let (node, incarnation) = (self.nodes[i].id, self.nodes[i].incarnation);
+        self.sched
+            .schedule_in(Duration::from_micros(lat), Ev::Sync { node, incarnation });
+    }
+
+    /// Drains the node's Ready outputs: the driver of the core.
+    fn process(&mut self, i: usize) {
+        let mut guard = 0;
+        loop {
+            guard += 1;
+            if guard > 1000 {
+                let id = self.nodes[i].id;
+                self.violation(format!("node {id}: ready loop does not settle"));
+                return;
+            }
+            let Some(r) = self.nodes[i].raft.as_mut() else {
+                return;
+            };
+            if !r.has_ready() {
+                break;
+            }
+            let rd = r.ready();
+            self.check_entries(i, &rd.entries);
+            let must_write = rd.must_write();
+            for m in rd.messages {
+                self.send(m);
+            }
+            if let Some(s) = &rd.snapshot {
+                self.report.snapshots_installed += 1;
+                match Kv::restore(&s.data) {
+                    Ok(kv) => self.nodes[i].kv = kv,
+                    Err(e) => self.violation(format!("snapshot does not decode: {e}")),
+                }
+            }
+            if must_write {
+                self.nodes[i].disk.push(Write {
+                    hard: rd.hard_state,
+                    snapshot: rd.snapshot,
+                    entries: rd.entries,
+                    messages: rd.persisted_messages,
+                });
+                self.start_sync(i);
+            } else if !rd.persisted_messages.is_empty() {
+                match self.nodes[i].disk.pending.back_mut() {
+                    Some(w) => w.messages.extend(rd.persisted_messages),
+                    None => {
+                        for m in rd.persisted_messages {
+                            self.send(m);
+                        }
+                    }
+                }
+            }
+            self.apply(i, rd.committed_entries);
+            for rs in rd.read_states {
+                let n = &mut self.nodes[i];
+                let Some((client, attempt, key)) = n.reads.remove(&rs.ctx) else {
+                    continue;
+                };
+                if rs.index == 0 {
+                    let hint = n.raft.as_ref().map_or(0, |r| r.leader_id());
+                    self.reply(i, client, attempt, Reply::Refused { leader_hint: hint });
+                } else {
+                    n.ready_reads.push((rs.index, client, attempt, key));
+                }
+            }
+            self.serve_reads(i);
+        }
+        self.maybe_snapshot(i);
+    }
+
+    fn apply(&mut self, i: usize, entries: Vec<Entry>) {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return;
+        };
+        let term_now = self.nodes[i].raft.as_ref().map_or(0, |r| r.term());
+        let id = self.nodes[i].id;
+        for e in entries {
+            let h = hash_of(&e);
+            match self.applied.get(&e.index) {
+                Some(&(t, h0, _)) if t != e.term || h0 != h => {
+                    self.violation(format!(
+                        "state-machine safety: node {id} applies {}@{} over {}@{t}",
+                        e.index, e.term, e.index
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.applied.insert(e.index, (e.term, h, term_now));
+                }
+            }
+            let n = &mut self.nodes[i];
+            let out = match e.kind {
+                EntryKind::Normal => n.kv.apply(e.index, &e.payload).ok(),
+                _ => {
+                    n.kv.skip(e.index);
+                    None
+                }
+            };
+            if let Some((term, client, attempt)) = n.writes.remove(&e.index) {
+                if term == e.term {
+                    let out = out.unwrap_or(Output::Done);
+                    self.acked_writes.push((e.index, e.term));
+                    self.reply(i, client, attempt, Reply::Written(out));
+                } else {
+                    self.reply(i, client, attempt, Reply::Refused { leader_hint: 0 });
+                }
+            }
+        }
+        if let Some(r) = self.nodes[i].raft.as_mut() {
+            r.applied(last);
+        }
+    }
+
+    fn serve_reads(&mut self, i: usize) {
+        let applied = self.nodes[i].kv.applied_index();
+        let ready: Vec<(u64, usize, u64, u64)> = {
+            let n = &mut self.nodes[i];
+            let (now, later): (Vec<_>, Vec<_>) =
+                n.ready_reads.drain(..).partition(|r| r.0 <= applied);
+            n.ready_reads = later;
+            now
+        };
+        for (_, client, attempt, key) in ready {
+            let v = value_of(self.nodes[i].kv.get(&key_bytes(key)));
+            self.reply(i, client, attempt, Reply::Value(v));
+        }
+    }
+
+    fn maybe_snapshot(&mut self, i: usize) {
+        let every = self.cfg.snapshot_every_entries;
+        let n = &mut self.nodes[i];
+        let Some(r) = n.raft.as_mut() else { return };
+        let applied = n.kv.applied_index();
+        let snap_index = r.snapshot().map_or(0, |s| s.index);
+        if applied < snap_index + every
+            || applied > r.log().persisted()
+            || applied != r.log().applied()
+        {
+            return;
+        }
+        let data: Arc<[u8]> = n.kv.snapshot().into();
+        if r.snapshot_done(applied, data).is_ok()
+            && let Some(s) = r.snapshot().cloned()
+        {
+            n.disk.durable.install_own_snapshot(s);
+        }
+    }
+
+    fn reply(&mut self, i: usize, client: usize, attempt: u64, reply: Reply) {
+        let _ = i;
+        let d = self.rng.random_range(1..=3);
+        self.sched.schedule_in(
+            Duration::from_millis(d),
+            Ev::ToClient {
+                client,
+                attempt,
+                reply,
+            },
+        );
+    }
+
+    // ----- faults -----
+
+    fn crash(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let n = self.nodes.len();
+        let max_down = (n - 1) / 2;
+        if self.down < max_down {
+            let leader = self
+                .nodes
+                .iter()
+                .position(|x| x.raft.as_ref().is_some_and(|r| r.role() == Role::Leader));
+            let i = match leader {
+                Some(l) if self.rng.random_bool(0.5) => l,
+                _ => self.rng.random_range(0..n),
+            };
+            if self.nodes[i].raft.is_some() {
+                let power_loss = match self.cfg.faults {
+                    Faults::Disk => true,
+                    Faults::All => self.rng.random_bool(0.5),
+                    _ => false,
+                };
+                let node = &mut self.nodes[i];
+                node.raft = None;
+                node.writes.clear();
+                node.reads.clear();
+                node.ready_reads.clear();
+                node.disk.crash(power_loss, &mut self.rng);
+                self.down += 1;
+                self.report.crashes += 1;
+                self.check_acked_durable();
+                let back = self.rng.random_range(50..1500);
+                let id = self.nodes[i].id;
+                self.sched
+                    .schedule_in(Duration::from_millis(back), Ev::Restart { node: id });
+            }
+        }
+        let next = self.rng.random_range(100..800);
+        self.sched
+            .schedule_in(Duration::from_millis(next), Ev::Crash);
+    }
+
+    fn partition(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        self.blocked.clear();
+        let n = self.nodes.len() as u64;
+        let leader = self
+            .nodes
+            .iter()
+            .find(|x| x.raft.as_ref().is_some_and(|r| r.role() == Role::Leader))
+            .map(|x| x.id);
+        let side: BTreeSet<u64> = match (leader, self.rng.random_range(0..3)) {
+            (Some(l), 0) => [l].into(),
+            (_, 1) => (1..=n).filter(|_| self.rng.random_bool(0.5)).collect(),
+            _ => [self.rng.random_range(1..=n)].into(),
+        };
+        let one_way = self.rng.random_bool(0.2);
+        for a in 1..=n {
+            for b in 1..=n {
+                if side.contains(&a) && !side.contains(&b) {
+                    self.blocked.insert((a, b));
+                    if !one_way {
+                        self.blocked.insert((b, a));
+                    }
+                }
+            }
+        }
+        let heal = self.rng.random_range(100..1200);
+        self.sched
+            .schedule_in(Duration::from_millis(heal), Ev::Heal);
+        let next = heal + self.rng.random_range(100..1000);
+        self.sched
+            .schedule_in(Duration::from_millis(next), Ev::Partition);
+    }
+
+    // ----- clients -----
+
+    fn client_next(&mut self, c: usize) {
+        if self.clients[c].current.is_some() || self.invoked >= self.cfg.ops {
+            return;
+        }
+        self.invoked += 1;
+        let key = self.rng.random_range(0..self.cfg.keys);
+        let cl = &mut self.clients[c];
+        cl.seq += 1;
+        let value = ((c as u64 + 1) << 32) | cl.seq;
+        let roll = self.rng.random_range(0..100);
+        let (op, req) = match roll {
+            0..30 => (
+                KvOp::Put(value),
+                Req::Write {
+                    cmd: Command::Put {
+                        key: key_bytes(key),
+                        value: value.to_le_bytes().to_vec(),
+                    },
+                },
+            ),
+            30..40 => (
+                KvOp::Delete,
+                Req::Write {
+                    cmd: Command::Delete {
+                        key: key_bytes(key),
+                    },
+                },
+            ),
+            40..55 => {
+                let expected = if self.rng.random_bool(0.2) {
+                    None
+                } else {
+                    self.written_values
+                        .iter()
+                        .rev()
+                        .nth(self.rng.random_range(0..3))
+                        .copied()
+                };
+                (
+                    KvOp::Cas {
+                        expected,
+                        new: value,
+                    },
+                    Req::Write {
+                        cmd: Command::Cas {
+                            key: key_bytes(key),
+                            expected: expected.map(|v| v.to_le_bytes().to_vec()),
+                            new: value.to_le_bytes().to_vec(),
+                        },
+                    },
+                )
+            }
+            55..75 => (
+                KvOp::Get,
+                Req::Read {
+                    key,
+                    mode: ReadMode::Consistent,
+                },
+            ),
+            75..92 => (
+                KvOp::Get,
+                Req::Read {
+                    key,
+                    mode: ReadMode::Default,
+                },
+            ),
+            _ => (
+                KvOp::Get,
+                Req::Read {
+                    key,
+                    mode: ReadMode::Stale,
+                },
+            ),
+        };
+        if matches!(op, KvOp::Put(_) | KvOp::Cas { .. }) {
+            self.written_values.insert(value);
+        }
+        let now = self.sched.now().as_nanos();
+        self.history.push(Operation {
+            key,
+            op,
+            ret: KvRet::Unknown,
+            invoke: now,
+            ret_time: u64::MAX,
+        });
+        // Stale reads are not linearizable by design: kept out of the checked history.
+        self.void.push(matches!(
+            req,
+            Req::Read {
+                mode: ReadMode::Stale,
+                ..
+            }
+        ));
+        let h = self.history.len() - 1;
+        self.clients[c].current = Some((h, req, 0));
+        self.clients[c].attempt += 1;
+        let attempt = self.clients[c].attempt;
+        self.sched.schedule_in(
+            Duration::from_millis(self.cfg.op_timeout_ms),
+            Ev::ClientTimeout { client: c, attempt },
+        );
+        self.client_send(c);
+    }
+
+    fn client_send(&mut self, c: usize) {
+        let Some((_, req, _)) = self.clients[c].current.clone() else {
+            return;
+        };
+        let n = self.nodes.len() as u64;
+        let guess = self.clients[c].leader_guess;
+        let node = if guess != 0
+            && !matches!(
+                req,
+                Req::Read {
+                    mode: ReadMode::Stale,
+                    ..
+                }
+            ) {
+            guess
+        } else {
+            self.rng.random_range(1..=n)
+        };
+        let attempt = self.clients[c].attempt;
+        let d = self.rng.random_range(1..=3);
+        self.sched.schedule_in(
+            Duration::from_millis(d),
+            Ev::ToNode {
+                node,
+                client: c,
+                attempt,
+                req,
+            },
+        );
+    }
+
+    fn node_request(&mut self, i: usize, client: usize, attempt: u64, req: Req) {
+        let n = &mut self.nodes[i];
+        let Some(r) = n.raft.as_mut() else { return };
+        match req {
+            Req::Write { cmd } => match r.propose([cmd.encode()]) {
+                Ok((index, _)) => {
+                    let term = r.term();
+                    n.writes.insert(index, (term, client, attempt));
+                }
+                Err(_) => {
+                    let hint = r.leader_id();
+                    self.reply(i, client, attempt, Reply::Refused { leader_hint: hint });
+                }
+            },
+            Req::Read {
+                key,
+                mode: ReadMode::Stale,
+            } => {
+                let v = value_of(n.kv.get(&key_bytes(key)));
+                self.reply(i, client, attempt, Reply::Value(v));
+            }
+            Req::Read { key, mode } => {
+                n.next_ctx += 1;
+                let ctx = n.next_ctx;
+                let res = match mode {
+                    ReadMode::Default if r.role() == Role::Leader => r.read_lease(ctx),
+                    ReadMode::Default => Err(crate::raft::RaftError::NotLeader(r.leader_id())),
+                    _ => r.read_index(ctx),
+                };
+                match res {
+                    Ok(()) => {
+                        n.reads.insert(ctx, (client, attempt, key));
+                    }
+                    Err(_) => {
+                        let hint = r.leader_id();
+                        self.reply(i, client, attempt, Reply::Refused { leader_hint: hint });
+                    }
+                }
+            }
+        }
+        self.process(i);
+    }
+
+    fn client_reply(&mut self, c: usize, attempt: u64, reply: Reply) {
+        if self.clients[c].attempt != attempt {
+            return;
+        }
+        let Some((h, req, tries)) = self.clients[c].current.take() else {
+            return;
+        };
+        let now = self.sched.now().as_nanos();
+        match reply {
+            Reply::Refused { leader_hint } => {
+                if tries >= 30 {
+                    // Definitely never happened: drop it from the history.
+                    self.void[h] = true;
+                    self.clients[c].attempt += 1;
+                    self.sched
+                        .schedule_in(Duration::from_millis(1), Ev::ClientNext { client: c });
+                    return;
+                }
+                self.clients[c].leader_guess = leader_hint;
+                self.clients[c].current = Some((h, req, tries + 1));
+                let backoff = self.rng.random_range(5..30);
+                self.clients[c].attempt += 1;
+                let attempt = self.clients[c].attempt;
+                // The timeout restarts with the new attempt.
+                self.sched.schedule_in(
+                    Duration::from_millis(self.cfg.op_timeout_ms),
+                    Ev::ClientTimeout { client: c, attempt },
+                );
+                self.sched.schedule_in(
+                    Duration::from_millis(backoff),
+                    Ev::ClientResend { client: c, attempt },
+                );
+            }
+            Reply::Written(out) => {
+                self.history[h].ret = match out {
+                    Output::Done => KvRet::Done,
+                    Output::Cas(ok) => KvRet::Cas(ok),
+                };
+                self.history[h].ret_time = now;
+                self.report.ops_acked += 1;
+                self.clients[c].done += 1;
+                self.sched
+                    .schedule_in(Duration::from_millis(1), Ev::ClientNext { client: c });
+            }
+            Reply::Value(v) => {
+                if let Some(x) = v
+                    && !self.written_values.contains(&x)
+                {
+                    self.violation(format!("read returned {x:#x}, a value never written"));
+                }
+                self.history[h].ret = KvRet::Value(v);
+                self.history[h].ret_time = now;
+                if !self.void[h] {
+                    self.report.ops_acked += 1;
+                }
+                self.clients[c].done += 1;
+                self.sched
+                    .schedule_in(Duration::from_millis(1), Ev::ClientNext { client: c });
+            }
+        }
+    }
+}
