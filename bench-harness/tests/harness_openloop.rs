@@ -103,7 +103,7 @@ fn open_loop_shows_a_stall_at_p99_and_closed_loop_hides_it() {
 fn open_loop_schedule_is_exact_and_does_not_drift() {
     let start = Instant::now();
     let mut three = OpenLoop::new(3, start);
-    let times: Vec<Duration> = (0..4).map(|_| three.next().unwrap() - start).collect();
+    let times: Vec<Duration> = (0..4).map(|_| three.next() - start).collect();
     assert_eq!(
         times,
         vec![
@@ -114,7 +114,7 @@ fn open_loop_schedule_is_exact_and_does_not_drift() {
         ]
     );
     let mut thousand = OpenLoop::new(1000, start);
-    let nth = thousand.nth(1_000_000).unwrap();
+    let nth = (0..=1_000_000).map(|_| thousand.next()).last().unwrap();
     assert_eq!(nth - start, Duration::from_secs(1000));
     assert_eq!(thousand.issued_count(), 1_000_001);
 }

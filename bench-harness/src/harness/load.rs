@@ -29,21 +29,18 @@ impl OpenLoop {
         }
     }
 
-    /// How many send times `next` has handed out.
-    pub fn issued_count(&self) -> u64 {
-        self.issued_count
-    }
-}
-
-/// An endless schedule: `next()` is the intended send time of the next request.
-impl Iterator for OpenLoop {
-    type Item = Instant;
-
-    fn next(&mut self) -> Option<Instant> {
+    /// The intended send time of the next request (the schedule never ends).
+    #[allow(clippy::should_implement_trait)] // The harness API names it `next` and returns `Instant`.
+    pub fn next(&mut self) -> Instant {
         let offset_ns = u128::from(self.issued_count) * 1_000_000_000 / u128::from(self.rate_per_s);
         self.issued_count += 1;
         let secs = u64::try_from(offset_ns / 1_000_000_000).unwrap_or(u64::MAX);
-        Some(self.start + Duration::new(secs, (offset_ns % 1_000_000_000) as u32))
+        self.start + Duration::new(secs, (offset_ns % 1_000_000_000) as u32)
+    }
+
+    /// How many send times `next` has handed out.
+    pub fn issued_count(&self) -> u64 {
+        self.issued_count
     }
 }
 
@@ -113,7 +110,7 @@ where
     loop {
         let from = match open.as_deref_mut() {
             Some(open) => {
-                let Some(intended) = open.next() else { break };
+                let intended = open.next();
                 if intended >= end {
                     break;
                 }

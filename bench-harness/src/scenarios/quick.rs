@@ -20,6 +20,8 @@ use crate::harness::{OutputArgs, Run, parse_duration};
 
 /// The most bytes of a child's stdout or stderr kept (the tail is what matters).
 pub const CHILD_OUTPUT_BYTES_MAX: usize = 1 << 20;
+/// A scenario is not started with less of quick's budget left than this.
+pub const MIN_CHILD_TIME: Duration = Duration::from_secs(2);
 /// How often a running child is polled for exit.
 pub const CHILD_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -35,6 +37,10 @@ pub struct Args {
     /// Time limit of each scenario; a child still running then is killed.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Time limit of the whole of quick: each child's limit is cut to what is left, and the
+    /// scenarios after it is spent are listed as skipped.
+    #[arg(long, default_value = "150s", value_parser = parse_duration)]
+    pub budget: Duration,
     /// Folder on the filesystem for the WAL scenario (default: a temporary folder under the
     /// current directory, removed afterwards).
     #[arg(long)]
@@ -166,6 +172,8 @@ pub enum Status {
     Failed(String),
     /// It overran the time limit and was killed.
     TimedOut,
+    /// Not run: quick's `--budget` was spent.
+    Skipped,
 }
 
 impl Status {
@@ -175,6 +183,7 @@ impl Status {
             Status::NotBuilt => "not built",
             Status::Failed(_) => "FAILED",
             Status::TimedOut => "TIMED OUT",
+            Status::Skipped => "skipped (budget)",
         }
     }
 }
@@ -648,6 +657,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let config = json!({
         "scenarios": specs.iter().map(|s| json!({"id": s.id, "args": s.args})).collect::<Vec<_>>(),
         "timeout_s": args.timeout.as_secs_f64(),
+        "budget_s": args.budget.as_secs_f64(),
         "dir": args.dir.as_ref().map(|d| d.display().to_string()),
     });
     let run = Run::new(
@@ -669,7 +679,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut rows = Vec::new();
     let mut children = Vec::new();
+    let budget_end = Instant::now() + args.budget;
     for (i, spec) in specs.iter().enumerate() {
+        let left = budget_end.saturating_duration_since(Instant::now());
+        if left < MIN_CHILD_TIME {
+            let mut row = Row::new(&spec.subcommand().join(" "));
+            row.status = Status::Skipped;
+            rows.push(row);
+            continue;
+        }
         eprintln!(
             "quick [{}/{}] {} ...",
             i + 1,
@@ -688,7 +706,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "--json".to_owned(),
         ]);
         let subcommand = spec.subcommand();
-        let outcome = run_child(&exe, &child_args, &subcommand, args.timeout)?;
+        let outcome = run_child(&exe, &child_args, &subcommand, args.timeout.min(left))?;
         eprintln!(
             "quick [{}/{}] {}: {} in {:.1}s",
             i + 1,
