@@ -368,7 +368,9 @@ pub fn sim_swim_rows(v: &Value) -> Vec<Row> {
     let mut row = Row::new("sim swim");
     row.p50 = q(num(v, &["detect_ms", "p50"]), "ms detect");
     row.p99 = q(num(v, &["detect_ms", "p99"]), "ms detect");
-    row.ratio = q(div(Some(60_000.0), num(v, &["wall_ms"])), "x real time");
+    row.throughput = q(num(v, &["msgs_per_member_per_s"]), "msgs/member/s");
+    let virtual_ms = num(v, &["virtual_secs"]).map_or(60_000.0, |s| s * 1000.0);
+    row.ratio = q(div(Some(virtual_ms), num(v, &["wall_ms"])), "x real time");
     row.note = membership_notes(v);
     vec![row]
 }
@@ -394,6 +396,14 @@ pub fn sim_raft_rows(v: &Value) -> Vec<Row> {
             .map(si)
             .unwrap_or_else(|| "?".into())
     );
+    for (key, label) in [
+        ("linearizability_unknown", "check unknown"),
+        ("unfinished_seeds", "unfinished seeds"),
+    ] {
+        if let Some(n) = num(v, &[key]).filter(|&n| n > 0.0) {
+            row.note.push_str(&format!(", {label} {}", si(n)));
+        }
+    }
     if violations > 0.0 {
         row.status = Status::Failed("safety violations".to_owned());
     }
