@@ -111,7 +111,8 @@ impl Default for RuntimeConfig {
 impl RuntimeConfig {
     /// Locked memory one shard needs, as estimated for the RLIMIT_MEMLOCK check.
     pub fn locked_bytes_per_shard(&self) -> u64 {
-        3 * (self.io_memory_bytes.max(64 << 10).next_multiple_of(4096) as u64) + self.extra_locked_bytes
+        3 * (self.io_memory_bytes.max(64 << 10).next_multiple_of(4096) as u64)
+            + self.extra_locked_bytes
     }
 }
 
@@ -199,7 +200,9 @@ pub fn allowed_cpus() -> Vec<usize> {
         return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
     }
     // SAFETY: CPU_ISSET reads the set we own.
-    (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
 }
 
 struct Shared<C, E> {
@@ -233,7 +236,9 @@ pub struct ShardContext<C: Send + 'static, E: Send + 'static, M: Send + 'static>
 
 impl<C: Send + 'static, E: Send + 'static, M: Send + 'static> Clone for ShardContext<C, E, M> {
     fn clone(&self) -> Self {
-        ShardContext { inner: Rc::clone(&self.inner) }
+        ShardContext {
+            inner: Rc::clone(&self.inner),
+        }
     }
 }
 
@@ -308,7 +313,9 @@ impl<C: Send + 'static, E: Send + 'static, M: Send + 'static> ShardContext<C, E,
         match self.inner.shared.events.try_send(event) {
             Ok(()) => true,
             Err(_) => {
-                self.inner.events_dropped.set(self.inner.events_dropped.get() + 1);
+                self.inner
+                    .events_dropped
+                    .set(self.inner.events_dropped.get() + 1);
                 false
             }
         }
@@ -325,7 +332,9 @@ impl<C: Send + 'static, E: Send + 'static, M: Send + 'static> ShardContext<C, E,
             return Err(MeshError::NoSuchShard(to));
         }
         let refused = |e: MeshError<M>| {
-            self.inner.mesh_dropped.set(self.inner.mesh_dropped.get() + 1);
+            self.inner
+                .mesh_dropped
+                .set(self.inner.mesh_dropped.get() + 1);
             Err(e)
         };
         if to == self.inner.id {
@@ -391,15 +400,23 @@ enum Start {
 impl<C: Send + 'static, E: Send + 'static, T: Send + 'static> Runtime<C, E, T> {
     /// Starts `config.shards` shards, each running `shard_main(ctx)` on its own executor.
     /// Returns once every executor exists (or the first failure, after stopping the rest).
-    pub fn start<M, F, Fut>(config: RuntimeConfig, shard_main: F) -> Result<Runtime<C, E, T>, RuntimeError>
+    pub fn start<M, F, Fut>(
+        config: RuntimeConfig,
+        shard_main: F,
+    ) -> Result<Runtime<C, E, T>, RuntimeError>
     where
         M: Send + 'static,
         F: FnOnce(ShardContext<C, E, M>) -> Fut + Send + Clone + 'static,
         Fut: Future<Output = T> + 'static,
     {
         let cpus = allowed_cpus();
-        let shards = if config.shards == 0 { cpus.len().max(1) } else { config.shards };
-        if config.mesh_capacity == 0 || config.commands_capacity == 0 || config.events_capacity == 0 {
+        let shards = if config.shards == 0 {
+            cpus.len().max(1)
+        } else {
+            config.shards
+        };
+        if config.mesh_capacity == 0 || config.commands_capacity == 0 || config.events_capacity == 0
+        {
             return Err(RuntimeError::Config("channel capacities must be positive"));
         }
         ensure_memlock(shards, config.locked_bytes_per_shard())?;
@@ -408,20 +425,32 @@ impl<C: Send + 'static, E: Send + 'static, T: Send + 'static> Runtime<C, E, T> {
         let mut commands = Vec::with_capacity(shards);
         for shard in 0..shards {
             let (tx, rx) = crossbeam_channel::bounded(config.commands_capacity);
-            let efd = EventFd::new().map_err(|e| RuntimeError::Thread { shard, what: format!("eventfd: {e}") })?;
+            let efd = EventFd::new().map_err(|e| RuntimeError::Thread {
+                shard,
+                what: format!("eventfd: {e}"),
+            })?;
             commands.push((tx, Arc::new(efd)));
             command_rxs.push(rx);
         }
-        let shared = Arc::new(Shared { stop: AtomicBool::new(false), commands, events: events_tx });
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            commands,
+            events: events_tx,
+        });
         let mesh: MeshBuilder<M, _> = MeshBuilder::full(shards, config.mesh_capacity);
         let clock = Clock::new();
-        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<PlacementReport, RuntimeError>>(shards);
+        let (ready_tx, ready_rx) =
+            crossbeam_channel::bounded::<Result<PlacementReport, RuntimeError>>(shards);
         let mut threads = Vec::with_capacity(shards);
         let mut gos = Vec::with_capacity(shards);
         for (shard, commands_rx) in command_rxs.into_iter().enumerate() {
             let (go_tx, go_rx) = crossbeam_channel::bounded::<Start>(1);
             gos.push(go_tx);
-            let cpu = if config.pin && shards <= cpus.len() { cpus.get(shard).copied() } else { None };
+            let cpu = if config.pin && shards <= cpus.len() {
+                cpus.get(shard).copied()
+            } else {
+                None
+            };
             let not_pinned = if !config.pin {
                 Some("pinning disabled by configuration".to_string())
             } else if shards > cpus.len() {
@@ -434,8 +463,9 @@ impl<C: Send + 'static, E: Send + 'static, T: Send + 'static> Runtime<C, E, T> {
             let mesh = mesh.clone();
             let ready = ready_tx.clone();
             let main = shard_main.clone();
-            let spawned = std::thread::Builder::new().name(format!("{}-{shard}", config.name)).spawn(
-                move || -> Result<T, RuntimeError> {
+            let spawned = std::thread::Builder::new()
+                .name(format!("{}-{shard}", config.name))
+                .spawn(move || -> Result<T, RuntimeError> {
                     let (ex, report) = match make_executor(shard, cpu, not_pinned, &config) {
                         Ok(x) => x,
                         Err(e) => {
@@ -448,10 +478,16 @@ impl<C: Send + 'static, E: Send + 'static, T: Send + 'static> Runtime<C, E, T> {
                     drop(ready);
                     match go_rx.recv() {
                         Ok(Start::Go) => {}
-                        _ => return Err(RuntimeError::Thread { shard, what: "start aborted".into() }),
+                        _ => {
+                            return Err(RuntimeError::Thread {
+                                shard,
+                                what: "start aborted".into(),
+                            });
+                        }
                     }
                     ex.run(async move {
-                        let (senders, mut receivers) = mesh.join().await.map_err(|_| RuntimeError::Mesh(shard))?;
+                        let (senders, mut receivers) =
+                            mesh.join().await.map_err(|_| RuntimeError::Mesh(shard))?;
                         let wake = LocalNotify::new();
                         let inner = Rc::new(Inner {
                             id: shard,
@@ -471,7 +507,10 @@ impl<C: Send + 'static, E: Send + 'static, T: Send + 'static> Runtime<C, E, T> {
                         });
                         let ctx = ShardContext { inner };
                         let efd = Arc::clone(&shared.commands[shard].1);
-                        ctx.watch(efd).map_err(|e| RuntimeError::Thread { shard, what: format!("watch: {e}") })?;
+                        ctx.watch(efd).map_err(|e| RuntimeError::Thread {
+                            shard,
+                            what: format!("watch: {e}"),
+                        })?;
                         for (peer, rx) in receivers.streams() {
                             let fctx = ctx.clone();
                             let task = glommio::spawn_local(async move {
@@ -490,15 +529,17 @@ impl<C: Send + 'static, E: Send + 'static, T: Send + 'static> Runtime<C, E, T> {
                         ctx.close().await;
                         Ok(out)
                     })
-                },
-            );
+                });
             match spawned {
                 Ok(h) => threads.push(h),
                 Err(e) => {
                     for g in &gos {
                         let _ = g.send(Start::Abort);
                     }
-                    return Err(RuntimeError::Thread { shard, what: format!("spawn: {e}") });
+                    return Err(RuntimeError::Thread {
+                        shard,
+                        what: format!("spawn: {e}"),
+                    });
                 }
             }
         }
@@ -512,12 +553,19 @@ impl<C: Send + 'static, E: Send + 'static, T: Send + 'static> Runtime<C, E, T> {
                     failure.get_or_insert(e);
                 }
                 Err(_) => {
-                    failure.get_or_insert(RuntimeError::Thread { shard: 0, what: "a shard thread died at start".into() });
+                    failure.get_or_insert(RuntimeError::Thread {
+                        shard: 0,
+                        what: "a shard thread died at start".into(),
+                    });
                     break;
                 }
             }
         }
-        let verdict = if failure.is_some() { Start::Abort } else { Start::Go };
+        let verdict = if failure.is_some() {
+            Start::Abort
+        } else {
+            Start::Go
+        };
         for g in &gos {
             let _ = g.send(match verdict {
                 Start::Go => Start::Go,
@@ -536,7 +584,12 @@ impl<C: Send + 'static, E: Send + 'static, T: Send + 'static> Runtime<C, E, T> {
                 tracing::warn!(shard = p.shard, "shard not pinned to a CPU: {reason}");
             }
         }
-        Ok(Runtime { shared, events: events_rx, threads, placements })
+        Ok(Runtime {
+            shared,
+            events: events_rx,
+            threads,
+            placements,
+        })
     }
 
     /// Number of shards.
@@ -557,7 +610,9 @@ impl<C: Send + 'static, E: Send + 'static, T: Send + 'static> Runtime<C, E, T> {
     /// Sends a command to `shard` and wakes it; `Err(cmd)` if its queue is full or the
     /// shard does not exist.
     pub fn send(&self, shard: usize, cmd: C) -> Result<(), C> {
-        let Some((tx, efd)) = self.shared.commands.get(shard) else { return Err(cmd) };
+        let Some((tx, efd)) = self.shared.commands.get(shard) else {
+            return Err(cmd);
+        };
         match tx.try_send(cmd) {
             Ok(()) => {
                 efd.signal();
@@ -594,7 +649,10 @@ impl<C: Send + 'static, E: Send + 'static, T: Send + 'static> Runtime<C, E, T> {
             .enumerate()
             .map(|(shard, t)| match t.join() {
                 Ok(r) => r,
-                Err(_) => Err(RuntimeError::Thread { shard, what: "shard panicked".into() }),
+                Err(_) => Err(RuntimeError::Thread {
+                    shard,
+                    what: "shard panicked".into(),
+                }),
             })
             .collect()
     }
@@ -625,7 +683,10 @@ fn make_executor(
     };
     let executor_error = |e: glommio::GlommioError<()>| {
         let cause = e.to_string();
-        let hint = if cause.contains("memlock") || cause.contains("MemLock") || cause.contains("ENOMEM") {
+        let hint = if cause.contains("memlock")
+            || cause.contains("MemLock")
+            || cause.contains("ENOMEM")
+        {
             " (raise the locked-memory limit with `ulimit -l`, or lower RuntimeConfig::io_memory_bytes)"
         } else {
             ""
@@ -634,16 +695,39 @@ fn make_executor(
     };
     if let Some(cpu) = cpu {
         match build(Placement::Fixed(cpu)) {
-            Ok(ex) => return Ok((ex, PlacementReport { shard, cpu: Some(cpu), unpinned_reason: None })),
+            Ok(ex) => {
+                return Ok((
+                    ex,
+                    PlacementReport {
+                        shard,
+                        cpu: Some(cpu),
+                        unpinned_reason: None,
+                    },
+                ));
+            }
             Err(e) => {
                 let reason = format!("Placement::Fixed({cpu}) refused: {e}");
                 let ex = build(Placement::Unbound).map_err(executor_error)?;
-                return Ok((ex, PlacementReport { shard, cpu: None, unpinned_reason: Some(reason) }));
+                return Ok((
+                    ex,
+                    PlacementReport {
+                        shard,
+                        cpu: None,
+                        unpinned_reason: Some(reason),
+                    },
+                ));
             }
         }
     }
     let ex = build(Placement::Unbound).map_err(executor_error)?;
-    Ok((ex, PlacementReport { shard, cpu: None, unpinned_reason: not_pinned }))
+    Ok((
+        ex,
+        PlacementReport {
+            shard,
+            cpu: None,
+            unpinned_reason: not_pinned,
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -31,7 +31,9 @@ impl EventFd {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a fresh descriptor we own.
-        Ok(EventFd { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(EventFd {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     /// The raw descriptor (for `IORING_REGISTER_EVENTFD`).
@@ -147,7 +149,11 @@ impl Watch {
             let _ = file.close().await;
         })
         .detach();
-        Ok(Watch { task: Some(task), stopping, eventfd })
+        Ok(Watch {
+            task: Some(task),
+            stopping,
+            eventfd,
+        })
     }
 
     /// Stops the task: one last signal completes its read, then it closes its descriptor.
@@ -159,4 +165,3 @@ impl Watch {
         }
     }
 }
-

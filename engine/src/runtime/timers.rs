@@ -32,7 +32,12 @@ pub struct Timers<K: Copy + Eq + Hash + Ord> {
 impl<K: Copy + Eq + Hash + Ord> Timers<K> {
     /// A table holding at most `keys_max` keys.
     pub fn new(keys_max: usize) -> Timers<K> {
-        Timers { heap: BinaryHeap::new(), live: HashMap::new(), seq: 0, keys_max }
+        Timers {
+            heap: BinaryHeap::new(),
+            live: HashMap::new(),
+            seq: 0,
+            keys_max,
+        }
     }
 
     /// Keys with a deadline.
@@ -100,7 +105,11 @@ impl<K: Copy + Eq + Hash + Ord> Timers<K> {
     }
 
     fn compact(&mut self) {
-        self.heap = self.live.iter().map(|(k, (t, s))| Reverse((*t, *s, *k))).collect();
+        self.heap = self
+            .live
+            .iter()
+            .map(|(k, (t, s))| Reverse((*t, *s, *k)))
+            .collect();
     }
 }
 
@@ -117,8 +126,14 @@ mod tests {
         t.set(3, Time::from_millis(4)).expect("set");
         t.cancel(3);
         assert_eq!(t.next_deadline(), Some(Time::from_millis(3)));
-        assert_eq!(t.pop_expired(Time::from_millis(100)), Some((1, Time::from_millis(3))));
-        assert_eq!(t.pop_expired(Time::from_millis(100)), Some((2, Time::from_millis(5))));
+        assert_eq!(
+            t.pop_expired(Time::from_millis(100)),
+            Some((1, Time::from_millis(3)))
+        );
+        assert_eq!(
+            t.pop_expired(Time::from_millis(100)),
+            Some((2, Time::from_millis(5)))
+        );
         assert_eq!(t.pop_expired(Time::from_millis(100)), None);
         assert!(t.is_empty());
     }

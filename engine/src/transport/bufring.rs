@@ -47,7 +47,8 @@ impl Mmap {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let ptr =
+            NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
         Ok(Mmap { ptr, len })
     }
 
@@ -103,10 +104,16 @@ impl BufRing {
     /// multiple of 16), all initially available to the kernel once registered.
     pub fn new(count: u16, buffer_bytes: usize, bgid: u16) -> io::Result<BufRing> {
         if !count.is_power_of_two() || count > 32768 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "buffer count must be a power of two <= 32768"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "buffer count must be a power of two <= 32768",
+            ));
         }
         if buffer_bytes == 0 || buffer_bytes % 16 != 0 || buffer_bytes > u32::MAX as usize {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "buffer size must be a non-zero multiple of 16"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "buffer size must be a non-zero multiple of 16",
+            ));
         }
         let page = super::features::page_bytes();
         let ring_len = (count as usize * ENTRY_BYTES).next_multiple_of(page);
@@ -169,7 +176,9 @@ impl BufRing {
         unsafe {
             let base = self.ring.addr().add(entry);
             base.cast::<u64>().write_volatile(addr);
-            base.add(8).cast::<u32>().write_volatile(self.buffer_bytes as u32);
+            base.add(8)
+                .cast::<u32>()
+                .write_volatile(self.buffer_bytes as u32);
             base.add(12).cast::<u16>().write_volatile(bid);
         }
         self.tail = self.tail.wrapping_add(1);
@@ -203,7 +212,10 @@ impl BufRing {
         // touch it again until we publish it (ownership rule above); `held[bid]` makes this
         // the only live slice of it. The slice lies within `buffers`.
         Some(unsafe {
-            std::slice::from_raw_parts_mut(self.buffers.addr().add(i * self.buffer_bytes), self.buffer_bytes)
+            std::slice::from_raw_parts_mut(
+                self.buffers.addr().add(i * self.buffer_bytes),
+                self.buffer_bytes,
+            )
         })
     }
 
@@ -212,7 +224,10 @@ impl BufRing {
     /// for callers holding `&mut self`.
     pub fn recycle(&mut self, bid: u16) {
         let i = bid as usize;
-        debug_assert!(i < self.count as usize && self.held[i], "recycling a buffer not held: {bid}");
+        debug_assert!(
+            i < self.count as usize && self.held[i],
+            "recycling a buffer not held: {bid}"
+        );
         if i >= self.count as usize || !self.held[i] {
             return;
         }

@@ -85,7 +85,10 @@ impl UdpCounters {
 
     /// Datagrams dropped for `cause`.
     pub fn dropped_for(&self, cause: &str) -> u64 {
-        DROP_CAUSES.iter().position(|c| *c == cause).map_or(0, |i| self.dropped[i])
+        DROP_CAUSES
+            .iter()
+            .position(|c| *c == cause)
+            .map_or(0, |i| self.dropped[i])
     }
 
     /// Datagrams dropped for any cause.
@@ -95,7 +98,12 @@ impl UdpCounters {
 
     /// The non-zero drop counters by name.
     pub fn drops(&self) -> Vec<(&'static str, u64)> {
-        DROP_CAUSES.iter().zip(self.dropped.iter()).filter(|(_, n)| **n > 0).map(|(c, n)| (*c, *n)).collect()
+        DROP_CAUSES
+            .iter()
+            .zip(self.dropped.iter())
+            .filter(|(_, n)| **n > 0)
+            .map(|(c, n)| (*c, *n))
+            .collect()
     }
 
     /// Adds `other` into `self` (for totals over shards).
@@ -136,8 +144,14 @@ mod tests {
             DecodeError::UnsupportedVersion(9),
             DecodeError::MalformedHeader("x"),
             DecodeError::Oversized { len: 2, limit: 1 },
-            DecodeError::Checksum { expected: 0, actual: 1 },
-            DecodeError::WrongLabel { got: 0, expected: 1 },
+            DecodeError::Checksum {
+                expected: 0,
+                actual: 1,
+            },
+            DecodeError::WrongLabel {
+                got: 0,
+                expected: 1,
+            },
             DecodeError::UnknownKind(200),
             DecodeError::InvalidArchive(ringleader_wire::MessageKind::Ping),
             DecodeError::MalformedBatch { offset: 0 },

@@ -58,7 +58,12 @@ pub fn kernel_release() -> String {
     if unsafe { libc::uname(&mut uts) } != 0 {
         return "unknown".to_string();
     }
-    let bytes: Vec<u8> = uts.release.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    let bytes: Vec<u8> = uts
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
@@ -71,7 +76,8 @@ pub fn detect() -> Result<Features, MissingFeature> {
         kernel: kernel.clone(),
         detail,
     };
-    let ring: IoUring = IoUring::new(8).map_err(|e| missing("io_uring_setup", "5.1", e.to_string()))?;
+    let ring: IoUring =
+        IoUring::new(8).map_err(|e| missing("io_uring_setup", "5.1", e.to_string()))?;
     let mut probe = Probe::new();
     ring.submitter()
         .register_probe(&mut probe)
@@ -91,12 +97,21 @@ pub fn detect() -> Result<Features, MissingFeature> {
         .map_err(|e| missing("provided buffer ring", "5.19", format!("mmap: {e}")))?;
     // SAFETY: `region` is page-aligned, `page` bytes long (>= 1 entry of 16 bytes), and
     // outlives the registration: it is unregistered below before `region` drops.
-    let reg = unsafe { ring.submitter().register_buf_ring_with_flags(region.addr() as u64, 1, 0, 0) };
+    let reg = unsafe {
+        ring.submitter()
+            .register_buf_ring_with_flags(region.addr() as u64, 1, 0, 0)
+    };
     match reg {
         Ok(()) => {
             let _ = ring.submitter().unregister_buf_ring(0);
         }
-        Err(e) => return Err(missing("provided buffer ring (IORING_REGISTER_PBUF_RING)", "5.19", e.to_string())),
+        Err(e) => {
+            return Err(missing(
+                "provided buffer ring (IORING_REGISTER_PBUF_RING)",
+                "5.19",
+                e.to_string(),
+            ));
+        }
     }
     drop(ring);
     // Multishot recvmsg and send-with-address have no probe of their own: the kernel checks
@@ -104,14 +119,21 @@ pub fn detect() -> Result<Features, MissingFeature> {
     // (see `UdpRing::add_socket`); here we check the version that introduced them so the
     // failure comes at start-up, before any socket exists.
     if !version_at_least(&kernel, 6, 0) {
-        return Err(missing("multishot recvmsg (IORING_RECV_MULTISHOT)", "6.0", String::new()));
+        return Err(missing(
+            "multishot recvmsg (IORING_RECV_MULTISHOT)",
+            "6.0",
+            String::new(),
+        ));
     }
     let defer_taskrun = IoUring::<io_uring::squeue::Entry, io_uring::cqueue::Entry>::builder()
         .setup_single_issuer()
         .setup_defer_taskrun()
         .build(8)
         .is_ok();
-    Ok(Features { kernel, defer_taskrun })
+    Ok(Features {
+        kernel,
+        defer_taskrun,
+    })
 }
 
 /// Whether `release` ("6.18.44-foo") is at least `major.minor`. Unknown formats pass: the
@@ -155,6 +177,10 @@ mod tests {
             detail: String::new(),
         };
         let text = m.to_string();
-        assert!(text.contains("multishot recvmsg") && text.contains("Linux 6.0") && text.contains("5.15.0"));
+        assert!(
+            text.contains("multishot recvmsg")
+                && text.contains("Linux 6.0")
+                && text.contains("5.15.0")
+        );
     }
 }

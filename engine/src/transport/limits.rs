@@ -40,7 +40,10 @@ pub enum LimitError {
 }
 
 fn getrlimit(resource: libc::__rlimit_resource_t) -> io::Result<(u64, u64)> {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `r` is a valid rlimit to fill.
     if unsafe { libc::getrlimit(resource, &mut r) } != 0 {
         return Err(io::Error::last_os_error());
@@ -49,7 +52,10 @@ fn getrlimit(resource: libc::__rlimit_resource_t) -> io::Result<(u64, u64)> {
 }
 
 fn setrlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::Result<()> {
-    let r = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+    let r = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
     // SAFETY: `r` is a valid rlimit.
     if unsafe { libc::setrlimit(resource, &r) } != 0 {
         return Err(io::Error::last_os_error());
@@ -60,15 +66,28 @@ fn setrlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::R
 /// Raises the soft RLIMIT_NOFILE to at least `need` (and the hard limit too if `need`
 /// exceeds it, which only a privileged process may do). Returns the soft limit now in force.
 pub fn raise_nofile(need: u64) -> Result<u64, LimitError> {
-    let (soft, hard) = getrlimit(libc::RLIMIT_NOFILE)
-        .map_err(|cause| LimitError::Nofile { need, soft: 0, hard: 0, cause })?;
+    let (soft, hard) = getrlimit(libc::RLIMIT_NOFILE).map_err(|cause| LimitError::Nofile {
+        need,
+        soft: 0,
+        hard: 0,
+        cause,
+    })?;
     if soft >= need {
         return Ok(soft);
     }
-    let result = if need <= hard { setrlimit(libc::RLIMIT_NOFILE, need, hard) } else { setrlimit(libc::RLIMIT_NOFILE, need, need) };
+    let result = if need <= hard {
+        setrlimit(libc::RLIMIT_NOFILE, need, hard)
+    } else {
+        setrlimit(libc::RLIMIT_NOFILE, need, need)
+    };
     match result {
         Ok(()) => Ok(need),
-        Err(cause) => Err(LimitError::Nofile { need, soft, hard, cause }),
+        Err(cause) => Err(LimitError::Nofile {
+            need,
+            soft,
+            hard,
+            cause,
+        }),
     }
 }
 
@@ -78,10 +97,16 @@ const CAP_IPC_LOCK: u32 = 14;
 /// Whether this process may lock memory without limit (CAP_IPC_LOCK): then io_uring does
 /// not account registered memory against RLIMIT_MEMLOCK.
 pub fn has_cap_ipc_lock() -> bool {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
-    let Some(line) = status.lines().find(|l| l.starts_with("CapEff:")) else { return false };
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let Some(line) = status.lines().find(|l| l.starts_with("CapEff:")) else {
+        return false;
+    };
     let hex = line.trim_start_matches("CapEff:").trim();
-    u64::from_str_radix(hex, 16).map(|caps| caps & (1u64 << CAP_IPC_LOCK) != 0).unwrap_or(false)
+    u64::from_str_radix(hex, 16)
+        .map(|caps| caps & (1u64 << CAP_IPC_LOCK) != 0)
+        .unwrap_or(false)
 }
 
 /// Checks that `shards` shards each locking about `per_shard_bytes` fit under
@@ -121,7 +146,12 @@ mod tests {
 
     #[test]
     fn memlock_error_names_ulimit() {
-        let e = LimitError::Memlock { soft_kib: 64, hard_kib: 64, need_kib: 4096, shards: 2 };
+        let e = LimitError::Memlock {
+            soft_kib: 64,
+            hard_kib: 64,
+            need_kib: 4096,
+            shards: 2,
+        };
         assert!(e.to_string().contains("ulimit -l"));
     }
 }

@@ -40,4 +40,7 @@ pub use counters::{DROP_CAUSES, UdpCounters};
 pub use features::{Features, MissingFeature};
 pub use limits::{LimitError, raise_nofile};
 pub use tcp::{FrameListener, FrameStream, StreamError};
-pub use udp::{CloseReport, SendError, Sender, SocketId, SocketOptions, UdpConfig, UdpError, UdpHandler, UdpRing};
+pub use udp::{
+    CloseReport, SendError, Sender, SocketId, SocketOptions, UdpConfig, UdpError, UdpHandler,
+    UdpRing,
+};

@@ -14,9 +14,9 @@ use std::net::SocketAddr;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
-use rkyv::util::AlignedVec;
 use ringleader_wire::frame::HEADER_LEN;
 use ringleader_wire::{DecodeError, Decoder, Frame, Header, Keyring};
+use rkyv::util::AlignedVec;
 
 /// Errors of a frame stream.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +42,11 @@ pub struct FrameStream {
 
 impl FrameStream {
     /// Connects to `addr`; frames of cluster `label`, at most `frame_bytes_max` bytes.
-    pub async fn connect(addr: SocketAddr, label: &[u8], frame_bytes_max: usize) -> Result<FrameStream, StreamError> {
+    pub async fn connect(
+        addr: SocketAddr,
+        label: &[u8],
+        frame_bytes_max: usize,
+    ) -> Result<FrameStream, StreamError> {
         let stream = TcpStream::connect(addr).await.map_err(io::Error::from)?;
         Ok(FrameStream::new(stream, label, frame_bytes_max))
     }
@@ -75,7 +79,10 @@ impl FrameStream {
 
     /// Reads the next frame, decoded (and opened with `keyring`) in place. `Ok(None)` when
     /// the peer closed cleanly between frames.
-    pub async fn recv(&mut self, keyring: Option<&Keyring>) -> Result<Option<Frame<'_>>, StreamError> {
+    pub async fn recv(
+        &mut self,
+        keyring: Option<&Keyring>,
+    ) -> Result<Option<Frame<'_>>, StreamError> {
         self.buf.clear();
         self.buf.resize(HEADER_LEN, 0);
         let mut got = 0;
@@ -89,11 +96,17 @@ impl FrameStream {
             }
             got += n;
         }
-        let header = Header::parse(&self.buf[..HEADER_LEN], self.frame_bytes_max - HEADER_LEN).map_err(StreamError::Decode)?;
+        let header = Header::parse(&self.buf[..HEADER_LEN], self.frame_bytes_max - HEADER_LEN)
+            .map_err(StreamError::Decode)?;
         let len = header.frame_len();
         self.buf.resize(len, 0);
-        self.stream.read_exact(&mut self.buf[HEADER_LEN..len]).await?;
-        self.decoder.decode(&mut self.buf[..len], keyring).map(Some).map_err(StreamError::Decode)
+        self.stream
+            .read_exact(&mut self.buf[HEADER_LEN..len])
+            .await?;
+        self.decoder
+            .decode(&mut self.buf[..len], keyring)
+            .map(Some)
+            .map_err(StreamError::Decode)
     }
 
     /// Shuts the connection down and closes it.
@@ -112,9 +125,17 @@ pub struct FrameListener {
 
 impl FrameListener {
     /// Binds `addr` (port 0 picks one).
-    pub fn bind(addr: SocketAddr, label: &[u8], frame_bytes_max: usize) -> io::Result<FrameListener> {
+    pub fn bind(
+        addr: SocketAddr,
+        label: &[u8],
+        frame_bytes_max: usize,
+    ) -> io::Result<FrameListener> {
         let listener = TcpListener::bind(addr).map_err(io::Error::from)?;
-        Ok(FrameListener { listener, label: label.to_vec(), frame_bytes_max })
+        Ok(FrameListener {
+            listener,
+            label: label.to_vec(),
+            frame_bytes_max,
+        })
     }
 
     /// The bound address.

@@ -92,8 +92,12 @@ impl UdpConfig {
         if !self.recv_buffers.is_power_of_two() || self.recv_buffers > 32768 {
             return bad("recv_buffers must be a power of two <= 32768");
         }
-        if self.recv_buffer_bytes % 16 != 0 || self.recv_buffer_bytes < self.datagram_bytes_max + RECV_PREFIX_BYTES_MAX {
-            return bad("recv_buffer_bytes must be a multiple of 16 and hold datagram_bytes_max + 48");
+        if self.recv_buffer_bytes % 16 != 0
+            || self.recv_buffer_bytes < self.datagram_bytes_max + RECV_PREFIX_BYTES_MAX
+        {
+            return bad(
+                "recv_buffer_bytes must be a multiple of 16 and hold datagram_bytes_max + 48",
+            );
         }
         if self.datagram_bytes_max <= HEADER_LEN || self.datagram_bytes_max > 65507 {
             return bad("datagram_bytes_max must be in (32, 65507]");
@@ -215,7 +219,8 @@ impl SendSlots {
             bytes: vec![0u8; count * slot_bytes].into_boxed_slice(),
             slot_bytes,
             // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
-            addrs: vec![unsafe { std::mem::zeroed::<libc::sockaddr_storage>() }; count].into_boxed_slice(),
+            addrs: vec![unsafe { std::mem::zeroed::<libc::sockaddr_storage>() }; count]
+                .into_boxed_slice(),
             free: (0..count as u32).rev().collect(),
             in_flight: 0,
         }
@@ -236,7 +241,12 @@ pub struct Sender<'a, 'r> {
 impl Sender<'_, '_> {
     /// Queues `frame` to `to` from `socket`. The bytes are copied; the kernel sees the send
     /// at the next submit (a full batch, or the next poll).
-    pub fn send(&mut self, socket: SocketId, to: SocketAddr, frame: &[u8]) -> Result<(), SendError> {
+    pub fn send(
+        &mut self,
+        socket: SocketId,
+        to: SocketAddr,
+        frame: &[u8],
+    ) -> Result<(), SendError> {
         if frame.len() > self.datagram_bytes_max {
             return Err(SendError::TooLarge(frame.len()));
         }
@@ -258,11 +268,15 @@ impl Sender<'_, '_> {
         let start = i * self.slots.slot_bytes;
         self.slots.bytes[start..start + frame.len()].copy_from_slice(frame);
         let addr_len = write_sockaddr(&mut self.slots.addrs[i], to);
-        let entry = opcode::Send::new(Fd(sock.socket.as_raw_fd()), self.slots.bytes[start..].as_ptr(), frame.len() as u32)
-            .dest_addr((&self.slots.addrs[i] as *const libc::sockaddr_storage).cast())
-            .dest_addr_len(addr_len)
-            .build()
-            .user_data(user_data(KIND_SEND, slot));
+        let entry = opcode::Send::new(
+            Fd(sock.socket.as_raw_fd()),
+            self.slots.bytes[start..].as_ptr(),
+            frame.len() as u32,
+        )
+        .dest_addr((&self.slots.addrs[i] as *const libc::sockaddr_storage).cast())
+        .dest_addr_len(addr_len)
+        .build()
+        .user_data(user_data(KIND_SEND, slot));
         // SAFETY: the SQE points into `slots.bytes[slot]` and `slots.addrs[slot]`, boxed
         // slices that are never reallocated and that live as long as the ring (or are
         // leaked by `close` if the kernel does not finish in time). The slot is off the
@@ -285,7 +299,11 @@ impl Sender<'_, '_> {
     }
 }
 
-fn submit(sq: &mut squeue::SubmissionQueue<'_>, submitter: &Submitter<'_>, counters: &mut UdpCounters) -> io::Result<usize> {
+fn submit(
+    sq: &mut squeue::SubmissionQueue<'_>,
+    submitter: &Submitter<'_>,
+    counters: &mut UdpCounters,
+) -> io::Result<usize> {
     sq.sync();
     let n = sq.len();
     let r = submitter.submit();
@@ -326,7 +344,12 @@ fn parse_sockaddr(name: &[u8]) -> Option<SocketAddr> {
             let flow = u32::from_be_bytes(name.get(4..8)?.try_into().ok()?);
             let ip: [u8; 16] = name.get(8..24)?.try_into().ok()?;
             let scope = u32::from_ne_bytes(name.get(24..28)?.try_into().ok()?);
-            Some(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, flow, scope)))
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(ip),
+                port,
+                flow,
+                scope,
+            )))
         }
         _ => None,
     }
@@ -374,20 +397,32 @@ pub struct CloseReport {
 impl UdpRing {
     /// A ring for frames of cluster `label`, opened with `keyring` when given. Checks the
     /// kernel's features first.
-    pub fn new(config: UdpConfig, label: &[u8], keyring: Option<Keyring>) -> Result<UdpRing, UdpError> {
+    pub fn new(
+        config: UdpConfig,
+        label: &[u8],
+        keyring: Option<Keyring>,
+    ) -> Result<UdpRing, UdpError> {
         config.check()?;
         let features = features::detect()?;
         let mut builder = IoUring::builder();
         builder.setup_cqsize(config.cq_entries).setup_submit_all();
         if features.defer_taskrun {
-            builder.setup_single_issuer().setup_defer_taskrun().setup_taskrun_flag();
+            builder
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_taskrun_flag();
         } else {
             builder.setup_coop_taskrun().setup_taskrun_flag();
         }
-        let ring = builder.build(config.sq_entries).map_err(io_err("io_uring_setup"))?;
+        let ring = builder
+            .build(config.sq_entries)
+            .map_err(io_err("io_uring_setup"))?;
         let eventfd = Arc::new(EventFd::new().map_err(io_err("eventfd"))?);
-        ring.submitter().register_eventfd(eventfd.raw()).map_err(io_err("IORING_REGISTER_EVENTFD"))?;
-        let bufs = BufRing::new(config.recv_buffers, config.recv_buffer_bytes, 0).map_err(io_err("buffer ring mmap"))?;
+        ring.submitter()
+            .register_eventfd(eventfd.raw())
+            .map_err(io_err("IORING_REGISTER_EVENTFD"))?;
+        let bufs = BufRing::new(config.recv_buffers, config.recv_buffer_bytes, 0)
+            .map_err(io_err("buffer ring mmap"))?;
         // SAFETY: the ring entries live in `bufs`, which outlives the registration: `Drop`
         // unregisters the group and drops the io_uring before `bufs`.
         unsafe {
@@ -444,16 +479,29 @@ impl UdpRing {
 
     /// The address `socket` is bound to.
     pub fn local_addr(&self, socket: SocketId) -> Option<SocketAddr> {
-        self.sockets.get(socket.0 as usize).and_then(|s| s.as_ref()).map(|s| s.local)
+        self.sockets
+            .get(socket.0 as usize)
+            .and_then(|s| s.as_ref())
+            .map(|s| s.local)
     }
 
     /// Binds a UDP socket to `addr` (port 0 picks one) and starts receiving on it.
     pub fn bind(&mut self, addr: SocketAddr, options: SocketOptions) -> Result<SocketId, UdpError> {
-        let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
-        let socket = Socket::new(domain, Type::DGRAM.nonblocking().cloexec(), Some(Protocol::UDP))
-            .map_err(io_err("socket"))?;
+        let domain = if addr.is_ipv4() {
+            Domain::IPV4
+        } else {
+            Domain::IPV6
+        };
+        let socket = Socket::new(
+            domain,
+            Type::DGRAM.nonblocking().cloexec(),
+            Some(Protocol::UDP),
+        )
+        .map_err(io_err("socket"))?;
         if options.reuse_port {
-            socket.set_reuse_port(true).map_err(io_err("SO_REUSEPORT"))?;
+            socket
+                .set_reuse_port(true)
+                .map_err(io_err("SO_REUSEPORT"))?;
         }
         // A request: the kernel caps it at net.core.[rw]mem_max, which is fine.
         let _ = socket.set_recv_buffer_size(self.config.socket_buffer_bytes);
@@ -478,7 +526,13 @@ impl UdpRing {
         // Reserved source-address room: 16 (IPv4) or 32 (IPv6, sockaddr_in6 is 28) so the
         // payload starts at 32 or 48, a multiple of 16.
         msghdr.msg_namelen = if local.is_ipv4() { 16 } else { 32 };
-        let sock = Sock { socket, local, msghdr, armed: false, closing: false };
+        let sock = Sock {
+            socket,
+            local,
+            msghdr,
+            armed: false,
+            closing: false,
+        };
         let id = match self.free_sockets.pop() {
             Some(id) => {
                 self.sockets[id as usize] = Some(sock);
@@ -497,7 +551,9 @@ impl UdpRing {
 
     /// Stops receiving on `socket`; it is closed once the kernel has ended its receive.
     pub fn remove_socket(&mut self, socket: SocketId) {
-        let Some(Some(sock)) = self.sockets.get_mut(socket.0 as usize) else { return };
+        let Some(Some(sock)) = self.sockets.get_mut(socket.0 as usize) else {
+            return;
+        };
         if sock.closing {
             return;
         }
@@ -529,7 +585,9 @@ impl UdpRing {
     }
 
     fn arm(&mut self, id: u32) -> Result<(), UdpError> {
-        let Some(Some(sock)) = self.sockets.get(id as usize) else { return Ok(()) };
+        let Some(Some(sock)) = self.sockets.get(id as usize) else {
+            return Ok(());
+        };
         let bgid = self.bufs.as_ref().map_or(0, |b| b.bgid());
         let entry = opcode::RecvMsgMulti::new(Fd(sock.socket.as_raw_fd()), &*sock.msghdr, bgid)
             .build()
@@ -541,7 +599,8 @@ impl UdpRing {
         if pushed.is_err() {
             self.submit_pending()?;
             // SAFETY: as above.
-            unsafe { self.ring.submission().push(&entry) }.map_err(|_| UdpError::Config("submission queue full"))?;
+            unsafe { self.ring.submission().push(&entry) }
+                .map_err(|_| UdpError::Config("submission queue full"))?;
         }
         if let Some(Some(sock)) = self.sockets.get_mut(id as usize) {
             sock.armed = true;
@@ -639,12 +698,27 @@ impl UdpRing {
                 // SAFETY: enter with GETEVENTS and min_complete 0 only submits what is
                 // queued (every SQE's memory is kept alive as documented where pushed) and
                 // runs deferred completions; it waits for nothing.
-                let r = unsafe { submitter.enter::<libc::sigset_t>(sq.len() as u32, 0, IORING_ENTER_GETEVENTS, None) };
+                let r = unsafe {
+                    submitter.enter::<libc::sigset_t>(
+                        sq.len() as u32,
+                        0,
+                        IORING_ENTER_GETEVENTS,
+                        None,
+                    )
+                };
                 self.counters.enter_calls += 1;
                 match r {
                     Ok(n) => self.counters.sqes_submitted += n as u64,
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EAGAIN) || e.raw_os_error() == Some(libc::EINTR) => {}
-                    Err(e) => return Err(UdpError::Io { what: "io_uring_enter", source: e }),
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY)
+                            || e.raw_os_error() == Some(libc::EAGAIN)
+                            || e.raw_os_error() == Some(libc::EINTR) => {}
+                    Err(e) => {
+                        return Err(UdpError::Io {
+                            what: "io_uring_enter",
+                            source: e,
+                        });
+                    }
                 }
                 sq.sync();
             }
@@ -717,7 +791,9 @@ impl UdpRing {
             cq.sync();
         }
         for id in rearm {
-            let Some(Some(sock)) = self.sockets.get_mut(id as usize) else { continue };
+            let Some(Some(sock)) = self.sockets.get_mut(id as usize) else {
+                continue;
+            };
             sock.armed = false;
             if sock.closing || self.closed {
                 self.release_socket(id);
@@ -737,7 +813,10 @@ impl UdpRing {
     /// and send memory is leaked rather than freed under it. Idempotent.
     pub fn close(&mut self) -> CloseReport {
         if self.closed {
-            return CloseReport { in_flight_left: 0, leaked: false };
+            return CloseReport {
+                in_flight_left: 0,
+                leaked: false,
+            };
         }
         self.closed = true;
         let ids: Vec<u32> = (0..self.sockets.len() as u32).collect();
@@ -747,7 +826,15 @@ impl UdpRing {
         let deadline = Instant::now() + Duration::from_millis(self.config.close_timeout_ms);
         struct Discard;
         impl UdpHandler for Discard {
-            fn on_datagram(&mut self, _: &mut Sender<'_, '_>, _: SocketId, _: SocketAddr, _: &Frame<'_>, _: &[MessageRef<'_>]) {}
+            fn on_datagram(
+                &mut self,
+                _: &mut Sender<'_, '_>,
+                _: SocketId,
+                _: SocketAddr,
+                _: &Frame<'_>,
+                _: &[MessageRef<'_>],
+            ) {
+            }
         }
         loop {
             let _ = self.poll_once(&mut Discard);
@@ -775,7 +862,10 @@ impl UdpRing {
                 self.socket_count -= 1;
             }
         }
-        CloseReport { in_flight_left: left, leaked }
+        CloseReport {
+            in_flight_left: left,
+            leaked,
+        }
     }
 
     /// Requests in flight: armed receives plus sends.
@@ -837,7 +927,11 @@ fn receive_one<H: UdpHandler>(
         return storage;
     };
     let payload = &mut buf[payload_at..payload_at + payload_len];
-    debug_assert_eq!(payload.as_ptr() as usize % 16, 0, "payload must be 16-byte aligned");
+    debug_assert_eq!(
+        payload.as_ptr() as usize % 16,
+        0,
+        "payload must be 16-byte aligned"
+    );
     let frame = match decoder.decode(payload, keyring) {
         Ok(f) => f,
         Err(e) => {
@@ -880,7 +974,9 @@ mod tests {
             let mut s: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
             let len = write_sockaddr(&mut s, addr) as usize;
             // SAFETY: reading `len` initialized bytes of `s`.
-            let bytes = unsafe { std::slice::from_raw_parts((&s as *const libc::sockaddr_storage).cast::<u8>(), len) };
+            let bytes = unsafe {
+                std::slice::from_raw_parts((&s as *const libc::sockaddr_storage).cast::<u8>(), len)
+            };
             assert_eq!(parse_sockaddr(bytes), Some(addr));
         }
         assert_eq!(parse_sockaddr(&[0, 0]), None);
@@ -889,7 +985,10 @@ mod tests {
     #[test]
     fn default_config_is_valid() {
         UdpConfig::default().check().expect("default config");
-        let bad = UdpConfig { recv_buffer_bytes: 1000, ..UdpConfig::default() };
+        let bad = UdpConfig {
+            recv_buffer_bytes: 1000,
+            ..UdpConfig::default()
+        };
         assert!(bad.check().is_err());
     }
 }

@@ -1,0 +1,483 @@
+//! The io_uring UDP transport and TCP frame streams between real shards over loopback.
+//!
+//! No timing assertions: waits are bounded only so that a broken build fails instead of
+//! hanging. Release-mode runtime: well under a second per test.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use ringleader_engine::runtime::{Runtime, RuntimeConfig, ShardContext};
+use ringleader_engine::transport::{
+    FrameListener, FrameStream, Sender, SocketId, SocketOptions, StreamError, UdpConfig,
+    UdpCounters, UdpHandler, UdpRing,
+};
+use ringleader_wire::msg::swim::{Nack, UserMsg};
+use ringleader_wire::{Encoder, Frame, Keyring, Message, MessageRef};
+
+const LABEL: &[u8] = b"transport-test";
+const WAIT_MAX: Duration = Duration::from_secs(20);
+
+fn small_udp() -> UdpConfig {
+    UdpConfig {
+        recv_buffers: 256,
+        send_slots: 256,
+        cq_entries: 1024,
+        sq_entries: 256,
+        ..UdpConfig::default()
+    }
+}
+
+fn config(shards: usize) -> RuntimeConfig {
+    RuntimeConfig {
+        shards,
+        name: "transport-test".into(),
+        ..RuntimeConfig::default()
+    }
+}
+
+/// Keeps owned copies of what arrived, and checks the in-place alignment promise.
+#[derive(Default)]
+struct Collect {
+    messages: Vec<Message>,
+    datagrams: usize,
+    misaligned: usize,
+    froms: Vec<SocketAddr>,
+}
+
+impl UdpHandler for Collect {
+    fn on_datagram(
+        &mut self,
+        _out: &mut Sender<'_, '_>,
+        _socket: SocketId,
+        from: SocketAddr,
+        frame: &Frame<'_>,
+        messages: &[MessageRef<'_>],
+    ) {
+        self.datagrams += 1;
+        if frame.body.as_ptr() as usize % 16 != 0 {
+            self.misaligned += 1;
+        }
+        self.froms.push(from);
+        for m in messages {
+            if let Ok(owned) = m.to_owned() {
+                self.messages.push(owned);
+            }
+        }
+    }
+}
+
+enum Event {
+    Bound(SocketAddr),
+    Received {
+        messages: Vec<Message>,
+        datagrams: usize,
+        misaligned: usize,
+        counters: UdpCounters,
+    },
+}
+
+fn payload(i: u32) -> Vec<u8> {
+    (0..(i % 97) as u8).map(|b| b ^ (i as u8)).collect()
+}
+
+/// Shard 1 binds and receives; shard 0 sends `n` frames (singles and batches) to it.
+#[test]
+fn frames_between_two_shards_arrive_validated() {
+    const N: u32 = 400;
+    let rt: Runtime<(), Event, ()> = Runtime::start(
+        config(2),
+        |ctx: ShardContext<(), Event, SocketAddr>| async move {
+            let mut ring = UdpRing::new(small_udp(), LABEL, None).expect("ring");
+            ctx.watch(ring.eventfd().clone()).expect("watch");
+            if ctx.id() == 1 {
+                let me = ring
+                    .bind(
+                        "127.0.0.1:0".parse().expect("addr"),
+                        SocketOptions::default(),
+                    )
+                    .expect("bind");
+                let addr = ring.local_addr(me).expect("local addr");
+                ctx.emit(Event::Bound(addr));
+                ctx.mesh_send(0, addr)
+                    .map_err(|_| "mesh")
+                    .expect("mesh send");
+                let mut c = Collect::default();
+                let until = Instant::now() + WAIT_MAX;
+                // Every frame carries one UserMsg and every other one a Nack too.
+                while c.messages.len() < (N + N / 2) as usize
+                    && Instant::now() < until
+                    && !ctx.stopping()
+                {
+                    ring.poll(&mut c).expect("poll");
+                    ctx.wait(Some(ctx.now() + Duration::from_millis(50))).await;
+                }
+                let counters = ring.counters().clone();
+                let report = ring.close();
+                assert_eq!(report.in_flight_left, 0);
+                ctx.emit(Event::Received {
+                    messages: c.messages,
+                    datagrams: c.datagrams,
+                    misaligned: c.misaligned,
+                    counters,
+                });
+            } else {
+                let me = ring
+                    .bind(
+                        "127.0.0.1:0".parse().expect("addr"),
+                        SocketOptions::default(),
+                    )
+                    .expect("bind");
+                let to = loop {
+                    if let Some((_, a)) = ctx.mesh_recv() {
+                        break a;
+                    }
+                    ctx.wait(None).await;
+                };
+                let mut enc = Encoder::new(LABEL);
+                let mut i = 0;
+                while i < N {
+                    let sent = ring.with_sender(|s| {
+                        let frame = if i % 2 == 0 {
+                            let mut b = enc.batch(None, 1400);
+                            b.push(&UserMsg {
+                                payload: payload(i),
+                            })
+                            .expect("push");
+                            b.push(&Nack { seq_no: i }).expect("push");
+                            b.finish().expect("finish")
+                        } else {
+                            enc.encode(
+                                &UserMsg {
+                                    payload: payload(i),
+                                },
+                                None,
+                                1400,
+                            )
+                            .expect("encode")
+                        };
+                        s.send(me, to, frame).is_ok()
+                    });
+                    if sent {
+                        i += 1;
+                    } else {
+                        ring.poll(&mut Collect::default()).expect("poll");
+                    }
+                }
+                while ring.sends_in_flight() > 0 {
+                    ring.poll(&mut Collect::default()).expect("poll");
+                    ctx.wait(Some(ctx.now() + Duration::from_millis(5))).await;
+                }
+                assert_eq!(ring.counters().datagrams_sent, N as u64);
+                ring.close();
+            }
+        },
+    )
+    .expect("start");
+    let mut received = None;
+    let until = Instant::now() + WAIT_MAX * 2;
+    while received.is_none() && Instant::now() < until {
+        if let Ok(Event::Received {
+            messages,
+            datagrams,
+            misaligned,
+            counters,
+        }) = rt.events().recv_timeout(Duration::from_millis(100))
+        {
+            received = Some((messages, datagrams, misaligned, counters));
+        }
+    }
+    let results = rt.join();
+    assert!(results.iter().all(|r| r.is_ok()), "shards ended cleanly");
+    let (messages, datagrams, misaligned, counters) = received.expect("receiver reported");
+    assert_eq!(datagrams, N as usize);
+    assert_eq!(
+        misaligned, 0,
+        "every body must be 16-byte aligned in the receive buffer"
+    );
+    assert_eq!(counters.dropped_total(), 0);
+    let mut users: Vec<Vec<u8>> = Vec::new();
+    let mut nacks: Vec<u32> = Vec::new();
+    for m in messages {
+        match m {
+            Message::UserMsg(u) => users.push(u.payload),
+            Message::Nack(n) => nacks.push(n.seq_no),
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+    users.sort();
+    let mut expected: Vec<Vec<u8>> = (0..N).map(payload).collect();
+    expected.sort();
+    assert_eq!(users, expected, "every payload arrived intact");
+    nacks.sort();
+    assert_eq!(nacks, (0..N).filter(|i| i % 2 == 0).collect::<Vec<_>>());
+}
+
+/// Garbage of every kind, interleaved with valid frames, from a plain socket.
+#[test]
+fn garbage_is_counted_by_cause_and_valid_traffic_still_flows() {
+    const VALID: usize = 200;
+    let rt: Runtime<u32, Event, ()> =
+        Runtime::start(config(1), |ctx: ShardContext<u32, Event, ()>| async move {
+            let mut ring = UdpRing::new(small_udp(), LABEL, None).expect("ring");
+            ctx.watch(ring.eventfd().clone()).expect("watch");
+            let me = ring
+                .bind(
+                    "127.0.0.1:0".parse().expect("addr"),
+                    SocketOptions::default(),
+                )
+                .expect("bind");
+            ctx.emit(Event::Bound(ring.local_addr(me).expect("addr")));
+            let mut c = Collect::default();
+            let mut expected_total = None;
+            loop {
+                ring.poll(&mut c).expect("poll");
+                if let Some(n) = ctx.try_command() {
+                    expected_total = Some(n as u64);
+                }
+                if expected_total.is_some_and(|n| ring.counters().datagrams_received >= n)
+                    || ctx.stopping()
+                {
+                    break;
+                }
+                ctx.wait(Some(ctx.now() + Duration::from_millis(50))).await;
+            }
+            let counters = ring.counters().clone();
+            ring.close();
+            ctx.emit(Event::Received {
+                messages: c.messages,
+                datagrams: c.datagrams,
+                misaligned: c.misaligned,
+                counters,
+            });
+        })
+        .expect("start");
+    let Ok(Event::Bound(to)) = rt.events().recv_timeout(WAIT_MAX) else {
+        panic!("no address")
+    };
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let mut enc = Encoder::new(LABEL);
+    let mut other = Encoder::new(b"another-cluster");
+    let good = enc
+        .encode(&Nack { seq_no: 7 }, None, 1400)
+        .expect("encode")
+        .to_vec();
+    let mut bad_crc = good.clone();
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 0xff;
+    let wrong_label = other
+        .encode(&Nack { seq_no: 7 }, None, 1400)
+        .expect("encode")
+        .to_vec();
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(&[0; 8]);
+    let truncated = good[..good.len() - 1].to_vec();
+    let mut bad_magic = good.clone();
+    bad_magic[0] = b'X';
+    let keyring = Keyring::new([9; 32]);
+    let sealed = enc
+        .encode(&Nack { seq_no: 7 }, Some(&keyring), 1400)
+        .expect("encode")
+        .to_vec();
+    let mut rng_state = 0x2545_f491_4f6c_dd1du64;
+    let mut random = || {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        rng_state
+    };
+    let kinds: [(&str, &[u8]); 7] = [
+        ("checksum", &bad_crc),
+        ("label", &wrong_label),
+        ("trailing", &trailing),
+        ("truncated", &truncated),
+        ("bad_magic", &bad_magic),
+        ("encrypted_without_keyring", &sealed),
+        ("truncated", &good[..10]),
+    ];
+    let mut expected: std::collections::BTreeMap<&str, u64> = Default::default();
+    let mut total = 0u32;
+    for i in 0..VALID {
+        sock.send_to(&good, to).expect("send");
+        total += 1;
+        let (cause, bytes) = kinds[i % kinds.len()];
+        sock.send_to(bytes, to).expect("send");
+        *expected.entry(cause).or_default() += 1;
+        total += 1;
+        // Random bytes: almost surely a bad magic; count whatever the decoder says below.
+        let mut junk = [0u8; 64];
+        for b in junk.iter_mut() {
+            *b = random() as u8;
+        }
+        sock.send_to(&junk, to).expect("send");
+        *expected.entry("bad_magic").or_default() += 1;
+        total += 1;
+        if i % 20 == 0 {
+            // Let the receiver keep up: loopback drops when the socket buffer is full.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    rt.send(0, total)
+        .map_err(|_| "command")
+        .expect("send command");
+    let mut received = None;
+    let until = Instant::now() + WAIT_MAX;
+    while received.is_none() && Instant::now() < until {
+        if let Ok(Event::Received {
+            messages, counters, ..
+        }) = rt.events().recv_timeout(Duration::from_millis(100))
+        {
+            received = Some((messages, counters));
+        }
+    }
+    assert!(rt.join().iter().all(|r| r.is_ok()));
+    let (messages, counters) = received.expect("report");
+    assert_eq!(counters.datagrams_received, total as u64);
+    assert_eq!(
+        counters.datagrams_delivered, VALID as u64,
+        "valid traffic flows"
+    );
+    assert_eq!(messages.len(), VALID);
+    assert!(
+        messages
+            .iter()
+            .all(|m| *m == Message::Nack(Nack { seq_no: 7 }))
+    );
+    for (cause, n) in &expected {
+        assert_eq!(
+            counters.dropped_for(cause),
+            *n,
+            "drops for {cause}: {:?}",
+            counters.drops()
+        );
+    }
+    assert_eq!(counters.dropped_total(), total as u64 - VALID as u64);
+}
+
+/// Closing a ring with receives armed and sends in flight waits for the kernel and frees
+/// nothing it may still use (a violation would show as a leak report or a crash under
+/// the allocator's reuse of the freed memory in the sends that follow).
+#[test]
+fn close_with_requests_in_flight_is_clean() {
+    let rt: Runtime<(), (usize, bool, usize), ()> = Runtime::start(
+        config(1),
+        |ctx: ShardContext<(), (usize, bool, usize), ()>| async move {
+            for round in 0..3 {
+                let mut ring = UdpRing::new(small_udp(), LABEL, None).expect("ring");
+                let a = ring
+                    .bind(
+                        "127.0.0.1:0".parse().expect("addr"),
+                        SocketOptions::default(),
+                    )
+                    .expect("bind");
+                let b = ring
+                    .bind(
+                        "127.0.0.1:0".parse().expect("addr"),
+                        SocketOptions::default(),
+                    )
+                    .expect("bind");
+                let to = ring.local_addr(b).expect("addr");
+                let mut enc = Encoder::new(LABEL);
+                let frame = enc
+                    .encode(
+                        &UserMsg {
+                            payload: vec![round; 600],
+                        },
+                        None,
+                        1400,
+                    )
+                    .expect("encode")
+                    .to_vec();
+                ring.with_sender(|s| while s.send(a, to, &frame).is_ok() {});
+                let _ = ring.flush();
+                let in_flight = ring.in_flight();
+                let report = ring.close();
+                ctx.emit((report.in_flight_left, report.leaked, in_flight));
+                assert_eq!(ring.buffers_held(), 0);
+                // Scribble over freshly allocated memory: if the kernel still wrote into
+                // freed buffers, the next round's checks would see it.
+                let v = vec![0xa5u8; 1 << 20];
+                assert!(v.iter().all(|&b| b == 0xa5));
+            }
+        },
+    )
+    .expect("start");
+    let mut reports = Vec::new();
+    while reports.len() < 3 {
+        reports.push(rt.events().recv_timeout(WAIT_MAX).expect("report"));
+    }
+    assert!(rt.join().iter().all(|r| r.is_ok()));
+    for (left, leaked, in_flight) in reports {
+        assert!(in_flight > 2, "there were requests in flight to wait for");
+        assert_eq!(left, 0);
+        assert!(!leaked);
+    }
+}
+
+/// Frames over TCP between two shards; a corrupt frame ends the stream with its cause.
+#[test]
+fn tcp_frames_between_shards() {
+    const N: u32 = 50;
+    let rt: Runtime<(), Result<Vec<u32>, String>, ()> = Runtime::start(
+        config(2),
+        |ctx: ShardContext<(), Result<Vec<u32>, String>, SocketAddr>| async move {
+            if ctx.id() == 1 {
+                let listener =
+                    FrameListener::bind("127.0.0.1:0".parse().expect("addr"), LABEL, 1 << 20)
+                        .expect("listen");
+                ctx.mesh_send(0, listener.local_addr().expect("addr"))
+                    .map_err(|_| "mesh")
+                    .expect("mesh");
+                let mut stream = listener.accept().await.expect("accept");
+                let mut got = Vec::new();
+                let end = loop {
+                    match stream.recv(None).await {
+                        Ok(Some(frame)) => {
+                            for m in frame.messages() {
+                                if let Ok(MessageRef::Nack(n)) = m {
+                                    got.push(n.seq_no.to_native());
+                                }
+                            }
+                        }
+                        Ok(None) => break "eof".to_string(),
+                        Err(StreamError::Decode(e)) => break e.cause().to_string(),
+                        Err(e) => break e.to_string(),
+                    }
+                };
+                let _ = stream.close().await;
+                ctx.emit(Ok(got));
+                ctx.emit(Err(end));
+            } else {
+                let to = loop {
+                    if let Some((_, a)) = ctx.mesh_recv() {
+                        break a;
+                    }
+                    ctx.wait(None).await;
+                };
+                let mut stream = FrameStream::connect(to, LABEL, 1 << 20)
+                    .await
+                    .expect("connect");
+                let mut enc = Encoder::new(LABEL);
+                for i in 0..N {
+                    let f = enc
+                        .encode(&Nack { seq_no: i }, None, 1 << 20)
+                        .expect("encode");
+                    stream.send(f).await.expect("send");
+                }
+                let mut bad = enc
+                    .encode(&Nack { seq_no: 999 }, None, 1 << 20)
+                    .expect("encode")
+                    .to_vec();
+                let last = bad.len() - 1;
+                bad[last] ^= 1;
+                stream.send(&bad).await.expect("send");
+                let _ = stream.close().await;
+            }
+        },
+    )
+    .expect("start");
+    let got = rt.events().recv_timeout(WAIT_MAX).expect("frames");
+    let end = rt.events().recv_timeout(WAIT_MAX).expect("end");
+    assert!(rt.join().iter().all(|r| r.is_ok()));
+    assert_eq!(got, Ok((0..N).collect::<Vec<_>>()));
+    assert_eq!(end, Err("checksum".to_string()));
+}
