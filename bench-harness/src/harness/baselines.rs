@@ -532,6 +532,11 @@ pub fn tcp_bulk_with(
         }
         stream.shutdown(std::net::Shutdown::Write)
     })();
+    if send_result.is_err() {
+        // The receiver may still be blocked in accept(): hand it a connection that closes at
+        // once, so that it reads EOF and the join below returns.
+        let _ = TcpStream::connect(addr);
+    }
     let received = receiver.join();
     send_result.context("tcp sender")?;
     let received_bytes = match received {
