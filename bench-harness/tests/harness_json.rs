@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use ringleader_bench::scenarios::quick::{self, Status};
 use serde_json::{Value, json};
@@ -149,27 +150,92 @@ fn quick_rows_use_each_scenarios_keys_and_baseline_ratio() {
     assert!(table.contains("250.0k pps"), "{table}");
 }
 
+/// A stand-in for ringleader-bench: a shell script with the given body.
+fn fake_bench(dir: &Path, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("fake-bench");
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| (*s).to_owned()).collect()
+}
+
 #[test]
-fn quick_marks_a_scenario_that_is_not_built() {
-    // Every scenario still a stub answers "is not built"; a built one does not. Either way the
-    // child must be classified, never an error of quick itself.
-    let exe = Path::new(env!("CARGO_BIN_EXE_ringleader-bench"));
+fn quick_marks_a_stub_scenario_as_not_built() {
+    // A stub takes no flags: with flags it is a usage error (exit 2), bare it says so.
     let tmp = tempfile::tempdir().unwrap();
-    let args: Vec<String> = ["sim", "raft", "--nodes", "3", "--seeds", "1", "--out"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .chain([tmp.path().display().to_string(), "--json".to_owned()])
-        .collect();
+    let exe = fake_bench(
+        tmp.path(),
+        r#"if [ "$#" -gt 1 ]; then echo "error: unexpected argument '--nodes' found" >&2; exit 2; fi
+echo "Error: scenario \`sim_raft\` is not built in this version of ringleader-bench" >&2; exit 1"#,
+    );
+    let args = strings(&["sim", "raft", "--nodes", "3", "--json"]);
+    let outcome = quick::run_child(&exe, &args, &["sim"], Duration::from_secs(30)).unwrap();
+    assert_eq!(outcome.status, Status::NotBuilt);
+    assert!(outcome.result.is_none());
+}
+
+#[test]
+fn quick_reports_a_usage_error_of_a_built_scenario_as_a_failure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = fake_bench(
+        tmp.path(),
+        r#"if [ "$#" -gt 1 ]; then echo "error: unexpected argument '--bogus' found" >&2; exit 2; fi
+echo '{"ok":true}'"#,
+    );
     let outcome = quick::run_child(
-        exe,
-        &args,
-        &["sim", "raft"],
-        std::time::Duration::from_secs(60),
+        &exe,
+        &strings(&["wal", "--bogus"]),
+        &["wal"],
+        Duration::from_secs(30),
     )
     .unwrap();
-    match outcome.status {
-        Status::NotBuilt => assert!(outcome.result.is_none()),
-        Status::Ok => assert!(outcome.result.unwrap().is_object()),
-        other => panic!("unexpected status {other:?}"),
-    }
+    assert_eq!(
+        outcome.status,
+        Status::Failed("error: unexpected argument '--bogus' found".to_owned())
+    );
+}
+
+#[test]
+fn quick_reads_the_last_stdout_line_and_kills_overrunning_children() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = fake_bench(
+        tmp.path(),
+        r#"echo "human summary"; echo '{"appends_per_s": 5}'"#,
+    );
+    let outcome =
+        quick::run_child(&exe, &strings(&["wal"]), &["wal"], Duration::from_secs(30)).unwrap();
+    assert_eq!(outcome.status, Status::Ok);
+    assert_eq!(outcome.result, Some(json!({"appends_per_s": 5})));
+    let exe = fake_bench(tmp.path(), "exec sleep 30");
+    let outcome = quick::run_child(
+        &exe,
+        &strings(&["wal"]),
+        &["wal"],
+        Duration::from_millis(200),
+    )
+    .unwrap();
+    assert_eq!(outcome.status, Status::TimedOut);
+}
+
+#[test]
+fn timestamps_are_utc_rfc3339() {
+    use ringleader_bench::harness::rfc3339;
+    use std::time::UNIX_EPOCH;
+    assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+    assert_eq!(
+        rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+        "2000-02-29T00:00:00Z"
+    );
+    assert_eq!(
+        rfc3339(UNIX_EPOCH + Duration::from_secs(1_709_164_799)),
+        "2024-02-28T23:59:59Z"
+    );
+    assert_eq!(
+        rfc3339(UNIX_EPOCH + Duration::from_secs(4_102_444_800)),
+        "2100-01-01T00:00:00Z"
+    );
 }
