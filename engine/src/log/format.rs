@@ -74,6 +74,8 @@ pub struct BatchBuilder {
     buf: Vec<u8>,
     count: u32,
     first_index: u64,
+    record_offsets: Vec<u32>,
+    sealed: bool,
 }
 
 impl BatchBuilder {
@@ -81,7 +83,13 @@ impl BatchBuilder {
     pub fn with_capacity(capacity_bytes: usize) -> BatchBuilder {
         let mut buf = Vec::with_capacity(capacity_bytes);
         buf.resize(BATCH_HEADER_BYTES, 0);
-        BatchBuilder { buf, count: 0, first_index: 0 }
+        BatchBuilder {
+            buf,
+            count: 0,
+            first_index: 0,
+            record_offsets: Vec::new(),
+            sealed: false,
+        }
     }
 
     /// Forgets every record, keeping the allocation.
@@ -90,6 +98,13 @@ impl BatchBuilder {
         self.buf.resize(BATCH_HEADER_BYTES, 0);
         self.count = 0;
         self.first_index = 0;
+        self.record_offsets.clear();
+        self.sealed = false;
+    }
+
+    /// Offset of each record relative to the batch start.
+    pub fn record_offsets(&self) -> &[u32] {
+        &self.record_offsets
     }
 
     /// Number of records so far.
@@ -114,16 +129,23 @@ impl BatchBuilder {
 
     /// Bytes the batch will occupy once sealed (header, records and marker).
     pub fn sealed_bytes(&self) -> usize {
-        self.buf.len() + COMMIT_BYTES
+        if self.sealed {
+            self.buf.len()
+        } else {
+            self.buf.len() + COMMIT_BYTES
+        }
     }
 
     /// Adds one record. The caller guarantees index contiguity.
     pub fn push(&mut self, index: u64, term: u64, payload: &[u8]) {
+        assert!(!self.sealed, "pushing into a sealed batch");
         if self.count == 0 {
             self.first_index = index;
         }
         debug_assert_eq!(index, self.first_index + u64::from(self.count));
         let start = self.buf.len();
+        self.record_offsets
+            .push(u32::try_from(start).unwrap_or(u32::MAX));
         let payload_len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
         self.buf.extend_from_slice(&payload_len.to_le_bytes());
         self.buf.extend_from_slice(&[0u8; 4]);
@@ -141,6 +163,10 @@ impl BatchBuilder {
     /// Must not be called on an empty builder.
     pub fn seal(&mut self) -> &[u8] {
         assert!(self.count > 0, "sealing an empty batch");
+        if self.sealed {
+            return &self.buf;
+        }
+        self.sealed = true;
         let batch_len = self.buf.len() + COMMIT_BYTES;
         let batch_len_u32 = u32::try_from(batch_len).unwrap_or(u32::MAX);
         let h = &mut self.buf[..BATCH_HEADER_BYTES];
@@ -202,8 +228,12 @@ impl std::fmt::Display for BatchFault {
             BatchFault::HeaderChecksum => write!(f, "batch header checksum mismatch"),
             BatchFault::BadLength => write!(f, "impossible batch length or count"),
             BatchFault::RecordLength { record } => write!(f, "record {record}: bad length"),
-            BatchFault::RecordChecksum { record } => write!(f, "record {record}: checksum mismatch"),
-            BatchFault::RecordIndex { record } => write!(f, "record {record}: index out of sequence"),
+            BatchFault::RecordChecksum { record } => {
+                write!(f, "record {record}: checksum mismatch")
+            }
+            BatchFault::RecordIndex { record } => {
+                write!(f, "record {record}: index out of sequence")
+            }
             BatchFault::MissingCommit => write!(f, "commit marker missing"),
             BatchFault::BatchChecksum => write!(f, "batch checksum mismatch"),
         }
@@ -276,7 +306,12 @@ pub fn decode_record(b: &[u8]) -> Result<RecordView<'_>, BatchFault> {
     if c != crc {
         return Err(BatchFault::RecordChecksum { record: 0 });
     }
-    Ok(RecordView { index, term, payload, len: align_up(end) })
+    Ok(RecordView {
+        index,
+        term,
+        payload,
+        len: align_up(end),
+    })
 }
 
 fn with_record(fault: BatchFault, record: u32) -> BatchFault {
@@ -294,13 +329,19 @@ pub fn decode_batch(b: &[u8], batch_bytes_max: usize) -> Decoded {
         return if b.iter().all(|&x| x == 0) {
             Decoded::Zero
         } else {
-            Decoded::Invalid { fault: BatchFault::BadLength, intact_records: None }
+            Decoded::Invalid {
+                fault: BatchFault::BadLength,
+                intact_records: None,
+            }
         };
     };
     if head.iter().all(|&x| x == 0) {
         return Decoded::Zero;
     }
-    let invalid = |fault| Decoded::Invalid { fault, intact_records: None };
+    let invalid = |fault| Decoded::Invalid {
+        fault,
+        intact_records: None,
+    };
     if u32_at(head, 0) != Some(BATCH_MAGIC) {
         return invalid(BatchFault::BadMagic);
     }
@@ -310,14 +351,22 @@ pub fn decode_batch(b: &[u8], batch_bytes_max: usize) -> Decoded {
     if head[4] != FORMAT_VERSION || head[5] != KIND_ENTRIES {
         return Decoded::UnknownVersion(head[4]);
     }
-    let (Some(len), Some(count), Some(first_index)) = (u32_at(head, 8), u32_at(head, 12), u64_at(head, 16))
+    let (Some(len), Some(count), Some(first_index)) =
+        (u32_at(head, 8), u32_at(head, 12), u64_at(head, 16))
     else {
         return invalid(BatchFault::BadLength);
     };
     let len = len as usize;
-    let len_ok = len >= BATCH_BYTES_MIN && len % ALIGN_BYTES == 0 && len <= batch_bytes_max.max(BATCH_BYTES_MIN);
-    let count_ok = count >= 1 && (count as usize) <= (len - BATCH_HEADER_BYTES - COMMIT_BYTES) / RECORD_HEADER_BYTES;
-    if !len_ok || !count_ok || first_index == 0 || first_index.checked_add(u64::from(count)).is_none() {
+    let len_ok = len >= BATCH_BYTES_MIN
+        && len % ALIGN_BYTES == 0
+        && len <= batch_bytes_max.max(BATCH_BYTES_MIN);
+    let count_ok = count >= 1
+        && (count as usize) <= (len - BATCH_HEADER_BYTES - COMMIT_BYTES) / RECORD_HEADER_BYTES;
+    if !len_ok
+        || !count_ok
+        || first_index == 0
+        || first_index.checked_add(u64::from(count)).is_none()
+    {
         return invalid(BatchFault::BadLength);
     }
     // Walk the records that lie inside the available bytes; they are reported even if the
@@ -349,24 +398,48 @@ pub fn decode_batch(b: &[u8], batch_bytes_max: usize) -> Decoded {
     let intact = |n: usize| (n > 0).then(|| (first_index, first_index + n as u64 - 1));
     if len > b.len() {
         // The header claims more bytes than the segment holds.
-        return Decoded::Invalid { fault: BatchFault::BadLength, intact_records: intact(offsets.len()) };
+        return Decoded::Invalid {
+            fault: BatchFault::BadLength,
+            intact_records: intact(offsets.len()),
+        };
     }
     if let Some(fault) = fault {
-        let fault = if offsets.len() as u64 == u64::from(count) { BatchFault::MissingCommit } else { fault };
-        return Decoded::Invalid { fault, intact_records: intact(offsets.len()) };
+        let fault = if offsets.len() as u64 == u64::from(count) {
+            BatchFault::MissingCommit
+        } else {
+            fault
+        };
+        return Decoded::Invalid {
+            fault,
+            intact_records: intact(offsets.len()),
+        };
     }
     if at != len - COMMIT_BYTES {
-        return Decoded::Invalid { fault: BatchFault::RecordLength { record: count - 1 }, intact_records: intact(offsets.len()) };
+        return Decoded::Invalid {
+            fault: BatchFault::RecordLength { record: count - 1 },
+            intact_records: intact(offsets.len()),
+        };
     }
     let marker = &b[len - COMMIT_BYTES..len];
     let last = first_index + u64::from(count) - 1;
     if u32_at(marker, 0) != Some(COMMIT_MAGIC) || u64_at(marker, 8) != Some(last) {
-        return Decoded::Invalid { fault: BatchFault::MissingCommit, intact_records: intact(offsets.len()) };
+        return Decoded::Invalid {
+            fault: BatchFault::MissingCommit,
+            intact_records: intact(offsets.len()),
+        };
     }
     if u32_at(marker, 4) != Some(crc32c::crc32c(&b[..len - COMMIT_BYTES])) {
-        return Decoded::Invalid { fault: BatchFault::BatchChecksum, intact_records: intact(offsets.len()) };
+        return Decoded::Invalid {
+            fault: BatchFault::BatchChecksum,
+            intact_records: intact(offsets.len()),
+        };
     }
-    Decoded::Batch(BatchInfo { len, first_index, count, record_offsets: offsets })
+    Decoded::Batch(BatchInfo {
+        len,
+        first_index,
+        count,
+        record_offsets: offsets,
+    })
 }
 
 /// Raft's persistent state: current term, vote, and the highest known commit index.
@@ -428,7 +501,11 @@ pub fn decode_hard_state(b: &[u8]) -> SlotContent {
     match (u64_at(b, 8), u64_at(b, 16), u64_at(b, 24), u64_at(b, 32)) {
         (Some(seq), Some(term), Some(vote), Some(commit)) => SlotContent::Valid {
             seq,
-            state: HardState { term, vote: (b[5] == 1).then_some(vote), commit },
+            state: HardState {
+                term,
+                vote: (b[5] == 1).then_some(vote),
+                commit,
+            },
         },
         _ => SlotContent::Corrupt,
     }
@@ -450,7 +527,9 @@ mod tests {
     fn round_trip() {
         let b = batch(5, &[b"hello", b"", b"world!!!!"]);
         assert_eq!(b.len() % ALIGN_BYTES, 0);
-        let Decoded::Batch(info) = decode_batch(&b, 1 << 20) else { panic!("not a batch") };
+        let Decoded::Batch(info) = decode_batch(&b, 1 << 20) else {
+            panic!("not a batch")
+        };
         assert_eq!((info.first_index, info.count, info.len), (5, 3, b.len()));
         let r = decode_record(&b[info.record_offsets[2] as usize..]).expect("record");
         assert_eq!((r.index, r.term, r.payload), (7, 7, &b"world!!!!"[..]));
@@ -478,7 +557,10 @@ mod tests {
         let mut padded = cut.to_vec();
         padded.resize(b.len() + 64, 0);
         match decode_batch(&padded, 1 << 20) {
-            Decoded::Invalid { fault: BatchFault::MissingCommit, intact_records: Some((10, 12)) } => {}
+            Decoded::Invalid {
+                fault: BatchFault::MissingCommit,
+                intact_records: Some((10, 12)),
+            } => {}
             other => panic!("{other:?}"),
         }
         assert_eq!(decode_batch(&[0u8; 64], 1 << 20), Decoded::Zero);
@@ -487,9 +569,16 @@ mod tests {
     #[test]
     fn hard_state_round_trip_and_corruption() {
         let mut slot = [0u8; 64];
-        let hs = HardState { term: 9, vote: Some(3), commit: 77 };
+        let hs = HardState {
+            term: 9,
+            vote: Some(3),
+            commit: 77,
+        };
         encode_hard_state(42, &hs, &mut slot);
-        assert_eq!(decode_hard_state(&slot), SlotContent::Valid { seq: 42, state: hs });
+        assert_eq!(
+            decode_hard_state(&slot),
+            SlotContent::Valid { seq: 42, state: hs }
+        );
         slot[20] ^= 1;
         assert_eq!(decode_hard_state(&slot), SlotContent::Corrupt);
         assert_eq!(decode_hard_state(&[0u8; 64]), SlotContent::Empty);
