@@ -85,7 +85,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "udp_flood_pps": flood.received_pps,
         "udp_flood_sent_pps": flood.sent_pps,
         "fdatasync_us": fsync.summary(),
+        "fdatasync_per_s": fsync.histogram().len() as f64 / durations[2].as_secs_f64().max(1e-9),
         "fdatasync_dir": fsync_dir.display().to_string(),
+        "udp_rtt_per_s": rtt.histogram().len() as f64 / durations[0].as_secs_f64().max(1e-9),
         "tcp_gbps": tcp.gbps,
         "tcp_gbytes_per_s": tcp.gbps / 8.0,
     });
