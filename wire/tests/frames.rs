@@ -46,11 +46,15 @@ fn ping_frame(keyring: Option<&Keyring>) -> AlignedVec<16> {
 
 /// Rewrites the CRC so a test can reach the checks that come after it.
 fn fix_crc(buf: &mut [u8]) {
-    let mut crc = crc32c::crc32c(&buf[..16]);
-    crc = crc32c::crc32c_append(crc, &buf[20..HEADER_LEN]);
-    crc = crc32c::crc32c_append(crc, &buf[HEADER_LEN..]);
-    buf[16..20].copy_from_slice(&crc.to_le_bytes());
+    let crc = ringleader_wire::frame::frame_crc(buf);
+    buf[4..8].copy_from_slice(&crc.to_le_bytes());
 }
+
+// Header offsets (see wire/src/frame.rs).
+const VERSION_AT: usize = 8;
+const KIND_AT: usize = 9;
+const FLAGS_AT: usize = 10;
+const LEN_AT: usize = 16;
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
@@ -200,14 +204,14 @@ fn bad_magic_and_wrong_version_are_named() {
     b[0] = b'X';
     assert!(matches!(decode_all(&mut b, None), Err(DecodeError::BadMagic(m)) if m != MAGIC));
     let mut b = ping_frame(None);
-    b[4] = 2;
+    b[VERSION_AT] = 2;
     assert_eq!(decode_all(&mut b, None), Err(DecodeError::UnsupportedVersion(2)));
 }
 
 #[test]
 fn oversized_bodies_are_refused_before_reading_them() {
     let mut b = ping_frame(None);
-    b[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+    b[LEN_AT..LEN_AT + 4].copy_from_slice(&u32::MAX.to_le_bytes());
     let err = Decoder::new(LABEL, 1400).decode(&mut b, None).err();
     assert_eq!(err, Some(DecodeError::Oversized { len: u32::MAX as usize, limit: 1400 }));
     // A stream reader learns the length from the header alone, with the same check.
@@ -237,7 +241,7 @@ fn reserved_bytes_and_unknown_flags_are_malformed() {
     fix_crc(&mut b);
     assert!(matches!(decode_all(&mut b, None), Err(DecodeError::MalformedHeader(_))));
     let mut b = ping_frame(None);
-    b[6] |= 0x80;
+    b[FLAGS_AT] |= 0x80;
     fix_crc(&mut b);
     assert!(matches!(decode_all(&mut b, None), Err(DecodeError::MalformedHeader(_))));
 }
@@ -245,7 +249,7 @@ fn reserved_bytes_and_unknown_flags_are_malformed() {
 #[test]
 fn unknown_kinds_are_named() {
     let mut b = ping_frame(None);
-    b[5] = 250;
+    b[KIND_AT] = 250;
     fix_crc(&mut b);
     assert_eq!(decode_all(&mut b, None), Err(DecodeError::UnknownKind(250)));
 }
@@ -254,7 +258,7 @@ fn unknown_kinds_are_named() {
 fn a_body_that_is_not_a_valid_archive_fails_validation() {
     let mut b = ping_frame(None);
     // Claim the ping is an AppendEntries: same bytes, different layout.
-    b[5] = MessageKind::AppendEntries as u8;
+    b[KIND_AT] = MessageKind::AppendEntries as u8;
     fix_crc(&mut b);
     assert_eq!(decode_all(&mut b, None), Err(DecodeError::InvalidArchive(MessageKind::AppendEntries)));
     // Garbage with a valid checksum.
@@ -309,7 +313,7 @@ fn a_batch_refuses_what_does_not_fit_and_stays_intact() {
     assert!(batch.remaining() < 100);
     let bytes = batch.finish().expect("finishes");
     assert!(bytes.len() <= 200);
-    assert_eq!(bytes[6], FLAG_BATCH);
+    assert_eq!(bytes[FLAGS_AT], FLAG_BATCH);
     let mut b = aligned(bytes);
     assert_eq!(decode_all(&mut b, None).expect("decodes").len(), n);
 }
@@ -323,7 +327,7 @@ fn the_wrong_key_cannot_open_a_frame() {
 #[test]
 fn encryption_is_required_both_ways() {
     let mut b = ping_frame(Some(&Keyring::new(KEY_A)));
-    assert_eq!(b[6] & FLAG_ENCRYPTED, FLAG_ENCRYPTED);
+    assert_eq!(b[FLAGS_AT] & FLAG_ENCRYPTED, FLAG_ENCRYPTED);
     assert_eq!(decode_all(&mut b, None), Err(DecodeError::EncryptedWithoutKeyring));
     let mut b = ping_frame(None);
     assert_eq!(decode_all(&mut b, Some(&Keyring::new(KEY_A))), Err(DecodeError::Unencrypted));
@@ -334,7 +338,7 @@ fn the_header_is_authenticated() {
     let keyring = Keyring::new(KEY_A);
     let mut b = ping_frame(Some(&keyring));
     // Change the kind; the checksum is fixed up, authentication still catches it.
-    b[5] = MessageKind::Nack as u8;
+    b[KIND_AT] = MessageKind::Nack as u8;
     fix_crc(&mut b);
     assert_eq!(decode_all(&mut b, Some(&keyring)), Err(DecodeError::NoKeyAuthenticates { tried: 1 }));
 }

@@ -10,15 +10,14 @@ use rkyv::util::AlignedVec;
 fuzz_target!(|body: &[u8]| {
     let mut buf = AlignedVec::<16>::with_capacity(HEADER_LEN + body.len());
     buf.extend_from_slice(&MAGIC.to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
     buf.extend_from_slice(&[VERSION, 0, FLAG_BATCH, 0]);
     buf.extend_from_slice(&label_hash(b"fuzz").to_le_bytes());
     buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&[0; 16]);
+    buf.extend_from_slice(&[0; 12]);
     buf.extend_from_slice(body);
-    let mut crc = crc32c::crc32c(&buf[..16]);
-    crc = crc32c::crc32c_append(crc, &buf[20..HEADER_LEN]);
-    crc = crc32c::crc32c_append(crc, &buf[HEADER_LEN..]);
-    buf[16..20].copy_from_slice(&crc.to_le_bytes());
+    let crc = ringleader_wire::frame::frame_crc(&buf);
+    buf[4..8].copy_from_slice(&crc.to_le_bytes());
     let frame = Decoder::new(b"fuzz", 1 << 20).decode(&mut buf, None).expect("the header is valid by construction");
     for m in frame.messages() {
         if let Ok(m) = m {

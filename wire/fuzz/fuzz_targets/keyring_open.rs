@@ -18,10 +18,11 @@ fuzz_target!(|data: &[u8]| {
     // 1. Arbitrary sealed bodies.
     let mut buf = AlignedVec::<16>::with_capacity(HEADER_LEN + data.len());
     buf.extend_from_slice(&MAGIC.to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
     buf.extend_from_slice(&[VERSION, MessageKind::Ping as u8, FLAG_ENCRYPTED, 0]);
     buf.extend_from_slice(&label_hash(b"fuzz").to_le_bytes());
     buf.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&[0; 16]);
+    buf.extend_from_slice(&[0; 12]);
     buf.extend_from_slice(data);
     fix_crc(&mut buf);
     if let Ok(frame) = decoder.decode(&mut buf, Some(&keyring)) {
@@ -63,8 +64,6 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn fix_crc(buf: &mut [u8]) {
-    let mut crc = crc32c::crc32c(&buf[..16]);
-    crc = crc32c::crc32c_append(crc, &buf[20..HEADER_LEN]);
-    crc = crc32c::crc32c_append(crc, &buf[HEADER_LEN..]);
-    buf[16..20].copy_from_slice(&crc.to_le_bytes());
+    let crc = ringleader_wire::frame::frame_crc(&buf);
+    buf[4..8].copy_from_slice(&crc.to_le_bytes());
 }
