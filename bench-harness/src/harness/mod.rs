@@ -6,6 +6,33 @@
 //! [`Run`], and calls [`Run::finish`] with its results: that writes `<name>.hgrm`,
 //! `<name>.hlog` and `summary.json` under the output folder and, with `--json`, prints the
 //! results as the last line of stdout.
+//!
+//! ```no_run
+//! use std::time::Instant;
+//! use ringleader_bench::harness::{self, CommonArgs, OpenLoop, Pacing, Recorder, Run, SystemClock};
+//!
+//! fn run(common: CommonArgs) -> anyhow::Result<()> {
+//!     let mut run = Run::new("example", common.out.as_deref(), common.json, serde_json::json!({}))?;
+//!     // Same-run baseline first, then the measurement, paced as the flags say.
+//!     let raw = harness::udp_rtt(common.duration)?;
+//!     let mut rec = Recorder::new("example_rtt_us");
+//!     let end = Instant::now() + common.duration;
+//!     let mut open = match common.pacing() {
+//!         Pacing::Open { rate_per_s } => Some(OpenLoop::new(rate_per_s, Instant::now())),
+//!         Pacing::Closed { .. } => None,
+//!     };
+//!     harness::drive(&mut SystemClock, open.as_mut(), end, &mut rec, |_| -> anyhow::Result<()> {
+//!         Ok(()) // one request
+//!     })?;
+//!     let results = serde_json::json!({
+//!         "rtt_us": rec.summary(),
+//!         "raw_rtt_us": raw.summary(),
+//!     });
+//!     run.add(rec);
+//!     run.add(raw);
+//!     run.finish(results)
+//! }
+//! ```
 
 pub mod args;
 pub mod baselines;
