@@ -1067,9 +1067,17 @@ impl<R: RngCore> Raft<R> {
         pr.acked_round = pr.acked_round.max(r.ctx.min(self.round));
         match pr.state {
             ProgressState::Probe => pr.paused = false,
-            ProgressState::Replicate if pr.is_full(max_msgs, max_bytes) => pr.free_first(),
+            ProgressState::Replicate => {
+                if pr.is_full(max_msgs, max_bytes) {
+                    pr.free_first();
+                }
+                if pr.match_index < last && pr.match_index == pr.match_at_heartbeat {
+                    pr.tail_probe = true;
+                }
+            }
             _ => {}
         }
+        pr.match_at_heartbeat = pr.match_index;
         if pr.match_index < last {
             self.dirty.insert(from);
         }
@@ -1164,11 +1172,32 @@ impl<R: RngCore> Raft<R> {
                 return;
             }
         }
-        // Nothing more may be sent: still tell a lagging follower the commit index, with a
-        // previous index it is known to hold (so reordering cannot make it reject).
         let Some(pr) = self.progress.get_mut(&id) else {
             return;
         };
+        if pr.tail_probe && pr.state == ProgressState::Replicate {
+            pr.tail_probe = false;
+            let prev = pr.next_index - 1;
+            if let Some(prev_term) = self.log.term(prev) {
+                pr.sent_commit = committed;
+                let header = RaftHeader {
+                    group: self.cfg.group,
+                    from: self.id,
+                    to: id,
+                    term,
+                };
+                self.msgs.push(Message::AppendEntries(AppendEntries {
+                    header,
+                    prev_log_index: prev,
+                    prev_log_term: prev_term,
+                    leader_commit: committed,
+                    entries: Vec::new(),
+                }));
+                return;
+            }
+        }
+        // Nothing more may be sent: still tell a lagging follower the commit index, with a
+        // previous index it is known to hold (so reordering cannot make it reject).
         if pr.sent_commit < committed && pr.match_index > 0 && pr.state != ProgressState::Snapshot {
             let prev = pr.match_index;
             let Some(prev_term) = self.log.term(prev) else {

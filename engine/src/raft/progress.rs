@@ -56,6 +56,12 @@ pub struct Progress {
     inflight_bytes: u64,
     /// Snapshot transfer in progress.
     pub snapshot: Option<SnapshotSend>,
+    /// The match index at the previous heartbeat answer (no progress between two answers
+    /// while behind means appends were lost).
+    pub match_at_heartbeat: u64,
+    /// Send an empty append at `next_index - 1`: the follower rejects it if appends were
+    /// lost, which sends it back to probing (etcd's answer to a lost pipelined append).
+    pub tail_probe: bool,
 }
 
 impl Progress {
@@ -72,6 +78,8 @@ impl Progress {
             inflight: VecDeque::new(),
             inflight_bytes: 0,
             snapshot: None,
+            match_at_heartbeat: 0,
+            tail_probe: false,
         }
     }
 

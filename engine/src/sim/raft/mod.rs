@@ -110,7 +110,7 @@ impl SimConfig {
                 ..Config::default()
             },
             tick_ms: 10,
-            op_timeout_ms: 1000,
+            op_timeout_ms: 500,
             snapshot_every_entries: 40,
             check_step_limit: 2_000_000,
             time_limit_ms: 120_000,
@@ -726,7 +726,13 @@ impl Sim {
             return;
         }
         d.syncing = d.pending.len();
-        let lat = self.rng.random_range(200..3000);
+        // Mostly fast, sometimes a stall longer than a network round trip: the leader's own
+        // write must not be assumed to win the race with its followers' acknowledgements.
+        let lat = if self.rng.random_bool(0.15) {
+            self.rng.random_range(5_000..60_000)
+        } else {
+            self.rng.random_range(200..3000)
+        };
         let (node, incarnation) = (self.nodes[i].id, self.nodes[i].incarnation);
         self.sched
             .schedule_in(Duration::from_micros(lat), Ev::Sync { node, incarnation });
@@ -920,7 +926,12 @@ impl Sim {
                 self.down += 1;
                 self.report.crashes += 1;
                 self.check_acked_durable();
-                let back = self.rng.random_range(50..1500);
+                // Some restarts are quick enough to rejoin the same election.
+                let back = if self.rng.random_bool(0.3) {
+                    self.rng.random_range(5..40)
+                } else {
+                    self.rng.random_range(50..1500)
+                };
                 let id = self.nodes[i].id;
                 self.sched
                     .schedule_in(Duration::from_millis(back), Ev::Restart { node: id });
@@ -1078,7 +1089,10 @@ impl Sim {
         };
         let n = self.nodes.len() as u64;
         let guess = self.clients[c].leader_guess;
-        let node = if guess != 0
+        // Mostly the node believed to lead; sometimes any node (a deposed leader included).
+        let sticky = self.rng.random_bool(0.75);
+        let node = if sticky
+            && guess != 0
             && !matches!(
                 req,
                 Req::Read {
