@@ -44,6 +44,11 @@ pub struct Args {
     /// Segment size in KiB (small, so that segment rolls happen under the kill).
     #[arg(long, default_value_t = 1024)]
     pub segment_kib: u64,
+    /// Probability that a cycle also simulates a power loss after the kill: the bytes of
+    /// unacknowledged batches at the end of the newest segment are zeroed from a random
+    /// offset on (un-synced writes lost or torn). Acknowledged entries must still survive.
+    #[arg(long, default_value_t = 0.5)]
+    pub tear_probability: f64,
     /// Internal: run as the appending child.
     #[arg(long, hide = true)]
     pub child: bool,
@@ -154,6 +159,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             acked_max = acked_max.max(a);
         }
         acknowledged_total += acked_max - before;
+        let mut tore = None;
+        if rng.random_bool(args.tear_probability) {
+            tore = tear_unacknowledged(&dir, args.segment_kib, acked_max, &mut rng)?;
+        }
         let v = verify(&dir, args.segment_kib, before.saturating_sub(64).max(1))?;
         if v.torn_tail {
             torn_tails += 1;
@@ -161,7 +170,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let lost = acked_max.saturating_sub(v.last_index) + v.bad_entries;
         lost_total += lost;
         eprintln!(
-            "cycle {cycle}: killed after {delay:?}; acknowledged up to {acked_max} (+{}), recovered up to {}, torn tail: {}, lost {lost}",
+            "cycle {cycle}: killed after {delay:?}; acknowledged up to {acked_max} (+{}), simulated loss of bytes {tore:?}, recovered up to {}, torn tail truncated: {}, lost {lost}",
             acked_max - before,
             v.last_index,
             v.torn_tail
@@ -200,6 +209,53 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("{lost_total} acknowledged entries lost (seed {seed})");
     }
     Ok(())
+}
+
+/// Simulates losing un-synced writes: zeroes the newest segment from a random offset inside
+/// its unacknowledged batches (those after `acked_max`) to the end of its data. Returns the
+/// zeroed byte range, or `None` when the newest segment holds nothing unacknowledged.
+fn tear_unacknowledged(
+    dir: &Path,
+    segment_kib: u64,
+    acked_max: u64,
+    rng: &mut impl Rng,
+) -> anyhow::Result<Option<(u64, u64)>> {
+    use std::os::unix::fs::FileExt;
+    let mut segs: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let first = wal::file::parse_segment_name(e.file_name().to_str()?)?;
+            Some((first, e.path()))
+        })
+        .collect();
+    segs.sort();
+    let Some((first, path)) = segs.pop() else {
+        return Ok(None);
+    };
+    let bytes = std::fs::read(&path)?;
+    let cfg = log_config(segment_kib);
+    let Ok((scan, _)) = wal::recovery::scan_segment(
+        &bytes,
+        first,
+        true,
+        cfg.batch_bytes_max,
+        cfg.tail_window_bytes(),
+    ) else {
+        // Not ours to judge: the verification that follows reports it.
+        return Ok(None);
+    };
+    let Some(&(_, start)) = scan.batch_starts.iter().find(|(f, _)| *f > acked_max) else {
+        return Ok(None);
+    };
+    let (start, end) = (u64::from(start), scan.end_offset);
+    if start >= end {
+        return Ok(None);
+    }
+    let from = rng.random_range(start..end);
+    let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+    f.write_all_at(&vec![0u8; (end - from) as usize], from)?;
+    f.sync_data()?;
+    Ok(Some((from, end)))
 }
 
 struct Verified {
@@ -301,8 +357,10 @@ fn child(args: &Args) -> anyhow::Result<()> {
                     }
                 }));
             }
+            // The writers append until the process is killed: a writer that ends has failed.
             for t in tasks {
-                t.await?;
+                let ended: anyhow::Result<std::convert::Infallible> = t.await;
+                ended?;
             }
             Ok::<(), anyhow::Error>(())
         })
