@@ -1,10 +1,129 @@
-//! Scenario `sim_swim` (not built yet: its issue is open).
+//! Scenario `sim swim`: SWIM + Lifeguard in the deterministic simulator.
+//!
+//! All members join through seed members; after convergence `--kill K` random members
+//! crash and `--slow S` others become slow (their processing is delayed). Reports the
+//! virtual convergence time, detection latency (from the kill until each live member marks
+//! each killed member dead), false positives, traffic per member, and the wall time.
 
-/// Flags of the `sim_swim` scenario.
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ringleader_engine::sim::net::{Latency, LinkModel};
+use ringleader_engine::sim::swim::Scenario;
+use ringleader_engine::swim::Config;
+use serde_json::json;
+
+use crate::harness::{OutputArgs, Recorder, Run};
+
+/// Flags of the `sim swim` scenario.
 #[derive(clap::Args, Debug, Clone)]
-pub struct Args {}
+pub struct Args {
+    /// Cluster size.
+    #[arg(long, default_value_t = 100)]
+    pub members: usize,
+    /// Member configuration preset: lan, wan or local (latency model follows it).
+    #[arg(long, default_value = "lan")]
+    pub config: String,
+    /// Datagram loss probability on every link (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    pub loss: f64,
+    /// Members crashed after convergence.
+    #[arg(long, default_value_t = 0)]
+    pub kill: usize,
+    /// Members made slow after convergence.
+    #[arg(long, default_value_t = 0)]
+    pub slow: usize,
+    /// Longest extra processing delay of a slow member, ms (uniform from a tenth of it).
+    #[arg(long, default_value_t = 2_000)]
+    pub slow_ms: u64,
+    /// Lifeguard extensions: on or off.
+    #[arg(long, default_value = "on")]
+    pub lifeguard: String,
+    /// Virtual seconds to simulate.
+    #[arg(long, default_value_t = 120)]
+    pub virtual_secs: u64,
+    /// Seed: the same seed replays the same run.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Output folder and --json.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
 
 /// Runs the scenario.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("scenario `sim_swim` is not built in this version of ringleader-bench")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut cfg = Config::named(&args.config).with_context(|| format!("unknown --config {}", args.config))?;
+    cfg.lifeguard = match args.lifeguard.as_str() {
+        "on" => true,
+        "off" => false,
+        other => bail!("--lifeguard must be on or off, not {other}"),
+    };
+    if !(0.0..1.0).contains(&args.loss) {
+        bail!("--loss must be in [0, 1)");
+    }
+    if args.members < 2 {
+        bail!("--members must be at least 2");
+    }
+    if args.kill + args.slow + 3 > args.members {
+        bail!("--kill + --slow must leave the 3 seed members");
+    }
+    let latency = match args.config.as_str() {
+        "wan" => Latency::wan(),
+        "local" => Latency::local(),
+        _ => Latency::lan(),
+    };
+    let mut sc = Scenario::new(args.members, cfg, LinkModel::new(latency), args.seed);
+    sc.loss = args.loss;
+    sc.kill = args.kill;
+    sc.slow = args.slow;
+    sc.slow_delay = Latency::Uniform {
+        min: Duration::from_millis(args.slow_ms / 10),
+        max: Duration::from_millis(args.slow_ms),
+    };
+    sc.virtual_secs = args.virtual_secs;
+    let config = json!({
+        "members": args.members, "config": args.config, "loss": args.loss, "kill": args.kill,
+        "slow": args.slow, "slow_ms": args.slow_ms, "lifeguard": args.lifeguard,
+        "virtual_secs": args.virtual_secs, "seed": args.seed,
+    });
+    let mut run = Run::new("sim-swim", args.output.out.as_deref(), args.output.json, config)?;
+    let progress = run.progress("virtual time", Duration::from_secs(args.virtual_secs));
+    let wall = Instant::now();
+    let report = sc.run(|t| progress.tick(t));
+    progress.finish();
+    let wall_ms = wall.elapsed().as_millis() as u64;
+
+    let mut detect = Recorder::new("detect_ms");
+    for &d in &report.detect_ms {
+        detect.record(d);
+    }
+    let detect_summary = detect.summary();
+    run.add(detect);
+    let member_secs = (args.members as f64 * args.virtual_secs as f64).max(1.0);
+    let t = report.traffic;
+    let results = json!({
+        "members": args.members,
+        "config": args.config,
+        "loss": args.loss,
+        "seed": args.seed,
+        "lifeguard": args.lifeguard,
+        "kill": args.kill,
+        "slow": args.slow,
+        "virtual_secs": args.virtual_secs,
+        "converge_ms": report.converge_ms,
+        "kill_at_ms": report.kill_at_ms,
+        "detect_ms": detect_summary,
+        "undetected": report.undetected,
+        "false_positives": report.false_positives,
+        "false_positive_events": report.false_positive_events,
+        "msgs_per_member_per_s": t.datagrams as f64 / member_secs,
+        "items_per_member_per_s": t.items as f64 / member_secs,
+        "streams_per_member_per_s": t.streams as f64 / member_secs,
+        "bytes_per_member_per_s": (t.datagram_bytes + t.stream_bytes) as f64 / member_secs,
+        "broadcasts_dropped": report.broadcasts_dropped,
+        "events": report.events,
+        "trace_hash": format!("{:016x}", report.trace_hash),
+        "wall_ms": wall_ms,
+    });
+    run.finish(results)
 }

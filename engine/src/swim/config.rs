@@ -24,6 +24,11 @@ pub struct Config {
     pub suspicion_max_timeout_mult: u32,
     /// Retransmit multiplier of broadcasts (`RetransmitMult`).
     pub retransmit_mult: u32,
+    /// A join rumor (a member new to us) that this member hears back from others this many
+    /// times stops being retransmitted (rumor mongering's counter, Demers et al.), which
+    /// keeps a mass join from saturating every queue for minutes; push-pull repairs the
+    /// residue. 0 keeps memberlist's behaviour (always the full retransmit limit).
+    pub join_rumor_damping: u32,
     /// Lifeguard's local health score is kept in `0..awareness_max`.
     pub awareness_max: u32,
     /// Base interval of push-pull anti-entropy (scaled with cluster size); 0 disables it.
@@ -88,6 +93,7 @@ impl Config {
             suspicion_mult: 4,
             suspicion_max_timeout_mult: 6,
             retransmit_mult: 4,
+            join_rumor_damping: 2,
             awareness_max: 8,
             push_pull_interval_ms: 30_000,
             indirect_checks: 3,

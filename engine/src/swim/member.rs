@@ -239,6 +239,12 @@ pub struct Stats {
     pub push_pull_refused: u64,
     /// Reconnect attempts to failed members.
     pub reconnects: u64,
+    /// Alive rumors received that were news.
+    pub rumors_new: u64,
+    /// Alive rumors received that were known already.
+    pub rumors_redundant: u64,
+    /// Of those, ones that counted against a rumor this member was spreading.
+    pub rumors_damped: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,12 +334,14 @@ pub struct Member<R: Rng> {
     next_gossip_at: Time,
     next_push_pull_at: Time,
     next_reconnect_at: Time,
+    next_repair_at: Time,
     seq: u32,
     relays: Vec<Relay>,
     suspicions: FxHashMap<NodeId, Suspicion>,
     failed: VecDeque<(NodeId, u32)>,
     reaped: VecDeque<(InfoId, Time)>,
     seeds: Vec<SocketAddr>,
+    seeded: bool,
     streams: Vec<PendingStream>,
     next_stream_id: u64,
     broadcasts: BroadcastQueue<Item>,
@@ -380,7 +388,9 @@ impl<R: Rng> Member<R> {
         let jitter = |rng: &mut R, ms: u64| Duration::from_millis(rng.random_range(0..ms.max(1)));
         let next_probe_at = now + jitter(&mut rng, cfg.probe_interval_ms);
         let next_gossip_at = now + jitter(&mut rng, cfg.gossip_interval_ms);
-        let next_push_pull_at = now + cfg_push_pull(&cfg, 1) + jitter(&mut rng, cfg.push_pull_interval_ms);
+        // The first push-pull comes within one base interval of the start: it repairs what
+        // the join rumors of a cluster that was still small did not reach.
+        let next_push_pull_at = now + jitter(&mut rng, cfg.push_pull_interval_ms);
         let next_reconnect_at = now + Duration::from_millis(cfg.reconnect_interval_ms) + jitter(&mut rng, cfg.reconnect_interval_ms);
         let mut m = Member {
             broadcasts: BroadcastQueue::new(cfg.broadcast_queue_max),
@@ -401,12 +411,14 @@ impl<R: Rng> Member<R> {
             next_gossip_at,
             next_push_pull_at,
             next_reconnect_at,
+            next_repair_at: now,
             seq: 0,
             relays: Vec::new(),
             suspicions: FxHashMap::default(),
             failed: VecDeque::new(),
             reaped: VecDeque::new(),
             seeds: Vec::new(),
+            seeded: false,
             streams: Vec::new(),
             next_stream_id: 0,
             outputs: VecDeque::new(),
@@ -574,6 +586,12 @@ impl<R: Rng> Member<R> {
         for &seed in seeds {
             self.push_pull_to(now, seed, true, Purpose::Join { seed })?;
         }
+        // The first periodic push-pull, with a seed, comes half to one base interval later.
+        let base = self.cfg.push_pull_interval_ms;
+        if base > 0 {
+            self.seeded = false;
+            self.next_push_pull_at = now + Duration::from_millis(base / 2 + self.rng.random_range(0..base / 2 + 1));
+        }
         Ok(())
     }
 
@@ -697,7 +715,14 @@ impl<R: Rng> Member<R> {
         }
         if self.cfg.push_pull_interval_ms > 0 && now >= self.next_push_pull_at {
             self.next_push_pull_at = now + cfg_push_pull(&self.cfg, self.known());
-            if self.status == Status::Alive
+            self.next_repair_at = self.next_repair_at.max(now + self.cfg.probe_interval() * 2);
+            if self.status == Status::Alive && !self.seeded && !self.seeds.is_empty() {
+                // The first push-pull after a join goes to a seed: seeds saw every join, so
+                // this one exchange completes what the join rumors have not delivered yet.
+                self.seeded = true;
+                let seed = self.seeds[self.rng.random_range(0..self.seeds.len())];
+                let _ = self.push_pull_to(now, seed, false, Purpose::PushPull);
+            } else if self.status == Status::Alive
                 && let Some(node) = self.random_member(|_, e| e.state() == MemberState::Alive)
             {
                 let addr = self.dir.borrow().info(self.table[node as usize].info).addr;
@@ -787,6 +812,27 @@ impl<R: Rng> Member<R> {
         if self.push_pull_to(now, addr, false, Purpose::Reconnect).is_ok() {
             self.stats.reconnects += 1;
         }
+    }
+
+    /// Anti-entropy on evidence of divergence: a probe from a member this one does not
+    /// know means a join rumor died out before it got here (it happens when the cluster
+    /// was small: the retransmit limit is `mult × ⌈log10(n + 1)⌉`). Push-pull with the
+    /// prober, at most once per push-pull interval.
+    fn repair_if_unknown(&mut self, now: Time, source: InfoId) {
+        let node = self.dir.borrow().info(source).node;
+        let known = self.table.get(node as usize).is_some_and(|e| e.present());
+        if known || now < self.next_repair_at || self.status != Status::Alive || self.cfg.push_pull_interval_ms == 0 {
+            return;
+        }
+        // The repair takes the place of the next periodic push-pull, so it costs nothing
+        // over memberlist's push-pull rate.
+        let interval = cfg_push_pull(&self.cfg, self.known());
+        self.next_repair_at = now + interval;
+        if self.seeded || self.seeds.is_empty() {
+            self.next_push_pull_at = now + interval;
+        }
+        let addr = self.dir.borrow().info(source).addr;
+        let _ = self.push_pull_to(now, addr, false, Purpose::PushPull);
     }
 
     // ----- probing ---------------------------------------------------------------------
@@ -930,6 +976,7 @@ impl<R: Rng> Member<R> {
                 let size = self.size(&ack);
                 let addr = self.dir.borrow().info(source).addr;
                 self.send(addr, vec![ack], size);
+                self.repair_if_unknown(now, source);
             }
             Item::IndirectPing { seq, target, nack, source } => {
                 if self.relays.len() >= self.cfg.relays_max {
@@ -958,7 +1005,10 @@ impl<R: Rng> Member<R> {
                 if let Some(p) = self.probe
                     && p.seq == seq
                 {
-                    self.probe_succeeded(now, coordinate, true);
+                    // Only a direct ack is a round-trip sample (as memberlist's
+                    // NotifyPingComplete): one relayed through helpers waited for the probe
+                    // timeout and took two extra hops, and would throw Vivaldi off.
+                    self.probe_succeeded(now, coordinate, !p.indirect_sent);
                     return;
                 }
                 if let Some(i) = self.relays.iter().position(|r| r.seq == seq) {
@@ -1021,6 +1071,9 @@ impl<R: Rng> Member<R> {
         self.ensure(node);
         let e = self.table[node as usize];
         if !e.present() {
+            if origin == Origin::Gossip {
+                self.stats.rumors_new += 1;
+            }
             self.set_entry(node, incarnation, info, MemberState::Alive, now);
             self.push_event(Event::Up { node, info });
             // Members learned from a push-pull are not re-broadcast (the peer's side of the
@@ -1031,11 +1084,28 @@ impl<R: Rng> Member<R> {
                 Origin::PushPull { source } => source == node,
             };
             if rebroadcast {
-                self.queue_update(Item::Alive { incarnation, info }, node);
+                let item = Item::Alive { incarnation, info };
+                let size = self.size(&item);
+                // Join rumors: lowest priority, and damped when heard back.
+                self.broadcasts.push(item, size, Some(u64::from(node)), 2);
             }
             return;
         }
         if incarnation <= e.incarnation {
+            if incarnation == e.incarnation && info == e.info && origin == Origin::Gossip {
+                self.stats.rumors_redundant += 1;
+                let limit = retransmit_limit(self.cfg.retransmit_mult, self.known());
+                let weight = if self.cfg.join_rumor_damping == 0 {
+                    0
+                } else {
+                    limit.div_ceil(self.cfg.join_rumor_damping)
+                };
+                if weight > 0
+                    && self.broadcasts.redundant(u64::from(node), limit, weight, |q| *q == Item::Alive { incarnation, info })
+                {
+                    self.stats.rumors_damped += 1;
+                }
+            }
             return;
         }
         let old = e.state();
@@ -1253,7 +1323,10 @@ impl<R: Rng> Member<R> {
     // ----- gossip and sending ----------------------------------------------------------
 
     fn gossip(&mut self, now: Time) {
-        if self.broadcasts.is_empty() && self.user_broadcasts.is_empty() {
+        // Join rumors alone do not start gossip rounds: they ride on probes and acks, and
+        // push-pull repairs what they miss. Failure news, refutations, leaves and the
+        // layer above's broadcasts do.
+        if !self.broadcasts.any_above(2) && self.user_broadcasts.is_empty() {
             return;
         }
         let now_s = secs(now);

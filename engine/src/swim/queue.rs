@@ -2,7 +2,7 @@
 //!
 //! Each broadcast is retransmitted up to a limit that the caller computes per call
 //! (`retransmit_mult × ⌈log10(n + 1)⌉`). Selection is fewest-sent first, newest first within
-//! a count, and the priority class 0 (suspicions) before class 1 (everything else). A
+//! a count, and by priority class: 0 (suspicions), 1 (other updates), 2 (join rumors). A
 //! broadcast with a key invalidates the queued broadcast with the same key. When full, the
 //! most-sent, oldest broadcast of the lowest-priority class is dropped. Every operation is
 //! O(1) amortized except the fill, which touches only what it sends (plus a bounded number
@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 
 use super::hash::FxHashMap;
 
-const CLASSES: usize = 2;
+const CLASSES: usize = 3;
 /// Broadcasts that did not fit which a fill looks past before it stops.
 const MISFITS_MAX: usize = 16;
 
@@ -45,7 +45,7 @@ impl<T> BroadcastQueue<T> {
         BroadcastQueue {
             slots: Vec::new(),
             free: Vec::new(),
-            buckets: [Vec::new(), Vec::new()],
+            buckets: [Vec::new(), Vec::new(), Vec::new()],
             by_key: FxHashMap::default(),
             len: 0,
             stale: 0,
@@ -67,6 +67,26 @@ impl<T> BroadcastQueue<T> {
     /// The bound.
     pub fn capacity(&self) -> usize {
         self.max
+    }
+
+    /// Broadcasts queued in priority classes below `class` (more urgent ones).
+    pub fn len_above(&self, class: u8) -> usize {
+        let mut n = 0;
+        for c in 0..(class as usize).min(CLASSES) {
+            for b in &self.buckets[c] {
+                for &e in b {
+                    if self.live(e) {
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    /// Whether any broadcast of a class below `class` is queued (stops at the first).
+    pub fn any_above(&self, class: u8) -> bool {
+        (0..(class as usize).min(CLASSES)).any(|c| self.buckets[c].iter().any(|b| b.iter().any(|&e| self.live(e))))
     }
 
     /// Broadcasts dropped because the queue was full.
@@ -177,6 +197,33 @@ impl<T> BroadcastQueue<T> {
     fn release_popped(&mut self, slot: u32) {
         self.release(slot);
         self.stale = self.stale.saturating_sub(1);
+    }
+
+    /// Counts a redundant contact, worth `weight` transmissions, for the broadcast queued
+    /// under `key`, if `same` holds for it: the rumor was just heard from someone else, so
+    /// it is spreading without us (rumor mongering's "counter" variant, Demers et al.
+    /// 1987). A broadcast that reaches `limit` this way leaves the queue. Returns whether
+    /// it counted.
+    pub fn redundant(&mut self, key: u64, limit: u32, weight: u32, same: impl FnOnce(&T) -> bool) -> bool {
+        let Some(&slot) = self.by_key.get(&key) else { return false };
+        let s = &mut self.slots[slot as usize];
+        if !s.item.as_ref().is_some_and(same) {
+            return false;
+        }
+        s.transmits = s.transmits.saturating_add(weight.max(1));
+        // Re-file it one bucket up: its old entry turns stale.
+        s.generation = s.generation.wrapping_add(1);
+        let (transmits, generation, class) = (s.transmits, s.generation, s.class);
+        self.stale += 1;
+        if transmits >= limit {
+            // release() bumps the generation again and counts one more stale entry; the
+            // new entry was never filed.
+            self.release(slot);
+            self.stale = self.stale.saturating_sub(1);
+        } else {
+            self.bucket(class, transmits).push_back((slot, generation));
+        }
+        true
     }
 
     /// Takes broadcasts that fit in `bytes_free` (each costing its size), fewest-sent first,
