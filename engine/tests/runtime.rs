@@ -108,7 +108,7 @@ fn cross_shard_messages_arrive() {
     const SHARDS: usize = 3;
     let rt: Runtime<(), (usize, Vec<u32>), ()> = Runtime::start(
         config(SHARDS),
-        |ctx: ShardContext<(), (usize, Vec<u32>), (usize, u32)>| async move {
+        |ctx: ShardContext<(), (usize, Vec<u32>), (usize, usize, u32)>| async move {
             let me = ctx.id();
             let mut next = vec![0u32; SHARDS];
             let mut got = vec![0u32; SHARDS];
@@ -120,7 +120,7 @@ fn cross_shard_messages_arrive() {
                 // Send what fits (a full channel hands the message back; retry later).
                 for to in 0..SHARDS {
                     while next[to] < K {
-                        match ctx.mesh_send(to, (me, next[to])) {
+                        match ctx.mesh_send(to, (me, to, next[to])) {
                             Ok(()) => {
                                 next[to] += 1;
                                 sent += 1;
@@ -129,8 +129,9 @@ fn cross_shard_messages_arrive() {
                         }
                     }
                 }
-                while let Some((from, (claimed, seq))) = ctx.mesh_recv() {
-                    order_ok &= from == claimed && seq == got[from];
+                while let Some((from, (claimed, dest, seq))) = ctx.mesh_recv() {
+                    // Shard indexes, not glommio's join-order peer ids, on both ends.
+                    order_ok &= from == claimed && dest == me && seq == got[from];
                     got[from] += 1;
                 }
                 if sent < total_to_send {

@@ -1,10 +1,652 @@
-//! Scenario `transport` (not built yet: its issue is open).
+//! Scenario `transport`: Ringleader's io_uring UDP transport against the plainest fast
+//! syscalls (sendmmsg/recvmmsg, batches of 32) and against glommio 0.9's `UdpSocket`, in
+//! the same run.
+//!
+//! - Flood: one sender floods one receiver with 64-byte datagrams over loopback; only
+//!   datagrams actually received inside the measured window count. Engine: shard 0 frames
+//!   (rkyv + CRC32C) every datagram and sends through its ring; shard 1 receives through
+//!   multishot recvmsg, checks header, checksum and label, and validates every message in
+//!   place. Raw: `harness::udp_flood_with` (two threads, blocking sockets). glommio: two
+//!   executors, `send_to` / `recv`. Every datagram is 64 bytes in all three.
+//! - Ping-pong: 64-byte datagrams, one in flight. Engine: shard 0 pings shard 1, which
+//!   validates and answers with a fresh frame. Raw: `harness::udp_rtt_with` (blocking
+//!   sockets, two threads).
+//!
+//! `--duration` is the measured time of each of the five measurements, split into
+//! `--rounds` interleaved rounds (raw, glommio, engine flood; raw, engine ping-pong) so that
+//! noise from other processes on the host hits all of them alike; the JSON reports the
+//! median round and the spread.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use ringleader_engine::runtime::{Runtime, RuntimeConfig, ShardContext};
+use ringleader_engine::transport::{
+    Sender, SocketId, SocketOptions, UdpConfig, UdpCounters, UdpHandler, UdpRing,
+};
+use ringleader_wire::msg::swim::UserMsg;
+use ringleader_wire::{Encoder, Frame, MessageRef};
+use serde_json::{Value, json};
+
+use crate::harness::{self, BaselineConfig, CommonArgs, Pacing, Recorder, Run};
+
+/// Bytes of every datagram in every measurement (the raw baseline's size).
+pub const DATAGRAM_BYTES: usize = harness::baselines::FLOOD_BYTES;
+/// Payload of the engine's `UserMsg` so that header (32) + archive comes to 64 bytes.
+const USER_PAYLOAD_BYTES: usize = 24;
+const LABEL: &[u8] = b"ringleader-bench";
+/// A ping unanswered this long is sent again (loopback rarely loses one).
+const PING_RETRY: Duration = Duration::from_millis(200);
 
 /// Flags of the `transport` scenario.
 #[derive(clap::Args, Debug, Clone)]
-pub struct Args {}
+pub struct Args {
+    /// Duration (of each measurement), warm-up, output.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Interleaved rounds each measurement's duration is split into.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Datagrams the engine sender queues before each submit.
+    #[arg(long, default_value_t = 64)]
+    pub submit_batch: usize,
+    /// Pin the engine's shards (and glommio's executors) to CPUs. On a host shared with
+    /// other busy processes a pinned thread cannot escape a busy CPU, unlike the raw
+    /// baseline's threads, so the default leaves placement to the scheduler as the
+    /// baselines do.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub pin: bool,
+    /// Busy-poll the engine's ring this long (µs) before parking the shard.
+    #[arg(long, default_value_t = 0)]
+    pub spin_us: u64,
+}
+
+/// One flood measurement.
+#[derive(Debug, Clone, Copy, Default)]
+struct Flood {
+    received_pps: f64,
+    sent_pps: f64,
+}
 
 /// Runs the scenario.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("scenario `transport` is not built in this version of ringleader-bench")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let common = &args.common;
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    if common.rate.is_some() || common.concurrency.is_some_and(|c| c != 1) {
+        bail!(
+            "transport measures closed-loop ping-pong with one datagram in flight; --rate/--concurrency are not supported"
+        );
+    }
+    let round = common.duration / args.rounds;
+    let spin = Duration::from_micros(args.spin_us);
+    let warmup = (common.warmup / args.rounds).max(Duration::from_millis(100));
+    let config = json!({
+        "duration_s": common.duration.as_secs_f64(),
+        "warmup_s": common.warmup.as_secs_f64(),
+        "rounds": args.rounds,
+        "round_s": round.as_secs_f64(),
+        "datagram_bytes": DATAGRAM_BYTES,
+        "udp_batch_raw": harness::baselines::UDP_BATCH,
+        "submit_batch_engine": args.submit_batch,
+        "pin": args.pin,
+        "spin_us": args.spin_us,
+        "udp_config": format!("{:?}", engine_udp_config(args.submit_batch)),
+    });
+    let mut run = Run::new("transport", common.out.as_deref(), common.json, config)?;
+    let baseline = BaselineConfig {
+        duration: round,
+        warmup,
+        pacing: Pacing::Closed { concurrency: 1 },
+    };
+    let mut raw = Vec::new();
+    let mut glommio = Vec::new();
+    let mut engine = Vec::new();
+    let mut counters = UdpCounters::default();
+    let mut raw_rtt = Recorder::new("raw_rtt_us");
+    let mut engine_rtt = Recorder::new("engine_rtt_us");
+    let progress = run.progress("transport", common.duration * 5);
+    let started = Instant::now();
+    for _ in 0..args.rounds {
+        let r = harness::udp_flood_with(&baseline, None).context("raw flood")?;
+        raw.push(Flood {
+            received_pps: r.received_pps,
+            sent_pps: r.sent_pps,
+        });
+        progress.tick(started.elapsed());
+        glommio.push(glommio_flood(round, warmup, args.pin).context("glommio flood")?);
+        progress.tick(started.elapsed());
+        let (f, c) = engine_flood(round, warmup, args.submit_batch, args.pin, spin)
+            .context("engine flood")?;
+        engine.push(f);
+        counters.add(&c);
+        progress.tick(started.elapsed());
+        raw_rtt.merge(&harness::udp_rtt_with(&baseline, None).context("raw ping-pong")?);
+        progress.tick(started.elapsed());
+        engine_rtt
+            .merge(&engine_ping_pong(round, warmup, args.pin, spin).context("engine ping-pong")?);
+        progress.tick(started.elapsed());
+    }
+    progress.finish();
+    let ratios: Vec<f64> = engine
+        .iter()
+        .zip(raw.iter())
+        .map(|(e, r)| e.received_pps / r.received_pps.max(1.0))
+        .collect();
+    let pick = |v: &[Flood]| v.iter().map(|f| f.received_pps).collect::<Vec<_>>();
+    let (engine_pps, raw_pps, glommio_pps) = (
+        median(&pick(&engine)),
+        median(&pick(&raw)),
+        median(&pick(&glommio)),
+    );
+    let percentiles = |r: &Recorder| {
+        let h = r.histogram();
+        json!({"p50": h.value_at_quantile(0.50), "p99": h.value_at_quantile(0.99)})
+    };
+    let results = json!({
+        "engine_pps": engine_pps,
+        "raw_pps": raw_pps,
+        "glommio_pps": glommio_pps,
+        "ratio_pps": engine_pps / raw_pps.max(1.0),
+        "glommio_ratio_pps": glommio_pps / raw_pps.max(1.0),
+        "engine_rtt_us": percentiles(&engine_rtt),
+        "raw_rtt_us": percentiles(&raw_rtt),
+        "engine_rtt_summary": engine_rtt.summary(),
+        "raw_rtt_summary": raw_rtt.summary(),
+        "spread": {
+            "engine_pps": spread(&pick(&engine)),
+            "raw_pps": spread(&pick(&raw)),
+            "glommio_pps": spread(&pick(&glommio)),
+            "ratio_pps_per_round": ratios,
+        },
+        "sent_pps": {
+            "engine": median(&engine.iter().map(|f| f.sent_pps).collect::<Vec<_>>()),
+            "raw": median(&raw.iter().map(|f| f.sent_pps).collect::<Vec<_>>()),
+            "glommio": median(&glommio.iter().map(|f| f.sent_pps).collect::<Vec<_>>()),
+        },
+        "engine_counters": counters_json(&counters),
+    });
+    run.add(raw_rtt);
+    run.add(engine_rtt);
+    run.finish(results)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+fn spread(v: &[f64]) -> Value {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    json!({"min": min, "max": max, "rounds": v})
+}
+
+fn counters_json(c: &UdpCounters) -> Value {
+    let drops: serde_json::Map<String, Value> = c
+        .drops()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    json!({
+        "datagrams_received": c.datagrams_received,
+        "datagrams_delivered": c.datagrams_delivered,
+        "messages_delivered": c.messages_delivered,
+        "dropped": drops,
+        "datagrams_sent": c.datagrams_sent,
+        "send_errors": c.send_errors,
+        "recv_no_buffers": c.recv_no_buffers,
+        "recv_rearmed": c.recv_rearmed,
+        "enter_calls": c.enter_calls,
+        "sqes_submitted": c.sqes_submitted,
+    })
+}
+
+fn engine_udp_config(submit_batch: usize) -> UdpConfig {
+    UdpConfig {
+        submit_batch: submit_batch.clamp(1, 512),
+        ..UdpConfig::default()
+    }
+}
+
+fn runtime_config(name: &str, pin: bool) -> RuntimeConfig {
+    RuntimeConfig {
+        shards: 2,
+        pin,
+        name: name.into(),
+        ..RuntimeConfig::default()
+    }
+}
+
+/// A 64-byte frame carrying `seq` in its payload.
+fn frame(enc: &mut Encoder, seq: u64) -> anyhow::Result<&[u8]> {
+    let mut payload = [0u8; USER_PAYLOAD_BYTES];
+    payload[..8].copy_from_slice(&seq.to_le_bytes());
+    let f = enc.encode(
+        &UserMsg {
+            payload: payload.to_vec(),
+        },
+        None,
+        1400,
+    )?;
+    if f.len() != DATAGRAM_BYTES {
+        bail!(
+            "engine frame is {} bytes, expected {DATAGRAM_BYTES}",
+            f.len()
+        );
+    }
+    Ok(f)
+}
+
+fn seq_of(messages: &[MessageRef<'_>]) -> Option<u64> {
+    match messages.first() {
+        Some(MessageRef::UserMsg(m)) => {
+            let p = m.payload.as_slice();
+            p.get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+        }
+        _ => None,
+    }
+}
+
+/// Counts datagrams (and checks each carries one message) inside the window.
+struct FloodReceiver {
+    window: (Instant, Instant),
+    received: u64,
+    now: Instant,
+}
+
+impl UdpHandler for FloodReceiver {
+    fn on_datagram(
+        &mut self,
+        _: &mut Sender<'_, '_>,
+        _: SocketId,
+        _: SocketAddr,
+        _: &Frame<'_>,
+        m: &[MessageRef<'_>],
+    ) {
+        if self.now >= self.window.0 && self.now < self.window.1 && m.len() == 1 {
+            self.received += 1;
+        }
+    }
+}
+
+struct Ignore;
+impl UdpHandler for Ignore {
+    fn on_datagram(
+        &mut self,
+        _: &mut Sender<'_, '_>,
+        _: SocketId,
+        _: SocketAddr,
+        _: &Frame<'_>,
+        _: &[MessageRef<'_>],
+    ) {
+    }
+}
+
+type Out = Result<(u64, UdpCounters), String>;
+
+fn engine_flood(
+    duration: Duration,
+    warmup: Duration,
+    submit_batch: usize,
+    pin: bool,
+    spin: Duration,
+) -> anyhow::Result<(Flood, UdpCounters)> {
+    let start = Instant::now() + Duration::from_millis(50);
+    let window = (start + warmup, start + warmup + duration);
+    let rt: Runtime<(), (), Out> = Runtime::start(
+        runtime_config("rl-flood", pin),
+        move |ctx: ShardContext<(), (), SocketAddr>| async move {
+            let inner = async {
+                let mut ring = UdpRing::new(engine_udp_config(submit_batch), LABEL, None)
+                    .map_err(|e| e.to_string())?;
+                ctx.watch(ring.eventfd().clone())
+                    .map_err(|e| e.to_string())?;
+                let me = ring
+                    .bind(
+                        "127.0.0.1:0".parse().map_err(|_| "addr")?,
+                        SocketOptions::default(),
+                    )
+                    .map_err(|e| e.to_string())?;
+                if ctx.id() == 1 {
+                    ctx.mesh_send(0, ring.local_addr(me).ok_or("no addr")?)
+                        .map_err(|e| format!("mesh send: {e:?}"))?;
+                    let mut h = FloodReceiver {
+                        window,
+                        received: 0,
+                        now: Instant::now(),
+                    };
+                    while h.now < window.1 + Duration::from_millis(20) && !ctx.stopping() {
+                        ring.poll(&mut h).map_err(|e| e.to_string())?;
+                        h.now = Instant::now();
+                        if ring.spin_poll(&mut h, spin).map_err(|e| e.to_string())? > 0 {
+                            continue;
+                        }
+                        ctx.wait(Some(ctx.clock().at(window.1 + Duration::from_millis(20))))
+                            .await;
+                        h.now = Instant::now();
+                    }
+                    let c = ring.counters().clone();
+                    ring.close();
+                    Ok((h.received, c))
+                } else {
+                    let to = loop {
+                        if let Some((_, a)) = ctx.mesh_recv() {
+                            break a;
+                        }
+                        ctx.wait(None).await;
+                    };
+                    let mut enc = Encoder::new(LABEL);
+                    let mut seq = 0u64;
+                    let mut sent_in_window = 0u64;
+                    loop {
+                        let now = Instant::now();
+                        if now >= window.1 || ctx.stopping() {
+                            break;
+                        }
+                        let before = ring.counters().datagrams_queued;
+                        let mut err = None;
+                        ring.with_sender(|s| {
+                            while s.slots_free() > 0 {
+                                let f = match frame(&mut enc, seq) {
+                                    Ok(f) => f,
+                                    Err(e) => {
+                                        err = Some(e.to_string());
+                                        return;
+                                    }
+                                };
+                                if s.send(me, to, f).is_err() {
+                                    return;
+                                }
+                                seq += 1;
+                            }
+                        });
+                        if let Some(e) = err {
+                            return Err(e);
+                        }
+                        if now >= window.0 {
+                            sent_in_window += ring.counters().datagrams_queued - before;
+                        }
+                        ring.poll(&mut Ignore).map_err(|e| e.to_string())?;
+                        glommio::yield_if_needed().await;
+                    }
+                    while ring.sends_in_flight() > 0 {
+                        ring.poll(&mut Ignore).map_err(|e| e.to_string())?;
+                        ctx.wait(Some(ctx.now() + Duration::from_millis(1))).await;
+                    }
+                    let c = ring.counters().clone();
+                    ring.close();
+                    Ok((sent_in_window, c))
+                }
+            };
+            inner.await
+        },
+    )?;
+    let results = rt.wait();
+    let mut outs = Vec::new();
+    for r in results {
+        outs.push(r?.map_err(anyhow::Error::msg)?);
+    }
+    let [(sent, mut c0), (received, c1)]: [(u64, UdpCounters); 2] = outs
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("expected two shards"))?;
+    c0.add(&c1);
+    let secs = duration.as_secs_f64();
+    Ok((
+        Flood {
+            received_pps: received as f64 / secs,
+            sent_pps: sent as f64 / secs,
+        },
+        c0,
+    ))
+}
+
+/// Answers every ping with a fresh frame carrying the same sequence number.
+struct Echo {
+    enc: Encoder,
+}
+
+impl UdpHandler for Echo {
+    fn on_datagram(
+        &mut self,
+        out: &mut Sender<'_, '_>,
+        socket: SocketId,
+        from: SocketAddr,
+        _: &Frame<'_>,
+        m: &[MessageRef<'_>],
+    ) {
+        if let Some(seq) = seq_of(m)
+            && let Ok(f) = frame(&mut self.enc, seq)
+        {
+            let _ = out.send(socket, from, f);
+        }
+    }
+}
+
+/// Records the round trip of each answered ping and sends the next one at once.
+struct Pinger {
+    enc: Encoder,
+    to: SocketAddr,
+    seq: u64,
+    sent_at: Instant,
+    window: (Instant, Instant),
+    rec: Recorder,
+}
+
+impl Pinger {
+    fn ping(&mut self, out: &mut Sender<'_, '_>, socket: SocketId) {
+        self.seq += 1;
+        self.sent_at = Instant::now();
+        if let Ok(f) = frame(&mut self.enc, self.seq) {
+            let _ = out.send(socket, self.to, f);
+        }
+    }
+}
+
+impl UdpHandler for Pinger {
+    fn on_datagram(
+        &mut self,
+        out: &mut Sender<'_, '_>,
+        socket: SocketId,
+        _: SocketAddr,
+        _: &Frame<'_>,
+        m: &[MessageRef<'_>],
+    ) {
+        if seq_of(m) != Some(self.seq) {
+            return; // a late answer to a retried ping
+        }
+        let now = Instant::now();
+        if now >= self.window.0 && now < self.window.1 {
+            self.rec.record_duration_at(now, now - self.sent_at);
+        }
+        if now < self.window.1 {
+            self.ping(out, socket);
+        }
+    }
+}
+
+fn engine_ping_pong(
+    duration: Duration,
+    warmup: Duration,
+    pin: bool,
+    spin: Duration,
+) -> anyhow::Result<Recorder> {
+    let start = Instant::now() + Duration::from_millis(50);
+    let window = (start + warmup, start + warmup + duration);
+    let rt: Runtime<(), (), Result<Option<Recorder>, String>> = Runtime::start(
+        runtime_config("rl-pingpong", pin),
+        move |ctx: ShardContext<(), (), SocketAddr>| async move {
+            let mut ring =
+                UdpRing::new(engine_udp_config(1), LABEL, None).map_err(|e| e.to_string())?;
+            ctx.watch(ring.eventfd().clone())
+                .map_err(|e| e.to_string())?;
+            let me = ring
+                .bind(
+                    "127.0.0.1:0".parse().map_err(|_| "addr")?,
+                    SocketOptions::default(),
+                )
+                .map_err(|e| e.to_string())?;
+            let end = window.1 + Duration::from_millis(20);
+            if ctx.id() == 1 {
+                ctx.mesh_send(0, ring.local_addr(me).ok_or("no addr")?)
+                    .map_err(|e| format!("mesh send: {e:?}"))?;
+                let mut echo = Echo {
+                    enc: Encoder::new(LABEL),
+                };
+                while Instant::now() < end && !ctx.stopping() {
+                    ring.poll(&mut echo).map_err(|e| e.to_string())?;
+                    if ring.spin_poll(&mut echo, spin).map_err(|e| e.to_string())? > 0 {
+                        continue;
+                    }
+                    ctx.wait(Some(ctx.clock().at(end))).await;
+                }
+                ring.close();
+                Ok(None)
+            } else {
+                let to = loop {
+                    if let Some((_, a)) = ctx.mesh_recv() {
+                        break a;
+                    }
+                    ctx.wait(None).await;
+                };
+                let mut p = Pinger {
+                    enc: Encoder::new(LABEL),
+                    to,
+                    seq: 0,
+                    sent_at: Instant::now(),
+                    window,
+                    rec: Recorder::new("engine_rtt_us"),
+                };
+                ring.with_sender(|s| p.ping(s, me));
+                while Instant::now() < end && !ctx.stopping() {
+                    ring.poll(&mut p).map_err(|e| e.to_string())?;
+                    if ring.spin_poll(&mut p, spin).map_err(|e| e.to_string())? > 0 {
+                        continue;
+                    }
+                    let retry_at = p.sent_at + PING_RETRY;
+                    if Instant::now() >= retry_at && Instant::now() < window.1 {
+                        ring.with_sender(|s| p.ping(s, me));
+                        continue;
+                    }
+                    ctx.wait(Some(ctx.clock().at(retry_at.min(end)))).await;
+                }
+                ring.close();
+                Ok(Some(p.rec))
+            }
+        },
+    )?;
+    let mut rec = None;
+    for r in rt.wait() {
+        if let Some(x) = r?.map_err(anyhow::Error::msg)? {
+            rec = Some(x);
+        }
+    }
+    rec.context("the pinging shard returned no histogram")
+}
+
+/// glommio's `UdpSocket` flood: two executors, one `send_to` / `recv` per datagram.
+fn glommio_flood(duration: Duration, warmup: Duration, pin: bool) -> anyhow::Result<Flood> {
+    use glommio::net::UdpSocket;
+    use glommio::{LocalExecutorBuilder, Placement};
+    let start = Instant::now() + Duration::from_millis(50);
+    let window = (start + warmup, start + warmup + duration);
+    let addr_slot = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let cpus = ringleader_engine::runtime::allowed_cpus();
+    let placement = |i: usize| match cpus.get(i) {
+        Some(&c) if pin && cpus.len() >= 2 => Placement::Fixed(c),
+        _ => Placement::Unbound,
+    };
+    let rx = {
+        let (addr_slot, received, stop) = (
+            Arc::clone(&addr_slot),
+            Arc::clone(&received),
+            Arc::clone(&stop),
+        );
+        LocalExecutorBuilder::new(placement(1))
+            .name("glommio-rx")
+            .io_memory(256 << 10)
+            .spawn(move || async move {
+                let sock = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+                set_buffers(&sock);
+                *addr_slot.lock().map_err(|_| "poisoned")? =
+                    Some(sock.local_addr().map_err(|e| e.to_string())?);
+                sock.set_read_timeout(Some(Duration::from_millis(50)))
+                    .map_err(|e| e.to_string())?;
+                let mut buf = [0u8; 2048];
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if sock.recv_from(&mut buf).await.is_ok() {
+                        let now = Instant::now();
+                        if now >= window.0 && now < window.1 {
+                            n += 1;
+                        }
+                    }
+                }
+                received.store(n, Ordering::Relaxed);
+                Ok::<(), String>(())
+            })
+            .map_err(|e| anyhow::anyhow!("glommio receiver executor: {e}"))?
+    };
+    let to = loop {
+        if let Some(a) = *addr_slot.lock().map_err(|_| anyhow::anyhow!("poisoned"))? {
+            break a;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let tx = LocalExecutorBuilder::new(placement(0))
+        .name("glommio-tx")
+        .io_memory(256 << 10)
+        .spawn(move || async move {
+            let sock = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+            set_buffers(&sock);
+            let buf = [7u8; DATAGRAM_BYTES];
+            let mut sent = 0u64;
+            loop {
+                let now = Instant::now();
+                if now >= window.1 {
+                    break;
+                }
+                if sock.send_to(&buf, to).await.is_ok() && now >= window.0 {
+                    sent += 1;
+                }
+            }
+            Ok::<u64, String>(sent)
+        })
+        .map_err(|e| anyhow::anyhow!("glommio sender executor: {e}"))?;
+    let sent = tx
+        .join()
+        .map_err(|e| anyhow::anyhow!("glommio sender: {e}"))?
+        .map_err(anyhow::Error::msg)?;
+    std::thread::sleep(Duration::from_millis(20));
+    stop.store(true, Ordering::Relaxed);
+    rx.join()
+        .map_err(|e| anyhow::anyhow!("glommio receiver: {e}"))?
+        .map_err(anyhow::Error::msg)?;
+    let secs = duration.as_secs_f64();
+    Ok(Flood {
+        received_pps: received.load(Ordering::Relaxed) as f64 / secs,
+        sent_pps: sent as f64 / secs,
+    })
+}
+
+fn set_buffers(sock: &glommio::net::UdpSocket) {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: the descriptor belongs to `sock`, alive for this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(sock.as_raw_fd()) };
+    let s = socket2::SockRef::from(&fd);
+    let _ = s.set_recv_buffer_size(harness::baselines::UDP_SOCKET_BUFFER_BYTES);
+    let _ = s.set_send_buffer_size(harness::baselines::UDP_SOCKET_BUFFER_BYTES);
 }

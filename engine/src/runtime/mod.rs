@@ -52,7 +52,7 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -64,6 +64,9 @@ pub use timers::{Timers, TimersFull};
 
 use crate::time::{Clock, Time};
 use crate::transport::limits::{LimitError, ensure_memlock};
+
+/// How long a shard waits for its peers to publish their mesh ids after joining.
+const MESH_JOIN_WAIT_MAX: Duration = Duration::from_secs(10);
 
 /// Configuration of a [`Runtime`]; every bound is a field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,6 +223,8 @@ struct Inner<C: Send + 'static, E: Send + 'static, M: Send + 'static> {
     wake: LocalNotify,
     watches: RefCell<Vec<Watch>>,
     mesh: Senders<M>,
+    /// glommio's mesh peer id of each shard.
+    peer_of_shard: Vec<usize>,
     inbox: RefCell<VecDeque<(usize, M)>>,
     inbox_space: LocalNotify,
     inbox_max: usize,
@@ -346,7 +351,11 @@ impl<C: Send + 'static, E: Send + 'static, M: Send + 'static> ShardContext<C, E,
             self.inner.wake.notify();
             return Ok(());
         }
-        match self.inner.mesh.try_send_to(to, msg) {
+        match self
+            .inner
+            .mesh
+            .try_send_to(self.inner.peer_of_shard[to], msg)
+        {
             Ok(()) => Ok(()),
             Err(GlommioError::WouldBlock(ResourceType::Channel(m))) => refused(MeshError::Full(m)),
             Err(GlommioError::Closed(ResourceType::Channel(m))) => refused(MeshError::Closed(m)),
@@ -438,6 +447,8 @@ impl<C: Send + 'static, E: Send + 'static, T: Send + 'static> Runtime<C, E, T> {
             events: events_tx,
         });
         let mesh: MeshBuilder<M, _> = MeshBuilder::full(shards, config.mesh_capacity);
+        let mesh_ids: Arc<Vec<AtomicUsize>> =
+            Arc::new((0..shards).map(|_| AtomicUsize::new(usize::MAX)).collect());
         let clock = Clock::new();
         let (ready_tx, ready_rx) =
             crossbeam_channel::bounded::<Result<PlacementReport, RuntimeError>>(shards);
@@ -461,6 +472,7 @@ impl<C: Send + 'static, E: Send + 'static, T: Send + 'static> Runtime<C, E, T> {
             let config = config.clone();
             let shared = Arc::clone(&shared);
             let mesh = mesh.clone();
+            let mesh_ids = Arc::clone(&mesh_ids);
             let ready = ready_tx.clone();
             let main = shard_main.clone();
             let spawned = std::thread::Builder::new()
@@ -488,6 +500,33 @@ impl<C: Send + 'static, E: Send + 'static, T: Send + 'static> Runtime<C, E, T> {
                     ex.run(async move {
                         let (senders, mut receivers) =
                             mesh.join().await.map_err(|_| RuntimeError::Mesh(shard))?;
+                        // glommio numbers mesh peers in the order they joined, not by our
+                        // shard index: publish ours and learn everyone's.
+                        mesh_ids[shard].store(senders.peer_id(), Ordering::Release);
+                        let mut waited = Duration::ZERO;
+                        while mesh_ids
+                            .iter()
+                            .any(|id| id.load(Ordering::Acquire) == usize::MAX)
+                        {
+                            if waited > MESH_JOIN_WAIT_MAX {
+                                return Err(RuntimeError::Mesh(shard));
+                            }
+                            glommio::timer::sleep(Duration::from_micros(200)).await;
+                            waited += Duration::from_micros(200);
+                        }
+                        let peer_of_shard: Vec<usize> = mesh_ids
+                            .iter()
+                            .map(|id| id.load(Ordering::Acquire))
+                            .collect();
+                        let mut shard_of_peer = vec![usize::MAX; shards];
+                        for (s, p) in peer_of_shard.iter().enumerate() {
+                            if let Some(slot) = shard_of_peer.get_mut(*p) {
+                                *slot = s;
+                            }
+                        }
+                        if shard_of_peer.contains(&usize::MAX) {
+                            return Err(RuntimeError::Mesh(shard));
+                        }
                         let wake = LocalNotify::new();
                         let inner = Rc::new(Inner {
                             id: shard,
@@ -498,6 +537,7 @@ impl<C: Send + 'static, E: Send + 'static, T: Send + 'static> Runtime<C, E, T> {
                             wake: wake.clone(),
                             watches: RefCell::new(Vec::new()),
                             mesh: senders,
+                            peer_of_shard,
                             inbox: RefCell::new(VecDeque::new()),
                             inbox_space: LocalNotify::new(),
                             inbox_max: config.mesh_inbox_max.max(1),
@@ -513,6 +553,7 @@ impl<C: Send + 'static, E: Send + 'static, T: Send + 'static> Runtime<C, E, T> {
                         })?;
                         for (peer, rx) in receivers.streams() {
                             let fctx = ctx.clone();
+                            let peer = shard_of_peer[peer];
                             let task = glommio::spawn_local(async move {
                                 while let Some(m) = rx.recv().await {
                                     while fctx.inner.inbox.borrow().len() >= fctx.inner.inbox_max {
