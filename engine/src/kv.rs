@@ -321,7 +321,12 @@ mod tests {
             Command::decode(&[1, 255, 255, 255, 255]),
             Err(KvError::TooLarge(u32::MAX as u64))
         );
-        assert_eq!(Kv::restore(&[0; 17]), Err(KvError::Truncated));
+        assert_eq!(Kv::restore(&[0; 15]), Err(KvError::Truncated));
+        let mut one_key_missing = vec![0u8; 8];
+        one_key_missing.extend_from_slice(&1u64.to_le_bytes());
+        one_key_missing.push(1);
+        assert_eq!(Kv::restore(&one_key_missing), Err(KvError::Truncated));
+        assert_eq!(Kv::restore(&[0; 16]), Ok(Kv::new()));
         let mut kv = Kv::new();
         assert!(kv.apply(1, &[2, 5, 0, 0, 0]).is_err());
         assert_eq!(kv.applied_index(), 1);

@@ -148,9 +148,9 @@ impl Cluster {
             }
             if let Some(h) = self.held.get_mut(&id) {
                 h.extend(last);
-                self.held_msgs
-                    .get_mut(&id)
-                    .map(|m| m.extend(rd.persisted_messages));
+                if let Some(m) = self.held_msgs.get_mut(&id) {
+                    m.extend(rd.persisted_messages);
+                }
             } else {
                 if let Some((i, t)) = last {
                     r.persisted(i, t);

@@ -439,9 +439,19 @@ impl<R: RngCore> Raft<R> {
             return Err(RaftError::Backpressure);
         }
         let first = self.log.last_index() + 1;
-        for payload in batch {
-            self.append_entry(EntryKind::Normal, payload);
-        }
+        let term = self.term;
+        let mut index = first;
+        self.log.append(batch.map(|payload| {
+            let e = Entry {
+                index,
+                term,
+                kind: EntryKind::Normal,
+                payload,
+            };
+            index += 1;
+            e
+        }));
+        self.after_append();
         Ok((first, self.log.last_index()))
     }
 
@@ -756,11 +766,16 @@ impl<R: RngCore> Raft<R> {
             kind,
             payload,
         }]);
+        self.after_append();
+        index
+    }
+
+    /// Followers have something new to receive; a lone voter commits on its own write.
+    fn after_append(&mut self) {
         self.dirty.extend(self.progress.keys().copied());
-        if self.members.voters() == [self.id] {
+        if self.progress.is_empty() {
             self.maybe_commit();
         }
-        index
     }
 
     // ----- membership -----

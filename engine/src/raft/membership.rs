@@ -203,7 +203,7 @@ mod tests {
             _ => 1,
         };
         assert_eq!(m.committed_index(&idx), 1);
-        let votes = |id: u64| Some(matches!(id, 1 | 2 | 3));
+        let votes = |id: u64| Some(matches!(id, 1..=3));
         assert_eq!(m.vote_result(&votes), VoteResult::Lost);
         let votes = |id: u64| {
             if matches!(id, 1 | 3 | 5) {
