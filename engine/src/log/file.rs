@@ -105,6 +105,52 @@ impl LogFile {
         }
     }
 
+    /// Writes zeros over `[from, to)` (page-aligned) in chunks of at most `chunk_bytes`,
+    /// reusing one zeroed buffer: no copy and no allocation per chunk in direct mode.
+    pub async fn write_zeros(&self, from: u64, to: u64, chunk_bytes: usize) -> io::Result<()> {
+        assert!(
+            from % PAGE_BYTES == 0 && to % PAGE_BYTES == 0 && chunk_bytes as u64 % PAGE_BYTES == 0
+        );
+        match self {
+            LogFile::Direct(f) => {
+                let mut buf = f.alloc_dma_buffer(chunk_bytes);
+                buf.as_bytes_mut().fill(0);
+                let buf = std::rc::Rc::new(buf);
+                let mut at = from;
+                while at < to {
+                    let n = ((to - at) as usize).min(chunk_bytes);
+                    let w = if n == chunk_bytes {
+                        f.write_rc_at(buf.clone(), at).await.map_err(io_err)?
+                    } else {
+                        let mut tail = f.alloc_dma_buffer(n);
+                        tail.as_bytes_mut().fill(0);
+                        f.write_at(tail, at).await.map_err(io_err)?
+                    };
+                    if w == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            "zero-fill wrote nothing",
+                        ));
+                    }
+                    at += w as u64;
+                    glommio::yield_if_needed().await;
+                }
+                Ok(())
+            }
+            LogFile::Buffered(_) => {
+                let zeros = vec![0u8; chunk_bytes];
+                let mut at = from;
+                while at < to {
+                    let n = ((to - at) as usize).min(chunk_bytes);
+                    self.write_all_at(&zeros[..n], at).await?;
+                    at += n as u64;
+                    glommio::yield_if_needed().await;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Reads `len` bytes at `pos` into `out` (cleared first); fewer at the end of the file.
     pub async fn read_at(&self, pos: u64, len: usize, out: &mut Vec<u8>) -> io::Result<()> {
         out.clear();

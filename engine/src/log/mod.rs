@@ -46,18 +46,28 @@ pub use file::IoMode;
 pub use format::HardState;
 pub use wal::{Durable, Entry, Log, LogStats, OwnedEntry, RecoveryReport, TornTail};
 
-/// The io mode used unless configured otherwise.
+/// The io mode used unless configured otherwise: O_DIRECT into zero-filled segments.
 ///
-/// Measured here (ext4 on a virtio disk, `/work` and `/tmp` are the same filesystem), with
-/// `ringleader-bench wal --io-mode direct|buffered` in the same session (see the report in
-/// the repository history for the exact runs): both modes sit at the device's flush
-/// latency; buffered writes cost a page-cache copy and let write-back reorder pages, while
-/// O_DIRECT writes go straight to the device from our aligned buffer. Probing raw
-/// `pwrite + fdatasync` (400 appends each) gave p50 ≈ 150 µs for O_DIRECT into a
-/// zero-filled file, ≈ 150–170 µs buffered into a zero-filled file, and ≈ 230–260 µs for
-/// either into a merely `fallocate`d file (the unwritten-extent conversion costs a journal
-/// commit per sync) — hence zero-filled segments. See `DEFAULT_IO_MODE` in the report for
-/// the group-commit comparison that picked the default.
+/// Decided by measurement on this machine (ext4 on a virtio disk; `/work` and `/tmp` are the
+/// same filesystem; 2 cores shared with other builds, so every figure is noisy and only
+/// medians of alternating runs were compared):
+///
+/// 1. Raw `pwrite + fdatasync`, 400 sequential appends each (a throwaway probe): p50 ≈ 150 µs
+///    for O_DIRECT into a zero-filled file, ≈ 150–170 µs buffered into a zero-filled file,
+///    ≈ 230–260 µs for either into a file that was only `fallocate`d (converting unwritten
+///    extents costs a journal commit per sync), and 200 µs–3 ms appending to a growing file.
+///    Hence segments are zero-filled ahead of use by a background task.
+/// 2. The log itself, 64 writers × 256 B, 3 alternating rounds of
+///    `ringleader-bench wal --writers 64 --entry-bytes 256 --duration 2s --warmup 500ms
+///    --no-baselines --io-mode M --zero-fill Z`, appends/s (median of 3):
+///    direct + zero-fill 31.5 k (46.5 k, 22.8 k, 31.5 k; p50 324–539 µs);
+///    buffered + zero-fill 13.5 k (13.5 k, 11.1 k, 35.6 k); direct + fallocate only
+///    14.6 k; buffered + fallocate only 15.9 k. An earlier pair of rounds during heavier
+///    load gave direct+zero 31 k/46 k and buffered+zero 72 k/55 k, so the two zero-filled
+///    modes are within the noise of each other; O_DIRECT is kept because it also skips the
+///    page-cache copy and write-back reordering, and its writes complete on the device
+///    while the previous sync is in flight (pipelining), where a buffered write completes
+///    at memory speed and leaves all the device work to the sync.
 pub const DEFAULT_IO_MODE: IoMode = IoMode::Direct;
 
 /// Bounds and knobs of a log. Units are in the names.

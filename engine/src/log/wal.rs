@@ -270,16 +270,9 @@ async fn create_zeroed(path: &Path, cfg: &LogConfig) -> Result<LogFile, LogError
         .await
         .map_err(io_err("fallocate", path))?;
     if cfg.segment_zero_fill {
-        let zeros = vec![0u8; ZERO_CHUNK_BYTES];
-        let mut at = 0u64;
-        while at < cfg.segment_bytes {
-            let n = (cfg.segment_bytes - at).min(ZERO_CHUNK_BYTES as u64) as usize;
-            f.write_all_at(&zeros[..n], at)
-                .await
-                .map_err(io_err("zero-fill", path))?;
-            at += n as u64;
-            glommio::yield_if_needed().await;
-        }
+        f.write_zeros(0, cfg.segment_bytes, ZERO_CHUNK_BYTES)
+            .await
+            .map_err(io_err("zero-fill", path))?;
     }
     f.fdatasync().await.map_err(io_err("fdatasync", path))?;
     Ok(f)
