@@ -142,6 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "elections": reports.iter().map(|r| r.elections).sum::<u64>(),
         "crashes": reports.iter().map(|r| r.crashes).sum::<u64>(),
         "snapshots_installed": reports.iter().map(|r| r.snapshots_installed).sum::<u64>(),
+        "conf_changes": reports.iter().map(|r| r.conf_changes).sum::<u64>(),
         "max_leader_gap_ms": reports.iter().map(|r| r.max_leader_gap_ms).max().unwrap_or(0),
         "virtual_ms": reports.iter().map(|r| r.virtual_ms).sum::<u64>(),
         "wall_ms": wall_ms,

@@ -23,7 +23,7 @@ use ringleader_wire::msg::raft::{ConfState, Entry, EntryKind};
 use self::check::{CheckResult, KvOp, KvRet, Operation};
 use self::disk::{Disk, Write};
 use crate::kv::{Command, Kv, Output, ReadMode};
-use crate::raft::{Config, Raft, Role};
+use crate::raft::{ConfChange, Config, Raft, Role};
 use crate::sim::{Scheduler, SimRng, sched};
 use crate::time::Time;
 
@@ -139,6 +139,8 @@ pub struct SeedReport {
     pub crashes: u64,
     /// Snapshots installed from a leader.
     pub snapshots_installed: u64,
+    /// Membership changes committed (remove a voter, re-add it as a learner, promote it).
+    pub conf_changes: u64,
     /// Virtual time simulated.
     pub virtual_ms: u64,
     /// Whether every client finished its operations.
@@ -191,6 +193,7 @@ enum Ev {
     },
     Partition,
     Heal,
+    Reconfig,
     ClientNext {
         client: usize,
     },
@@ -266,6 +269,8 @@ struct Sim {
     report: SeedReport,
     no_leader_since: Option<Time>,
     down: usize,
+    /// The voter being cycled out and back in, and whether it is back as a learner.
+    reconfig: Option<(u64, bool)>,
 }
 
 fn hash_of(e: &Entry) -> u64 {
@@ -367,6 +372,7 @@ impl Sim {
             },
             no_leader_since: Some(Time::ZERO),
             down: 0,
+            reconfig: None,
             cfg,
         }
     }
@@ -434,6 +440,11 @@ impl Sim {
         if self.cfg.faults.crashes() {
             let at = self.rng.random_range(200..1000);
             self.sched.schedule_in(Duration::from_millis(at), Ev::Crash);
+        }
+        if self.cfg.faults == Faults::All && self.cfg.nodes >= 5 {
+            let at = self.rng.random_range(300..1500);
+            self.sched
+                .schedule_in(Duration::from_millis(at), Ev::Reconfig);
         }
         if self.cfg.faults.net() {
             let at = self.rng.random_range(200..1000);
@@ -665,6 +676,7 @@ impl Sim {
             }
             Ev::Partition => self.partition(),
             Ev::Heal => self.blocked.clear(),
+            Ev::Reconfig => self.reconfig(),
             Ev::ClientNext { client } => self.client_next(client),
             Ev::ToNode {
                 node,
@@ -975,6 +987,57 @@ impl Sim {
         let next = heal + self.rng.random_range(100..1000);
         self.sched
             .schedule_in(Duration::from_millis(next), Ev::Partition);
+    }
+
+    /// Membership churn (5-node clusters under all faults): the leader removes a voter,
+    /// re-adds it as a learner (it catches up, by snapshot if compacted past it), then
+    /// promotes it — one server at a time, the next step only once the last committed.
+    fn reconfig(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let next = self.rng.random_range(200..800);
+        self.sched
+            .schedule_in(Duration::from_millis(next), Ev::Reconfig);
+        let Some(li) = self
+            .nodes
+            .iter()
+            .position(|x| x.raft.as_ref().is_some_and(|r| r.role() == Role::Leader))
+        else {
+            return;
+        };
+        let n = self.nodes.len() as u64;
+        let pick = self.rng.random_range(1..=n);
+        let Some(r) = self.nodes[li].raft.as_mut() else {
+            return;
+        };
+        let change = match self.reconfig {
+            None => {
+                if pick == r.id() || !r.membership().is_voter(pick) {
+                    return;
+                }
+                ConfChange::Remove(pick)
+            }
+            Some((id, false)) => ConfChange::AddLearner(id),
+            Some((id, true)) => {
+                let caught_up = r
+                    .progress(id)
+                    .is_some_and(|p| p.match_index >= r.log().committed());
+                if !caught_up {
+                    return;
+                }
+                ConfChange::AddVoter(id)
+            }
+        };
+        if r.change_membership(change).is_ok() {
+            self.report.conf_changes += 1;
+            self.reconfig = match change {
+                ConfChange::Remove(id) => Some((id, false)),
+                ConfChange::AddLearner(id) => Some((id, true)),
+                ConfChange::AddVoter(_) => None,
+            };
+            self.process(li);
+        }
     }
 
     // ----- clients -----
