@@ -102,15 +102,18 @@ fn commands_reach_their_shard() {
     assert_eq!(sums[1], (1..=100).filter(|i| i % 2 == 1).sum::<u64>());
 }
 
+/// (sending shard, destination shard, sequence number).
+type MeshMsg = (usize, usize, u32);
+
 #[test]
 fn cross_shard_messages_arrive() {
     const K: u32 = 500;
     const SHARDS: usize = 3;
     let rt: Runtime<(), (usize, Vec<u32>), ()> = Runtime::start(
         config(SHARDS),
-        |ctx: ShardContext<(), (usize, Vec<u32>), (usize, usize, u32)>| async move {
+        |ctx: ShardContext<(), (usize, Vec<u32>), MeshMsg>| async move {
             let me = ctx.id();
-            let mut next = vec![0u32; SHARDS];
+            let mut next = [0u32; SHARDS];
             let mut got = vec![0u32; SHARDS];
             let mut order_ok = true;
             let expected = K * SHARDS as u32;

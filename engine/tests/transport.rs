@@ -72,7 +72,7 @@ enum Event {
         messages: Vec<Message>,
         datagrams: usize,
         misaligned: usize,
-        counters: UdpCounters,
+        counters: Box<UdpCounters>,
     },
 }
 
@@ -111,7 +111,7 @@ fn frames_between_two_shards_arrive_validated() {
                     ring.poll(&mut c).expect("poll");
                     ctx.wait(Some(ctx.now() + Duration::from_millis(50))).await;
                 }
-                let counters = ring.counters().clone();
+                let counters = Box::new(ring.counters().clone());
                 let report = ring.close();
                 assert_eq!(report.in_flight_left, 0);
                 ctx.emit(Event::Received {
@@ -241,7 +241,7 @@ fn garbage_is_counted_by_cause_and_valid_traffic_still_flows() {
                 }
                 ctx.wait(Some(ctx.now() + Duration::from_millis(50))).await;
             }
-            let counters = ring.counters().clone();
+            let counters = Box::new(ring.counters().clone());
             ring.close();
             ctx.emit(Event::Received {
                 messages: c.messages,
