@@ -11,6 +11,7 @@ pub mod kv;
 pub mod log;
 pub mod raft;
 pub mod runtime;
+pub mod serf;
 pub mod sim;
 pub mod swim;
 pub mod time;

@@ -8,10 +8,12 @@
 //! - [`net`]: a network model with latency, loss, duplication, reordering and partitions.
 //! - [`swim`]: SWIM clusters.
 //! - [`raft`]: Raft clusters with clients, disks and a linearizability check.
+//! - [`serf`]: Serf layers over SWIM clusters: events, queries, Vivaldi.
 
 pub mod net;
 pub mod raft;
 pub mod sched;
+pub mod serf;
 pub mod swim;
 
 pub use sched::{Scheduler, SimRng};

@@ -1,0 +1,300 @@
+//! Serf over SWIM in the simulator: exactly-once events under loss, duplication and
+//! reordering; queries answered by every live matching member; stale intents ignored;
+//! snapshots that stop old events from replaying; key rotation; Vivaldi convergence.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::time::Duration;
+
+use ringleader_engine::Time;
+use ringleader_engine::serf::snapshot::SnapshotState;
+use ringleader_engine::serf::{IntentStatus, SerfConfig, SerfEvent};
+use ringleader_engine::sim::net::{Latency, LinkModel, NodeIx};
+use ringleader_engine::sim::serf::{SerfCluster, SerfScenario};
+use ringleader_engine::sim::swim::name_of;
+use ringleader_engine::swim::{Config, Event, MemberState};
+use ringleader_wire::Message;
+use ringleader_wire::msg::serf as wire;
+
+fn cluster(n: usize, loss: f64, seed: u64, key: Option<[u8; 32]>) -> SerfCluster {
+    let link = LinkModel {
+        loss,
+        ..LinkModel::new(Latency::lan())
+    };
+    let serf = SerfConfig {
+        relay_factor: 2,
+        ..SerfConfig::default()
+    };
+    let mut c = SerfCluster::new(n, Config::lan(), serf, link, seed, key);
+    c.start_all(Duration::from_millis(1_000));
+    c
+}
+
+fn at(secs: u64) -> Time {
+    Time::ZERO + Duration::from_secs(secs)
+}
+
+#[test]
+fn events_are_delivered_exactly_once_under_loss_duplication_and_reordering() {
+    for seed in [1, 2] {
+        let mut sc = SerfScenario::new(100, 10, 0.1, seed);
+        sc.reorder = 0.1;
+        sc.duplicate = 0.1;
+        sc.queries = 1;
+        sc.virtual_secs = 90;
+        let r = sc.run(|_| {});
+        assert_eq!(r.live, 100);
+        assert_eq!(r.delivery_ratio, 1.0, "seed {seed}");
+        assert_eq!(r.dup_deliveries, 0, "seed {seed}");
+        assert!(
+            r.query_response_ratio >= 0.95,
+            "seed {seed}: {}",
+            r.query_response_ratio
+        );
+    }
+}
+
+#[test]
+fn vivaldi_coordinates_converge_on_the_true_latencies() {
+    let mut sc = SerfScenario::new(100, 0, 0.0, 5);
+    sc.queries = 0;
+    sc.virtual_secs = 150;
+    let r = sc.run(|_| {});
+    assert!(
+        r.vivaldi_err_median < 0.15,
+        "median relative error {}",
+        r.vivaldi_err_median
+    );
+}
+
+#[test]
+fn queries_are_answered_by_every_live_member_that_matches_the_filters() {
+    let n = 30;
+    let mut c = cluster(n, 0.0, 7, None);
+    c.run_until(at(15), &mut |_, _, _, _| {});
+    for i in 0..n as NodeIx {
+        let role = if i % 2 == 0 { "web" } else { "db" };
+        let mut tags = BTreeMap::new();
+        tags.insert("role".to_owned(), role.to_owned());
+        c.with(i, |now, s, m| s.set_tags(now, m, tags))
+            .expect("running")
+            .expect("tags fit");
+    }
+    c.crash(4);
+    c.run_until(at(20), &mut |_, _, _, _| {});
+    let filters = vec![wire::QueryFilter::Tag(wire::TagFilter {
+        tag: "role".into(),
+        expr: "^we.$".into(),
+    })];
+    let id = c
+        .with(1, |now, s, m| {
+            s.query(now, m, "who", b"", filters, Some(Duration::from_secs(5)))
+        })
+        .expect("running")
+        .expect("issued");
+    let named = vec![wire::QueryFilter::Nodes(vec![
+        name_of(3),
+        name_of(5),
+        name_of(4),
+    ])];
+    let id2 = c
+        .with(2, |now, s, m| {
+            s.query(now, m, "who", b"", named, Some(Duration::from_secs(5)))
+        })
+        .expect("running")
+        .expect("issued");
+    let mut answered: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
+    let mut done = BTreeMap::new();
+    c.run_until(at(30), &mut |_, _, s, ev| match ev {
+        SerfEvent::Query(q) => s.queue_response(q, b"here".to_vec()),
+        SerfEvent::Response {
+            id,
+            from,
+            ack: false,
+            payload,
+        } => {
+            assert_eq!(payload, b"here");
+            assert!(
+                answered.entry(id).or_default().insert(from),
+                "a response was counted twice"
+            );
+        }
+        SerfEvent::QueryDone { id, responses, .. } => {
+            done.insert(id, responses);
+        }
+        _ => {}
+    });
+    let web: BTreeSet<String> = (0..n as NodeIx)
+        .filter(|i| i % 2 == 0 && *i != 4)
+        .map(name_of)
+        .collect();
+    assert_eq!(answered.get(&id), Some(&web));
+    assert_eq!(done.get(&id), Some(&web.len()));
+    let named: BTreeSet<String> = [3, 5].into_iter().map(name_of).collect();
+    assert_eq!(
+        answered.get(&id2),
+        Some(&named),
+        "the crashed member 4 cannot answer"
+    );
+}
+
+#[test]
+fn a_stale_leave_cannot_override_a_newer_join() {
+    let mut c = cluster(10, 0.0, 3, None);
+    c.run_until(at(10), &mut |_, _, _, _| {});
+    let target = name_of(5);
+    let (status, join_time) = c
+        .serf(1)
+        .and_then(|s| s.intent(&target))
+        .expect("member 1 saw 5's join intent");
+    assert_eq!(status, IntentStatus::Alive);
+    // A leave with an older member time arrives late: ignored.
+    let stale = Message::LeaveIntent(wire::LeaveIntent {
+        ltime: join_time.saturating_sub(1),
+        node: target.clone(),
+        prune: false,
+    });
+    let from = "127.0.0.9:7946".parse().expect("addr");
+    c.with(1, |now, s, m| {
+        s.handle_event(
+            now,
+            m,
+            &Event::Message {
+                from,
+                msg: Rc::new(stale),
+            },
+        )
+    });
+    assert_eq!(
+        c.serf(1).and_then(|s| s.intent(&target)),
+        Some((IntentStatus::Alive, join_time))
+    );
+    assert!(c.serf(1).map(|s| s.stats().stale_intents).unwrap_or(0) >= 1);
+    // A newer leave wins, and spreads.
+    let fresh = Message::LeaveIntent(wire::LeaveIntent {
+        ltime: join_time + 5,
+        node: target.clone(),
+        prune: false,
+    });
+    c.with(1, |now, s, m| {
+        s.handle_event(
+            now,
+            m,
+            &Event::Message {
+                from,
+                msg: Rc::new(fresh),
+            },
+        )
+    });
+    c.run_until(at(15), &mut |_, _, _, _| {});
+    for i in 0..10 {
+        assert_eq!(
+            c.serf(i).and_then(|s| s.intent(&target)).map(|x| x.0),
+            Some(IntentStatus::Leaving),
+            "member {i}"
+        );
+    }
+}
+
+#[test]
+fn a_restored_member_does_not_replay_old_events() {
+    let mut c = cluster(5, 0.0, 9, None);
+    c.run_until(at(5), &mut |_, _, _, _| {});
+    let snap = SnapshotState {
+        member_clock: 3,
+        event_clock: 100,
+        query_clock: 7,
+        members: vec![],
+        keys: vec![],
+    };
+    let rejoin = c.with(2, |_, s, _| s.restore(&snap)).expect("running");
+    assert!(rejoin.is_empty());
+    assert_eq!(c.serf(2).map(|s| s.event_min_time()), Some(101));
+    let old = Message::UserEvent(wire::UserEvent {
+        ltime: 50,
+        name: "deploy".into(),
+        payload: vec![1],
+        coalesce: false,
+    });
+    let from = "127.0.0.9:7946".parse().expect("addr");
+    let mut delivered = 0;
+    c.with(2, |now, s, m| {
+        s.handle_event(
+            now,
+            m,
+            &Event::Message {
+                from,
+                msg: Rc::new(old),
+            },
+        );
+        while let Some(ev) = s.poll_event() {
+            if matches!(ev, SerfEvent::User { .. }) {
+                delivered += 1;
+            }
+        }
+    });
+    assert_eq!(delivered, 0);
+    assert_eq!(c.serf(2).map(|s| s.stats().events_too_old), Some(1));
+}
+
+#[test]
+fn a_key_rotation_reaches_every_member_and_nobody_drops_out() {
+    rotation(100);
+}
+
+#[test]
+#[ignore = "1,000 members: about a minute; run with --ignored"]
+fn a_key_rotation_across_1000_members_with_loss() {
+    rotation(1000);
+}
+
+fn rotation(n: usize) {
+    let k1 = [1u8; 32];
+    let k2 = [2u8; 32];
+    let mut c = cluster(n, 0.05, 11, Some(k1));
+    c.run_until(at(20), &mut |_, _, _, _| {});
+    let mut results = Vec::new();
+    let step = |c: &mut SerfCluster, op: &str, until: u64, results: &mut Vec<_>| {
+        let r = c.with(0, |now, s, m| match op {
+            "install" => s.install_key(now, m, k2),
+            "use" => s.use_key(now, m, k2),
+            "remove" => s.remove_key(now, m, k1),
+            _ => s.list_keys(now, m),
+        });
+        assert!(matches!(r, Some(Ok(_))), "{op} issued");
+        c.run_until(at(until), &mut |_, _, _, ev| {
+            if let SerfEvent::KeyResult(k) = ev {
+                results.push((op.to_owned(), k));
+            }
+        });
+    };
+    step(&mut c, "install", 40, &mut results);
+    step(&mut c, "use", 60, &mut results);
+    step(&mut c, "remove", 80, &mut results);
+    step(&mut c, "list", 100, &mut results);
+    assert_eq!(results.len(), 4);
+    for (op, r) in &results {
+        assert!(r.failed.is_empty(), "{op}: {:?}", r.failed);
+        assert!(
+            r.no_response.len() <= 1,
+            "{op}: no response from {:?}",
+            r.no_response
+        );
+    }
+    let (_, list) = &results[3];
+    assert_eq!(list.keys.keys().copied().collect::<Vec<_>>(), vec![k2]);
+    for i in 0..n as NodeIx {
+        assert_eq!(
+            c.serf(i).and_then(|s| s.keyring()).map(|k| k.list()),
+            Some(vec![k2]),
+            "member {i}"
+        );
+        let m = c.swim.member(i).expect("running");
+        assert_eq!(
+            m.count(MemberState::Dead),
+            0,
+            "member {i} saw someone die during the rotation"
+        );
+        assert_eq!(m.count(MemberState::Alive), n, "member {i}");
+    }
+}
