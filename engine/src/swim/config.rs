@@ -29,6 +29,10 @@ pub struct Config {
     /// keeps a mass join from saturating every queue for minutes; push-pull repairs the
     /// residue. 0 keeps memberlist's behaviour (always the full retransmit limit).
     pub join_rumor_damping: u32,
+    /// Transmissions of a join rumor (a member new to us that we relay), at most; 0 uses
+    /// the retransmit limit of every other update (memberlist). Join news is not urgent
+    /// (an unknown member is simply not probed yet) and push-pull completes it.
+    pub join_rumor_retransmit_mult: u32,
     /// Lifeguard's local health score is kept in `0..awareness_max`.
     pub awareness_max: u32,
     /// Base interval of push-pull anti-entropy (scaled with cluster size); 0 disables it.
@@ -93,7 +97,8 @@ impl Config {
             suspicion_mult: 4,
             suspicion_max_timeout_mult: 6,
             retransmit_mult: 4,
-            join_rumor_damping: 2,
+            join_rumor_damping: 1,
+            join_rumor_retransmit_mult: 4,
             awareness_max: 8,
             push_pull_interval_ms: 30_000,
             indirect_checks: 3,

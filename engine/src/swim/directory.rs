@@ -263,7 +263,7 @@ impl Directory {
             .into(),
             3 => wire::Ack {
                 seq_no: 0,
-                coordinate: (key.c != 0).then(|| wire::Coordinate { vec: [0.0; 8], error: 0.0, adjustment: 0.0, height: 0.0 }),
+                coordinate: (key.c != 0).then_some(wire::Coordinate { vec: [0.0; 8], error: 0.0, adjustment: 0.0, height: 0.0 }),
             }
             .into(),
             4 => wire::Nack { seq_no: 0 }.into(),

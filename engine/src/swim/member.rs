@@ -559,15 +559,22 @@ impl<R: Rng> Member<R> {
         self.user_broadcasts.push(item, size, key, 1);
     }
 
-    /// Sends `msg` to `to` in one datagram now (best effort), with piggybacked gossip.
+    /// Sends `msg` to `to` in one datagram now (best effort), with nothing piggybacked, as
+    /// memberlist's `SendBestEffort`: a reply meant for one member (a query response, a
+    /// relay) must not spend the retransmissions of broadcasts meant for random members —
+    /// measured in `sim serf`, it left queries undelivered to ~3 % of members at 10 % loss.
     pub fn send_to(&mut self, to: SocketAddr, msg: Message) {
         let item = Item::Other(Rc::new(msg));
         let size = self.dir.borrow_mut().item_size(&item);
-        if size == 0 || size + Directory::frame_overhead(self.cfg.encrypted) > self.cfg.datagram_bytes_max {
+        let bytes = size + Directory::frame_overhead(self.cfg.encrypted);
+        if size == 0 || bytes > self.cfg.datagram_bytes_max {
             self.stats.dropped += 1;
             return;
         }
-        self.send(to, vec![item], size);
+        self.stats.datagrams_out += 1;
+        self.stats.datagram_bytes_out += bytes as u64;
+        self.stats.items_out += 1;
+        self.outputs.push_back(Output::Datagram(Transmit { to, items: vec![item], bytes }));
     }
 
     // ----- commands --------------------------------------------------------------------
@@ -1101,7 +1108,7 @@ impl<R: Rng> Member<R> {
                     limit.div_ceil(self.cfg.join_rumor_damping)
                 };
                 if weight > 0
-                    && self.broadcasts.redundant(u64::from(node), limit, weight, |q| *q == Item::Alive { incarnation, info })
+                    && self.broadcasts.redundant(u64::from(node), 2, limit, weight, |q| *q == Item::Alive { incarnation, info })
                 {
                     self.stats.rumors_damped += 1;
                 }
@@ -1351,7 +1358,12 @@ impl<R: Rng> Member<R> {
         let free = self.cfg.datagram_bytes_max.saturating_sub(overhead + size);
         let n = self.known();
         let limit = retransmit_limit(self.cfg.retransmit_mult, n);
-        let mut used = self.broadcasts.fill(free, limit, |it| items.push(it.clone()));
+        let join_limit = if self.cfg.join_rumor_retransmit_mult == 0 {
+            limit
+        } else {
+            limit.min(self.cfg.join_rumor_retransmit_mult)
+        };
+        let mut used = self.broadcasts.fill_with_limits(free, [limit, limit, join_limit], |it| items.push(it.clone()));
         let user_limit = retransmit_limit(self.cfg.user_retransmit_mult, n);
         used += self.user_broadcasts.fill(free - used, user_limit, |it| items.push(it.clone()));
         if items.is_empty() {

@@ -12,7 +12,8 @@ use std::collections::VecDeque;
 
 use super::hash::FxHashMap;
 
-const CLASSES: usize = 3;
+/// Priority classes: 0 suspicions, 1 other updates, 2 join rumors.
+pub const CLASSES: usize = 3;
 /// Broadcasts that did not fit which a fill looks past before it stops.
 const MISFITS_MAX: usize = 16;
 
@@ -33,6 +34,7 @@ pub struct BroadcastQueue<T> {
     buckets: [Vec<VecDeque<(u32, u32)>>; CLASSES],
     by_key: FxHashMap<u64, u32>,
     len: usize,
+    class_len: [usize; CLASSES],
     stale: usize,
     max: usize,
     dropped: u64,
@@ -48,6 +50,7 @@ impl<T> BroadcastQueue<T> {
             buckets: [Vec::new(), Vec::new(), Vec::new()],
             by_key: FxHashMap::default(),
             len: 0,
+            class_len: [0; CLASSES],
             stale: 0,
             max,
             dropped: 0,
@@ -71,22 +74,12 @@ impl<T> BroadcastQueue<T> {
 
     /// Broadcasts queued in priority classes below `class` (more urgent ones).
     pub fn len_above(&self, class: u8) -> usize {
-        let mut n = 0;
-        for c in 0..(class as usize).min(CLASSES) {
-            for b in &self.buckets[c] {
-                for &e in b {
-                    if self.live(e) {
-                        n += 1;
-                    }
-                }
-            }
-        }
-        n
+        self.class_len[..(class as usize).min(CLASSES)].iter().sum()
     }
 
-    /// Whether any broadcast of a class below `class` is queued (stops at the first).
+    /// Whether any broadcast of a class below `class` is queued.
     pub fn any_above(&self, class: u8) -> bool {
-        (0..(class as usize).min(CLASSES)).any(|c| self.buckets[c].iter().any(|b| b.iter().any(|&e| self.live(e))))
+        self.len_above(class) > 0
     }
 
     /// Broadcasts dropped because the queue was full.
@@ -126,6 +119,7 @@ impl<T> BroadcastQueue<T> {
         }
         self.bucket(class, 0).push_back((slot, generation));
         self.len += 1;
+        self.class_len[class as usize] += 1;
         debug_assert!(self.len <= self.max);
         // Stale entries are skipped lazily; compacting here (never during a fill) keeps
         // their number bounded.
@@ -149,6 +143,7 @@ impl<T> BroadcastQueue<T> {
         debug_assert!(s.item.is_some());
         s.item = None;
         s.generation = s.generation.wrapping_add(1);
+        self.class_len[s.class as usize] -= 1;
         if let Some(k) = s.key.take()
             && self.by_key.get(&k) == Some(&slot)
         {
@@ -200,14 +195,14 @@ impl<T> BroadcastQueue<T> {
     }
 
     /// Counts a redundant contact, worth `weight` transmissions, for the broadcast queued
-    /// under `key`, if `same` holds for it: the rumor was just heard from someone else, so
+    /// under `key`, if it is of priority `class` and `same` holds for it: the rumor was just heard from someone else, so
     /// it is spreading without us (rumor mongering's "counter" variant, Demers et al.
     /// 1987). A broadcast that reaches `limit` this way leaves the queue. Returns whether
     /// it counted.
-    pub fn redundant(&mut self, key: u64, limit: u32, weight: u32, same: impl FnOnce(&T) -> bool) -> bool {
+    pub fn redundant(&mut self, key: u64, class: u8, limit: u32, weight: u32, same: impl FnOnce(&T) -> bool) -> bool {
         let Some(&slot) = self.by_key.get(&key) else { return false };
         let s = &mut self.slots[slot as usize];
-        if !s.item.as_ref().is_some_and(same) {
+        if s.class != class || !s.item.as_ref().is_some_and(same) {
             return false;
         }
         s.transmits = s.transmits.saturating_add(weight.max(1));
@@ -229,11 +224,16 @@ impl<T> BroadcastQueue<T> {
     /// Takes broadcasts that fit in `bytes_free` (each costing its size), fewest-sent first,
     /// and hands each to `take`. Broadcasts sent `limit` times leave the queue. Returns the
     /// bytes used.
-    pub fn fill(&mut self, bytes_free: usize, limit: u32, mut take: impl FnMut(&T)) -> usize {
+    pub fn fill(&mut self, bytes_free: usize, limit: u32, take: impl FnMut(&T)) -> usize {
+        self.fill_with_limits(bytes_free, [limit; CLASSES], take)
+    }
+
+    /// Like [`BroadcastQueue::fill`] with a retransmit limit per priority class.
+    pub fn fill_with_limits(&mut self, bytes_free: usize, limits: [u32; CLASSES], mut take: impl FnMut(&T)) -> usize {
         let mut used = 0usize;
         let mut moved: Vec<(u8, u32, u32)> = Vec::new();
         let mut misfits = 0usize;
-        'classes: for class in 0..CLASSES {
+        'classes: for (class, &limit) in limits.iter().enumerate() {
             let mut t = 0usize;
             while t < self.buckets[class].len() {
                 let mut i = self.buckets[class][t].len();
@@ -270,6 +270,7 @@ impl<T> BroadcastQueue<T> {
             }
         }
         for (class, slot, generation) in moved {
+            let limit = limits[class as usize];
             let s = &mut self.slots[slot as usize];
             s.transmits += 1;
             let transmits = s.transmits;
