@@ -122,6 +122,8 @@ struct State {
     closing: bool,
     exclusive: bool,
     spare: Option<Task<Result<(PathBuf, LogFile), LogError>>>,
+    /// The spare's preparation has finished (successfully or not).
+    spare_ready: bool,
     stats: LogStats,
 }
 
@@ -443,6 +445,7 @@ impl Log {
             closing: false,
             exclusive: false,
             spare: None,
+            spare_ready: false,
             stats: LogStats::default(),
         };
         let sh = Rc::new(Shared {
@@ -450,8 +453,7 @@ impl Log {
             cfg,
             st: RefCell::new(st),
         });
-        let spare = glommio::spawn_local(prepare_spare(sh.dir.clone(), sh.cfg.clone()));
-        sh.st.borrow_mut().spare = Some(spare);
+        spawn_spare(&sh);
         let flusher = glommio::spawn_local(flusher(sh.clone()));
         Ok((
             Log {
@@ -933,6 +935,12 @@ impl Log {
         Ok(self.stats())
     }
 
+    /// Whether the next segment file is prepared (zero-filled) already. A benchmark waits
+    /// for this before it starts its clock, so that the first zero-fill is not measured.
+    pub fn spare_ready(&self) -> bool {
+        self.sh.st.borrow().spare_ready
+    }
+
     /// The directory of the log.
     pub fn dir(&self) -> &Path {
         &self.sh.dir
@@ -1028,10 +1036,30 @@ async fn sync_covering(sh: Rc<Shared>, f: Rc<LogFile>, path: PathBuf, covered: u
     }
 }
 
+/// Starts preparing the next segment file in the background.
+fn spawn_spare(sh: &Rc<Shared>) {
+    let weak = Rc::downgrade(sh);
+    let (dir, cfg) = (sh.dir.clone(), sh.cfg.clone());
+    let task = glommio::spawn_local(async move {
+        let r = prepare_spare(dir, cfg).await;
+        if let Some(sh) = weak.upgrade() {
+            sh.st.borrow_mut().spare_ready = true;
+        }
+        r
+    });
+    let mut st = sh.st.borrow_mut();
+    st.spare_ready = false;
+    st.spare = Some(task);
+}
+
 /// Rolls to a new segment starting at `first_index`: renames the prepared spare into
 /// place, syncs the directory, and starts preparing the next spare.
 async fn roll(sh: &Rc<Shared>, first_index: u64) -> Result<(), LogError> {
-    let spare = sh.st.borrow_mut().spare.take();
+    let spare = {
+        let mut st = sh.st.borrow_mut();
+        st.spare_ready = false;
+        st.spare.take()
+    };
     let (tmp, f) = match spare {
         Some(t) => t.await?,
         None => prepare_spare(sh.dir.clone(), sh.cfg.clone()).await?,
@@ -1055,10 +1083,8 @@ async fn roll(sh: &Rc<Shared>, first_index: u64) -> Result<(), LogError> {
             record_offsets: Vec::new(),
         });
         st.tail_page.clear();
-        st.spare = Some(glommio::spawn_local(prepare_spare(
-            sh.dir.clone(),
-            sh.cfg.clone(),
-        )));
+        drop(st);
+        spawn_spare(sh);
     }
     Ok(())
 }
