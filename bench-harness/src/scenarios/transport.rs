@@ -15,7 +15,16 @@
 //! `--duration` is the measured time of each of the five measurements, split into
 //! `--rounds` interleaved rounds (raw, glommio, engine flood; raw, engine ping-pong) so that
 //! noise from other processes on the host hits all of them alike; the JSON reports the
-//! median round and the spread.
+//! median round and the spread (`spread.*.rounds`, `spread.ratio_pps_per_round`).
+//!
+//! What it showed on the shared 2-core host (load average 7-11 from other builds): the
+//! engine's flood is at par with raw sendmmsg/recvmmsg within the noise (per-round ratio
+//! 0.4-2.3), ahead of glommio's `UdpSocket`; the flamegraph (flamegraphs/transport.svg)
+//! is dominated by the kernel's `udp_sendmsg` on both paths. The engine's ping-pong is
+//! slower than blocking sockets: each wake-up goes kernel -> eventfd -> glommio's ring ->
+//! glommio task -> our ring, and under load the p99 is milliseconds where the raw one is
+//! tens of microseconds. `--spin-us` (busy-poll the ring before parking) brings the p50
+//! to the raw one's but not the p99. See the design note in `ringleader_engine::transport`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
