@@ -505,8 +505,9 @@ impl Scenario {
         let spread = self.join_spread.as_nanos() as u64;
         for i in seeds.len()..n {
             let at = Time::from_millis(20) + Duration::from_nanos(c.rng().random_range(0..spread.max(1)));
-            let seed = seeds[c.rng().random_range(0..seeds.len())];
-            c.start_at(i as NodeIx, at, vec![seed]);
+            // memberlist's Join(seeds): a push-pull with every seed, so that every seed
+            // knows every member.
+            c.start_at(i as NodeIx, at, seeds.clone());
         }
         let end = Time::ZERO + Duration::from_secs(self.virtual_secs);
         let mut report = Report::default();

@@ -645,7 +645,9 @@ impl<R: Rng> Member<R> {
 
     /// When [`Member::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Time> {
-        let mut t = self.next_gossip_at;
+        // Gossip rounds with nothing to send are skipped without a wake-up (their phase is
+        // kept: see handle_timeout).
+        let mut t = if self.wants_gossip() { self.next_gossip_at } else { Time::MAX };
         if self.status == Status::Alive {
             t = t.min(self.next_probe_at);
         }
@@ -717,8 +719,14 @@ impl<R: Rng> Member<R> {
         }
         self.reap(now);
         if now >= self.next_gossip_at {
-            self.next_gossip_at = now + Duration::from_millis(self.cfg.gossip_interval_ms.max(1));
-            self.gossip(now);
+            let interval = Duration::from_millis(self.cfg.gossip_interval_ms.max(1));
+            let behind = now.saturating_since(self.next_gossip_at).as_nanos() / interval.as_nanos();
+            let due = self.next_gossip_at + interval * behind as u32;
+            self.next_gossip_at = due + interval;
+            // Rounds missed while there was nothing to gossip are not made up.
+            if behind == 0 {
+                self.gossip(now);
+            }
         }
         if self.cfg.push_pull_interval_ms > 0 && now >= self.next_push_pull_at {
             self.next_push_pull_at = now + cfg_push_pull(&self.cfg, self.known());
@@ -1329,11 +1337,15 @@ impl<R: Rng> Member<R> {
 
     // ----- gossip and sending ----------------------------------------------------------
 
+    /// Join rumors alone do not start gossip rounds: they ride on probes and acks, and
+    /// push-pull repairs what they miss. Failure news, refutations, leaves and the layer
+    /// above's broadcasts do.
+    fn wants_gossip(&self) -> bool {
+        self.broadcasts.any_above(2) || !self.user_broadcasts.is_empty()
+    }
+
     fn gossip(&mut self, now: Time) {
-        // Join rumors alone do not start gossip rounds: they ride on probes and acks, and
-        // push-pull repairs what they miss. Failure news, refutations, leaves and the
-        // layer above's broadcasts do.
-        if !self.broadcasts.any_above(2) && self.user_broadcasts.is_empty() {
+        if !self.wants_gossip() {
             return;
         }
         let now_s = secs(now);

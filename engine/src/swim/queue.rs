@@ -38,6 +38,7 @@ pub struct BroadcastQueue<T> {
     stale: usize,
     max: usize,
     dropped: u64,
+    scratch: Vec<(u8, u32, u32)>,
 }
 
 impl<T> BroadcastQueue<T> {
@@ -54,6 +55,7 @@ impl<T> BroadcastQueue<T> {
             stale: 0,
             max,
             dropped: 0,
+            scratch: Vec::new(),
         }
     }
 
@@ -231,7 +233,8 @@ impl<T> BroadcastQueue<T> {
     /// Like [`BroadcastQueue::fill`] with a retransmit limit per priority class.
     pub fn fill_with_limits(&mut self, bytes_free: usize, limits: [u32; CLASSES], mut take: impl FnMut(&T)) -> usize {
         let mut used = 0usize;
-        let mut moved: Vec<(u8, u32, u32)> = Vec::new();
+        let mut moved = std::mem::take(&mut self.scratch);
+        moved.clear();
         let mut misfits = 0usize;
         'classes: for (class, &limit) in limits.iter().enumerate() {
             let mut t = 0usize;
@@ -269,7 +272,7 @@ impl<T> BroadcastQueue<T> {
                 t += 1;
             }
         }
-        for (class, slot, generation) in moved {
+        for &(class, slot, generation) in &moved {
             let limit = limits[class as usize];
             let s = &mut self.slots[slot as usize];
             s.transmits += 1;
@@ -280,6 +283,7 @@ impl<T> BroadcastQueue<T> {
                 self.bucket(class, transmits).push_back((slot, generation));
             }
         }
+        self.scratch = moved;
         used
     }
 
