@@ -189,7 +189,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!(wal::explain_executor_error(&e)))?;
     let lr = handle
         .join()
-        .map_err(|e| anyhow::anyhow!("log executor failed: {e}"))??;
+        .map_err(|e| anyhow::anyhow!(wal::explain_executor_error(&e)))??;
     progress.finish();
 
     let secs = lr.elapsed.as_secs_f64();

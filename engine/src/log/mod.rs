@@ -307,14 +307,28 @@ pub fn memlock_limit_kib() -> Option<u64> {
     (rc == 0).then_some(r.rlim_cur / 1024)
 }
 
-/// Explains a failure to start an executor, naming `ulimit -l`.
+/// Explains a failure to start (or run) an executor; when it looks like the locked-memory
+/// limit, says so and names `ulimit -l`.
 pub fn explain_executor_error(err: &dyn std::fmt::Display) -> String {
     let limit = memlock_limit_kib().map_or_else(|| "unknown".to_string(), |k| format!("{k} KiB"));
-    format!(
-        "could not start a glommio executor: {err}. Each executor locks about {} KiB of io \
-         memory plus its io_uring rings; the locked-memory limit `ulimit -l` is {limit}. \
-         Raise it (e.g. `ulimit -l 65536`, or memlock in /etc/security/limits.conf) or run \
-         fewer executors.",
-        EXECUTOR_IO_MEMORY_BYTES / 1024 + 3 * EXECUTOR_RING_DEPTH * 64 / 1024
-    )
+    let text = err.to_string();
+    let memlock = [
+        "MemLock",
+        "memlock",
+        "Cannot allocate memory",
+        "os error 12",
+    ]
+    .iter()
+    .any(|m| text.contains(m));
+    if memlock {
+        format!(
+            "could not start a glommio executor: {text}. Each executor locks about {} KiB of io \
+             memory plus its io_uring rings; the locked-memory limit `ulimit -l` is {limit}. \
+             Raise it (e.g. `ulimit -l 65536`, or memlock in /etc/security/limits.conf) or run \
+             fewer executors.",
+            EXECUTOR_IO_MEMORY_BYTES / 1024 + 3 * EXECUTOR_RING_DEPTH * 64 / 1024
+        )
+    } else {
+        format!("glommio executor failed: {text} (locked-memory limit `ulimit -l` is {limit})")
+    }
 }

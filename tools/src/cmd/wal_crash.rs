@@ -307,7 +307,7 @@ fn verify(dir: &Path, segment_kib: u64, from: u64) -> anyhow::Result<Verified> {
         })
         .map_err(|e| anyhow::anyhow!(wal::explain_executor_error(&e)))?;
     h.join()
-        .map_err(|e| anyhow::anyhow!("verify executor: {e}"))?
+        .map_err(|e| anyhow::anyhow!(wal::explain_executor_error(&e)))?
 }
 
 /// The child: append forever (until killed), reporting each new durable index on stdout.
@@ -366,7 +366,7 @@ fn child(args: &Args) -> anyhow::Result<()> {
         })
         .map_err(|e| anyhow::anyhow!(wal::explain_executor_error(&e)))?;
     h.join()
-        .map_err(|e| anyhow::anyhow!("child executor: {e}"))?
+        .map_err(|e| anyhow::anyhow!(wal::explain_executor_error(&e)))?
 }
 
 /// Writes straight to fd 1 (no buffering: an acknowledgement must leave the process before
