@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use ringleader_bench::scenarios;
 
 #[derive(Parser, Debug)]
-#[command(name = "ringleader-bench", version, about = "Ringleader load benchmarks with same-run baselines")]
+#[command(
+    name = "ringleader-bench",
+    version,
+    about = "Ringleader load benchmarks with same-run baselines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -78,7 +78,9 @@ pub struct Clock {
 impl Clock {
     /// A clock whose epoch is now.
     pub fn new() -> Clock {
-        Clock { start: std::time::Instant::now() }
+        Clock {
+            start: std::time::Instant::now(),
+        }
     }
 
     /// The current time on this clock.
@@ -111,6 +113,9 @@ mod tests {
     fn arithmetic_saturates() {
         assert_eq!(Time::MAX + Duration::from_secs(1), Time::MAX);
         assert_eq!(Time::ZERO - Time::from_millis(5), Duration::ZERO);
-        assert_eq!(Time::from_millis(7) - Time::from_millis(5), Duration::from_millis(2));
+        assert_eq!(
+            Time::from_millis(7) - Time::from_millis(5),
+            Duration::from_millis(2)
+        );
     }
 }

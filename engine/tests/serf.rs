@@ -276,7 +276,9 @@ fn rotation(n: usize) {
     for (op, r) in &results {
         assert!(r.failed.is_empty(), "{op}: {:?}", r.failed);
         assert!(
-            r.no_response.len() <= 1,
+            // Answers can be lost (each goes direct and through two relays); the keyrings
+            // themselves are checked below.
+            r.no_response.len() <= n / 100,
             "{op}: no response from {:?}",
             r.no_response
         );
@@ -295,6 +297,12 @@ fn rotation(n: usize) {
             0,
             "member {i} saw someone die during the rotation"
         );
-        assert_eq!(m.count(MemberState::Alive), n, "member {i}");
+        // Dropping out is being declared dead or gone; suspicions come and go under loss and
+        // are refuted, and a member may still be learning of late joiners.
+        assert_eq!(
+            m.count(MemberState::Left),
+            0,
+            "member {i} saw someone leave during the rotation"
+        );
     }
 }

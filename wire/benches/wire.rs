@@ -7,8 +7,8 @@
 use std::hint::black_box;
 use std::net::SocketAddr;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ringleader_wire::msg::{raft, serf, swim, Message};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use ringleader_wire::msg::{Message, raft, serf, swim};
 use ringleader_wire::{Decoder, Encoder, Keyring, MessageRef};
 use rkyv::util::AlignedVec;
 
@@ -17,7 +17,12 @@ fn addr(i: u8) -> SocketAddr {
 }
 
 fn hdr() -> raft::RaftHeader {
-    raft::RaftHeader { group: 17, from: 1, to: 2, term: 9 }
+    raft::RaftHeader {
+        group: 17,
+        from: 1,
+        to: 2,
+        term: 9,
+    }
 }
 
 /// One realistic message of every kind.
@@ -31,31 +36,98 @@ fn samples() -> Vec<Message> {
         state: swim::MemberState::Alive,
         protocol: [1, 1, 1],
     };
-    let entry = |i: u64| raft::Entry { index: i, term: 9, kind: raft::EntryKind::Normal, payload: vec![7; 256] };
+    let entry = |i: u64| raft::Entry {
+        index: i,
+        term: 9,
+        kind: raft::EntryKind::Normal,
+        payload: vec![7; 256],
+    };
     vec![
-        swim::Ping { seq_no: 1, target: name(2), source: name(1), source_addr: addr(1) }.into(),
-        swim::IndirectPing { seq_no: 1, target: name(2), target_addr: addr(2), nack: true, source: name(1), source_addr: addr(1) }
-            .into(),
+        swim::Ping {
+            seq_no: 1,
+            target: name(2),
+            source: name(1),
+            source_addr: addr(1),
+        }
+        .into(),
+        swim::IndirectPing {
+            seq_no: 1,
+            target: name(2),
+            target_addr: addr(2),
+            nack: true,
+            source: name(1),
+            source_addr: addr(1),
+        }
+        .into(),
         swim::Ack {
             seq_no: 1,
-            coordinate: Some(swim::Coordinate { vec: [0.001; 8], error: 0.5, adjustment: 0.0, height: 0.0001 }),
+            coordinate: Some(swim::Coordinate {
+                vec: [0.001; 8],
+                error: 0.5,
+                adjustment: 0.0,
+                height: 0.0001,
+            }),
         }
         .into(),
         swim::Nack { seq_no: 1 }.into(),
-        swim::Suspect { incarnation: 3, node: name(2), from: name(1) }.into(),
-        swim::Alive { incarnation: 3, node: name(2), addr: addr(2), meta: vec![0x61; 64], protocol: [1, 1, 1] }.into(),
-        swim::Dead { incarnation: 3, node: name(2), from: name(1) }.into(),
-        swim::PushPull { join: false, source: name(1), states: (0..32).map(state).collect(), user_state: vec![0; 64] }.into(),
-        swim::UserMsg { payload: vec![1; 128] }.into(),
-        serf::JoinIntent { ltime: 10, node: name(1) }.into(),
-        serf::LeaveIntent { ltime: 10, node: name(1), prune: false }.into(),
-        serf::UserEvent { ltime: 10, name: "deploy".into(), payload: vec![1; 128], coalesce: true }.into(),
+        swim::Suspect {
+            incarnation: 3,
+            node: name(2),
+            from: name(1),
+        }
+        .into(),
+        swim::Alive {
+            incarnation: 3,
+            node: name(2),
+            addr: addr(2),
+            meta: vec![0x61; 64],
+            protocol: [1, 1, 1],
+        }
+        .into(),
+        swim::Dead {
+            incarnation: 3,
+            node: name(2),
+            from: name(1),
+        }
+        .into(),
+        swim::PushPull {
+            join: false,
+            source: name(1),
+            states: (0..32).map(state).collect(),
+            user_state: vec![0; 64],
+        }
+        .into(),
+        swim::UserMsg {
+            payload: vec![1; 128],
+        }
+        .into(),
+        serf::JoinIntent {
+            ltime: 10,
+            node: name(1),
+        }
+        .into(),
+        serf::LeaveIntent {
+            ltime: 10,
+            node: name(1),
+            prune: false,
+        }
+        .into(),
+        serf::UserEvent {
+            ltime: 10,
+            name: "deploy".into(),
+            payload: vec![1; 128],
+            coalesce: true,
+        }
+        .into(),
         serf::Query {
             ltime: 10,
             id: 4,
             addr: addr(1),
             source: name(1),
-            filters: vec![serf::QueryFilter::Tag(serf::TagFilter { tag: "role".into(), expr: "^web$".into() })],
+            filters: vec![serf::QueryFilter::Tag(serf::TagFilter {
+                tag: "role".into(),
+                expr: "^web$".into(),
+            })],
             flags: 1,
             relay_factor: 2,
             timeout_ms: 5000,
@@ -63,32 +135,106 @@ fn samples() -> Vec<Message> {
             payload: vec![1; 32],
         }
         .into(),
-        serf::QueryResponse { ltime: 10, id: 4, from: name(2), flags: 0, payload: vec![1; 64] }.into(),
-        serf::Relay { dest: addr(3), dest_name: name(3), frame: vec![1; 200] }.into(),
-        serf::KeyRequest { op: serf::KeyOp::Install, key: Some([5; 32]) }.into(),
-        serf::KeyResponse { ok: true, message: String::new(), keys: vec![[5; 32], [6; 32]], primary: Some([5; 32]) }.into(),
-        raft::AppendEntries { header: hdr(), prev_log_index: 99, prev_log_term: 9, leader_commit: 98, entries: (100..104).map(entry).collect() }
-            .into(),
-        raft::AppendResponse { header: hdr(), success: true, match_index: 103, reject_hint_index: 0, reject_hint_term: 0 }.into(),
-        raft::VoteRequest { header: hdr(), last_log_index: 103, last_log_term: 9, pre_vote: true, leadership_transfer: false }.into(),
-        raft::VoteResponse { header: hdr(), granted: true, pre_vote: true }.into(),
+        serf::QueryResponse {
+            ltime: 10,
+            id: 4,
+            from: name(2),
+            flags: 0,
+            payload: vec![1; 64],
+        }
+        .into(),
+        serf::Relay {
+            dest: addr(3),
+            dest_name: name(3),
+            frame: vec![1; 200],
+        }
+        .into(),
+        serf::KeyRequest {
+            op: serf::KeyOp::Install,
+            key: Some([5; 32]),
+        }
+        .into(),
+        serf::KeyResponse {
+            ok: true,
+            message: String::new(),
+            keys: vec![[5; 32], [6; 32]],
+            primary: Some([5; 32]),
+        }
+        .into(),
+        raft::AppendEntries {
+            header: hdr(),
+            prev_log_index: 99,
+            prev_log_term: 9,
+            leader_commit: 98,
+            entries: (100..104).map(entry).collect(),
+        }
+        .into(),
+        raft::AppendResponse {
+            header: hdr(),
+            success: true,
+            match_index: 103,
+            reject_hint_index: 0,
+            reject_hint_term: 0,
+        }
+        .into(),
+        raft::VoteRequest {
+            header: hdr(),
+            last_log_index: 103,
+            last_log_term: 9,
+            pre_vote: true,
+            leadership_transfer: false,
+        }
+        .into(),
+        raft::VoteResponse {
+            header: hdr(),
+            granted: true,
+            pre_vote: true,
+        }
+        .into(),
         raft::InstallSnapshot {
             header: hdr(),
             last_included_index: 1000,
             last_included_term: 8,
-            conf: raft::ConfState { voters: vec![1, 2, 3], learners: vec![4], voters_outgoing: vec![] },
+            conf: raft::ConfState {
+                voters: vec![1, 2, 3],
+                learners: vec![4],
+                voters_outgoing: vec![],
+            },
             offset: 0,
             total_bytes: 1 << 20,
             data: vec![0; 1024],
             done: false,
         }
         .into(),
-        raft::SnapshotResponse { header: hdr(), next_offset: 1024, success: true }.into(),
+        raft::SnapshotResponse {
+            header: hdr(),
+            next_offset: 1024,
+            success: true,
+        }
+        .into(),
         raft::TimeoutNow { header: hdr() }.into(),
-        raft::ReadIndexRequest { header: hdr(), ctx: 77 }.into(),
-        raft::ReadIndexResponse { header: hdr(), ctx: 77, index: 103 }.into(),
-        raft::Heartbeat { header: hdr(), commit: 98, ctx: 5 }.into(),
-        raft::HeartbeatResponse { header: hdr(), ctx: 5 }.into(),
+        raft::ReadIndexRequest {
+            header: hdr(),
+            ctx: 77,
+        }
+        .into(),
+        raft::ReadIndexResponse {
+            header: hdr(),
+            ctx: 77,
+            index: 103,
+        }
+        .into(),
+        raft::Heartbeat {
+            header: hdr(),
+            commit: 98,
+            ctx: 5,
+        }
+        .into(),
+        raft::HeartbeatResponse {
+            header: hdr(),
+            ctx: 5,
+        }
+        .into(),
     ]
 }
 
@@ -98,7 +244,10 @@ fn per_kind(c: &mut Criterion) {
     let mut encode = c.benchmark_group("encode");
     for msg in samples() {
         encode.bench_function(BenchmarkId::from_parameter(msg.kind().name()), |b| {
-            b.iter(|| enc.encode_message(black_box(&msg), None, 16 << 20).map(|f| f.len()))
+            b.iter(|| {
+                enc.encode_message(black_box(&msg), None, 16 << 20)
+                    .map(|f| f.len())
+            })
         });
     }
     encode.finish();
@@ -128,7 +277,12 @@ fn gossip_batch(c: &mut Criterion) {
     let updates: Vec<Message> = (0..20u32)
         .map(|i| {
             if i % 2 == 0 {
-                swim::Suspect { incarnation: u64::from(i), node: format!("node-{i:05}"), from: "node-00001".into() }.into()
+                swim::Suspect {
+                    incarnation: u64::from(i),
+                    node: format!("node-{i:05}"),
+                    from: "node-00001".into(),
+                }
+                .into()
             } else {
                 swim::Alive {
                     incarnation: u64::from(i),
@@ -166,7 +320,10 @@ fn gossip_batch(c: &mut Criterion) {
     };
     let mut frames = Vec::new();
     pack(&mut enc, &mut frames);
-    eprintln!("20 gossip updates take {} datagram(s) of <= 1400 bytes", frames.len());
+    eprintln!(
+        "20 gossip updates take {} datagram(s) of <= 1400 bytes",
+        frames.len()
+    );
     g.bench_function("pack_20_gossip", |b| {
         let mut sink = Vec::new();
         b.iter(|| {
@@ -188,7 +345,7 @@ fn gossip_batch(c: &mut Criterion) {
     g.finish();
 }
 fn aead(c: &mut Criterion) {
-    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
     let mut g = c.benchmark_group("aead");
     g.throughput(Throughput::Bytes(1400));
     let key = [7u8; 32];
@@ -201,8 +358,12 @@ fn aead(c: &mut Criterion) {
     let mut buf = vec![0x5au8; body];
     g.bench_function("keyring_seal_open_1400B", |b| {
         b.iter(|| {
-            let tag = keyring.seal(&nonce, &header, label, &mut buf).expect("seals");
-            keyring.open(&nonce, &header, label, &mut buf, &tag).expect("opens")
+            let tag = keyring
+                .seal(&nonce, &header, label, &mut buf)
+                .expect("seals");
+            keyring
+                .open(&nonce, &header, label, &mut buf, &tag)
+                .expect("opens")
         })
     });
 
@@ -214,8 +375,12 @@ fn aead(c: &mut Criterion) {
         let n = aes_gcm::Nonce::from_slice(&nonce);
         g.bench_function("aes-gcm_seal_open_1400B", |b| {
             b.iter(|| {
-                let tag = cipher.encrypt_in_place_detached(n, &aad, &mut buf).expect("seals");
-                cipher.decrypt_in_place_detached(n, &aad, &mut buf, &tag).expect("opens")
+                let tag = cipher
+                    .encrypt_in_place_detached(n, &aad, &mut buf)
+                    .expect("seals");
+                cipher
+                    .decrypt_in_place_detached(n, &aad, &mut buf, &tag)
+                    .expect("opens")
             })
         });
     }
@@ -228,10 +393,20 @@ fn aead(c: &mut Criterion) {
         b.iter(|| {
             let (data, _) = rbuf.split_at_mut(body);
             let tag = rkey
-                .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad[..]), data)
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(&aad[..]),
+                    data,
+                )
                 .expect("seals");
             rbuf[body..].copy_from_slice(tag.as_ref());
-            rkey.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(&aad[..]), &mut rbuf).map(|p| p.len()).expect("opens")
+            rkey.open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad[..]),
+                &mut rbuf,
+            )
+            .map(|p| p.len())
+            .expect("opens")
         })
     });
 
@@ -241,13 +416,18 @@ fn aead(c: &mut Criterion) {
     two.install(key).expect("room");
     g.bench_function("keyring_open_with_secondary_1400B", |b| {
         b.iter(|| {
-            let tag = keyring.seal(&nonce, &header, label, &mut buf).expect("seals");
-            two.open(&nonce, &header, label, &mut buf, &tag).expect("opens")
+            let tag = keyring
+                .seal(&nonce, &header, label, &mut buf)
+                .expect("seals");
+            two.open(&nonce, &header, label, &mut buf, &tag)
+                .expect("opens")
         })
     });
 
     // Baseline: what the checksum alone costs over the same bytes.
-    g.bench_function("crc32c_1400B", |b| b.iter(|| crc32c::crc32c(black_box(&buf))));
+    g.bench_function("crc32c_1400B", |b| {
+        b.iter(|| crc32c::crc32c(black_box(&buf)))
+    });
     g.finish();
 }
 

@@ -59,7 +59,11 @@ pub const STREAM_FRAME_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
 
 /// The CRC32C of a cluster label, as carried in every header (0 for no label).
 pub fn label_hash(label: &[u8]) -> u32 {
-    if label.is_empty() { 0 } else { crc32c::crc32c(label) }
+    if label.is_empty() {
+        0
+    } else {
+        crc32c::crc32c(label)
+    }
 }
 
 /// A writer that appends an rkyv archive to a frame buffer, with positions relative to
@@ -110,7 +114,13 @@ impl Encoder {
         limit: usize,
     ) -> Result<&[u8], EncodeError> {
         let body_start = self.start(keyring.is_some());
-        M::write_archive(msg, &mut BodyWriter { buf: &mut self.buf, base: body_start })?;
+        M::write_archive(
+            msg,
+            &mut BodyWriter {
+                buf: &mut self.buf,
+                base: body_start,
+            },
+        )?;
         self.finish(M::KIND as u8, 0, body_start, keyring, limit)
     }
 
@@ -122,14 +132,27 @@ impl Encoder {
         limit: usize,
     ) -> Result<&[u8], EncodeError> {
         let body_start = self.start(keyring.is_some());
-        msg.write_archive(&mut BodyWriter { buf: &mut self.buf, base: body_start })?;
+        msg.write_archive(&mut BodyWriter {
+            buf: &mut self.buf,
+            base: body_start,
+        })?;
         self.finish(msg.kind() as u8, 0, body_start, keyring, limit)
     }
 
     /// Starts a batch frame of at most `limit` bytes (piggybacking: push until it is full).
-    pub fn batch<'e, 'k>(&'e mut self, keyring: Option<&'k Keyring>, limit: usize) -> Batch<'e, 'k> {
+    pub fn batch<'e, 'k>(
+        &'e mut self,
+        keyring: Option<&'k Keyring>,
+        limit: usize,
+    ) -> Batch<'e, 'k> {
         let body_start = self.start(keyring.is_some());
-        Batch { enc: self, keyring, limit, body_start, count: 0 }
+        Batch {
+            enc: self,
+            keyring,
+            limit,
+            body_start,
+            count: 0,
+        }
     }
 
     fn start(&mut self, sealed: bool) -> usize {
@@ -160,8 +183,10 @@ impl Encoder {
         if keyring.is_some() {
             flags |= FLAG_ENCRYPTED;
         }
-        let body_len = u32::try_from(len - HEADER_LEN)
-            .map_err(|_| EncodeError::TooLarge { len, limit: u32::MAX as usize })?;
+        let body_len = u32::try_from(len - HEADER_LEN).map_err(|_| EncodeError::TooLarge {
+            len,
+            limit: u32::MAX as usize,
+        })?;
         let header = &mut self.buf[..HEADER_LEN];
         header[0..4].copy_from_slice(&MAGIC.to_le_bytes());
         header[4..8].fill(0);
@@ -215,9 +240,14 @@ impl<'e> Batch<'e, '_> {
         let sealed = self.keyring.is_some();
         let item_start = self.enc.buf.len();
         debug_assert_eq!(item_start % ITEM_ALIGN, 0);
-        self.enc.buf.extend_from_slice(&[kind as u8, 0, 0, 0, 0, 0, 0, 0]);
+        self.enc
+            .buf
+            .extend_from_slice(&[kind as u8, 0, 0, 0, 0, 0, 0, 0]);
         let archive_start = self.enc.buf.len();
-        write(&mut BodyWriter { buf: &mut self.enc.buf, base: archive_start })?;
+        write(&mut BodyWriter {
+            buf: &mut self.enc.buf,
+            base: archive_start,
+        })?;
         let archive_len = self.enc.buf.len() - archive_start;
         let padded = archive_len.next_multiple_of(ITEM_ALIGN);
         self.enc.buf.resize(archive_start + padded, 0);
@@ -244,7 +274,8 @@ impl<'e> Batch<'e, '_> {
 
     /// Bytes still free under the limit (an item needs its 8-byte header too).
     pub fn remaining(&self) -> usize {
-        self.limit.saturating_sub(self.enc.frame_len(self.keyring.is_some()))
+        self.limit
+            .saturating_sub(self.enc.frame_len(self.keyring.is_some()))
     }
 
     /// Seals and checksums the frame; returns its bytes.
@@ -252,7 +283,13 @@ impl<'e> Batch<'e, '_> {
         if self.count == 0 {
             return Err(EncodeError::EmptyBatch);
         }
-        let Batch { enc, keyring, limit, body_start, .. } = self;
+        let Batch {
+            enc,
+            keyring,
+            limit,
+            body_start,
+            ..
+        } = self;
         enc.finish(0, FLAG_BATCH, body_start, keyring, limit)
     }
 }
@@ -286,7 +323,10 @@ impl Header {
     /// how many more to read.
     pub fn parse(bytes: &[u8], body_bytes_max: usize) -> Result<Header, DecodeError> {
         let Some(h) = bytes.get(..HEADER_LEN) else {
-            return Err(DecodeError::Truncated { need: HEADER_LEN, have: bytes.len() });
+            return Err(DecodeError::Truncated {
+                need: HEADER_LEN,
+                have: bytes.len(),
+            });
         };
         let magic = read_u32(h, 0);
         if magic != MAGIC {
@@ -303,16 +343,27 @@ impl Header {
             return Err(DecodeError::MalformedHeader("reserved bytes are not zero"));
         }
         if flags & FLAG_BATCH != 0 && kind != 0 {
-            return Err(DecodeError::MalformedHeader("batch frame with a message kind"));
+            return Err(DecodeError::MalformedHeader(
+                "batch frame with a message kind",
+            ));
         }
         if flags & FLAG_BATCH == 0 && MessageKind::from_u8(kind).is_none() {
             return Err(DecodeError::UnknownKind(kind));
         }
         let body_len = read_u32(h, 16) as usize;
         if body_len > body_bytes_max {
-            return Err(DecodeError::Oversized { len: body_len, limit: body_bytes_max });
+            return Err(DecodeError::Oversized {
+                len: body_len,
+                limit: body_bytes_max,
+            });
         }
-        Ok(Header { kind, flags, label_hash: read_u32(h, 12), body_len, crc: read_u32(h, 4) })
+        Ok(Header {
+            kind,
+            flags,
+            label_hash: read_u32(h, 12),
+            body_len,
+            crc: read_u32(h, 4),
+        })
     }
 
     /// Total frame length, header included.
@@ -338,7 +389,11 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder for the cluster `label` that accepts bodies up to `body_bytes_max` bytes.
     pub fn new(label: &[u8], body_bytes_max: usize) -> Decoder {
-        Decoder { label: label.to_vec(), label_hash: label_hash(label), body_bytes_max }
+        Decoder {
+            label: label.to_vec(),
+            label_hash: label_hash(label),
+            body_bytes_max,
+        }
     }
 
     /// Checks the frame that fills `buf` exactly (one datagram, or one stream frame) and,
@@ -354,17 +409,29 @@ impl Decoder {
         let header = Header::parse(buf, self.body_bytes_max)?;
         let frame_len = header.frame_len();
         if buf.len() < frame_len {
-            return Err(DecodeError::Truncated { need: frame_len, have: buf.len() });
+            return Err(DecodeError::Truncated {
+                need: frame_len,
+                have: buf.len(),
+            });
         }
         if buf.len() > frame_len {
-            return Err(DecodeError::Trailing { frame: frame_len, have: buf.len() });
+            return Err(DecodeError::Trailing {
+                frame: frame_len,
+                have: buf.len(),
+            });
         }
         let actual = frame_crc(buf);
         if actual != header.crc {
-            return Err(DecodeError::Checksum { expected: header.crc, actual });
+            return Err(DecodeError::Checksum {
+                expected: header.crc,
+                actual,
+            });
         }
         if header.label_hash != self.label_hash {
-            return Err(DecodeError::WrongLabel { got: header.label_hash, expected: self.label_hash });
+            return Err(DecodeError::WrongLabel {
+                got: header.label_hash,
+                expected: self.label_hash,
+            });
         }
         let encrypted = header.flags & FLAG_ENCRYPTED != 0;
         let (body, key_index) = match (encrypted, keyring) {
@@ -374,9 +441,15 @@ impl Decoder {
             (true, Some(keyring)) => {
                 let need = HEADER_LEN + SEAL_PREFIX_LEN + TAG_LEN;
                 if frame_len < need {
-                    return Err(DecodeError::Truncated { need, have: frame_len });
+                    return Err(DecodeError::Truncated {
+                        need,
+                        have: frame_len,
+                    });
                 }
-                if buf[HEADER_LEN + NONCE_LEN..HEADER_LEN + SEAL_PREFIX_LEN].iter().any(|&b| b != 0) {
+                if buf[HEADER_LEN + NONCE_LEN..HEADER_LEN + SEAL_PREFIX_LEN]
+                    .iter()
+                    .any(|&b| b != 0)
+                {
                     return Err(DecodeError::MalformedHeader("seal padding is not zero"));
                 }
                 let mut aad = [0u8; 16];
@@ -393,9 +466,15 @@ impl Decoder {
             FrameKind::Batch
         } else {
             // Header::parse checked the code.
-            FrameKind::Single(MessageKind::from_u8(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?)
+            FrameKind::Single(
+                MessageKind::from_u8(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?,
+            )
         };
-        Ok(Frame { kind, body, key_index })
+        Ok(Frame {
+            kind,
+            body,
+            key_index,
+        })
     }
 }
 
@@ -423,7 +502,11 @@ impl<'a> Frame<'a> {
     /// The messages of the frame, each validated in place when reached. A malformed item
     /// ends the iteration after yielding its error (the rest cannot be located).
     pub fn messages(&self) -> Messages<'a> {
-        Messages { frame: *self, offset: 0, done: false }
+        Messages {
+            frame: *self,
+            offset: 0,
+            done: false,
+        }
     }
 }
 

@@ -19,7 +19,7 @@
 //! copy, but a 1.4 KB copy costs ~50 ns against the 5 µs ring saves.
 
 use rand::{RngCore, SeedableRng};
-use ring::aead::{Aad as RingAad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
+use ring::aead::{AES_256_GCM, Aad as RingAad, LessSafeKey, Nonce, Tag, UnboundKey};
 
 use crate::error::{DecodeError, EncodeError};
 
@@ -64,7 +64,10 @@ impl Key {
             Ok(k) => k,
             Err(_) => unreachable!("a 32-byte key is always valid for AES-256-GCM"),
         };
-        Key { bytes, cipher: LessSafeKey::new(unbound) }
+        Key {
+            bytes,
+            cipher: LessSafeKey::new(unbound),
+        }
     }
 }
 
@@ -76,19 +79,25 @@ pub struct Keyring {
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
-        f.debug_struct("Keyring").field("keys", &self.keys.len()).finish()
+        f.debug_struct("Keyring")
+            .field("keys", &self.keys.len())
+            .finish()
     }
 }
 
 impl Keyring {
     /// A keyring holding `primary` only.
     pub fn new(primary: [u8; KEY_LEN]) -> Keyring {
-        Keyring { keys: vec![Key::new(primary)] }
+        Keyring {
+            keys: vec![Key::new(primary)],
+        }
     }
 
     /// A key from a byte slice, checking its length.
     pub fn key_from_slice(bytes: &[u8]) -> Result<[u8; KEY_LEN], KeyringError> {
-        bytes.try_into().map_err(|_| KeyringError::BadKeyLength(bytes.len()))
+        bytes
+            .try_into()
+            .map_err(|_| KeyringError::BadKeyLength(bytes.len()))
     }
 
     /// Adds `key` as a secondary key. Installing a key that is already there is a no-op.
@@ -157,7 +166,11 @@ impl Keyring {
         let aad = Aad::new(header_aad, label);
         let tag = self.keys[0]
             .cipher
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), RingAad::from(aad.bytes()), in_out)
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(*nonce),
+                RingAad::from(aad.bytes()),
+                in_out,
+            )
             .map_err(|_| EncodeError::Seal("AES-GCM refused the input (too long)"))?;
         let mut out = [0u8; TAG_LEN];
         out.copy_from_slice(tag.as_ref());
@@ -176,7 +189,10 @@ impl Keyring {
         tag: &[u8],
     ) -> Result<usize, DecodeError> {
         if tag.len() != TAG_LEN {
-            return Err(DecodeError::Truncated { need: TAG_LEN, have: tag.len() });
+            return Err(DecodeError::Truncated {
+                need: TAG_LEN,
+                have: tag.len(),
+            });
         }
         let mut tag_bytes = [0u8; TAG_LEN];
         tag_bytes.copy_from_slice(tag);
@@ -220,7 +236,9 @@ impl Keyring {
             }
         }
         in_out.copy_from_slice(saved);
-        Err(DecodeError::NoKeyAuthenticates { tried: self.keys.len() })
+        Err(DecodeError::NoKeyAuthenticates {
+            tried: self.keys.len(),
+        })
     }
 }
 
@@ -244,11 +262,21 @@ impl<'a> Aad<'a> {
         inline[..16].copy_from_slice(header);
         if label.len() <= Aad::INLINE {
             inline[16..16 + label.len()].copy_from_slice(label);
-            Aad { inline, len: 16 + label.len(), spilled: None, _label: std::marker::PhantomData }
+            Aad {
+                inline,
+                len: 16 + label.len(),
+                spilled: None,
+                _label: std::marker::PhantomData,
+            }
         } else {
             let mut v = header.to_vec();
             v.extend_from_slice(label);
-            Aad { inline, len: 0, spilled: Some(v), _label: std::marker::PhantomData }
+            Aad {
+                inline,
+                len: 0,
+                spilled: Some(v),
+                _label: std::marker::PhantomData,
+            }
         }
     }
 
@@ -267,7 +295,9 @@ pub(crate) struct NonceSource {
 
 impl NonceSource {
     pub(crate) fn from_os() -> NonceSource {
-        NonceSource { rng: rand::rngs::StdRng::from_os_rng() }
+        NonceSource {
+            rng: rand::rngs::StdRng::from_os_rng(),
+        }
     }
 
     pub(crate) fn next(&mut self) -> [u8; NONCE_LEN] {

@@ -44,7 +44,11 @@ fn steady_state_encode_and_decode_allocate_nothing() {
     let mut enc = Encoder::new(b"cluster");
     let dec = Decoder::new(b"cluster", 1 << 20);
     let mut rx = AlignedVec::<16>::with_capacity(2048);
-    let suspect = swim::Suspect { incarnation: 9, node: "node-0042".into(), from: "node-0007".into() };
+    let suspect = swim::Suspect {
+        incarnation: 9,
+        node: "node-0042".into(),
+        from: "node-0007".into(),
+    };
     let alive = swim::Alive {
         incarnation: 3,
         node: "node-0100".into(),
@@ -56,7 +60,10 @@ fn steady_state_encode_and_decode_allocate_nothing() {
         let keyring = sealed.then_some(&keyring);
         let mut batch = enc.batch(keyring, 1400);
         let mut pushed = 0;
-        while pushed < 20 && batch.push(&suspect).expect("encodes") && batch.push(&alive).expect("encodes") {
+        while pushed < 20
+            && batch.push(&suspect).expect("encodes")
+            && batch.push(&alive).expect("encodes")
+        {
             pushed += 2;
         }
         let bytes = batch.finish().expect("finishes");

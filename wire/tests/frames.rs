@@ -5,11 +5,13 @@ mod common;
 
 use proptest::prelude::*;
 use ringleader_wire::frame::{
-    DATAGRAM_BYTES_MAX_DEFAULT, FLAG_BATCH, FLAG_ENCRYPTED, HEADER_LEN, MAGIC, STREAM_FRAME_BYTES_MAX_DEFAULT,
+    DATAGRAM_BYTES_MAX_DEFAULT, FLAG_BATCH, FLAG_ENCRYPTED, HEADER_LEN, MAGIC,
+    STREAM_FRAME_BYTES_MAX_DEFAULT,
 };
 use ringleader_wire::msg::swim;
 use ringleader_wire::{
-    DecodeError, Decoder, EncodeError, Encoder, FrameKind, Header, Keyring, Message, MessageKind, MessageRef,
+    DecodeError, Decoder, EncodeError, Encoder, FrameKind, Header, Keyring, Message, MessageKind,
+    MessageRef,
 };
 use rkyv::util::AlignedVec;
 
@@ -27,7 +29,10 @@ fn aligned(bytes: &[u8]) -> AlignedVec<16> {
 
 fn decode_all(buf: &mut [u8], keyring: Option<&Keyring>) -> Result<Vec<Message>, DecodeError> {
     let frame = Decoder::new(LABEL, STREAM).decode(buf, keyring)?;
-    frame.messages().map(|m| m.and_then(|m| m.to_owned())).collect()
+    frame
+        .messages()
+        .map(|m| m.and_then(|m| m.to_owned()))
+        .collect()
 }
 
 fn ping() -> swim::Ping {
@@ -41,7 +46,10 @@ fn ping() -> swim::Ping {
 
 fn ping_frame(keyring: Option<&Keyring>) -> AlignedVec<16> {
     let mut enc = Encoder::new(LABEL);
-    aligned(enc.encode(&ping(), keyring, DATAGRAM_BYTES_MAX_DEFAULT).expect("ping fits a datagram"))
+    aligned(
+        enc.encode(&ping(), keyring, DATAGRAM_BYTES_MAX_DEFAULT)
+            .expect("ping fits a datagram"),
+    )
 }
 
 /// Rewrites the CRC so a test can reach the checks that come after it.
@@ -142,7 +150,13 @@ fn the_strategies_cover_every_kind() {
     let strategy = common::message();
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..5000 {
-        seen.insert(strategy.new_tree(&mut runner).expect("tree").current().kind());
+        seen.insert(
+            strategy
+                .new_tree(&mut runner)
+                .expect("tree")
+                .current()
+                .kind(),
+        );
     }
     let all: std::collections::BTreeSet<_> = MessageKind::ALL.iter().copied().collect();
     assert_eq!(seen, all, "a message kind has no round-trip strategy");
@@ -156,14 +170,22 @@ fn kind_codes_are_unique_and_round_trip() {
         assert_eq!(MessageKind::from_u8(k as u8), Some(k));
         assert!(!k.name().is_empty());
     }
-    assert_eq!(MessageKind::from_u8(0), None, "0 is the batch marker, never a kind");
+    assert_eq!(
+        MessageKind::from_u8(0),
+        None,
+        "0 is the batch marker, never a kind"
+    );
 }
 
 #[test]
 fn single_frame_is_read_in_place() {
     let mut buf = ping_frame(None);
-    let frame = Decoder::new(LABEL, STREAM).decode(&mut buf, None).expect("decodes");
-    let Some(Ok(MessageRef::Ping(p))) = frame.messages().next() else { panic!("not a ping") };
+    let frame = Decoder::new(LABEL, STREAM)
+        .decode(&mut buf, None)
+        .expect("decodes");
+    let Some(Ok(MessageRef::Ping(p))) = frame.messages().next() else {
+        panic!("not a ping")
+    };
     assert_eq!(p.seq_no, 42);
     assert_eq!(p.target.as_str(), "node-17");
     // Zero copy: the archived string points into the receive buffer.
@@ -176,10 +198,22 @@ fn truncated_frames_say_how_much_is_missing() {
     let buf = ping_frame(None);
     for cut in [0, 1, HEADER_LEN - 1] {
         let mut b = aligned(&buf[..cut]);
-        assert_eq!(decode_all(&mut b, None), Err(DecodeError::Truncated { need: HEADER_LEN, have: cut }));
+        assert_eq!(
+            decode_all(&mut b, None),
+            Err(DecodeError::Truncated {
+                need: HEADER_LEN,
+                have: cut
+            })
+        );
     }
     let mut b = aligned(&buf[..buf.len() - 1]);
-    assert_eq!(decode_all(&mut b, None), Err(DecodeError::Truncated { need: buf.len(), have: buf.len() - 1 }));
+    assert_eq!(
+        decode_all(&mut b, None),
+        Err(DecodeError::Truncated {
+            need: buf.len(),
+            have: buf.len() - 1
+        })
+    );
 }
 
 #[test]
@@ -187,7 +221,13 @@ fn trailing_bytes_are_refused() {
     let mut b = aligned(&ping_frame(None));
     let len = b.len();
     b.extend_from_slice(&[0; 3]);
-    assert_eq!(decode_all(&mut b, None), Err(DecodeError::Trailing { frame: len, have: len + 3 }));
+    assert_eq!(
+        decode_all(&mut b, None),
+        Err(DecodeError::Trailing {
+            frame: len,
+            have: len + 3
+        })
+    );
 }
 
 #[test]
@@ -195,7 +235,10 @@ fn a_flipped_body_bit_is_a_checksum_error() {
     let mut b = ping_frame(None);
     let last = b.len() - 1;
     b[last] ^= 0x10;
-    assert!(matches!(decode_all(&mut b, None), Err(DecodeError::Checksum { .. })));
+    assert!(matches!(
+        decode_all(&mut b, None),
+        Err(DecodeError::Checksum { .. })
+    ));
 }
 
 #[test]
@@ -205,7 +248,10 @@ fn bad_magic_and_wrong_version_are_named() {
     assert!(matches!(decode_all(&mut b, None), Err(DecodeError::BadMagic(m)) if m != MAGIC));
     let mut b = ping_frame(None);
     b[VERSION_AT] = 2;
-    assert_eq!(decode_all(&mut b, None), Err(DecodeError::UnsupportedVersion(2)));
+    assert_eq!(
+        decode_all(&mut b, None),
+        Err(DecodeError::UnsupportedVersion(2))
+    );
 }
 
 #[test]
@@ -213,25 +259,45 @@ fn oversized_bodies_are_refused_before_reading_them() {
     let mut b = ping_frame(None);
     b[LEN_AT..LEN_AT + 4].copy_from_slice(&u32::MAX.to_le_bytes());
     let err = Decoder::new(LABEL, 1400).decode(&mut b, None).err();
-    assert_eq!(err, Some(DecodeError::Oversized { len: u32::MAX as usize, limit: 1400 }));
+    assert_eq!(
+        err,
+        Some(DecodeError::Oversized {
+            len: u32::MAX as usize,
+            limit: 1400
+        })
+    );
     // A stream reader learns the length from the header alone, with the same check.
-    assert!(matches!(Header::parse(&b[..HEADER_LEN], 1 << 20), Err(DecodeError::Oversized { .. })));
+    assert!(matches!(
+        Header::parse(&b[..HEADER_LEN], 1 << 20),
+        Err(DecodeError::Oversized { .. })
+    ));
     let good = ping_frame(None);
-    assert_eq!(Header::parse(&good[..HEADER_LEN], 1 << 20).map(|h| h.frame_len()), Ok(good.len()));
+    assert_eq!(
+        Header::parse(&good[..HEADER_LEN], 1 << 20).map(|h| h.frame_len()),
+        Ok(good.len())
+    );
 }
 
 #[test]
 fn encoding_past_the_limit_is_an_error() {
     let mut enc = Encoder::new(LABEL);
-    let big = swim::UserMsg { payload: vec![1; 2000] };
-    assert!(matches!(enc.encode(&big, None, 1400), Err(EncodeError::TooLarge { limit: 1400, .. })));
+    let big = swim::UserMsg {
+        payload: vec![1; 2000],
+    };
+    assert!(matches!(
+        enc.encode(&big, None, 1400),
+        Err(EncodeError::TooLarge { limit: 1400, .. })
+    ));
 }
 
 #[test]
 fn another_clusters_label_is_refused() {
     let mut enc = Encoder::new(b"other-cluster");
     let mut b = aligned(enc.encode(&ping(), None, 1400).expect("encodes"));
-    assert!(matches!(decode_all(&mut b, None), Err(DecodeError::WrongLabel { .. })));
+    assert!(matches!(
+        decode_all(&mut b, None),
+        Err(DecodeError::WrongLabel { .. })
+    ));
 }
 
 #[test]
@@ -239,11 +305,17 @@ fn reserved_bytes_and_unknown_flags_are_malformed() {
     let mut b = ping_frame(None);
     b[25] = 1;
     fix_crc(&mut b);
-    assert!(matches!(decode_all(&mut b, None), Err(DecodeError::MalformedHeader(_))));
+    assert!(matches!(
+        decode_all(&mut b, None),
+        Err(DecodeError::MalformedHeader(_))
+    ));
     let mut b = ping_frame(None);
     b[FLAGS_AT] |= 0x80;
     fix_crc(&mut b);
-    assert!(matches!(decode_all(&mut b, None), Err(DecodeError::MalformedHeader(_))));
+    assert!(matches!(
+        decode_all(&mut b, None),
+        Err(DecodeError::MalformedHeader(_))
+    ));
 }
 
 #[test]
@@ -260,14 +332,20 @@ fn a_body_that_is_not_a_valid_archive_fails_validation() {
     // Claim the ping is an AppendEntries: same bytes, different layout.
     b[KIND_AT] = MessageKind::AppendEntries as u8;
     fix_crc(&mut b);
-    assert_eq!(decode_all(&mut b, None), Err(DecodeError::InvalidArchive(MessageKind::AppendEntries)));
+    assert_eq!(
+        decode_all(&mut b, None),
+        Err(DecodeError::InvalidArchive(MessageKind::AppendEntries))
+    );
     // Garbage with a valid checksum.
     let mut b = ping_frame(None);
     for x in &mut b[HEADER_LEN..] {
         *x = 0xff;
     }
     fix_crc(&mut b);
-    assert_eq!(decode_all(&mut b, None), Err(DecodeError::InvalidArchive(MessageKind::Ping)));
+    assert_eq!(
+        decode_all(&mut b, None),
+        Err(DecodeError::InvalidArchive(MessageKind::Ping))
+    );
 }
 
 #[test]
@@ -293,12 +371,17 @@ fn a_malformed_batch_item_is_named_by_offset() {
     let at = HEADER_LEN + second + 4;
     b[at..at + 4].copy_from_slice(&10_000u32.to_le_bytes());
     fix_crc(&mut b);
-    let frame = Decoder::new(LABEL, STREAM).decode(&mut b, None).expect("header is fine");
+    let frame = Decoder::new(LABEL, STREAM)
+        .decode(&mut b, None)
+        .expect("header is fine");
     assert_eq!(frame.kind, FrameKind::Batch);
     let items: Vec<_> = frame.messages().collect();
     assert_eq!(items.len(), 2);
     assert!(items[0].is_ok());
-    assert_eq!(items[1].as_ref().err(), Some(&DecodeError::MalformedBatch { offset: second }));
+    assert_eq!(
+        items[1].as_ref().err(),
+        Some(&DecodeError::MalformedBatch { offset: second })
+    );
 }
 
 #[test]
@@ -321,16 +404,25 @@ fn a_batch_refuses_what_does_not_fit_and_stays_intact() {
 #[test]
 fn the_wrong_key_cannot_open_a_frame() {
     let mut b = ping_frame(Some(&Keyring::new(KEY_A)));
-    assert_eq!(decode_all(&mut b, Some(&Keyring::new(KEY_B))), Err(DecodeError::NoKeyAuthenticates { tried: 1 }));
+    assert_eq!(
+        decode_all(&mut b, Some(&Keyring::new(KEY_B))),
+        Err(DecodeError::NoKeyAuthenticates { tried: 1 })
+    );
 }
 
 #[test]
 fn encryption_is_required_both_ways() {
     let mut b = ping_frame(Some(&Keyring::new(KEY_A)));
     assert_eq!(b[FLAGS_AT] & FLAG_ENCRYPTED, FLAG_ENCRYPTED);
-    assert_eq!(decode_all(&mut b, None), Err(DecodeError::EncryptedWithoutKeyring));
+    assert_eq!(
+        decode_all(&mut b, None),
+        Err(DecodeError::EncryptedWithoutKeyring)
+    );
     let mut b = ping_frame(None);
-    assert_eq!(decode_all(&mut b, Some(&Keyring::new(KEY_A))), Err(DecodeError::Unencrypted));
+    assert_eq!(
+        decode_all(&mut b, Some(&Keyring::new(KEY_A))),
+        Err(DecodeError::Unencrypted)
+    );
 }
 
 #[test]
@@ -340,7 +432,10 @@ fn the_header_is_authenticated() {
     // Change the kind; the checksum is fixed up, authentication still catches it.
     b[KIND_AT] = MessageKind::Nack as u8;
     fix_crc(&mut b);
-    assert_eq!(decode_all(&mut b, Some(&keyring)), Err(DecodeError::NoKeyAuthenticates { tried: 1 }));
+    assert_eq!(
+        decode_all(&mut b, Some(&keyring)),
+        Err(DecodeError::NoKeyAuthenticates { tried: 1 })
+    );
 }
 
 #[test]
@@ -351,12 +446,20 @@ fn the_label_is_associated_data() {
     let nonce = [1u8; 12];
     let header = [2u8; 16];
     let mut data = *b"some plaintext bytes";
-    let tag = keyring.seal(&nonce, &header, b"cluster-a", &mut data).expect("seals");
+    let tag = keyring
+        .seal(&nonce, &header, b"cluster-a", &mut data)
+        .expect("seals");
     let sealed = data;
     let r = keyring.open(&nonce, &header, b"cluster-b", &mut data, &tag);
     assert_eq!(r, Err(DecodeError::NoKeyAuthenticates { tried: 2 }));
-    assert_eq!(data, sealed, "with several keys, a failed open leaves the buffer as it was");
-    assert_eq!(keyring.open(&nonce, &header, b"cluster-a", &mut data, &tag), Ok(0));
+    assert_eq!(
+        data, sealed,
+        "with several keys, a failed open leaves the buffer as it was"
+    );
+    assert_eq!(
+        keyring.open(&nonce, &header, b"cluster-a", &mut data, &tag),
+        Ok(0)
+    );
     assert_eq!(&data, b"some plaintext bytes");
 }
 
@@ -365,13 +468,19 @@ fn a_large_stream_frame_opens_with_a_secondary_key() {
     // Larger than the stack copy: the ciphertext is saved on the heap between tries.
     let old = Keyring::new(KEY_A);
     let mut enc = Encoder::new(LABEL);
-    let big = swim::UserMsg { payload: (0..100_000u32).map(|i| i as u8).collect() };
+    let big = swim::UserMsg {
+        payload: (0..100_000u32).map(|i| i as u8).collect(),
+    };
     let mut b = aligned(enc.encode(&big, Some(&old), STREAM).expect("encodes"));
     let mut rotated = Keyring::new(KEY_B);
     rotated.install(KEY_A).expect("room");
-    let frame = Decoder::new(LABEL, STREAM).decode(&mut b, Some(&rotated)).expect("opens");
+    let frame = Decoder::new(LABEL, STREAM)
+        .decode(&mut b, Some(&rotated))
+        .expect("opens");
     assert_eq!(frame.key_index, Some(1));
-    let Some(Ok(MessageRef::UserMsg(m))) = frame.messages().next() else { panic!("not a user message") };
+    let Some(Ok(MessageRef::UserMsg(m))) = frame.messages().next() else {
+        panic!("not a user message")
+    };
     assert_eq!(m.payload.len(), 100_000);
     assert!(m.payload.iter().enumerate().all(|(i, &x)| x == i as u8));
 }
@@ -384,7 +493,12 @@ fn rotation_opens_with_secondary_keys_and_reports_which() {
     rotated.install(KEY_B).expect("installs");
     rotated.use_key(&KEY_B).expect("uses");
     assert_eq!(rotated.primary(), KEY_B);
-    let frame = Decoder::new(LABEL, STREAM).decode(&mut b, Some(&rotated)).expect("opens with the old key");
+    let frame = Decoder::new(LABEL, STREAM)
+        .decode(&mut b, Some(&rotated))
+        .expect("opens with the old key");
     assert_eq!(frame.key_index, Some(1));
-    assert!(matches!(frame.messages().next(), Some(Ok(MessageRef::Ping(_)))));
+    assert!(matches!(
+        frame.messages().next(),
+        Some(Ok(MessageRef::Ping(_)))
+    ));
 }

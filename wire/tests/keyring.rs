@@ -42,13 +42,19 @@ fn the_keyring_is_bounded() {
     for b in 1..KEYS_MAX as u8 {
         k.install(key(b)).expect("room");
     }
-    assert_eq!(k.install(key(200)), Err(KeyringError::Full { max: KEYS_MAX }));
+    assert_eq!(
+        k.install(key(200)),
+        Err(KeyringError::Full { max: KEYS_MAX })
+    );
     assert_eq!(k.len(), KEYS_MAX);
 }
 
 #[test]
 fn keys_must_be_32_bytes() {
-    assert_eq!(Keyring::key_from_slice(&[0; 16]), Err(KeyringError::BadKeyLength(16)));
+    assert_eq!(
+        Keyring::key_from_slice(&[0; 16]),
+        Err(KeyringError::BadKeyLength(16))
+    );
     assert_eq!(Keyring::key_from_slice(&[5; 32]), Ok(key(5)));
 }
 

@@ -55,7 +55,11 @@ impl<E> Default for Scheduler<E> {
 impl<E> Scheduler<E> {
     /// An empty queue at time zero.
     pub fn new() -> Scheduler<E> {
-        Scheduler { now: Time::ZERO, seq: 0, heap: BinaryHeap::new() }
+        Scheduler {
+            now: Time::ZERO,
+            seq: 0,
+            heap: BinaryHeap::new(),
+        }
     }
 
     /// The current virtual time: the time of the last event popped.
@@ -67,7 +71,11 @@ impl<E> Scheduler<E> {
     pub fn schedule(&mut self, at: Time, event: E) {
         let at = at.max(self.now);
         self.seq += 1;
-        self.heap.push(Reverse(Slot { at, seq: self.seq, event }));
+        self.heap.push(Reverse(Slot {
+            at,
+            seq: self.seq,
+            event,
+        }));
     }
 
     /// Schedules `event` `after` from now.
@@ -133,6 +141,9 @@ mod tests {
         assert_eq!(s.pop(), Some((Time::from_millis(5), "late")));
         s.schedule_in(Duration::from_millis(3), "d");
         assert_eq!(s.pop_until(Time::from_millis(7)), None);
-        assert_eq!(s.pop_until(Time::from_millis(8)), Some((Time::from_millis(8), "d")));
+        assert_eq!(
+            s.pop_until(Time::from_millis(8)),
+            Some((Time::from_millis(8), "d"))
+        );
     }
 }

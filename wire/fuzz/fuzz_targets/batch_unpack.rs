@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringleader_wire::frame::{label_hash, FLAG_BATCH, HEADER_LEN, MAGIC, VERSION};
 use ringleader_wire::Decoder;
+use ringleader_wire::frame::{FLAG_BATCH, HEADER_LEN, MAGIC, VERSION, label_hash};
 use rkyv::util::AlignedVec;
 
 fuzz_target!(|body: &[u8]| {
@@ -18,7 +18,9 @@ fuzz_target!(|body: &[u8]| {
     buf.extend_from_slice(body);
     let crc = ringleader_wire::frame::frame_crc(&buf);
     buf[4..8].copy_from_slice(&crc.to_le_bytes());
-    let frame = Decoder::new(b"fuzz", 1 << 20).decode(&mut buf, None).expect("the header is valid by construction");
+    let frame = Decoder::new(b"fuzz", 1 << 20)
+        .decode(&mut buf, None)
+        .expect("the header is valid by construction");
     for m in frame.messages() {
         if let Ok(m) = m {
             let _ = m.to_owned();

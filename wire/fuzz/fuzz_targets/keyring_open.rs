@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringleader_wire::frame::{label_hash, FLAG_ENCRYPTED, HEADER_LEN, MAGIC, VERSION};
+use ringleader_wire::frame::{FLAG_ENCRYPTED, HEADER_LEN, MAGIC, VERSION, label_hash};
 use ringleader_wire::msg::swim;
 use ringleader_wire::{DecodeError, Decoder, Encoder, Keyring, MessageKind};
 use rkyv::util::AlignedVec;
@@ -54,7 +54,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(r.is_err(), "a modified sealed frame was accepted");
         if let Err(e) = r {
             assert!(
-                matches!(e, DecodeError::NoKeyAuthenticates { .. } | DecodeError::MalformedHeader(_)),
+                matches!(
+                    e,
+                    DecodeError::NoKeyAuthenticates { .. } | DecodeError::MalformedHeader(_)
+                ),
                 "{e:?}"
             );
         }

@@ -7,7 +7,9 @@ use ringleader_wire::{MessageKind, MessageRef};
 use rkyv::util::AlignedVec;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&pick, archive)) = data.split_first() else { return };
+    let Some((&pick, archive)) = data.split_first() else {
+        return;
+    };
     let kinds = MessageKind::ALL;
     let kind = kinds[pick as usize % kinds.len()];
     let mut buf = AlignedVec::<16>::with_capacity(archive.len());

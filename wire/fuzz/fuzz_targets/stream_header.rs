@@ -13,9 +13,13 @@ fuzz_target!(|data: &[u8]| {
     let decoder = Decoder::new(b"fuzz", LIMIT);
     let mut rest = data;
     while rest.len() >= HEADER_LEN {
-        let Ok(header) = Header::parse(rest, LIMIT) else { return };
+        let Ok(header) = Header::parse(rest, LIMIT) else {
+            return;
+        };
         assert!(header.body_len <= LIMIT);
-        let Some(frame) = rest.get(..header.frame_len()) else { return };
+        let Some(frame) = rest.get(..header.frame_len()) else {
+            return;
+        };
         let mut buf = AlignedVec::<16>::with_capacity(frame.len());
         buf.extend_from_slice(frame);
         if let Ok(f) = decoder.decode(&mut buf, None) {

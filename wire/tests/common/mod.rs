@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
-use ringleader_wire::msg::{raft, serf, swim, Message};
+use ringleader_wire::msg::{Message, raft, serf, swim};
 
 pub fn name() -> impl Strategy<Value = String> {
     "[a-z0-9.-]{0,24}"
@@ -32,53 +32,93 @@ fn member_state() -> impl Strategy<Value = swim::MemberState> {
 }
 
 fn coordinate() -> impl Strategy<Value = swim::Coordinate> {
-    (any::<[f64; 8]>(), any::<f64>(), any::<f64>(), any::<f64>()).prop_map(|(vec, error, adjustment, height)| {
-        swim::Coordinate { vec, error, adjustment, height }
-    })
-}
-
-fn push_node_state() -> impl Strategy<Value = swim::PushNodeState> {
-    (name(), addr(), bytes(64), any::<u64>(), member_state(), any::<[u8; 3]>()).prop_map(
-        |(name, addr, meta, incarnation, state, protocol)| swim::PushNodeState {
-            name,
-            addr,
-            meta,
-            incarnation,
-            state,
-            protocol,
+    (any::<[f64; 8]>(), any::<f64>(), any::<f64>(), any::<f64>()).prop_map(
+        |(vec, error, adjustment, height)| swim::Coordinate {
+            vec,
+            error,
+            adjustment,
+            height,
         },
     )
 }
 
+fn push_node_state() -> impl Strategy<Value = swim::PushNodeState> {
+    (
+        name(),
+        addr(),
+        bytes(64),
+        any::<u64>(),
+        member_state(),
+        any::<[u8; 3]>(),
+    )
+        .prop_map(
+            |(name, addr, meta, incarnation, state, protocol)| swim::PushNodeState {
+                name,
+                addr,
+                meta,
+                incarnation,
+                state,
+                protocol,
+            },
+        )
+}
+
 fn header() -> impl Strategy<Value = raft::RaftHeader> {
-    any::<[u64; 4]>().prop_map(|[group, from, to, term]| raft::RaftHeader { group, from, to, term })
+    any::<[u64; 4]>().prop_map(|[group, from, to, term]| raft::RaftHeader {
+        group,
+        from,
+        to,
+        term,
+    })
 }
 
 fn entry() -> impl Strategy<Value = raft::Entry> {
-    (any::<u64>(), any::<u64>(), 0u8..3, bytes(64)).prop_map(|(index, term, k, payload)| raft::Entry {
-        index,
-        term,
-        kind: [raft::EntryKind::Normal, raft::EntryKind::Config, raft::EntryKind::Noop][k as usize],
-        payload,
+    (any::<u64>(), any::<u64>(), 0u8..3, bytes(64)).prop_map(|(index, term, k, payload)| {
+        raft::Entry {
+            index,
+            term,
+            kind: [
+                raft::EntryKind::Normal,
+                raft::EntryKind::Config,
+                raft::EntryKind::Noop,
+            ][k as usize],
+            payload,
+        }
     })
 }
 
 fn conf() -> impl Strategy<Value = raft::ConfState> {
-    (vec(any::<u64>(), 0..5), vec(any::<u64>(), 0..3), vec(any::<u64>(), 0..5))
-        .prop_map(|(voters, learners, voters_outgoing)| raft::ConfState { voters, learners, voters_outgoing })
+    (
+        vec(any::<u64>(), 0..5),
+        vec(any::<u64>(), 0..3),
+        vec(any::<u64>(), 0..5),
+    )
+        .prop_map(|(voters, learners, voters_outgoing)| raft::ConfState {
+            voters,
+            learners,
+            voters_outgoing,
+        })
 }
 
 fn filter() -> impl Strategy<Value = serf::QueryFilter> {
     prop_oneof![
         vec(name(), 0..4).prop_map(serf::QueryFilter::Nodes),
-        (name(), name()).prop_map(|(tag, expr)| serf::QueryFilter::Tag(serf::TagFilter { tag, expr })),
+        (name(), name())
+            .prop_map(|(tag, expr)| serf::QueryFilter::Tag(serf::TagFilter { tag, expr })),
     ]
 }
 
 fn swim_message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (any::<u32>(), name(), name(), addr())
-            .prop_map(|(seq_no, target, source, source_addr)| swim::Ping { seq_no, target, source, source_addr }.into()),
+        (any::<u32>(), name(), name(), addr()).prop_map(|(seq_no, target, source, source_addr)| {
+            swim::Ping {
+                seq_no,
+                target,
+                source,
+                source_addr,
+            }
+            .into()
+        }),
         (any::<u32>(), name(), addr(), any::<bool>(), name(), addr()).prop_map(
             |(seq_no, target, target_addr, nack, source, source_addr)| swim::IndirectPing {
                 seq_no,
@@ -93,13 +133,43 @@ fn swim_message() -> impl Strategy<Value = Message> {
         (any::<u32>(), proptest::option::of(coordinate()))
             .prop_map(|(seq_no, coordinate)| swim::Ack { seq_no, coordinate }.into()),
         any::<u32>().prop_map(|seq_no| swim::Nack { seq_no }.into()),
-        (any::<u64>(), name(), name()).prop_map(|(incarnation, node, from)| swim::Suspect { incarnation, node, from }.into()),
-        (any::<u64>(), name(), addr(), bytes(512), any::<[u8; 3]>()).prop_map(|(incarnation, node, addr, meta, protocol)| {
-            swim::Alive { incarnation, node, addr, meta, protocol }.into()
-        }),
-        (any::<u64>(), name(), name()).prop_map(|(incarnation, node, from)| swim::Dead { incarnation, node, from }.into()),
-        (any::<bool>(), name(), vec(push_node_state(), 0..8), bytes(128))
-            .prop_map(|(join, source, states, user_state)| swim::PushPull { join, source, states, user_state }.into()),
+        (any::<u64>(), name(), name()).prop_map(|(incarnation, node, from)| swim::Suspect {
+            incarnation,
+            node,
+            from
+        }
+        .into()),
+        (any::<u64>(), name(), addr(), bytes(512), any::<[u8; 3]>()).prop_map(
+            |(incarnation, node, addr, meta, protocol)| {
+                swim::Alive {
+                    incarnation,
+                    node,
+                    addr,
+                    meta,
+                    protocol,
+                }
+                .into()
+            }
+        ),
+        (any::<u64>(), name(), name()).prop_map(|(incarnation, node, from)| swim::Dead {
+            incarnation,
+            node,
+            from
+        }
+        .into()),
+        (
+            any::<bool>(),
+            name(),
+            vec(push_node_state(), 0..8),
+            bytes(128)
+        )
+            .prop_map(|(join, source, states, user_state)| swim::PushPull {
+                join,
+                source,
+                states,
+                user_state
+            }
+            .into()),
         bytes(256).prop_map(|payload| swim::UserMsg { payload }.into()),
     ]
 }
@@ -107,63 +177,187 @@ fn swim_message() -> impl Strategy<Value = Message> {
 fn serf_message() -> impl Strategy<Value = Message> {
     prop_oneof![
         (any::<u64>(), name()).prop_map(|(ltime, node)| serf::JoinIntent { ltime, node }.into()),
-        (any::<u64>(), name(), any::<bool>()).prop_map(|(ltime, node, prune)| serf::LeaveIntent { ltime, node, prune }.into()),
-        (any::<u64>(), name(), bytes(512), any::<bool>())
-            .prop_map(|(ltime, name, payload, coalesce)| serf::UserEvent { ltime, name, payload, coalesce }.into()),
+        (any::<u64>(), name(), any::<bool>()).prop_map(|(ltime, node, prune)| serf::LeaveIntent {
+            ltime,
+            node,
+            prune
+        }
+        .into()),
+        (any::<u64>(), name(), bytes(512), any::<bool>()).prop_map(
+            |(ltime, name, payload, coalesce)| serf::UserEvent {
+                ltime,
+                name,
+                payload,
+                coalesce
+            }
+            .into()
+        ),
         (
-            (any::<u64>(), any::<u32>(), addr(), name(), vec(filter(), 0..3)),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                addr(),
+                name(),
+                vec(filter(), 0..3)
+            ),
             (any::<u32>(), any::<u8>(), any::<u32>(), name(), bytes(128))
         )
-            .prop_map(|((ltime, id, addr, source, filters), (flags, relay_factor, timeout_ms, name, payload))| {
-                serf::Query { ltime, id, addr, source, filters, flags, relay_factor, timeout_ms, name, payload }.into()
-            }),
-        (any::<u64>(), any::<u32>(), name(), any::<u32>(), bytes(128))
-            .prop_map(|(ltime, id, from, flags, payload)| serf::QueryResponse { ltime, id, from, flags, payload }.into()),
-        (addr(), name(), bytes(256)).prop_map(|(dest, dest_name, frame)| serf::Relay { dest, dest_name, frame }.into()),
+            .prop_map(
+                |(
+                    (ltime, id, addr, source, filters),
+                    (flags, relay_factor, timeout_ms, name, payload),
+                )| {
+                    serf::Query {
+                        ltime,
+                        id,
+                        addr,
+                        source,
+                        filters,
+                        flags,
+                        relay_factor,
+                        timeout_ms,
+                        name,
+                        payload,
+                    }
+                    .into()
+                }
+            ),
+        (any::<u64>(), any::<u32>(), name(), any::<u32>(), bytes(128)).prop_map(
+            |(ltime, id, from, flags, payload)| serf::QueryResponse {
+                ltime,
+                id,
+                from,
+                flags,
+                payload
+            }
+            .into()
+        ),
+        (addr(), name(), bytes(256)).prop_map(|(dest, dest_name, frame)| serf::Relay {
+            dest,
+            dest_name,
+            frame
+        }
+        .into()),
         (0u8..4, proptest::option::of(any::<[u8; 32]>())).prop_map(|(op, key)| {
-            let op = [serf::KeyOp::Install, serf::KeyOp::Use, serf::KeyOp::Remove, serf::KeyOp::List][op as usize];
+            let op = [
+                serf::KeyOp::Install,
+                serf::KeyOp::Use,
+                serf::KeyOp::Remove,
+                serf::KeyOp::List,
+            ][op as usize];
             serf::KeyRequest { op, key }.into()
         }),
-        (any::<bool>(), name(), vec(any::<[u8; 32]>(), 0..4), proptest::option::of(any::<[u8; 32]>()))
-            .prop_map(|(ok, message, keys, primary)| serf::KeyResponse { ok, message, keys, primary }.into()),
+        (
+            any::<bool>(),
+            name(),
+            vec(any::<[u8; 32]>(), 0..4),
+            proptest::option::of(any::<[u8; 32]>())
+        )
+            .prop_map(|(ok, message, keys, primary)| serf::KeyResponse {
+                ok,
+                message,
+                keys,
+                primary
+            }
+            .into()),
     ]
 }
 
 fn raft_message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (header(), any::<[u64; 3]>(), vec(entry(), 0..8)).prop_map(|(header, [prev_log_index, prev_log_term, leader_commit], entries)| {
-            raft::AppendEntries { header, prev_log_index, prev_log_term, leader_commit, entries }.into()
-        }),
-        (header(), any::<bool>(), any::<[u64; 3]>()).prop_map(|(header, success, [match_index, reject_hint_index, reject_hint_term])| {
-            raft::AppendResponse { header, success, match_index, reject_hint_index, reject_hint_term }.into()
-        }),
+        (header(), any::<[u64; 3]>(), vec(entry(), 0..8)).prop_map(
+            |(header, [prev_log_index, prev_log_term, leader_commit], entries)| {
+                raft::AppendEntries {
+                    header,
+                    prev_log_index,
+                    prev_log_term,
+                    leader_commit,
+                    entries,
+                }
+                .into()
+            }
+        ),
+        (header(), any::<bool>(), any::<[u64; 3]>()).prop_map(
+            |(header, success, [match_index, reject_hint_index, reject_hint_term])| {
+                raft::AppendResponse {
+                    header,
+                    success,
+                    match_index,
+                    reject_hint_index,
+                    reject_hint_term,
+                }
+                .into()
+            }
+        ),
         (header(), any::<[u64; 2]>(), any::<[bool; 2]>()).prop_map(
-            |(header, [last_log_index, last_log_term], [pre_vote, leadership_transfer])| raft::VoteRequest {
+            |(header, [last_log_index, last_log_term], [pre_vote, leadership_transfer])| {
+                raft::VoteRequest {
+                    header,
+                    last_log_index,
+                    last_log_term,
+                    pre_vote,
+                    leadership_transfer,
+                }
+                .into()
+            }
+        ),
+        (header(), any::<[bool; 2]>()).prop_map(|(header, [granted, pre_vote])| {
+            raft::VoteResponse {
                 header,
-                last_log_index,
-                last_log_term,
+                granted,
                 pre_vote,
-                leadership_transfer
             }
             .into()
-        ),
-        (header(), any::<[bool; 2]>())
-            .prop_map(|(header, [granted, pre_vote])| raft::VoteResponse { header, granted, pre_vote }.into()),
-        (header(), any::<[u64; 4]>(), conf(), bytes(256), any::<bool>()).prop_map(
-            |(header, [last_included_index, last_included_term, offset, total_bytes], conf, data, done)| {
-                raft::InstallSnapshot { header, last_included_index, last_included_term, conf, offset, total_bytes, data, done }
+        }),
+        (
+            header(),
+            any::<[u64; 4]>(),
+            conf(),
+            bytes(256),
+            any::<bool>()
+        )
+            .prop_map(
+                |(
+                    header,
+                    [last_included_index, last_included_term, offset, total_bytes],
+                    conf,
+                    data,
+                    done,
+                )| {
+                    raft::InstallSnapshot {
+                        header,
+                        last_included_index,
+                        last_included_term,
+                        conf,
+                        offset,
+                        total_bytes,
+                        data,
+                        done,
+                    }
                     .into()
+                }
+            ),
+        (header(), any::<u64>(), any::<bool>()).prop_map(|(header, next_offset, success)| {
+            raft::SnapshotResponse {
+                header,
+                next_offset,
+                success,
             }
-        ),
-        (header(), any::<u64>(), any::<bool>())
-            .prop_map(|(header, next_offset, success)| raft::SnapshotResponse { header, next_offset, success }.into()),
+            .into()
+        }),
         header().prop_map(|header| raft::TimeoutNow { header }.into()),
-        (header(), any::<u64>()).prop_map(|(header, ctx)| raft::ReadIndexRequest { header, ctx }.into()),
+        (header(), any::<u64>())
+            .prop_map(|(header, ctx)| raft::ReadIndexRequest { header, ctx }.into()),
         (header(), any::<u64>(), any::<u64>())
             .prop_map(|(header, ctx, index)| raft::ReadIndexResponse { header, ctx, index }.into()),
-        (header(), any::<u64>(), any::<u64>())
-            .prop_map(|(header, commit, ctx)| raft::Heartbeat { header, commit, ctx }.into()),
-        (header(), any::<u64>()).prop_map(|(header, ctx)| raft::HeartbeatResponse { header, ctx }.into()),
+        (header(), any::<u64>(), any::<u64>()).prop_map(|(header, commit, ctx)| raft::Heartbeat {
+            header,
+            commit,
+            ctx
+        }
+        .into()),
+        (header(), any::<u64>())
+            .prop_map(|(header, ctx)| raft::HeartbeatResponse { header, ctx }.into()),
     ]
 }
 
