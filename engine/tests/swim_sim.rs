@@ -21,7 +21,11 @@ fn converged_cluster(n: usize, cfg: Config, seed: u64, limit: Duration) -> (Clus
     let mut c = Cluster::new(n, cfg, lan(), seed);
     c.start_at(0, Time::ZERO, vec![]);
     for i in 1..n as u32 {
-        c.start_at(i, Time::from_millis(10 + u64::from(i) * 1000 / n as u64), vec![0]);
+        c.start_at(
+            i,
+            Time::from_millis(10 + u64::from(i) * 1000 / n as u64),
+            vec![0],
+        );
     }
     let mut t = Time::ZERO;
     while t < Time::ZERO + limit {
@@ -97,7 +101,10 @@ fn lifeguard_reduces_false_positives_with_slow_members_under_loss() {
             .sum()
     };
     let (on, off) = (total(true), total(false));
-    assert!(on < off, "Lifeguard on: {on} false positives, off: {off} (seeds 1..=3)");
+    assert!(
+        on < off,
+        "Lifeguard on: {on} false positives, off: {off} (seeds 1..=3)"
+    );
 }
 
 #[test]
@@ -105,11 +112,22 @@ fn a_suspected_member_refutes_and_stays_alive() {
     let n = 30;
     let (mut c, _) = converged_cluster(n, Config::lan(), 5, Duration::from_secs(60));
     let victim = 7u32;
-    let inc = c.member(victim).map(|m| m.incarnation()).unwrap_or_default();
+    let inc = c
+        .member(victim)
+        .map(|m| m.incarnation())
+        .unwrap_or_default();
     // Member 3 wrongly suspects the victim and gossips it.
     let now = c.now();
     if let Some(m) = c.member_mut(3) {
-        m.handle_item(now, addr_of(9), Item::Suspect { incarnation: inc, node: victim, from: 9 });
+        m.handle_item(
+            now,
+            addr_of(9),
+            Item::Suspect {
+                incarnation: inc,
+                node: victim,
+                from: 9,
+            },
+        );
     }
     c.poke(3);
     let mut refuted = false;
@@ -122,11 +140,18 @@ fn a_suspected_member_refutes_and_stays_alive() {
     });
     assert!(refuted, "the victim must refute");
     assert_eq!(downs, 0, "nobody may declare the victim dead");
-    let new_inc = c.member(victim).map(|m| m.incarnation()).unwrap_or_default();
+    let new_inc = c
+        .member(victim)
+        .map(|m| m.incarnation())
+        .unwrap_or_default();
     assert!(new_inc > inc);
     for i in 0..n as u32 {
         let seen = c.member(i).and_then(|m| m.member(victim));
-        assert_eq!(seen.map(|s| (s.0, s.1)), Some((MemberState::Alive, new_inc)), "member {i}");
+        assert_eq!(
+            seen.map(|s| (s.0, s.1)),
+            Some((MemberState::Alive, new_inc)),
+            "member {i}"
+        );
     }
 }
 
@@ -166,7 +191,10 @@ fn dissemination_takes_logarithmic_rounds() {
         let rounds = dissemination_rounds(n, seed);
         let log2n = (n as f64).log2().ceil() as u64;
         println!("n = {n}: {rounds} gossip rounds (log2 n = {log2n})");
-        assert!(rounds <= 3 * log2n, "n = {n}, seed {seed}: {rounds} rounds > 3 log2 n");
+        assert!(
+            rounds <= 3 * log2n,
+            "n = {n}, seed {seed}: {rounds} rounds > 3 log2 n"
+        );
     }
 }
 
@@ -190,13 +218,19 @@ fn partition_then_heal_reconverges() {
         let half = n / 2;
         for i in 0..n as u32 {
             let alive = c.member(i).map_or(0, |m| m.count(MemberState::Alive));
-            assert_eq!(alive, half, "seed {seed}: member {i} sees {alive} alive during the partition");
+            assert_eq!(
+                alive, half,
+                "seed {seed}: member {i} sees {alive} alive during the partition"
+            );
         }
         c.net.heal();
         let mut t = c.now();
         let deadline = t + Duration::from_secs(240);
         while !all_alive(&c, n) {
-            assert!(t < deadline, "seed {seed}: no re-merge within 240 s of the heal");
+            assert!(
+                t < deadline,
+                "seed {seed}: no re-merge within 240 s of the heal"
+            );
             t += Duration::from_secs(1);
             c.run_until(t, &mut |_, _, _| {});
         }
@@ -243,13 +277,18 @@ fn a_restarted_member_refutes_its_death_and_is_alive_again() {
     let t = c.now() + Duration::from_secs(20);
     c.run_until(t, &mut |_, _, _| {});
     let dead = (0..n as u32).filter(|&i| i != v).all(|i| {
-        c.member(i).and_then(|m| m.member(v)).is_some_and(|s| s.0 == MemberState::Dead)
+        c.member(i)
+            .and_then(|m| m.member(v))
+            .is_some_and(|s| s.0 == MemberState::Dead)
     });
     assert!(dead, "everyone must have declared the crashed member dead");
     c.restart(v, vec![0]);
     let t = c.now() + Duration::from_secs(30);
     c.run_until(t, &mut |_, _, _| {});
-    assert!(all_alive(&c, n), "the restarted member must be alive everywhere");
+    assert!(
+        all_alive(&c, n),
+        "the restarted member must be alive everywhere"
+    );
     assert!(c.member(v).is_some_and(|m| m.incarnation() > 1));
 }
 
@@ -270,12 +309,23 @@ fn every_queue_holds_its_bound_when_flooded() {
     let now = c.now();
     let dir = c.directory().clone();
     let infos: Vec<u32> = (1..n as u32)
-        .map(|i| dir.borrow_mut().intern_info(i, addr_of(i), &[]).unwrap_or_else(|e| panic!("{e}")))
+        .map(|i| {
+            dir.borrow_mut()
+                .intern_info(i, addr_of(i), &[])
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
         .collect();
     let m = c.member_mut(0).unwrap_or_else(|| panic!("member 0 runs"));
     // Membership updates about 1999 members: queue, events bounded.
     for &info in &infos {
-        m.handle_item(now, addr_of(1), Item::Alive { incarnation: 1, info });
+        m.handle_item(
+            now,
+            addr_of(1),
+            Item::Alive {
+                incarnation: 1,
+                info,
+            },
+        );
     }
     assert!(m.broadcasts_pending() <= 64, "{}", m.broadcasts_pending());
     assert!(m.broadcasts_dropped() > 0);
@@ -283,17 +333,40 @@ fn every_queue_holds_its_bound_when_flooded() {
     assert!(m.stats().events_dropped > 0);
     // Suspicions of all of them: at most suspicions_max timers.
     for i in 1..n as u32 {
-        m.handle_item(now, addr_of(1), Item::Suspect { incarnation: 1, node: i, from: 1 });
+        m.handle_item(
+            now,
+            addr_of(1),
+            Item::Suspect {
+                incarnation: 1,
+                node: i,
+                from: 1,
+            },
+        );
     }
     assert!(m.suspicions() <= 10);
     // Indirect probe requests: at most relays_max relayed at once.
     for &info in &infos[..100] {
-        m.handle_item(now, addr_of(1), Item::IndirectPing { seq: 1, target: info, nack: true, source: infos[0] });
+        m.handle_item(
+            now,
+            addr_of(1),
+            Item::IndirectPing {
+                seq: 1,
+                target: info,
+                nack: true,
+                source: infos[0],
+            },
+        );
     }
     assert!(m.relays() <= 8);
     // The layer above's broadcasts.
     for i in 0..1000u64 {
-        m.broadcast(ringleader_wire::msg::swim::UserMsg { payload: vec![1; 20] }.into(), Some(i));
+        m.broadcast(
+            ringleader_wire::msg::swim::UserMsg {
+                payload: vec![1; 20],
+            }
+            .into(),
+            Some(i),
+        );
     }
     assert!(m.broadcasts_pending() <= 64 + 16);
     // A push-pull state over the bound is refused, not merged.
@@ -302,7 +375,11 @@ fn every_queue_holds_its_bound_when_flooded() {
         source: infos[0],
         states: infos
             .iter()
-            .map(|&info| ringleader_engine::swim::NodeState { info, incarnation: 9, state: MemberState::Alive })
+            .map(|&info| ringleader_engine::swim::NodeState {
+                info,
+                incarnation: 9,
+                state: MemberState::Alive,
+            })
             .collect(),
         user_state: Vec::new(),
     });

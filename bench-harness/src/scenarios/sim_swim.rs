@@ -52,7 +52,8 @@ pub struct Args {
 
 /// Runs the scenario.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let mut cfg = Config::named(&args.config).with_context(|| format!("unknown --config {}", args.config))?;
+    let mut cfg =
+        Config::named(&args.config).with_context(|| format!("unknown --config {}", args.config))?;
     cfg.lifeguard = match args.lifeguard.as_str() {
         "on" => true,
         "off" => false,
@@ -86,7 +87,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "slow": args.slow, "slow_ms": args.slow_ms, "lifeguard": args.lifeguard,
         "virtual_secs": args.virtual_secs, "seed": args.seed,
     });
-    let mut run = Run::new("sim-swim", args.output.out.as_deref(), args.output.json, config)?;
+    let mut run = Run::new(
+        "sim-swim",
+        args.output.out.as_deref(),
+        args.output.json,
+        config,
+    )?;
     let progress = run.progress("virtual time", Duration::from_secs(args.virtual_secs));
     let wall = Instant::now();
     let report = sc.run(|t| progress.tick(t));

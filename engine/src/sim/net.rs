@@ -54,9 +54,15 @@ impl Latency {
                     min + Duration::from_nanos(rng.random_range(0..=span))
                 }
             }
-            Latency::Tail { base, jitter, tail_p, tail } => {
+            Latency::Tail {
+                base,
+                jitter,
+                tail_p,
+                tail,
+            } => {
                 let j = jitter.as_nanos() as u64;
-                let mut d = base + Duration::from_nanos(if j == 0 { 0 } else { rng.random_range(0..=j) });
+                let mut d =
+                    base + Duration::from_nanos(if j == 0 { 0 } else { rng.random_range(0..=j) });
                 if tail_p > 0.0 && rng.random_bool(tail_p.clamp(0.0, 1.0)) {
                     let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
                     d += tail.mul_f64(-u.ln()).min(tail * 20);
@@ -88,7 +94,10 @@ impl Latency {
 
     /// Loopback: 10–60 µs.
     pub fn local() -> Latency {
-        Latency::Uniform { min: Duration::from_micros(10), max: Duration::from_micros(60) }
+        Latency::Uniform {
+            min: Duration::from_micros(10),
+            max: Duration::from_micros(60),
+        }
     }
 }
 
@@ -272,7 +281,13 @@ impl Net {
 
     /// The fate of one datagram of `bytes` from `from` to `to` sent now. Check
     /// [`Net::connected`] again at delivery time: a partition may start meanwhile.
-    pub fn datagram<R: Rng>(&mut self, rng: &mut R, from: NodeIx, to: NodeIx, bytes: usize) -> Fate {
+    pub fn datagram<R: Rng>(
+        &mut self,
+        rng: &mut R,
+        from: NodeIx,
+        to: NodeIx,
+        bytes: usize,
+    ) -> Fate {
         self.stats.datagrams += 1;
         self.stats.datagram_bytes += bytes as u64;
         let mut fate = Fate::default();
@@ -306,7 +321,13 @@ impl Net {
     /// end has processed it, or `None` if the peer is unreachable (partitioned or crashed).
     /// A stream is never lost, duplicated or reordered; it pays a connection round trip,
     /// the latency and the transfer time.
-    pub fn stream<R: Rng>(&mut self, rng: &mut R, from: NodeIx, to: NodeIx, bytes: usize) -> Option<Duration> {
+    pub fn stream<R: Rng>(
+        &mut self,
+        rng: &mut R,
+        from: NodeIx,
+        to: NodeIx,
+        bytes: usize,
+    ) -> Option<Duration> {
         self.stats.streams += 1;
         self.stats.stream_bytes += bytes as u64;
         if !self.connected(from, to) {
@@ -315,7 +336,8 @@ impl Net {
         }
         let link = *self.link(from, to);
         let handshake = link.latency.sample(rng) * 2;
-        let transfer = Duration::from_secs_f64(bytes as f64 / link.stream_bytes_per_s.max(1) as f64);
+        let transfer =
+            Duration::from_secs_f64(bytes as f64 / link.stream_bytes_per_s.max(1) as f64);
         Some(handshake + link.latency.sample(rng) + transfer + self.processing(rng, to))
     }
 }
@@ -328,7 +350,13 @@ mod tests {
     #[test]
     fn loss_partitions_and_crashes() {
         let mut r = rng(1);
-        let mut net = Net::new(4, LinkModel { loss: 0.25, ..LinkModel::new(Latency::lan()) });
+        let mut net = Net::new(
+            4,
+            LinkModel {
+                loss: 0.25,
+                ..LinkModel::new(Latency::lan())
+            },
+        );
         let mut delivered = 0;
         for _ in 0..10_000 {
             if net.datagram(&mut r, 0, 1, 100).deliveries[0].is_some() {
@@ -361,11 +389,20 @@ mod tests {
         net.set_slow(1, Some(Latency::Fixed(Duration::from_millis(100))));
         let f = net.datagram(&mut r, 0, 1, 10);
         assert_eq!(f.deliveries, [Some(Duration::from_millis(111)); 2]);
-        assert_eq!(net.datagram(&mut r, 1, 0, 10).deliveries[0], Some(Duration::from_millis(11)));
+        assert_eq!(
+            net.datagram(&mut r, 1, 0, 10).deliveries[0],
+            Some(Duration::from_millis(11))
+        );
         // Same seed, same fates.
         let mut a = rng(9);
         let mut b = rng(9);
-        let mut n1 = Net::new(2, LinkModel { loss: 0.5, ..LinkModel::new(Latency::wan()) });
+        let mut n1 = Net::new(
+            2,
+            LinkModel {
+                loss: 0.5,
+                ..LinkModel::new(Latency::wan())
+            },
+        );
         let mut n2 = n1.clone();
         for _ in 0..1000 {
             assert_eq!(n1.datagram(&mut a, 0, 1, 1), n2.datagram(&mut b, 0, 1, 1));

@@ -43,10 +43,27 @@ pub fn name_of(i: NodeIx) -> String {
 
 enum Ev {
     Wake(NodeIx),
-    Datagram { to: NodeIx, from: NodeIx, items: Vec<Item> },
-    StreamRequest { to: NodeIx, from: NodeIx, id: u64, request: StreamRequest },
-    StreamResponse { to: NodeIx, id: u64, response: Result<StreamResponse, StreamError>, life: u32 },
-    Start { node: NodeIx, seeds: Vec<NodeIx> },
+    Datagram {
+        to: NodeIx,
+        from: NodeIx,
+        items: Vec<Item>,
+    },
+    StreamRequest {
+        to: NodeIx,
+        from: NodeIx,
+        id: u64,
+        request: StreamRequest,
+    },
+    StreamResponse {
+        to: NodeIx,
+        id: u64,
+        response: Result<StreamResponse, StreamError>,
+        life: u32,
+    },
+    Start {
+        node: NodeIx,
+        seeds: Vec<NodeIx>,
+    },
 }
 
 struct Slot {
@@ -107,7 +124,13 @@ impl Cluster {
             rng: rng(seed),
             dir,
             cfg,
-            slots: (0..members).map(|_| Slot { member: None, wake_at: Time::MAX, life: 0 }).collect(),
+            slots: (0..members)
+                .map(|_| Slot {
+                    member: None,
+                    wake_at: Time::MAX,
+                    life: 0,
+                })
+                .collect(),
             trace: 0xcbf2_9ce4_8422_2325,
             traffic: Traffic::default(),
             events: 0,
@@ -219,7 +242,9 @@ impl Cluster {
                     return;
                 }
                 slot.wake_at = Time::MAX;
-                let Some(m) = slot.member.as_mut() else { return };
+                let Some(m) = slot.member.as_mut() else {
+                    return;
+                };
                 m.handle_timeout(now);
                 self.flush(i, observe);
             }
@@ -228,12 +253,22 @@ impl Cluster {
                     self.net.stats.cut += 1;
                     return;
                 }
-                let Some(m) = self.slots[to as usize].member.as_mut() else { return };
-                self.trace = mix(self.trace, now.as_nanos() ^ (u64::from(to) << 32) ^ items.len() as u64);
+                let Some(m) = self.slots[to as usize].member.as_mut() else {
+                    return;
+                };
+                self.trace = mix(
+                    self.trace,
+                    now.as_nanos() ^ (u64::from(to) << 32) ^ items.len() as u64,
+                );
                 m.handle_items(now, addr_of(from), items);
                 self.flush(to, observe);
             }
-            Ev::StreamRequest { to, from, id, request } => {
+            Ev::StreamRequest {
+                to,
+                from,
+                id,
+                request,
+            } => {
                 let life = self.slots[from as usize].life;
                 let bytes = 64;
                 let answer = match self.slots[to as usize].member.as_mut() {
@@ -253,10 +288,23 @@ impl Cluster {
                         self.traffic.streams += 1;
                         self.traffic.stream_bytes += size as u64;
                         match self.net.stream(&mut self.rng, to, from, size) {
-                            Some(d) => self.sched.schedule(now + d, Ev::StreamResponse { to: from, id, response: Ok(r), life }),
+                            Some(d) => self.sched.schedule(
+                                now + d,
+                                Ev::StreamResponse {
+                                    to: from,
+                                    id,
+                                    response: Ok(r),
+                                    life,
+                                },
+                            ),
                             None => self.sched.schedule(
                                 now + Duration::from_millis(self.cfg.stream_timeout_ms),
-                                Ev::StreamResponse { to: from, id, response: Err(StreamError::Timeout), life },
+                                Ev::StreamResponse {
+                                    to: from,
+                                    id,
+                                    response: Err(StreamError::Timeout),
+                                    life,
+                                },
                             ),
                         }
                     }
@@ -265,17 +313,29 @@ impl Cluster {
                         let rtt = self.net.default_link().latency.sample(&mut self.rng) * 2;
                         self.sched.schedule(
                             now + rtt,
-                            Ev::StreamResponse { to: from, id, response: Err(StreamError::Unreachable), life },
+                            Ev::StreamResponse {
+                                to: from,
+                                id,
+                                response: Err(StreamError::Unreachable),
+                                life,
+                            },
                         );
                     }
                 }
             }
-            Ev::StreamResponse { to, id, response, life } => {
+            Ev::StreamResponse {
+                to,
+                id,
+                response,
+                life,
+            } => {
                 let slot = &mut self.slots[to as usize];
                 if slot.life != life {
                     return;
                 }
-                let Some(m) = slot.member.as_mut() else { return };
+                let Some(m) = slot.member.as_mut() else {
+                    return;
+                };
                 m.handle_stream_response(now, id, response);
                 self.flush(to, observe);
             }
@@ -291,7 +351,11 @@ impl Cluster {
                     now,
                 );
                 let Ok(mut m) = member else { return };
-                let seed_addrs: Vec<SocketAddr> = seeds.iter().filter(|&&s| s != node).map(|&s| addr_of(s)).collect();
+                let seed_addrs: Vec<SocketAddr> = seeds
+                    .iter()
+                    .filter(|&&s| s != node)
+                    .map(|&s| addr_of(s))
+                    .collect();
                 if !seed_addrs.is_empty() {
                     let _ = m.join(now, &seed_addrs);
                 }
@@ -309,7 +373,9 @@ impl Cluster {
         let now = self.now();
         let n_slots = self.slots.len();
         let life = self.slots[i as usize].life;
-        let Some(m) = self.slots[i as usize].member.as_mut() else { return };
+        let Some(m) = self.slots[i as usize].member.as_mut() else {
+            return;
+        };
         while let Some(e) = m.poll_event() {
             self.events += 1;
             self.trace = mix(self.trace, event_hash(now, i, &e));
@@ -322,15 +388,38 @@ impl Cluster {
                     self.traffic.datagrams += 1;
                     self.traffic.datagram_bytes += t.bytes as u64;
                     self.traffic.items += t.items.len() as u64;
-                    let Some(to) = node_of(t.to).filter(|&n| (n as usize) < n_slots) else { continue };
+                    let Some(to) = node_of(t.to).filter(|&n| (n as usize) < n_slots) else {
+                        continue;
+                    };
                     let fate = self.net.datagram(&mut self.rng, i, to, t.bytes);
                     match fate.deliveries {
                         [Some(a), Some(b)] => {
-                            self.sched.schedule(now + a, Ev::Datagram { to, from: i, items: t.items.clone() });
-                            self.sched.schedule(now + b, Ev::Datagram { to, from: i, items: t.items });
+                            self.sched.schedule(
+                                now + a,
+                                Ev::Datagram {
+                                    to,
+                                    from: i,
+                                    items: t.items.clone(),
+                                },
+                            );
+                            self.sched.schedule(
+                                now + b,
+                                Ev::Datagram {
+                                    to,
+                                    from: i,
+                                    items: t.items,
+                                },
+                            );
                         }
                         [Some(a), None] | [None, Some(a)] => {
-                            self.sched.schedule(now + a, Ev::Datagram { to, from: i, items: t.items });
+                            self.sched.schedule(
+                                now + a,
+                                Ev::Datagram {
+                                    to,
+                                    from: i,
+                                    items: t.items,
+                                },
+                            );
                         }
                         [None, None] => {}
                     }
@@ -339,24 +428,38 @@ impl Cluster {
                     self.traffic.streams += 1;
                     self.traffic.stream_bytes += s.bytes as u64;
                     let Some(to) = node_of(s.to).filter(|&n| (n as usize) < n_slots) else {
-                        self.sched.schedule(now, Ev::StreamResponse {
-                            to: i,
-                            id: s.id,
-                            response: Err(StreamError::Unreachable),
-                            life,
-                        });
-                        continue;
-                    };
-                    match self.net.stream(&mut self.rng, i, to, s.bytes) {
-                        Some(d) => self.sched.schedule(now + d, Ev::StreamRequest { to, from: i, id: s.id, request: s.request }),
-                        None if self.net.is_down(to) => {
-                            let rtt = self.net.default_link().latency.sample(&mut self.rng) * 2;
-                            self.sched.schedule(now + rtt, Ev::StreamResponse {
+                        self.sched.schedule(
+                            now,
+                            Ev::StreamResponse {
                                 to: i,
                                 id: s.id,
                                 response: Err(StreamError::Unreachable),
                                 life,
-                            });
+                            },
+                        );
+                        continue;
+                    };
+                    match self.net.stream(&mut self.rng, i, to, s.bytes) {
+                        Some(d) => self.sched.schedule(
+                            now + d,
+                            Ev::StreamRequest {
+                                to,
+                                from: i,
+                                id: s.id,
+                                request: s.request,
+                            },
+                        ),
+                        None if self.net.is_down(to) => {
+                            let rtt = self.net.default_link().latency.sample(&mut self.rng) * 2;
+                            self.sched.schedule(
+                                now + rtt,
+                                Ev::StreamResponse {
+                                    to: i,
+                                    id: s.id,
+                                    response: Err(StreamError::Unreachable),
+                                    life,
+                                },
+                            );
                         }
                         // Partitioned: no answer; the member's own stream deadline expires.
                         None => {}
@@ -376,7 +479,9 @@ impl Cluster {
 
     /// A random running node, from the cluster's RNG.
     pub fn random_running(&mut self) -> Option<NodeIx> {
-        let running: Vec<NodeIx> = (0..self.slots.len() as NodeIx).filter(|&i| self.is_running(i)).collect();
+        let running: Vec<NodeIx> = (0..self.slots.len() as NodeIx)
+            .filter(|&i| self.is_running(i))
+            .collect();
         if running.is_empty() {
             return None;
         }
@@ -495,7 +600,10 @@ impl Scenario {
         if n > cfg.push_pull_members_max {
             cfg.push_pull_members_max = n;
         }
-        let link = LinkModel { loss: self.loss, ..self.link };
+        let link = LinkModel {
+            loss: self.loss,
+            ..self.link
+        };
         let mut c = Cluster::new(n, cfg, link, self.seed);
         let seeds: Vec<NodeIx> = (0..self.seeds.clamp(1, n.max(1)) as NodeIx).collect();
         c.start_at(0, Time::ZERO, Vec::new());
@@ -504,7 +612,8 @@ impl Scenario {
         }
         let spread = self.join_spread.as_nanos() as u64;
         for i in seeds.len()..n {
-            let at = Time::from_millis(20) + Duration::from_nanos(c.rng().random_range(0..spread.max(1)));
+            let at = Time::from_millis(20)
+                + Duration::from_nanos(c.rng().random_range(0..spread.max(1)));
             // memberlist's Join(seeds): a push-pull with every seed, so that every seed
             // knows every member.
             c.start_at(i as NodeIx, at, seeds.clone());
@@ -556,7 +665,8 @@ impl Scenario {
             }
             if report.converge_ms.is_none() && kill_at.is_none() {
                 let all = (0..n as NodeIx).all(|i| {
-                    c.member(i).is_some_and(|m| m.count(crate::swim::MemberState::Alive) == n)
+                    c.member(i)
+                        .is_some_and(|m| m.count(crate::swim::MemberState::Alive) == n)
                 });
                 if all {
                     report.converge_ms = Some(t.as_millis());
@@ -600,7 +710,10 @@ impl Scenario {
         report.traffic = c.traffic();
         report.trace_hash = c.trace_hash();
         report.events = c.events_seen();
-        report.broadcasts_dropped = (0..n as NodeIx).filter_map(|i| c.member(i)).map(|m| m.broadcasts_dropped()).sum();
+        report.broadcasts_dropped = (0..n as NodeIx)
+            .filter_map(|i| c.member(i))
+            .map(|m| m.broadcasts_dropped())
+            .sum();
         report
     }
 }

@@ -182,7 +182,11 @@ impl Config {
 
 /// memberlist's `suspicionTimeout`: the minimum suspicion timeout,
 /// `suspicion_mult × max(1, log10 n) × probe_interval`.
-pub fn suspicion_timeout_min(suspicion_mult: u32, members: usize, probe_interval: Duration) -> Duration {
+pub fn suspicion_timeout_min(
+    suspicion_mult: u32,
+    members: usize,
+    probe_interval: Duration,
+) -> Duration {
     let node_scale = (members.max(1) as f64).log10().max(1.0);
     let ms = f64::from(suspicion_mult) * node_scale * probe_interval.as_secs_f64() * 1000.0;
     Duration::from_micros((ms * 1000.0).round() as u64)
@@ -190,7 +194,12 @@ pub fn suspicion_timeout_min(suspicion_mult: u32, members: usize, probe_interval
 
 /// Lifeguard's dynamic suspicion timeout after `confirmations` of `expected` independent
 /// confirmations: `max(min, max − (max − min) × ln(c + 1) / ln(k + 1))`.
-pub fn suspicion_timeout(min: Duration, max: Duration, confirmations: u32, expected: u32) -> Duration {
+pub fn suspicion_timeout(
+    min: Duration,
+    max: Duration,
+    confirmations: u32,
+    expected: u32,
+) -> Duration {
     if expected == 0 || max <= min {
         return min;
     }
@@ -239,7 +248,10 @@ pub struct Awareness {
 impl Awareness {
     /// A healthy score (0) kept in `0..max`.
     pub fn new(max: u32) -> Awareness {
-        Awareness { score: 0, max: max.max(1) }
+        Awareness {
+            score: 0,
+            max: max.max(1),
+        }
     }
 
     /// Adds `delta`, clamped into `0..max`.
@@ -328,7 +340,10 @@ mod tests {
         a.apply(-1);
         assert_eq!(a.score(), 0);
         a.apply(3);
-        assert_eq!(a.scale(Duration::from_millis(500)), Duration::from_millis(2000));
+        assert_eq!(
+            a.scale(Duration::from_millis(500)),
+            Duration::from_millis(2000)
+        );
         a.apply(100);
         assert_eq!(a.score(), 7);
         assert_eq!(a.scale(Duration::from_secs(1)), Duration::from_secs(8));
@@ -337,19 +352,49 @@ mod tests {
     #[test]
     fn presets_match_memberlist_defaults() {
         let (l, w, o) = (Config::lan(), Config::wan(), Config::local());
-        assert_eq!((l.probe_interval_ms, w.probe_interval_ms, o.probe_interval_ms), (1000, 5000, 1000));
-        assert_eq!((l.probe_timeout_ms, w.probe_timeout_ms, o.probe_timeout_ms), (500, 3000, 200));
-        assert_eq!((l.gossip_interval_ms, w.gossip_interval_ms, o.gossip_interval_ms), (200, 500, 100));
+        assert_eq!(
+            (
+                l.probe_interval_ms,
+                w.probe_interval_ms,
+                o.probe_interval_ms
+            ),
+            (1000, 5000, 1000)
+        );
+        assert_eq!(
+            (l.probe_timeout_ms, w.probe_timeout_ms, o.probe_timeout_ms),
+            (500, 3000, 200)
+        );
+        assert_eq!(
+            (
+                l.gossip_interval_ms,
+                w.gossip_interval_ms,
+                o.gossip_interval_ms
+            ),
+            (200, 500, 100)
+        );
         assert_eq!((l.gossip_nodes, w.gossip_nodes, o.gossip_nodes), (3, 4, 3));
-        assert_eq!((l.suspicion_mult, w.suspicion_mult, o.suspicion_mult), (4, 6, 3));
+        assert_eq!(
+            (l.suspicion_mult, w.suspicion_mult, o.suspicion_mult),
+            (4, 6, 3)
+        );
         assert_eq!(l.suspicion_max_timeout_mult, 6);
-        assert_eq!((l.retransmit_mult, w.retransmit_mult, o.retransmit_mult), (4, 4, 2));
+        assert_eq!(
+            (l.retransmit_mult, w.retransmit_mult, o.retransmit_mult),
+            (4, 4, 2)
+        );
         assert_eq!(l.awareness_max, 8);
         assert_eq!(
-            (l.push_pull_interval_ms, w.push_pull_interval_ms, o.push_pull_interval_ms),
+            (
+                l.push_pull_interval_ms,
+                w.push_pull_interval_ms,
+                o.push_pull_interval_ms
+            ),
             (30_000, 60_000, 15_000)
         );
-        assert_eq!((l.indirect_checks, w.indirect_checks, o.indirect_checks), (3, 3, 1));
+        assert_eq!(
+            (l.indirect_checks, w.indirect_checks, o.indirect_checks),
+            (3, 3, 1)
+        );
         assert_eq!(l.datagram_bytes_max, 1400);
         assert_eq!(l.meta_bytes_max, 512);
     }

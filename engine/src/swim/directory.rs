@@ -106,7 +106,10 @@ pub struct Directory {
 
 impl std::fmt::Debug for Directory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Directory").field("names", &self.nodes.len()).field("infos", &self.infos.len()).finish()
+        f.debug_struct("Directory")
+            .field("names", &self.nodes.len())
+            .field("infos", &self.infos.len())
+            .finish()
     }
 }
 
@@ -129,7 +132,11 @@ impl Directory {
     /// A shared directory with bounds fit for `members` members (4 triples each).
     pub fn shared(members: usize, meta_bytes_max: usize) -> SharedDirectory {
         let names = members.max(16);
-        Rc::new(RefCell::new(Directory::new(names, names.saturating_mul(4), meta_bytes_max)))
+        Rc::new(RefCell::new(Directory::new(
+            names,
+            names.saturating_mul(4),
+            meta_bytes_max,
+        )))
     }
 
     /// Names interned.
@@ -151,7 +158,10 @@ impl Directory {
         let id = self.nodes.len() as NodeId;
         let name: Rc<str> = Rc::from(name);
         self.names.insert(name.clone(), id);
-        self.nodes.push(NodeEntry { name, infos: Vec::new() });
+        self.nodes.push(NodeEntry {
+            name,
+            infos: Vec::new(),
+        });
         Ok(id)
     }
 
@@ -166,9 +176,17 @@ impl Directory {
     }
 
     /// The id of the triple (`node`, `addr`, `meta`), interning it.
-    pub fn intern_info(&mut self, node: NodeId, addr: SocketAddr, meta: &[u8]) -> Result<InfoId, DirectoryError> {
+    pub fn intern_info(
+        &mut self,
+        node: NodeId,
+        addr: SocketAddr,
+        meta: &[u8],
+    ) -> Result<InfoId, DirectoryError> {
         if meta.len() > self.meta_bytes_max {
-            return Err(DirectoryError::MetaTooLarge { len: meta.len(), max: self.meta_bytes_max });
+            return Err(DirectoryError::MetaTooLarge {
+                len: meta.len(),
+                max: self.meta_bytes_max,
+            });
         }
         let entry = &self.nodes[node as usize];
         for &i in &entry.infos {
@@ -182,14 +200,29 @@ impl Directory {
         }
         let id = self.infos.len() as InfoId;
         let name_len = entry.name.len() as u32;
-        let alive_size = self.measure(SizeKey { kind: 6, a: name_len, b: meta.len() as u32, c: v6(addr) });
-        self.infos.push(Info { node, addr, meta: meta.into(), alive_size });
+        let alive_size = self.measure(SizeKey {
+            kind: 6,
+            a: name_len,
+            b: meta.len() as u32,
+            c: v6(addr),
+        });
+        self.infos.push(Info {
+            node,
+            addr,
+            meta: meta.into(),
+            alive_size,
+        });
         self.nodes[node as usize].infos.push(id);
         Ok(id)
     }
 
     /// Interns a name and a triple at once.
-    pub fn intern(&mut self, name: &str, addr: SocketAddr, meta: &[u8]) -> Result<InfoId, DirectoryError> {
+    pub fn intern(
+        &mut self,
+        name: &str,
+        addr: SocketAddr,
+        meta: &[u8],
+    ) -> Result<InfoId, DirectoryError> {
         let node = self.intern_name(name)?;
         self.intern_info(node, addr, meta)
     }
@@ -201,7 +234,12 @@ impl Directory {
 
     /// Bytes of a datagram frame that carries no item yet.
     pub fn frame_overhead(encrypted: bool) -> usize {
-        HEADER_LEN + if encrypted { SEAL_PREFIX_LEN + TAG_LEN } else { 0 }
+        HEADER_LEN
+            + if encrypted {
+                SEAL_PREFIX_LEN + TAG_LEN
+            } else {
+                0
+            }
     }
 
     /// Exact bytes `item` adds to a batch frame (item header, archive, padding), as
@@ -211,17 +249,47 @@ impl Directory {
             Item::Alive { info, .. } => return self.infos[*info as usize].alive_size as usize,
             Item::Ping { target, source, .. } => {
                 let s = &self.infos[*source as usize];
-                SizeKey { kind: 1, a: self.name_len(*target), b: self.name_len(s.node), c: v6(s.addr) }
+                SizeKey {
+                    kind: 1,
+                    a: self.name_len(*target),
+                    b: self.name_len(s.node),
+                    c: v6(s.addr),
+                }
             }
             Item::IndirectPing { target, source, .. } => {
                 let (t, s) = (&self.infos[*target as usize], &self.infos[*source as usize]);
                 let c = v6(t.addr) | (v6(s.addr) << 1);
-                SizeKey { kind: 2, a: self.name_len(t.node), b: self.name_len(s.node), c }
+                SizeKey {
+                    kind: 2,
+                    a: self.name_len(t.node),
+                    b: self.name_len(s.node),
+                    c,
+                }
             }
-            Item::Ack { coordinate, .. } => SizeKey { kind: 3, a: 0, b: 0, c: u32::from(coordinate.is_some()) },
-            Item::Nack { .. } => SizeKey { kind: 4, a: 0, b: 0, c: 0 },
-            Item::Suspect { node, from, .. } => SizeKey { kind: 5, a: self.name_len(*node), b: self.name_len(*from), c: 0 },
-            Item::Dead { node, from, .. } => SizeKey { kind: 7, a: self.name_len(*node), b: self.name_len(*from), c: 0 },
+            Item::Ack { coordinate, .. } => SizeKey {
+                kind: 3,
+                a: 0,
+                b: 0,
+                c: u32::from(coordinate.is_some()),
+            },
+            Item::Nack { .. } => SizeKey {
+                kind: 4,
+                a: 0,
+                b: 0,
+                c: 0,
+            },
+            Item::Suspect { node, from, .. } => SizeKey {
+                kind: 5,
+                a: self.name_len(*node),
+                b: self.name_len(*from),
+                c: 0,
+            },
+            Item::Dead { node, from, .. } => SizeKey {
+                kind: 7,
+                a: self.name_len(*node),
+                b: self.name_len(*from),
+                c: 0,
+            },
             Item::Other(msg) => return self.message_size(msg),
         };
         self.measure(key) as usize
@@ -248,10 +316,22 @@ impl Directory {
         }
         let name = |n: u32| "x".repeat(n as usize);
         let addr = |v6: bool| -> SocketAddr {
-            if v6 { "[::1]:1".parse().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into()) } else { ([0, 0, 0, 0], 0).into() }
+            if v6 {
+                "[::1]:1"
+                    .parse()
+                    .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into())
+            } else {
+                ([0, 0, 0, 0], 0).into()
+            }
         };
         let msg: Message = match key.kind {
-            1 => wire::Ping { seq_no: 0, target: name(key.a), source: name(key.b), source_addr: addr(key.c & 1 != 0) }.into(),
+            1 => wire::Ping {
+                seq_no: 0,
+                target: name(key.a),
+                source: name(key.b),
+                source_addr: addr(key.c & 1 != 0),
+            }
+            .into(),
             2 => wire::IndirectPing {
                 seq_no: 0,
                 target: name(key.a),
@@ -263,11 +343,21 @@ impl Directory {
             .into(),
             3 => wire::Ack {
                 seq_no: 0,
-                coordinate: (key.c != 0).then_some(wire::Coordinate { vec: [0.0; 8], error: 0.0, adjustment: 0.0, height: 0.0 }),
+                coordinate: (key.c != 0).then_some(wire::Coordinate {
+                    vec: [0.0; 8],
+                    error: 0.0,
+                    adjustment: 0.0,
+                    height: 0.0,
+                }),
             }
             .into(),
             4 => wire::Nack { seq_no: 0 }.into(),
-            5 => wire::Suspect { incarnation: 0, node: name(key.a), from: name(key.b) }.into(),
+            5 => wire::Suspect {
+                incarnation: 0,
+                node: name(key.a),
+                from: name(key.b),
+            }
+            .into(),
             6 => wire::Alive {
                 incarnation: 0,
                 node: name(key.a),
@@ -276,7 +366,12 @@ impl Directory {
                 protocol: [0; 3],
             }
             .into(),
-            _ => wire::Dead { incarnation: 0, node: name(key.a), from: name(key.b) }.into(),
+            _ => wire::Dead {
+                incarnation: 0,
+                node: name(key.a),
+                from: name(key.b),
+            }
+            .into(),
         };
         let size = self.message_size(&msg) as u32;
         self.sizes.insert(key, size);
@@ -287,11 +382,26 @@ impl Directory {
     pub fn to_wire(&self, item: &Item) -> Message {
         let name = |n: NodeId| self.nodes[n as usize].name.to_string();
         match item {
-            Item::Ping { seq, target, source } => {
+            Item::Ping {
+                seq,
+                target,
+                source,
+            } => {
                 let s = &self.infos[*source as usize];
-                wire::Ping { seq_no: *seq, target: name(*target), source: name(s.node), source_addr: s.addr }.into()
+                wire::Ping {
+                    seq_no: *seq,
+                    target: name(*target),
+                    source: name(s.node),
+                    source_addr: s.addr,
+                }
+                .into()
             }
-            Item::IndirectPing { seq, target, nack, source } => {
+            Item::IndirectPing {
+                seq,
+                target,
+                nack,
+                source,
+            } => {
                 let (t, s) = (&self.infos[*target as usize], &self.infos[*source as usize]);
                 wire::IndirectPing {
                     seq_no: *seq,
@@ -303,13 +413,22 @@ impl Directory {
                 }
                 .into()
             }
-            Item::Ack { seq, coordinate } => {
-                wire::Ack { seq_no: *seq, coordinate: coordinate.as_deref().cloned() }.into()
+            Item::Ack { seq, coordinate } => wire::Ack {
+                seq_no: *seq,
+                coordinate: coordinate.as_deref().cloned(),
             }
+            .into(),
             Item::Nack { seq } => wire::Nack { seq_no: *seq }.into(),
-            Item::Suspect { incarnation, node, from } => {
-                wire::Suspect { incarnation: *incarnation, node: name(*node), from: name(*from) }.into()
+            Item::Suspect {
+                incarnation,
+                node,
+                from,
+            } => wire::Suspect {
+                incarnation: *incarnation,
+                node: name(*node),
+                from: name(*from),
             }
+            .into(),
             Item::Alive { incarnation, info } => {
                 let i = &self.infos[*info as usize];
                 wire::Alive {
@@ -321,9 +440,16 @@ impl Directory {
                 }
                 .into()
             }
-            Item::Dead { incarnation, node, from } => {
-                wire::Dead { incarnation: *incarnation, node: name(*node), from: name(*from) }.into()
+            Item::Dead {
+                incarnation,
+                node,
+                from,
+            } => wire::Dead {
+                incarnation: *incarnation,
+                node: name(*node),
+                from: name(*from),
             }
+            .into(),
             Item::Other(msg) => (**msg).clone(),
         }
     }
@@ -334,22 +460,41 @@ impl Directory {
             Message::Ping(p) => {
                 let target = self.intern_name(&p.target)?;
                 let source = self.intern(&p.source, p.source_addr, &[])?;
-                Item::Ping { seq: p.seq_no, target, source }
+                Item::Ping {
+                    seq: p.seq_no,
+                    target,
+                    source,
+                }
             }
             Message::IndirectPing(p) => {
                 let target = self.intern(&p.target, p.target_addr, &[])?;
                 let source = self.intern(&p.source, p.source_addr, &[])?;
-                Item::IndirectPing { seq: p.seq_no, target, nack: p.nack, source }
+                Item::IndirectPing {
+                    seq: p.seq_no,
+                    target,
+                    nack: p.nack,
+                    source,
+                }
             }
-            Message::Ack(a) => Item::Ack { seq: a.seq_no, coordinate: a.coordinate.map(Rc::new) },
+            Message::Ack(a) => Item::Ack {
+                seq: a.seq_no,
+                coordinate: a.coordinate.map(Rc::new),
+            },
             Message::Nack(n) => Item::Nack { seq: n.seq_no },
-            Message::Suspect(s) => {
-                Item::Suspect { incarnation: s.incarnation, node: self.intern_name(&s.node)?, from: self.intern_name(&s.from)? }
-            }
-            Message::Alive(a) => Item::Alive { incarnation: a.incarnation, info: self.intern(&a.node, a.addr, &a.meta)? },
-            Message::Dead(d) => {
-                Item::Dead { incarnation: d.incarnation, node: self.intern_name(&d.node)?, from: self.intern_name(&d.from)? }
-            }
+            Message::Suspect(s) => Item::Suspect {
+                incarnation: s.incarnation,
+                node: self.intern_name(&s.node)?,
+                from: self.intern_name(&s.from)?,
+            },
+            Message::Alive(a) => Item::Alive {
+                incarnation: a.incarnation,
+                info: self.intern(&a.node, a.addr, &a.meta)?,
+            },
+            Message::Dead(d) => Item::Dead {
+                incarnation: d.incarnation,
+                node: self.intern_name(&d.node)?,
+                from: self.intern_name(&d.from)?,
+            },
             Message::PushPull(_) => return Err(DirectoryError::StreamOnly),
             other => Item::Other(Rc::new(other)),
         })
@@ -372,8 +517,15 @@ impl Directory {
                 }
             })
             .collect();
-        let source = self.nodes[self.infos[s.source as usize].node as usize].name.to_string();
-        wire::PushPull { join: s.join, source, states, user_state: s.user_state.clone() }
+        let source = self.nodes[self.infos[s.source as usize].node as usize]
+            .name
+            .to_string();
+        wire::PushPull {
+            join: s.join,
+            source,
+            states,
+            user_state: s.user_state.clone(),
+        }
     }
 
     /// The compact form of a received push-pull state, refusing one over the bounds before
@@ -386,10 +538,16 @@ impl Directory {
         user_state_bytes_max: usize,
     ) -> Result<PushPullState, DirectoryError> {
         if p.states.len() > members_max {
-            return Err(DirectoryError::TooManyMembers { count: p.states.len(), max: members_max });
+            return Err(DirectoryError::TooManyMembers {
+                count: p.states.len(),
+                max: members_max,
+            });
         }
         if p.user_state.len() > user_state_bytes_max {
-            return Err(DirectoryError::UserStateTooLarge { len: p.user_state.len(), max: user_state_bytes_max });
+            return Err(DirectoryError::UserStateTooLarge {
+                len: p.user_state.len(),
+                max: user_state_bytes_max,
+            });
         }
         let mut states = Vec::with_capacity(p.states.len());
         let mut source = None;
@@ -398,13 +556,22 @@ impl Directory {
             if s.name == p.source {
                 source = Some(info);
             }
-            states.push(NodeState { info, incarnation: s.incarnation, state: s.state });
+            states.push(NodeState {
+                info,
+                incarnation: s.incarnation,
+                state: s.state,
+            });
         }
         let source = match source {
             Some(s) => s,
             None => self.intern(&p.source, source_addr, &[])?,
         };
-        Ok(PushPullState { join: p.join, source, states, user_state: p.user_state })
+        Ok(PushPullState {
+            join: p.join,
+            source,
+            states,
+            user_state: p.user_state,
+        })
     }
 }
 
@@ -432,22 +599,69 @@ mod tests {
         let a4: SocketAddr = "10.0.0.1:7946".parse().unwrap_or_else(|_| unreachable!());
         let a6: SocketAddr = "[fe80::1]:7946".parse().unwrap_or_else(|_| unreachable!());
         let mut items = Vec::new();
-        for (i, name) in ["a", "node-with-a-longer-name", "exactly8", "n9-chars!", &"z".repeat(255)].iter().enumerate() {
+        for (i, name) in [
+            "a",
+            "node-with-a-longer-name",
+            "exactly8",
+            "n9-chars!",
+            &"z".repeat(255),
+        ]
+        .iter()
+        .enumerate()
+        {
             let addr = if i % 2 == 0 { a4 } else { a6 };
             let meta = vec![7u8; i * 37 % 513];
-            let info = d.intern(name, addr, &meta).unwrap_or_else(|e| panic!("{e}"));
+            let info = d
+                .intern(name, addr, &meta)
+                .unwrap_or_else(|e| panic!("{e}"));
             let node = d.info(info).node;
-            items.push(Item::Alive { incarnation: i as u64 * 1_000_003, info });
-            items.push(Item::Suspect { incarnation: 3, node, from: 0 });
-            items.push(Item::Dead { incarnation: u64::MAX, node: 0, from: node });
-            items.push(Item::Ping { seq: 9, target: node, source: info });
-            items.push(Item::IndirectPing { seq: 1, target: info, nack: true, source: 0 });
+            items.push(Item::Alive {
+                incarnation: i as u64 * 1_000_003,
+                info,
+            });
+            items.push(Item::Suspect {
+                incarnation: 3,
+                node,
+                from: 0,
+            });
+            items.push(Item::Dead {
+                incarnation: u64::MAX,
+                node: 0,
+                from: node,
+            });
+            items.push(Item::Ping {
+                seq: 9,
+                target: node,
+                source: info,
+            });
+            items.push(Item::IndirectPing {
+                seq: 1,
+                target: info,
+                nack: true,
+                source: 0,
+            });
         }
         items.push(Item::Nack { seq: 4 });
-        items.push(Item::Ack { seq: 5, coordinate: None });
-        let c = wire::Coordinate { vec: [0.5; 8], error: 1.5, adjustment: -0.1, height: 1e-5 };
-        items.push(Item::Ack { seq: 6, coordinate: Some(Rc::new(c)) });
-        items.push(Item::Other(Rc::new(wire::UserMsg { payload: vec![1, 2, 3] }.into())));
+        items.push(Item::Ack {
+            seq: 5,
+            coordinate: None,
+        });
+        let c = wire::Coordinate {
+            vec: [0.5; 8],
+            error: 1.5,
+            adjustment: -0.1,
+            height: 1e-5,
+        };
+        items.push(Item::Ack {
+            seq: 6,
+            coordinate: Some(Rc::new(c)),
+        });
+        items.push(Item::Other(Rc::new(
+            wire::UserMsg {
+                payload: vec![1, 2, 3],
+            }
+            .into(),
+        )));
         for item in &items {
             let predicted = Directory::frame_overhead(false) + d.item_size(item);
             let wire_msg = d.to_wire(item);
@@ -460,7 +674,11 @@ mod tests {
             buf.extend_from_slice(frame);
             let dec = Decoder::new(b"", 1 << 20);
             let f = dec.decode(&mut buf, None).unwrap_or_else(|e| panic!("{e}"));
-            let got = f.messages().next().unwrap_or_else(|| panic!("empty")).unwrap_or_else(|e| panic!("{e}"));
+            let got = f
+                .messages()
+                .next()
+                .unwrap_or_else(|| panic!("empty"))
+                .unwrap_or_else(|e| panic!("{e}"));
             let owned = got.to_owned().unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(owned, wire_msg);
             // Back to the compact form and out again: the same message (a ping's source
@@ -475,7 +693,10 @@ mod tests {
         let mut d = Directory::new(2, 3, 4);
         let a: SocketAddr = ([1, 2, 3, 4], 5).into();
         assert!(d.intern("a", a, &[1, 2, 3, 4]).is_ok());
-        assert_eq!(d.intern("a", a, &[0; 5]), Err(DirectoryError::MetaTooLarge { len: 5, max: 4 }));
+        assert_eq!(
+            d.intern("a", a, &[0; 5]),
+            Err(DirectoryError::MetaTooLarge { len: 5, max: 4 })
+        );
         assert!(d.intern("b", a, &[]).is_ok());
         assert_eq!(d.intern_name("c"), Err(DirectoryError::TooManyNames(2)));
         assert_eq!(d.intern_name(""), Err(DirectoryError::BadName(0)));
@@ -483,7 +704,12 @@ mod tests {
         assert_eq!(d.intern("a", a, &[2]), Err(DirectoryError::TooManyInfos(3)));
         // Same triple again: no new entry.
         assert!(d.intern("a", a, &[1]).is_ok());
-        let p = wire::PushPull { join: false, source: "a".into(), states: Vec::new(), user_state: vec![0; 9] };
+        let p = wire::PushPull {
+            join: false,
+            source: "a".into(),
+            states: Vec::new(),
+            user_state: vec![0; 9],
+        };
         assert_eq!(
             d.push_pull_from_wire(p, a, 10, 8),
             Err(DirectoryError::UserStateTooLarge { len: 9, max: 8 })
@@ -496,7 +722,15 @@ mod tests {
             state: wire::MemberState::Alive,
             protocol: PROTOCOL,
         };
-        let p = wire::PushPull { join: false, source: "a".into(), states: vec![st; 11], user_state: vec![] };
-        assert_eq!(d.push_pull_from_wire(p, a, 10, 8), Err(DirectoryError::TooManyMembers { count: 11, max: 10 }));
+        let p = wire::PushPull {
+            join: false,
+            source: "a".into(),
+            states: vec![st; 11],
+            user_state: vec![],
+        };
+        assert_eq!(
+            d.push_pull_from_wire(p, a, 10, 8),
+            Err(DirectoryError::TooManyMembers { count: 11, max: 10 })
+        );
     }
 }

@@ -41,7 +41,11 @@ struct Entry {
 }
 
 impl Entry {
-    const EMPTY: Entry = Entry { incarnation: 0, info: NONE, packed: 0 };
+    const EMPTY: Entry = Entry {
+        incarnation: 0,
+        info: NONE,
+        packed: 0,
+    };
 
     fn present(&self) -> bool {
         self.info != NONE
@@ -379,7 +383,11 @@ impl<R: Rng> Member<R> {
         let (me, my_info) = {
             let mut d = dir.borrow_mut();
             if meta.len() > cfg.meta_bytes_max {
-                return Err(DirectoryError::MetaTooLarge { len: meta.len(), max: cfg.meta_bytes_max }.into());
+                return Err(DirectoryError::MetaTooLarge {
+                    len: meta.len(),
+                    max: cfg.meta_bytes_max,
+                }
+                .into());
             }
             let info = d.intern(name, addr, meta)?;
             (d.info(info).node, info)
@@ -391,7 +399,9 @@ impl<R: Rng> Member<R> {
         // The first push-pull comes within one base interval of the start: it repairs what
         // the join rumors of a cluster that was still small did not reach.
         let next_push_pull_at = now + jitter(&mut rng, cfg.push_pull_interval_ms);
-        let next_reconnect_at = now + Duration::from_millis(cfg.reconnect_interval_ms) + jitter(&mut rng, cfg.reconnect_interval_ms);
+        let next_reconnect_at = now
+            + Duration::from_millis(cfg.reconnect_interval_ms)
+            + jitter(&mut rng, cfg.reconnect_interval_ms);
         let mut m = Member {
             broadcasts: BroadcastQueue::new(cfg.broadcast_queue_max),
             user_broadcasts: BroadcastQueue::new(cfg.user_broadcast_queue_max),
@@ -428,7 +438,13 @@ impl<R: Rng> Member<R> {
             stats: Stats::default(),
         };
         m.set_entry(me, 1, my_info, MemberState::Alive, now);
-        m.queue_update(Item::Alive { incarnation: 1, info: my_info }, me);
+        m.queue_update(
+            Item::Alive {
+                incarnation: 1,
+                info: my_info,
+            },
+            me,
+        );
         Ok(m)
     }
 
@@ -552,7 +568,9 @@ impl<R: Rng> Member<R> {
     pub fn broadcast(&mut self, msg: Message, key: Option<u64>) {
         let item = Item::Other(Rc::new(msg));
         let size = self.dir.borrow_mut().item_size(&item);
-        if size == 0 || size + Directory::frame_overhead(self.cfg.encrypted) > self.cfg.datagram_bytes_max {
+        if size == 0
+            || size + Directory::frame_overhead(self.cfg.encrypted) > self.cfg.datagram_bytes_max
+        {
             self.stats.dropped += 1;
             return;
         }
@@ -574,7 +592,11 @@ impl<R: Rng> Member<R> {
         self.stats.datagrams_out += 1;
         self.stats.datagram_bytes_out += bytes as u64;
         self.stats.items_out += 1;
-        self.outputs.push_back(Output::Datagram(Transmit { to, items: vec![item], bytes }));
+        self.outputs.push_back(Output::Datagram(Transmit {
+            to,
+            items: vec![item],
+            bytes,
+        }));
     }
 
     // ----- commands --------------------------------------------------------------------
@@ -597,7 +619,8 @@ impl<R: Rng> Member<R> {
         let base = self.cfg.push_pull_interval_ms;
         if base > 0 {
             self.seeded = false;
-            self.next_push_pull_at = now + Duration::from_millis(base / 2 + self.rng.random_range(0..base / 2 + 1));
+            self.next_push_pull_at =
+                now + Duration::from_millis(base / 2 + self.rng.random_range(0..base / 2 + 1));
         }
         Ok(())
     }
@@ -613,7 +636,14 @@ impl<R: Rng> Member<R> {
         self.probe = None;
         let inc = self.incarnation;
         self.set_entry(self.me, inc, self.my_info, MemberState::Left, now);
-        self.queue_update(Item::Dead { incarnation: inc, node: self.me, from: self.me }, self.me);
+        self.queue_update(
+            Item::Dead {
+                incarnation: inc,
+                node: self.me,
+                from: self.me,
+            },
+            self.me,
+        );
     }
 
     /// Changes this member's metadata and broadcasts it with a new incarnation.
@@ -627,7 +657,13 @@ impl<R: Rng> Member<R> {
         self.incarnation += 1;
         let inc = self.incarnation;
         self.set_entry(self.me, inc, info, MemberState::Alive, now);
-        self.queue_update(Item::Alive { incarnation: inc, info }, self.me);
+        self.queue_update(
+            Item::Alive {
+                incarnation: inc,
+                info,
+            },
+            self.me,
+        );
         Ok(())
     }
 
@@ -647,7 +683,11 @@ impl<R: Rng> Member<R> {
     pub fn poll_timeout(&self) -> Option<Time> {
         // Gossip rounds with nothing to send are skipped without a wake-up (their phase is
         // kept: see handle_timeout).
-        let mut t = if self.wants_gossip() { self.next_gossip_at } else { Time::MAX };
+        let mut t = if self.wants_gossip() {
+            self.next_gossip_at
+        } else {
+            Time::MAX
+        };
         if self.status == Status::Alive {
             t = t.min(self.next_probe_at);
         }
@@ -658,7 +698,11 @@ impl<R: Rng> Member<R> {
             t = t.min(self.next_reconnect_at);
         }
         if let Some(p) = &self.probe {
-            t = t.min(if p.indirect_sent { p.deadline } else { p.timeout_at });
+            t = t.min(if p.indirect_sent {
+                p.deadline
+            } else {
+                p.timeout_at
+            });
         }
         for r in &self.relays {
             t = t.min(r.deadline);
@@ -670,7 +714,8 @@ impl<R: Rng> Member<R> {
             t = t.min(s.deadline);
         }
         if let Some(&(_, changed_s)) = self.failed.front() {
-            let at = Time::from_millis(u64::from(changed_s) * 1000) + Duration::from_millis(self.cfg.dead_reap_ms);
+            let at = Time::from_millis(u64::from(changed_s) * 1000)
+                + Duration::from_millis(self.cfg.dead_reap_ms);
             t = t.min(at);
         }
         Some(t)
@@ -701,7 +746,11 @@ impl<R: Rng> Member<R> {
                 let r = self.relays.swap_remove(i);
                 if r.nack {
                     let addr = self.dir.borrow().info(r.source).addr;
-                    self.send(addr, vec![Item::Nack { seq: r.orig_seq }], self.size(&Item::Nack { seq: 0 }));
+                    self.send(
+                        addr,
+                        vec![Item::Nack { seq: r.orig_seq }],
+                        self.size(&Item::Nack { seq: 0 }),
+                    );
                 }
             } else {
                 i += 1;
@@ -754,8 +803,12 @@ impl<R: Rng> Member<R> {
         if self.suspicions.is_empty() {
             return;
         }
-        let mut due: Vec<(NodeId, u64)> =
-            self.suspicions.iter().filter(|(_, s)| now >= s.deadline()).map(|(&n, s)| (n, s.incarnation)).collect();
+        let mut due: Vec<(NodeId, u64)> = self
+            .suspicions
+            .iter()
+            .filter(|(_, s)| now >= s.deadline())
+            .map(|(&n, s)| (n, s.incarnation))
+            .collect();
         due.sort_unstable();
         for (node, inc) in due {
             self.suspicions.remove(&node);
@@ -814,7 +867,8 @@ impl<R: Rng> Member<R> {
             .iter()
             .filter_map(|&(n, c)| {
                 let e = self.table[n as usize];
-                (e.present() && e.state() == MemberState::Dead && e.changed_s() == c).then_some(e.info)
+                (e.present() && e.state() == MemberState::Dead && e.changed_s() == c)
+                    .then_some(e.info)
             })
             .collect();
         let total = dead.len() + self.reaped.len();
@@ -822,9 +876,16 @@ impl<R: Rng> Member<R> {
             return;
         }
         let pick = self.rng.random_range(0..total);
-        let info = if pick < dead.len() { dead[pick] } else { self.reaped[pick - dead.len()].0 };
+        let info = if pick < dead.len() {
+            dead[pick]
+        } else {
+            self.reaped[pick - dead.len()].0
+        };
         let addr = self.dir.borrow().info(info).addr;
-        if self.push_pull_to(now, addr, false, Purpose::Reconnect).is_ok() {
+        if self
+            .push_pull_to(now, addr, false, Purpose::Reconnect)
+            .is_ok()
+        {
             self.stats.reconnects += 1;
         }
     }
@@ -836,7 +897,11 @@ impl<R: Rng> Member<R> {
     fn repair_if_unknown(&mut self, now: Time, source: InfoId) {
         let node = self.dir.borrow().info(source).node;
         let known = self.table.get(node as usize).is_some_and(|e| e.present());
-        if known || now < self.next_repair_at || self.status != Status::Alive || self.cfg.push_pull_interval_ms == 0 {
+        if known
+            || now < self.next_repair_at
+            || self.status != Status::Alive
+            || self.cfg.push_pull_interval_ms == 0
+        {
             return;
         }
         // The repair takes the place of the next periodic push-pull, so it costs nothing
@@ -853,7 +918,11 @@ impl<R: Rng> Member<R> {
     // ----- probing ---------------------------------------------------------------------
 
     fn scaled(&self, d: Duration) -> Duration {
-        if self.cfg.lifeguard { self.awareness.scale(d) } else { d }
+        if self.cfg.lifeguard {
+            self.awareness.scale(d)
+        } else {
+            d
+        }
     }
 
     fn next_probe_target(&mut self) -> Option<NodeId> {
@@ -869,13 +938,21 @@ impl<R: Rng> Member<R> {
                         break;
                     }
                 }
-                self.round = Round { a, b: self.rng.random_range(0..len.max(1)), len, i: 0 };
+                self.round = Round {
+                    a,
+                    b: self.rng.random_range(0..len.max(1)),
+                    len,
+                    i: 0,
+                };
             }
             let r = self.round;
             self.round.i += 1;
             let idx = ((r.a as u128 * r.i as u128 + r.b as u128) % r.len.max(1) as u128) as NodeId;
             let e = self.table[idx as usize];
-            if idx != self.me && e.present() && matches!(e.state(), MemberState::Alive | MemberState::Suspect) {
+            if idx != self.me
+                && e.present()
+                && matches!(e.state(), MemberState::Alive | MemberState::Suspect)
+            {
                 return Some(idx);
             }
         }
@@ -885,7 +962,9 @@ impl<R: Rng> Member<R> {
     fn start_probe(&mut self, now: Time) {
         let interval = self.scaled(self.cfg.probe_interval());
         self.next_probe_at = now + interval;
-        let Some(target) = self.next_probe_target() else { return };
+        let Some(target) = self.next_probe_target() else {
+            return;
+        };
         let e = self.table[target as usize];
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
@@ -902,12 +981,20 @@ impl<R: Rng> Member<R> {
             nacks: 0,
         });
         self.stats.probes += 1;
-        let ping = Item::Ping { seq, target, source: self.my_info };
+        let ping = Item::Ping {
+            seq,
+            target,
+            source: self.my_info,
+        };
         let mut size = self.size(&ping);
         let mut items = vec![ping];
         if self.cfg.lifeguard && e.state() == MemberState::Suspect {
             // Buddy system: tell the suspect first, so it can refute at once.
-            let s = Item::Suspect { incarnation: e.incarnation, node: target, from: self.me };
+            let s = Item::Suspect {
+                incarnation: e.incarnation,
+                node: target,
+                from: self.me,
+            };
             size += self.size(&s);
             items.push(s);
         }
@@ -919,21 +1006,41 @@ impl<R: Rng> Member<R> {
         let Some(mut p) = self.probe else { return };
         p.indirect_sent = true;
         let k = self.cfg.indirect_checks;
-        let helpers = self.random_members(k, |n, e| n != p.target && e.state() == MemberState::Alive);
+        let helpers =
+            self.random_members(k, |n, e| n != p.target && e.state() == MemberState::Alive);
         let target_info = p.info;
         for &h in &helpers {
-            let item = Item::IndirectPing { seq: p.seq, target: target_info, nack: self.cfg.lifeguard, source: self.my_info };
+            let item = Item::IndirectPing {
+                seq: p.seq,
+                target: target_info,
+                nack: self.cfg.lifeguard,
+                source: self.my_info,
+            };
             let size = self.size(&item);
             let addr = self.dir.borrow().info(self.table[h as usize].info).addr;
             self.send(addr, vec![item], size);
         }
-        p.expected_nacks = if self.cfg.lifeguard { helpers.len() as u32 } else { 0 };
+        p.expected_nacks = if self.cfg.lifeguard {
+            helpers.len() as u32
+        } else {
+            0
+        };
         self.probe = Some(p);
         if self.cfg.tcp_fallback {
             let addr = self.dir.borrow().info(target_info).addr;
-            let req = StreamRequest::Ping { seq: p.seq, target: p.target, source: self.my_info };
+            let req = StreamRequest::Ping {
+                seq: p.seq,
+                target: p.target,
+                source: self.my_info,
+            };
             let bytes = 64;
-            let _ = self.start_stream(addr, req, bytes, Purpose::FallbackPing { seq: p.seq }, p.deadline);
+            let _ = self.start_stream(
+                addr,
+                req,
+                bytes,
+                Purpose::FallbackPing { seq: p.seq },
+                p.deadline,
+            );
         }
     }
 
@@ -941,11 +1048,18 @@ impl<R: Rng> Member<R> {
         let Some(p) = self.probe.take() else { return };
         self.stats.probes_failed += 1;
         if self.cfg.lifeguard {
-            let delta = if p.expected_nacks > 0 { p.expected_nacks.saturating_sub(p.nacks) } else { 1 };
+            let delta = if p.expected_nacks > 0 {
+                p.expected_nacks.saturating_sub(p.nacks)
+            } else {
+                1
+            };
             self.awareness.apply(delta as i32);
         }
         let e = self.table[p.target as usize];
-        if e.present() && e.info == p.info && matches!(e.state(), MemberState::Alive | MemberState::Suspect) {
+        if e.present()
+            && e.info == p.info
+            && matches!(e.state(), MemberState::Alive | MemberState::Suspect)
+        {
             self.suspect_node(now, e.incarnation, p.target, self.me);
         }
     }
@@ -956,7 +1070,11 @@ impl<R: Rng> Member<R> {
             self.awareness.apply(-1);
         }
         if sample {
-            self.push_event(Event::Rtt { node: p.target, rtt: now.saturating_since(p.started), coordinate });
+            self.push_event(Event::Rtt {
+                node: p.target,
+                rtt: now.saturating_since(p.started),
+                coordinate,
+            });
         }
     }
 
@@ -973,7 +1091,12 @@ impl<R: Rng> Member<R> {
     }
 
     /// Handles the items of one received datagram.
-    pub fn handle_items(&mut self, now: Time, from: SocketAddr, items: impl IntoIterator<Item = Item>) {
+    pub fn handle_items(
+        &mut self,
+        now: Time,
+        from: SocketAddr,
+        items: impl IntoIterator<Item = Item>,
+    ) {
         for item in items {
             self.handle_item(now, from, item);
         }
@@ -982,18 +1105,30 @@ impl<R: Rng> Member<R> {
     /// Handles one received item.
     pub fn handle_item(&mut self, now: Time, from: SocketAddr, item: Item) {
         match item {
-            Item::Ping { seq, target, source } => {
+            Item::Ping {
+                seq,
+                target,
+                source,
+            } => {
                 if target != self.me {
                     self.stats.dropped += 1;
                     return;
                 }
-                let ack = Item::Ack { seq, coordinate: self.coordinate.clone() };
+                let ack = Item::Ack {
+                    seq,
+                    coordinate: self.coordinate.clone(),
+                };
                 let size = self.size(&ack);
                 let addr = self.dir.borrow().info(source).addr;
                 self.send(addr, vec![ack], size);
                 self.repair_if_unknown(now, source);
             }
-            Item::IndirectPing { seq, target, nack, source } => {
+            Item::IndirectPing {
+                seq,
+                target,
+                nack,
+                source,
+            } => {
                 if self.relays.len() >= self.cfg.relays_max {
                     self.stats.dropped += 1;
                     return;
@@ -1012,7 +1147,11 @@ impl<R: Rng> Member<R> {
                     nack,
                     deadline: now + self.cfg.probe_timeout(),
                 });
-                let ping = Item::Ping { seq: my_seq, target: target_node, source: self.my_info };
+                let ping = Item::Ping {
+                    seq: my_seq,
+                    target: target_node,
+                    source: self.my_info,
+                };
                 let size = self.size(&ping);
                 self.send(target_addr, vec![ping], size);
             }
@@ -1028,7 +1167,10 @@ impl<R: Rng> Member<R> {
                 }
                 if let Some(i) = self.relays.iter().position(|r| r.seq == seq) {
                     let r = self.relays.swap_remove(i);
-                    let ack = Item::Ack { seq: r.orig_seq, coordinate };
+                    let ack = Item::Ack {
+                        seq: r.orig_seq,
+                        coordinate,
+                    };
                     let size = self.size(&ack);
                     let addr = self.dir.borrow().info(r.source).addr;
                     self.send(addr, vec![ack], size);
@@ -1042,9 +1184,19 @@ impl<R: Rng> Member<R> {
                     p.nacks += 1;
                 }
             }
-            Item::Suspect { incarnation, node, from } => self.suspect_node(now, incarnation, node, from),
-            Item::Alive { incarnation, info } => self.alive_node(now, incarnation, info, Origin::Gossip),
-            Item::Dead { incarnation, node, from } => self.dead_node(now, incarnation, node, from),
+            Item::Suspect {
+                incarnation,
+                node,
+                from,
+            } => self.suspect_node(now, incarnation, node, from),
+            Item::Alive { incarnation, info } => {
+                self.alive_node(now, incarnation, info, Origin::Gossip)
+            }
+            Item::Dead {
+                incarnation,
+                node,
+                from,
+            } => self.dead_node(now, incarnation, node, from),
             Item::Other(msg) => self.push_event(Event::Message { from, msg }),
         }
     }
@@ -1058,16 +1210,29 @@ impl<R: Rng> Member<R> {
         }
     }
 
-    fn set_entry(&mut self, node: NodeId, incarnation: u64, info: InfoId, state: MemberState, now: Time) {
+    fn set_entry(
+        &mut self,
+        node: NodeId,
+        incarnation: u64,
+        info: InfoId,
+        state: MemberState,
+        now: Time,
+    ) {
         self.ensure(node);
         let old = self.table[node as usize];
         if old.present() {
             self.counts[state_index(old.state())] -= 1;
         }
         let packed = (state as u32) | (secs(now) << 3);
-        self.table[node as usize] = Entry { incarnation, info, packed };
+        self.table[node as usize] = Entry {
+            incarnation,
+            info,
+            packed,
+        };
         self.counts[state_index(state)] += 1;
-        if matches!(state, MemberState::Dead | MemberState::Left) && (!old.present() || old.state() != state) {
+        if matches!(state, MemberState::Dead | MemberState::Left)
+            && (!old.present() || old.state() != state)
+        {
             self.failed.push_back((node, secs(now)));
         }
     }
@@ -1077,7 +1242,8 @@ impl<R: Rng> Member<R> {
         if node == self.me {
             // Someone says we are alive: refute anything that differs from what we are.
             if self.status == Status::Alive
-                && (incarnation > self.incarnation || (incarnation == self.incarnation && info != self.my_info))
+                && (incarnation > self.incarnation
+                    || (incarnation == self.incarnation && info != self.my_info))
             {
                 self.refute(now, incarnation);
             }
@@ -1116,7 +1282,11 @@ impl<R: Rng> Member<R> {
                     limit.div_ceil(self.cfg.join_rumor_damping)
                 };
                 if weight > 0
-                    && self.broadcasts.redundant(u64::from(node), 2, limit, weight, |q| *q == Item::Alive { incarnation, info })
+                    && self
+                        .broadcasts
+                        .redundant(u64::from(node), 2, limit, weight, |q| {
+                            *q == Item::Alive { incarnation, info }
+                        })
                 {
                     self.stats.rumors_damped += 1;
                 }
@@ -1139,13 +1309,22 @@ impl<R: Rng> Member<R> {
     }
 
     fn suspect_node(&mut self, now: Time, incarnation: u64, node: NodeId, from: NodeId) {
-        let Some(e) = self.table.get(node as usize).copied() else { return };
+        let Some(e) = self.table.get(node as usize).copied() else {
+            return;
+        };
         if !e.present() || incarnation < e.incarnation {
             return;
         }
         if let Some(s) = self.suspicions.get_mut(&node) {
             if s.confirm(from) {
-                self.queue_update(Item::Suspect { incarnation, node, from }, node);
+                self.queue_update(
+                    Item::Suspect {
+                        incarnation,
+                        node,
+                        from,
+                    },
+                    node,
+                );
             }
             return;
         }
@@ -1162,21 +1341,39 @@ impl<R: Rng> Member<R> {
             self.stats.dropped += 1;
             return;
         }
-        self.queue_update(Item::Suspect { incarnation, node, from }, node);
+        self.queue_update(
+            Item::Suspect {
+                incarnation,
+                node,
+                from,
+            },
+            node,
+        );
         self.set_entry(node, incarnation, e.info, MemberState::Suspect, now);
         let n = self.known();
-        let mut k = if self.cfg.lifeguard { self.cfg.suspicion_mult.saturating_sub(2) } else { 0 };
+        let mut k = if self.cfg.lifeguard {
+            self.cfg.suspicion_mult.saturating_sub(2)
+        } else {
+            0
+        };
         if (n as u64) < u64::from(k) + 2 {
             k = 0;
         }
         let min = suspicion_timeout_min(self.cfg.suspicion_mult, n, self.cfg.probe_interval());
-        let max = if self.cfg.lifeguard { min * self.cfg.suspicion_max_timeout_mult } else { min };
-        self.suspicions.insert(node, Suspicion::new(incarnation, from, k, min, max, now));
+        let max = if self.cfg.lifeguard {
+            min * self.cfg.suspicion_max_timeout_mult
+        } else {
+            min
+        };
+        self.suspicions
+            .insert(node, Suspicion::new(incarnation, from, k, min, max, now));
         self.push_event(Event::Suspect { node, from });
     }
 
     fn dead_node(&mut self, now: Time, incarnation: u64, node: NodeId, from: NodeId) {
-        let Some(e) = self.table.get(node as usize).copied() else { return };
+        let Some(e) = self.table.get(node as usize).copied() else {
+            return;
+        };
         if !e.present() || incarnation < e.incarnation {
             return;
         }
@@ -1190,7 +1387,14 @@ impl<R: Rng> Member<R> {
             }
             return;
         }
-        self.queue_update(Item::Dead { incarnation, node, from }, node);
+        self.queue_update(
+            Item::Dead {
+                incarnation,
+                node,
+                from,
+            },
+            node,
+        );
         if from == node {
             self.set_entry(node, incarnation, e.info, MemberState::Left, now);
             self.push_event(Event::Left { node });
@@ -1204,7 +1408,13 @@ impl<R: Rng> Member<R> {
         self.incarnation = (self.incarnation + 1).max(accused.saturating_add(1));
         let inc = self.incarnation;
         self.set_entry(self.me, inc, self.my_info, MemberState::Alive, now);
-        self.queue_update(Item::Alive { incarnation: inc, info: self.my_info }, self.me);
+        self.queue_update(
+            Item::Alive {
+                incarnation: inc,
+                info: self.my_info,
+            },
+            self.me,
+        );
         self.stats.refutations += 1;
         if self.cfg.lifeguard {
             self.awareness.apply(1);
@@ -1216,20 +1426,43 @@ impl<R: Rng> Member<R> {
 
     fn local_state(&self, join: bool) -> Rc<PushPullState> {
         let mut states = Vec::with_capacity(self.known().min(self.cfg.push_pull_members_max));
-        for e in self.table.iter().filter(|e| e.present()).take(self.cfg.push_pull_members_max) {
-            states.push(NodeState { info: e.info, incarnation: e.incarnation, state: e.state() });
+        for e in self
+            .table
+            .iter()
+            .filter(|e| e.present())
+            .take(self.cfg.push_pull_members_max)
+        {
+            states.push(NodeState {
+                info: e.info,
+                incarnation: e.incarnation,
+                state: e.state(),
+            });
         }
-        Rc::new(PushPullState { join, source: self.my_info, states, user_state: self.user_state.clone() })
+        Rc::new(PushPullState {
+            join,
+            source: self.my_info,
+            states,
+            user_state: self.user_state.clone(),
+        })
     }
 
     fn state_bytes(&self, s: &PushPullState) -> usize {
         // Approximate (accounting only): an alive item per member plus the user state.
         let d = self.dir.borrow();
-        let per = s.states.first().map_or(0, |n| d.info(n.info).meta.len() + 64);
+        let per = s
+            .states
+            .first()
+            .map_or(0, |n| d.info(n.info).meta.len() + 64);
         64 + s.states.len() * per + s.user_state.len()
     }
 
-    fn push_pull_to(&mut self, now: Time, to: SocketAddr, join: bool, purpose: Purpose) -> Result<(), SwimError> {
+    fn push_pull_to(
+        &mut self,
+        now: Time,
+        to: SocketAddr,
+        join: bool,
+        purpose: Purpose,
+    ) -> Result<(), SwimError> {
         let state = self.local_state(join);
         let bytes = self.state_bytes(&state);
         let deadline = now + Duration::from_millis(self.cfg.stream_timeout_ms);
@@ -1250,10 +1483,19 @@ impl<R: Rng> Member<R> {
         }
         self.next_stream_id += 1;
         let id = self.next_stream_id;
-        self.streams.push(PendingStream { id, purpose, deadline });
+        self.streams.push(PendingStream {
+            id,
+            purpose,
+            deadline,
+        });
         self.stats.streams_out += 1;
         self.stats.stream_bytes_out += bytes as u64;
-        self.outputs.push_back(Output::Stream(StreamTransmit { id, to, request, bytes }));
+        self.outputs.push_back(Output::Stream(StreamTransmit {
+            id,
+            to,
+            request,
+            bytes,
+        }));
         Ok(())
     }
 
@@ -1262,20 +1504,33 @@ impl<R: Rng> Member<R> {
         for s in &remote.states {
             let node = self.dir.borrow().info(s.info).node;
             match s.state {
-                MemberState::Alive => self.alive_node(now, s.incarnation, s.info, Origin::PushPull { source }),
+                MemberState::Alive => {
+                    self.alive_node(now, s.incarnation, s.info, Origin::PushPull { source })
+                }
                 MemberState::Left => self.dead_node(now, s.incarnation, node, node),
                 // memberlist: a remote "dead" is only a suspicion here, so that it can be
                 // refuted instead of killing a member we can still reach.
-                MemberState::Dead | MemberState::Suspect => self.suspect_node(now, s.incarnation, node, source),
+                MemberState::Dead | MemberState::Suspect => {
+                    self.suspect_node(now, s.incarnation, node, source)
+                }
             }
         }
         if !remote.user_state.is_empty() {
-            self.push_event(Event::UserState { from: remote.source, state: remote.user_state.clone(), join: remote.join });
+            self.push_event(Event::UserState {
+                from: remote.source,
+                state: remote.user_state.clone(),
+                join: remote.join,
+            });
         }
     }
 
     /// Answers a stream request from a peer; the driver sends the response back.
-    pub fn handle_stream_request(&mut self, now: Time, _from: SocketAddr, request: StreamRequest) -> StreamResponse {
+    pub fn handle_stream_request(
+        &mut self,
+        now: Time,
+        _from: SocketAddr,
+        request: StreamRequest,
+    ) -> StreamResponse {
         match request {
             StreamRequest::PushPull(remote) => {
                 if self.status == Status::Left {
@@ -1294,14 +1549,25 @@ impl<R: Rng> Member<R> {
                 StreamResponse::PushPull(state)
             }
             StreamRequest::Ping { seq, target, .. } => {
-                if target == self.me { StreamResponse::Ack { seq } } else { StreamResponse::Refused }
+                if target == self.me {
+                    StreamResponse::Ack { seq }
+                } else {
+                    StreamResponse::Refused
+                }
             }
         }
     }
 
     /// Handles the answer (or failure) of the stream exchange `id`.
-    pub fn handle_stream_response(&mut self, now: Time, id: u64, response: Result<StreamResponse, StreamError>) {
-        let Some(i) = self.streams.iter().position(|s| s.id == id) else { return };
+    pub fn handle_stream_response(
+        &mut self,
+        now: Time,
+        id: u64,
+        response: Result<StreamResponse, StreamError>,
+    ) {
+        let Some(i) = self.streams.iter().position(|s| s.id == id) else {
+            return;
+        };
         let s = self.streams.swap_remove(i);
         match (s.purpose, response) {
             (Purpose::FallbackPing { seq }, Ok(StreamResponse::Ack { seq: got })) => {
@@ -1375,9 +1641,15 @@ impl<R: Rng> Member<R> {
         } else {
             limit.min(self.cfg.join_rumor_retransmit_mult)
         };
-        let mut used = self.broadcasts.fill_with_limits(free, [limit, limit, join_limit], |it| items.push(it.clone()));
+        let mut used = self
+            .broadcasts
+            .fill_with_limits(free, [limit, limit, join_limit], |it| {
+                items.push(it.clone())
+            });
         let user_limit = retransmit_limit(self.cfg.user_retransmit_mult, n);
-        used += self.user_broadcasts.fill(free - used, user_limit, |it| items.push(it.clone()));
+        used += self
+            .user_broadcasts
+            .fill(free - used, user_limit, |it| items.push(it.clone()));
         if items.is_empty() {
             return false;
         }
@@ -1386,7 +1658,8 @@ impl<R: Rng> Member<R> {
         self.stats.datagrams_out += 1;
         self.stats.datagram_bytes_out += bytes as u64;
         self.stats.items_out += items.len() as u64;
-        self.outputs.push_back(Output::Datagram(Transmit { to, items, bytes }));
+        self.outputs
+            .push_back(Output::Datagram(Transmit { to, items, bytes }));
         true
     }
 
@@ -1397,7 +1670,8 @@ impl<R: Rng> Member<R> {
     fn queue_update(&mut self, item: Item, node: NodeId) {
         let size = self.size(&item);
         let class = u8::from(!matches!(item, Item::Suspect { .. }));
-        self.broadcasts.push(item, size, Some(u64::from(node)), class);
+        self.broadcasts
+            .push(item, size, Some(u64::from(node)), class);
     }
 
     fn push_event(&mut self, e: Event) {
@@ -1449,5 +1723,8 @@ impl<R: Rng> Member<R> {
 }
 
 fn cfg_push_pull(cfg: &Config, members: usize) -> Duration {
-    push_pull_interval(Duration::from_millis(cfg.push_pull_interval_ms.max(1)), members)
+    push_pull_interval(
+        Duration::from_millis(cfg.push_pull_interval_ms.max(1)),
+        members,
+    )
 }

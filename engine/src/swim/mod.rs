@@ -47,7 +47,9 @@ pub use config::{Awareness, Config};
 pub use directory::{Directory, DirectoryError, Info, NAME_BYTES_MAX, PROTOCOL, SharedDirectory};
 pub use hash::{FxHashMap, FxHasher};
 pub use item::{InfoId, Item, NodeId, NodeState, PushPullState, StreamRequest, StreamResponse};
-pub use member::{Event, Member, Output, Stats, Status, StreamError, StreamTransmit, SwimError, Transmit};
+pub use member::{
+    Event, Member, Output, Stats, Status, StreamError, StreamTransmit, SwimError, Transmit,
+};
 pub use queue::BroadcastQueue;
-pub use suspicion::Suspicion;
 pub use ringleader_wire::msg::swim::MemberState;
+pub use suspicion::Suspicion;

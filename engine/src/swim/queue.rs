@@ -104,7 +104,14 @@ impl<T> BroadcastQueue<T> {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
-                self.slots.push(Slot { item: None, key: None, size: 0, transmits: 0, generation: 0, class: 0 });
+                self.slots.push(Slot {
+                    item: None,
+                    key: None,
+                    size: 0,
+                    transmits: 0,
+                    generation: 0,
+                    class: 0,
+                });
                 (self.slots.len() - 1) as u32
             }
         };
@@ -201,8 +208,17 @@ impl<T> BroadcastQueue<T> {
     /// it is spreading without us (rumor mongering's "counter" variant, Demers et al.
     /// 1987). A broadcast that reaches `limit` this way leaves the queue. Returns whether
     /// it counted.
-    pub fn redundant(&mut self, key: u64, class: u8, limit: u32, weight: u32, same: impl FnOnce(&T) -> bool) -> bool {
-        let Some(&slot) = self.by_key.get(&key) else { return false };
+    pub fn redundant(
+        &mut self,
+        key: u64,
+        class: u8,
+        limit: u32,
+        weight: u32,
+        same: impl FnOnce(&T) -> bool,
+    ) -> bool {
+        let Some(&slot) = self.by_key.get(&key) else {
+            return false;
+        };
         let s = &mut self.slots[slot as usize];
         if s.class != class || !s.item.as_ref().is_some_and(same) {
             return false;
@@ -231,7 +247,12 @@ impl<T> BroadcastQueue<T> {
     }
 
     /// Like [`BroadcastQueue::fill`] with a retransmit limit per priority class.
-    pub fn fill_with_limits(&mut self, bytes_free: usize, limits: [u32; CLASSES], mut take: impl FnMut(&T)) -> usize {
+    pub fn fill_with_limits(
+        &mut self,
+        bytes_free: usize,
+        limits: [u32; CLASSES],
+        mut take: impl FnMut(&T),
+    ) -> usize {
         let mut used = 0usize;
         let mut moved = std::mem::take(&mut self.scratch);
         moved.clear();

@@ -24,7 +24,14 @@ pub struct Suspicion {
 impl Suspicion {
     /// A suspicion raised by `from` at `start`, expecting `expected` confirmations (0: the
     /// timeout is simply `min`).
-    pub fn new(incarnation: u64, from: NodeId, expected: u32, min: Duration, max: Duration, start: Time) -> Suspicion {
+    pub fn new(
+        incarnation: u64,
+        from: NodeId,
+        expected: u32,
+        min: Duration,
+        max: Duration,
+        start: Time,
+    ) -> Suspicion {
         let first = if expected < 1 { min } else { max.max(min) };
         Suspicion {
             incarnation,
@@ -51,7 +58,10 @@ impl Suspicion {
     /// Counts a confirmation from `from`; true if it was new (and should be re-gossiped).
     /// Bounded: at most `expected` confirmations are kept.
     pub fn confirm(&mut self, from: NodeId) -> bool {
-        if self.confirmations() >= self.expected || from == self.from || self.confirmers.contains(&from) {
+        if self.confirmations() >= self.expected
+            || from == self.from
+            || self.confirmers.contains(&from)
+        {
             return false;
         }
         self.confirmers.push(from);
