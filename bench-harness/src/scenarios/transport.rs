@@ -104,6 +104,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "submit_batch_engine": args.submit_batch,
         "pin": args.pin,
         "spin_us": args.spin_us,
+        "engine_sender_connected": true,
         "udp_config": format!("{:?}", engine_udp_config(args.submit_batch)),
     });
     let mut run = Run::new("transport", common.out.as_deref(), common.json, config)?;
@@ -236,17 +237,11 @@ fn runtime_config(name: &str, pin: bool) -> RuntimeConfig {
     }
 }
 
-/// A 64-byte frame carrying `seq` in its payload.
-fn frame(enc: &mut Encoder, seq: u64) -> anyhow::Result<&[u8]> {
-    let mut payload = [0u8; USER_PAYLOAD_BYTES];
-    payload[..8].copy_from_slice(&seq.to_le_bytes());
-    let f = enc.encode(
-        &UserMsg {
-            payload: payload.to_vec(),
-        },
-        None,
-        1400,
-    )?;
+/// A 64-byte frame carrying `seq` in its payload (`msg` is reused: no allocation).
+fn frame<'e>(enc: &'e mut Encoder, msg: &mut UserMsg, seq: u64) -> anyhow::Result<&'e [u8]> {
+    msg.payload.resize(USER_PAYLOAD_BYTES, 0);
+    msg.payload[..8].copy_from_slice(&seq.to_le_bytes());
+    let f = enc.encode(&*msg, None, 1400)?;
     if f.len() != DATAGRAM_BYTES {
         bail!(
             "engine frame is {} bytes, expected {DATAGRAM_BYTES}",
@@ -357,6 +352,11 @@ fn engine_flood(
                         ctx.wait(None).await;
                     };
                     let mut enc = Encoder::new(LABEL);
+                    let mut msg = UserMsg {
+                        payload: Vec::new(),
+                    };
+                    // Connected, as the raw baseline's sender is: no route lookup per datagram.
+                    ring.connect(me, to).map_err(|e| e.to_string())?;
                     let mut seq = 0u64;
                     let mut sent_in_window = 0u64;
                     loop {
@@ -368,7 +368,7 @@ fn engine_flood(
                         let mut err = None;
                         ring.with_sender(|s| {
                             while s.slots_free() > 0 {
-                                let f = match frame(&mut enc, seq) {
+                                let f = match frame(&mut enc, &mut msg, seq) {
                                     Ok(f) => f,
                                     Err(e) => {
                                         err = Some(e.to_string());
@@ -424,6 +424,7 @@ fn engine_flood(
 /// Answers every ping with a fresh frame carrying the same sequence number.
 struct Echo {
     enc: Encoder,
+    msg: UserMsg,
 }
 
 impl UdpHandler for Echo {
@@ -436,7 +437,7 @@ impl UdpHandler for Echo {
         m: &[MessageRef<'_>],
     ) {
         if let Some(seq) = seq_of(m)
-            && let Ok(f) = frame(&mut self.enc, seq)
+            && let Ok(f) = frame(&mut self.enc, &mut self.msg, seq)
         {
             let _ = out.send(socket, from, f);
         }
@@ -446,6 +447,7 @@ impl UdpHandler for Echo {
 /// Records the round trip of each answered ping and sends the next one at once.
 struct Pinger {
     enc: Encoder,
+    msg: UserMsg,
     to: SocketAddr,
     seq: u64,
     sent_at: Instant,
@@ -457,7 +459,7 @@ impl Pinger {
     fn ping(&mut self, out: &mut Sender<'_, '_>, socket: SocketId) {
         self.seq += 1;
         self.sent_at = Instant::now();
-        if let Ok(f) = frame(&mut self.enc, self.seq) {
+        if let Ok(f) = frame(&mut self.enc, &mut self.msg, self.seq) {
             let _ = out.send(socket, self.to, f);
         }
     }
@@ -512,6 +514,9 @@ fn engine_ping_pong(
                     .map_err(|e| format!("mesh send: {e:?}"))?;
                 let mut echo = Echo {
                     enc: Encoder::new(LABEL),
+                    msg: UserMsg {
+                        payload: Vec::new(),
+                    },
                 };
                 while Instant::now() < end && !ctx.stopping() {
                     ring.poll(&mut echo).map_err(|e| e.to_string())?;
@@ -531,6 +536,9 @@ fn engine_ping_pong(
                 };
                 let mut p = Pinger {
                     enc: Encoder::new(LABEL),
+                    msg: UserMsg {
+                        payload: Vec::new(),
+                    },
                     to,
                     seq: 0,
                     sent_at: Instant::now(),

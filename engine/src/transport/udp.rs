@@ -201,6 +201,9 @@ struct Sock {
     armed: bool,
     /// Removal was asked: do not re-arm; free the slot when the receive has ended.
     closing: bool,
+    /// The peer this socket is connected to, if any: sends to it carry no address, so the
+    /// kernel reuses the socket's cached route instead of looking one up per datagram.
+    connected: Option<SocketAddr>,
 }
 
 /// Send slots: bounded, preallocated, each a datagram buffer and a destination address.
@@ -268,16 +271,19 @@ impl Sender<'_, '_> {
         let i = slot as usize;
         let start = i * self.slots.slot_bytes;
         self.slots.bytes[start..start + frame.len()].copy_from_slice(frame);
-        let addr_len = write_sockaddr(&mut self.slots.addrs[i], to);
-        let entry = opcode::Send::new(
+        let send = opcode::Send::new(
             Fd(sock.socket.as_raw_fd()),
             self.slots.bytes[start..].as_ptr(),
             frame.len() as u32,
-        )
-        .dest_addr((&self.slots.addrs[i] as *const libc::sockaddr_storage).cast())
-        .dest_addr_len(addr_len)
-        .build()
-        .user_data(user_data(KIND_SEND, slot));
+        );
+        let send = if sock.connected == Some(to) {
+            send
+        } else {
+            let addr_len = write_sockaddr(&mut self.slots.addrs[i], to);
+            send.dest_addr((&self.slots.addrs[i] as *const libc::sockaddr_storage).cast())
+                .dest_addr_len(addr_len)
+        };
+        let entry = send.build().user_data(user_data(KIND_SEND, slot));
         // SAFETY: the SQE points into `slots.bytes[slot]` and `slots.addrs[slot]`, boxed
         // slices that are never reallocated and that live as long as the ring (or are
         // leaked by `close` if the kernel does not finish in time). The slot is off the
@@ -537,6 +543,7 @@ impl UdpRing {
             msghdr,
             armed: false,
             closing: false,
+            connected: None,
         };
         let id = match self.free_sockets.pop() {
             Some(id) => {
@@ -552,6 +559,21 @@ impl UdpRing {
         self.arm(id)?;
         self.submit_pending()?;
         Ok(SocketId(id))
+    }
+
+    /// Connects `socket` to `peer` (`connect(2)`): the kernel then delivers only `peer`'s
+    /// datagrams to it, and sends to `peer` skip the per-datagram route lookup. For
+    /// point-to-point links (a Raft peer pair, a benchmark flood); SWIM members stay
+    /// unconnected.
+    pub fn connect(&mut self, socket: SocketId, peer: SocketAddr) -> Result<(), UdpError> {
+        let Some(Some(sock)) = self.sockets.get_mut(socket.0 as usize) else {
+            return Err(UdpError::Config("unknown socket"));
+        };
+        sock.socket
+            .connect(&peer.into())
+            .map_err(io_err("connect"))?;
+        sock.connected = Some(peer);
+        Ok(())
     }
 
     /// Stops receiving on `socket`; it is closed once the kernel has ended its receive.
