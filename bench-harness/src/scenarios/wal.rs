@@ -86,6 +86,8 @@ struct LogRun {
     fsyncs: u64,
     entries: u64,
     bytes_written: u64,
+    batches: u64,
+    batches_pipelined: u64,
     elapsed: Duration,
 }
 
@@ -212,6 +214,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     results.insert(
         "latency_us".into(),
         json!({"p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99), "p999": h.value_at_quantile(0.999), "max": h.max()}),
+    );
+    results.insert("batches_per_s".into(), json!(lr.batches as f64 / secs));
+    results.insert(
+        "pipelined_batch_fraction".into(),
+        json!(lr.batches_pipelined as f64 / lr.batches.max(1) as f64),
     );
     results.insert("writers".into(), json!(args.writers));
     results.insert("entry_bytes".into(), json!(args.entry_bytes));
@@ -393,6 +400,8 @@ async fn log_load(
         fsyncs: s1.fsyncs - s0.fsyncs,
         entries: d1 - d0,
         bytes_written: s1.bytes_written - s0.bytes_written,
+        batches: s1.batches - s0.batches,
+        batches_pipelined: s1.batches_pipelined - s0.batches_pipelined,
         elapsed,
     })
 }
