@@ -285,6 +285,7 @@ enum Purpose {
     PushPull,
     Reconnect,
     FallbackPing { seq: u32 },
+    ReconnectProbe { addr: SocketAddr },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -881,9 +882,21 @@ impl<R: Rng> Member<R> {
         } else {
             self.reaped[pick - dead.len()].0
         };
-        let addr = self.dir.borrow().info(info).addr;
+        let (addr, node) = {
+            let d = self.dir.borrow();
+            (d.info(info).addr, d.info(info).node)
+        };
+        // A cheap stream ping first (like a TCP connect): the full state goes only to a
+        // member that answers.
+        self.seq = self.seq.wrapping_add(1);
+        let req = StreamRequest::Ping {
+            seq: self.seq,
+            target: node,
+            source: self.my_info,
+        };
+        let deadline = now + Duration::from_millis(self.cfg.stream_timeout_ms);
         if self
-            .push_pull_to(now, addr, false, Purpose::Reconnect)
+            .start_stream(addr, req, 64, Purpose::ReconnectProbe { addr }, deadline)
             .is_ok()
         {
             self.stats.reconnects += 1;
@@ -1576,6 +1589,11 @@ impl<R: Rng> Member<R> {
                     && p.seq == seq
                 {
                     self.probe_succeeded(now, None, false);
+                }
+            }
+            (Purpose::ReconnectProbe { addr }, Ok(StreamResponse::Ack { .. })) => {
+                if self.status == Status::Alive {
+                    let _ = self.push_pull_to(now, addr, false, Purpose::Reconnect);
                 }
             }
             (purpose, Ok(StreamResponse::PushPull(remote))) => {
