@@ -535,3 +535,46 @@ fn leftover_spare_is_removed_and_reported() {
         log.close().await.expect("close");
     });
 }
+
+#[test]
+fn reads_are_bounded_and_truncating_everything_restarts_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let cfg = LogConfig {
+            read_bytes_max: 4096,
+            ..small(IoMode::Direct)
+        };
+        let (log, _) = Log::open(&path, cfg.clone()).await.expect("open");
+        while log.next_index() <= 30 {
+            append_one(&log, 1, 1000).await;
+        }
+        // 30 entries of ~1 KiB do not fit in one 4 KiB read: a non-empty prefix comes back.
+        let first = log.read_range(1, 31).await.expect("read");
+        assert!(
+            !first.is_empty() && first.len() < 30,
+            "{} entries",
+            first.len()
+        );
+        let mut all = first;
+        while all.len() < 30 {
+            let next = all.len() as u64 + 1;
+            let more = log.read_range(next, 31).await.expect("read more");
+            assert_eq!(more[0].index, next);
+            all.extend(more);
+        }
+        assert!(all.iter().all(|e| e.payload == payload(e.index, 1000)));
+        // Cut everything: the log restarts at index 1 in a fresh segment.
+        log.truncate_suffix(0).await.expect("truncate all");
+        assert_eq!((log.next_index(), log.segment_count()), (1, 1));
+        append_one(&log, 5, 10).await;
+        log.close().await.expect("close");
+        let (log, report) = Log::open(&path, cfg).await.expect("reopen");
+        assert_eq!(
+            (report.first_index, report.last_index, report.segments),
+            (1, 1, 1)
+        );
+        assert_eq!(log.read_range(1, 2).await.expect("read")[0].term, 5);
+        log.close().await.expect("close");
+    });
+}
