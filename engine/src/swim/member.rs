@@ -672,12 +672,22 @@ impl<R: Rng> Member<R> {
 
     /// The next thing to send.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let o = self.outputs.pop_front();
+        if o.is_none() && self.outputs.capacity() > 256 {
+            self.outputs.shrink_to(16);
+        }
+        o
     }
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let e = self.events.pop_front();
+        if e.is_none() && self.events.capacity() > 256 {
+            // A join merges thousands of members at once; do not keep that much room for
+            // events in every one of thousands of members.
+            self.events.shrink_to(16);
+        }
+        e
     }
 
     /// When [`Member::handle_timeout`] must next be called.
