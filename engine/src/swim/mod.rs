@@ -27,13 +27,21 @@
 //! - [`Member::set_coordinate`] attaches a Vivaldi coordinate to acks; every answered probe
 //!   yields [`Event::Rtt`] with the peer's coordinate.
 //!
-//! # Improvements over memberlist (with the reason)
-//! - Members learned from a push-pull are not re-broadcast (only the peer itself is): the
-//!   other side knows them already, and re-broadcasting turns a join of thousands of
-//!   members into an n² gossip storm.
-//! - Reconnect: every `reconnect_interval_ms` a member tries a push-pull with one failed
-//!   member (dead, or reaped within `reconnect_timeout_ms`), and with its seeds when it is
-//!   alone, so that a healed partition re-merges (memberlist forgets reaped members).
+//! # Where it departs from memberlist (and why)
+//! - Join rumors (a member new to the relaying member) are the lowest priority class, ride
+//!   only on probes and acks (they never start a gossip round), are retransmitted at most
+//!   `join_rumor_retransmit_mult` times and stop when heard back (`join_rumor_damping`,
+//!   Demers et al.'s counter). Members learned from a push-pull are not re-broadcast at
+//!   all. With memberlist's rules a join of 10,000 members is an n² × limit gossip storm
+//!   that saturates every queue for minutes; here push-pull carries the bulk instead.
+//! - The first periodic push-pull after a join goes to a seed, half to one base interval
+//!   after the join (seeds saw every join); a probe from an unknown member triggers a
+//!   push-pull with it (it takes the place of the next periodic one).
+//! - Reconnect: every `reconnect_interval_ms` a member stream-pings one failed member
+//!   (dead, or reaped within `reconnect_timeout_ms`) and push-pulls with it if it answers;
+//!   alone, it re-joins its seeds. memberlist forgets reaped members, so a healed partition
+//!   never re-merges without an outside join.
+//! - Failure news (suspect, dead, refutations, leaves) keeps memberlist's rules exactly.
 
 pub mod config;
 mod directory;
