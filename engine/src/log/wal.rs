@@ -169,11 +169,13 @@ impl Future for Durable {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let mut st = this.sh.st.borrow_mut();
+        // Durable first: an entry a completed sync covered stays acknowledged even if the
+        // log failed afterwards.
+        if st.durable_index >= this.target {
+            return Poll::Ready(Ok(st.durable_index));
+        }
         if let Some(p) = &st.poisoned {
             return Poll::Ready(Err(LogError::Poisoned(p.clone())));
-        }
-        if st.durable_index >= this.target && this.seq < st.waiters_base {
-            return Poll::Ready(Ok(st.durable_index));
         }
         let base = st.waiters_base;
         let durable = st.durable_index;
