@@ -114,8 +114,12 @@ impl Cluster {
         {
             let mut d = dir.borrow_mut();
             for i in 0..members {
+                // Name i and its first (name, address, metadata) triple both get id i, so
+                // that a push-pull state (in name order) reads the directory in order.
                 let id = d.intern_name(&name_of(i as NodeIx));
                 debug_assert_eq!(id, Ok(i as u32));
+                let info = d.intern_info(i as u32, addr_of(i as NodeIx), &[]);
+                debug_assert_eq!(info, Ok(i as u32));
             }
         }
         Cluster {
