@@ -955,9 +955,19 @@ fn an_aborted_transfer_leaves_the_lease_void_for_the_rest_of_the_term() {
     let term = c.node(l).term();
     assert_eq!(c.node(l).role(), Role::Leader);
     assert_eq!(c.node(l).transferee(), None, "the transfer timed out");
-    assert!(!c.node(l).lease_valid(), "no lease reads for the rest of term {term}");
+    assert!(
+        !c.node(l).lease_valid(),
+        "no lease reads for the rest of term {term}"
+    );
     c.node(l).read_lease(5).unwrap();
     let rd = c.node(l).ready();
-    assert!(rd.read_states.is_empty(), "the read falls back to a ReadIndex round");
-    assert!(rd.messages.iter().any(|m| matches!(m, Message::Heartbeat(_))));
+    assert!(
+        rd.read_states.is_empty(),
+        "the read falls back to a ReadIndex round"
+    );
+    assert!(
+        rd.messages
+            .iter()
+            .any(|m| matches!(m, Message::Heartbeat(_)))
+    );
 }
