@@ -71,6 +71,10 @@ pub struct Args {
     /// Busy-poll the engine's ring this long (µs) before parking the shard.
     #[arg(long, default_value_t = 0)]
     pub spin_us: u64,
+    /// Ask the scheduler for this time slice (µs) on the engine's shard threads
+    /// (`RuntimeConfig::sched_slice_us`); the baselines keep the default.
+    #[arg(long)]
+    pub sched_slice_us: Option<u64>,
 }
 
 /// One flood measurement.
@@ -93,6 +97,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let round = common.duration / args.rounds;
     let spin = Duration::from_micros(args.spin_us);
+    let placement = Shards {
+        pin: args.pin,
+        sched_slice_us: args.sched_slice_us,
+    };
     let warmup = (common.warmup / args.rounds).max(Duration::from_millis(100));
     let config = json!({
         "duration_s": common.duration.as_secs_f64(),
@@ -104,6 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "submit_batch_engine": args.submit_batch,
         "pin": args.pin,
         "spin_us": args.spin_us,
+        "sched_slice_us": args.sched_slice_us,
         "engine_sender_connected": true,
         "udp_config": format!("{:?}", engine_udp_config(args.submit_batch)),
     });
@@ -130,7 +139,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         progress.tick(started.elapsed());
         glommio.push(glommio_flood(round, warmup, args.pin).context("glommio flood")?);
         progress.tick(started.elapsed());
-        let (f, c) = engine_flood(round, warmup, args.submit_batch, args.pin, spin)
+        let (f, c) = engine_flood(round, warmup, args.submit_batch, placement, spin)
             .context("engine flood")?;
         engine.push(f);
         counters.add(&c);
@@ -138,7 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         raw_rtt.merge(&harness::udp_rtt_with(&baseline, None).context("raw ping-pong")?);
         progress.tick(started.elapsed());
         engine_rtt
-            .merge(&engine_ping_pong(round, warmup, args.pin, spin).context("engine ping-pong")?);
+            .merge(&engine_ping_pong(round, warmup, placement, spin).context("engine ping-pong")?);
         progress.tick(started.elapsed());
     }
     progress.finish();
@@ -228,10 +237,18 @@ fn engine_udp_config(submit_batch: usize) -> UdpConfig {
     }
 }
 
-fn runtime_config(name: &str, pin: bool) -> RuntimeConfig {
+/// How the engine's two shards are placed and scheduled.
+#[derive(Debug, Clone, Copy)]
+struct Shards {
+    pin: bool,
+    sched_slice_us: Option<u64>,
+}
+
+fn runtime_config(name: &str, shards: Shards) -> RuntimeConfig {
     RuntimeConfig {
+        sched_slice_us: shards.sched_slice_us,
         shards: 2,
-        pin,
+        pin: shards.pin,
         name: name.into(),
         ..RuntimeConfig::default()
     }
@@ -304,13 +321,13 @@ fn engine_flood(
     duration: Duration,
     warmup: Duration,
     submit_batch: usize,
-    pin: bool,
+    shards: Shards,
     spin: Duration,
 ) -> anyhow::Result<(Flood, UdpCounters)> {
     let start = Instant::now() + Duration::from_millis(50);
     let window = (start + warmup, start + warmup + duration);
     let rt: Runtime<(), (), Out> = Runtime::start(
-        runtime_config("rl-flood", pin),
+        runtime_config("rl-flood", shards),
         move |ctx: ShardContext<(), (), SocketAddr>| async move {
             let inner = async {
                 let mut ring = UdpRing::new(engine_udp_config(submit_batch), LABEL, None)
@@ -490,13 +507,13 @@ impl UdpHandler for Pinger {
 fn engine_ping_pong(
     duration: Duration,
     warmup: Duration,
-    pin: bool,
+    shards: Shards,
     spin: Duration,
 ) -> anyhow::Result<Recorder> {
     let start = Instant::now() + Duration::from_millis(50);
     let window = (start + warmup, start + warmup + duration);
     let rt: Runtime<(), (), Result<Option<Recorder>, String>> = Runtime::start(
-        runtime_config("rl-pingpong", pin),
+        runtime_config("rl-pingpong", shards),
         move |ctx: ShardContext<(), (), SocketAddr>| async move {
             let mut ring =
                 UdpRing::new(engine_udp_config(1), LABEL, None).map_err(|e| e.to_string())?;
