@@ -632,20 +632,26 @@ impl Log {
             let (f, path, start_off, span_end, offsets, seg_first) = {
                 let st = self.sh.st.borrow();
                 let first = st.segments.front().map_or(1, |s| s.first_index);
-                if lo < first || hi > st.written_index + 1 || lo >= hi {
-                    return Err(LogError::OutOfRange {
-                        lo,
-                        hi,
-                        first,
-                        next: st.written_index + 1,
-                    });
+                // `idx`, not `lo`: a compaction may have run while the last read was in flight.
+                let out_of_range = || LogError::OutOfRange {
+                    lo,
+                    hi,
+                    first,
+                    next: st.written_index + 1,
+                };
+                if idx < first || hi > st.written_index + 1 || lo >= hi {
+                    return Err(out_of_range());
                 }
-                let si = st.segments.partition_point(|s| s.first_index <= idx) - 1;
+                let si = st
+                    .segments
+                    .partition_point(|s| s.first_index <= idx)
+                    .checked_sub(1)
+                    .ok_or_else(out_of_range)?;
                 let seg = &st.segments[si];
                 let local = (idx - seg.first_index) as usize;
                 let local_end =
                     ((hi.min(seg.next_index) - seg.first_index) as usize).max(local + 1);
-                let start_off = seg.record_offsets[local];
+                let start_off = *seg.record_offsets.get(local).ok_or_else(out_of_range)?;
                 // The end of record j is the start of record j + 1, or the segment's end.
                 let end_of = |j: usize| -> u64 {
                     seg.record_offsets
