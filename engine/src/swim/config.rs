@@ -33,6 +33,9 @@ pub struct Config {
     /// the retransmit limit of every other update (memberlist). Join news is not urgent
     /// (an unknown member is simply not probed yet) and push-pull completes it.
     pub join_rumor_retransmit_mult: u32,
+    /// Join rumors piggybacked on one datagram, at most (they fill spare room after every
+    /// other update; the cap keeps a mass join from filling every probe).
+    pub join_rumors_per_datagram_max: usize,
     /// Lifeguard's local health score is kept in `0..awareness_max`.
     pub awareness_max: u32,
     /// Base interval of push-pull anti-entropy (scaled with cluster size); 0 disables it.
@@ -99,6 +102,7 @@ impl Config {
             retransmit_mult: 4,
             join_rumor_damping: 1,
             join_rumor_retransmit_mult: 4,
+            join_rumors_per_datagram_max: 4,
             awareness_max: 8,
             push_pull_interval_ms: 30_000,
             indirect_checks: 3,

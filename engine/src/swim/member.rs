@@ -1669,11 +1669,16 @@ impl<R: Rng> Member<R> {
         } else {
             limit.min(self.cfg.join_rumor_retransmit_mult)
         };
-        let mut used = self
-            .broadcasts
-            .fill_with_limits(free, [limit, limit, join_limit], |it| {
-                items.push(it.clone())
-            });
+        let caps = [
+            usize::MAX,
+            usize::MAX,
+            self.cfg.join_rumors_per_datagram_max.max(1),
+        ];
+        let mut used =
+            self.broadcasts
+                .fill_with_limits(free, [limit, limit, join_limit], caps, |it| {
+                    items.push(it.clone())
+                });
         let user_limit = retransmit_limit(self.cfg.user_retransmit_mult, n);
         used += self
             .user_broadcasts

@@ -243,14 +243,16 @@ impl<T> BroadcastQueue<T> {
     /// and hands each to `take`. Broadcasts sent `limit` times leave the queue. Returns the
     /// bytes used.
     pub fn fill(&mut self, bytes_free: usize, limit: u32, take: impl FnMut(&T)) -> usize {
-        self.fill_with_limits(bytes_free, [limit; CLASSES], take)
+        self.fill_with_limits(bytes_free, [limit; CLASSES], [usize::MAX; CLASSES], take)
     }
 
-    /// Like [`BroadcastQueue::fill`] with a retransmit limit per priority class.
+    /// Like [`BroadcastQueue::fill`] with a retransmit limit and a most-items cap per
+    /// priority class.
     pub fn fill_with_limits(
         &mut self,
         bytes_free: usize,
         limits: [u32; CLASSES],
+        caps: [usize; CLASSES],
         mut take: impl FnMut(&T),
     ) -> usize {
         let mut used = 0usize;
@@ -258,8 +260,9 @@ impl<T> BroadcastQueue<T> {
         moved.clear();
         let mut misfits = 0usize;
         'classes: for (class, &limit) in limits.iter().enumerate() {
+            let mut taken = 0usize;
             let mut t = 0usize;
-            while t < self.buckets[class].len() {
+            'class: while t < self.buckets[class].len() {
                 let mut i = self.buckets[class][t].len();
                 while i > 0 {
                     i -= 1;
@@ -289,6 +292,10 @@ impl<T> BroadcastQueue<T> {
                     }
                     self.buckets[class][t].swap_remove_back(i);
                     moved.push((class as u8, e.0, e.1));
+                    taken += 1;
+                    if taken >= caps[class] {
+                        break 'class;
+                    }
                 }
                 t += 1;
             }
