@@ -52,6 +52,8 @@ pub const QUERY_FLAG_ACK: u32 = 1;
 pub const QUERY_FLAG_NO_BROADCAST: u32 = 2;
 /// Response flag: this is an ack, not a response.
 pub const RESPONSE_FLAG_ACK: u32 = 1;
+/// User events carried in every push-pull for anti-entropy (at most 16 × 512 B).
+const RECENT_EVENTS_MAX: usize = 16;
 /// Prefix of internal query names.
 pub const INTERNAL_PREFIX: &str = "_serf_";
 
@@ -397,6 +399,7 @@ pub struct Serf {
     stats: SerfStats,
     encoder: Encoder,
     joining: bool,
+    recent: VecDeque<wire::UserEvent>,
     queued_responses: Vec<(QueryHandle, Vec<u8>)>,
     gossip_interval: Duration,
 }
@@ -432,6 +435,7 @@ impl Serf {
             stats: SerfStats::default(),
             encoder: Encoder::new(b""),
             joining: false,
+            recent: VecDeque::new(),
             queued_responses: Vec::new(),
             gossip_interval: Duration::from_millis(200),
         }
@@ -592,6 +596,10 @@ impl Serf {
             Seen::Duplicate => self.stats.events_duplicate += 1,
             Seen::New => {
                 self.stats.events_delivered += 1;
+                if self.recent.len() >= RECENT_EVENTS_MAX {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(ev.clone());
                 let key = ev
                     .coalesce
                     .then(|| digest(&[b"coalesce", ev.name.as_bytes()]));
@@ -1039,7 +1047,7 @@ impl Serf {
                 }
             }
             Event::UserState { state, join, .. } => {
-                if let Some((m, e, q)) = decode_state(state) {
+                if let Some(((m, e, q), events)) = decode_state(state, self.cfg.event_bytes_max) {
                     self.member_clock.witness(m);
                     self.event_clock.witness(e);
                     self.query_clock.witness(q);
@@ -1048,6 +1056,11 @@ impl Serf {
                         self.joining = false;
                         self.event_min_time = self.event_min_time.max(e);
                         self.query_min_time = self.query_min_time.max(q);
+                    }
+                    // Anti-entropy: events this member missed in gossip (duplicates and
+                    // events from before the join are refused as usual).
+                    for ev in events {
+                        self.accept_event(member, ev);
                     }
                 } else {
                     self.stats.refused += 1;
@@ -1185,7 +1198,7 @@ impl Serf {
     }
 
     fn publish_state<R: Rng>(&mut self, member: &mut Member<R>) {
-        member.set_user_state(encode_state(self.clocks()));
+        member.set_user_state(encode_state(self.clocks(), &self.recent));
     }
 
     /// The state a snapshot keeps.
@@ -1230,25 +1243,77 @@ impl Serf {
     }
 }
 
-fn encode_state((m, e, q): (u64, u64, u64)) -> Vec<u8> {
-    let mut v = Vec::with_capacity(25);
-    v.push(1u8);
+/// Push-pull state: version 2, the three clocks, then the most recent user events (Serf
+/// carries them too, so a member that missed an event in gossip catches up at the next
+/// push-pull): `count(1)` and per event `ltime(8) coalesce(1) name_len(2) name
+/// payload_len(2) payload`, little-endian.
+fn encode_state((m, e, q): (u64, u64, u64), recent: &VecDeque<wire::UserEvent>) -> Vec<u8> {
+    let mut v = Vec::with_capacity(26 + recent.len() * 64);
+    v.push(2u8);
     v.extend_from_slice(&m.to_le_bytes());
     v.extend_from_slice(&e.to_le_bytes());
     v.extend_from_slice(&q.to_le_bytes());
+    let n = recent.len().min(u8::MAX as usize);
+    v.push(n as u8);
+    for ev in recent.iter().take(n) {
+        v.extend_from_slice(&ev.ltime.to_le_bytes());
+        v.push(u8::from(ev.coalesce));
+        v.extend_from_slice(&(ev.name.len() as u16).to_le_bytes());
+        v.extend_from_slice(ev.name.as_bytes());
+        v.extend_from_slice(&(ev.payload.len() as u16).to_le_bytes());
+        v.extend_from_slice(&ev.payload);
+    }
     v
 }
 
-fn decode_state(b: &[u8]) -> Option<(u64, u64, u64)> {
-    if b.len() != 25 || b[0] != 1 {
+/// Decodes push-pull state from a peer (untrusted): `None` if malformed or if an event is
+/// larger than `event_bytes_max`.
+fn decode_state(
+    b: &[u8],
+    event_bytes_max: usize,
+) -> Option<((u64, u64, u64), Vec<wire::UserEvent>)> {
+    let take = |at: &mut usize, n: usize| -> Option<&[u8]> {
+        let s = b.get(*at..at.checked_add(n)?)?;
+        *at += n;
+        Some(s)
+    };
+    let mut at = 0;
+    if take(&mut at, 1)? != [2] {
         return None;
     }
-    let word = |at: usize| {
+    let word = |at: &mut usize| -> Option<u64> {
         let mut w = [0u8; 8];
-        w.copy_from_slice(&b[at..at + 8]);
-        u64::from_le_bytes(w)
+        w.copy_from_slice(take(at, 8)?);
+        Some(u64::from_le_bytes(w))
     };
-    Some((word(1), word(9), word(17)))
+    let clocks = (word(&mut at)?, word(&mut at)?, word(&mut at)?);
+    let count = take(&mut at, 1)?[0] as usize;
+    let mut events = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(take(&mut at, 8)?);
+        let ltime = u64::from_le_bytes(w);
+        let coalesce = take(&mut at, 1)?[0] != 0;
+        let nl = take(&mut at, 2)?;
+        let nl = u16::from_le_bytes([nl[0], nl[1]]) as usize;
+        let name = std::str::from_utf8(take(&mut at, nl)?).ok()?.to_owned();
+        let pl = take(&mut at, 2)?;
+        let pl = u16::from_le_bytes([pl[0], pl[1]]) as usize;
+        let payload = take(&mut at, pl)?.to_vec();
+        if name.len() + payload.len() > event_bytes_max {
+            return None;
+        }
+        events.push(wire::UserEvent {
+            ltime,
+            name,
+            payload,
+            coalesce,
+        });
+    }
+    if at != b.len() {
+        return None;
+    }
+    Some((clocks, events))
 }
 
 fn encode_msg(encoder: &mut Encoder, msg: &Message) -> Vec<u8> {
@@ -1308,8 +1373,25 @@ mod tests {
 
     #[test]
     fn state_encoding_round_trips_and_refuses_garbage() {
-        assert_eq!(decode_state(&encode_state((1, 2, 3))), Some((1, 2, 3)));
-        assert_eq!(decode_state(&[0; 25]), None);
-        assert_eq!(decode_state(&[1; 3]), None);
+        let mut recent = VecDeque::new();
+        recent.push_back(wire::UserEvent {
+            ltime: 9,
+            name: "deploy".into(),
+            payload: vec![1, 2],
+            coalesce: true,
+        });
+        let state = encode_state((1, 2, 3), &recent);
+        let (clocks, events) = decode_state(&state, 512).expect("decodes");
+        assert_eq!(clocks, (1, 2, 3));
+        assert_eq!(events, recent.iter().cloned().collect::<Vec<_>>());
+        // Over the event bound, truncated anywhere, or with trailing bytes: refused.
+        assert_eq!(decode_state(&state, 4), None);
+        for cut in 0..state.len() {
+            assert_eq!(decode_state(&state[..cut], 512), None, "cut at {cut}");
+        }
+        let mut long = state.clone();
+        long.push(0);
+        assert_eq!(decode_state(&long, 512), None);
+        assert_eq!(decode_state(&[1; 25], 512), None);
     }
 }

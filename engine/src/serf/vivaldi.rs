@@ -93,9 +93,9 @@ fn apply_force<R: Rng>(
     let mut ret = c.clone();
     let mut unit = [0.0; DIMENSIONS];
     let mut mag = 0.0;
-    for i in 0..DIMENSIONS {
-        unit[i] = c.vec[i] - other.vec[i];
-        mag += unit[i] * unit[i];
+    for ((u, a), b) in unit.iter_mut().zip(c.vec).zip(other.vec) {
+        *u = a - b;
+        mag += *u * *u;
     }
     mag = mag.sqrt();
     let moved_mag = if mag > ZERO_THRESHOLD {
@@ -121,8 +121,8 @@ fn apply_force<R: Rng>(
         }
         0.0
     };
-    for i in 0..DIMENSIONS {
-        ret.vec[i] += unit[i] * force;
+    for (v, u) in ret.vec.iter_mut().zip(unit) {
+        *v += u * force;
     }
     if moved_mag > ZERO_THRESHOLD {
         ret.height = (ret.height + other.height) * force / moved_mag + ret.height;
@@ -199,7 +199,7 @@ impl Vivaldi {
         self.update_adjustment(other, rtt);
         let origin = self.origin.clone();
         let dist = estimate_rtt(&origin, &self.coord);
-        let force = -1.0 * (dist / self.cfg.gravity_rho).powi(2);
+        let force = -(dist / self.cfg.gravity_rho).powi(2);
         self.coord = apply_force(&self.cfg, &self.coord, force, &origin, rng);
         if !is_valid(&self.coord) {
             self.resets += 1;
