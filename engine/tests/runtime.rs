@@ -123,11 +123,11 @@ fn cross_shard_messages_arrive() {
             let mut sent = 0;
             while got.iter().sum::<u32>() < expected {
                 // Send what fits (a full channel hands the message back; retry later).
-                for to in 0..SHARDS {
-                    while next[to] < K {
-                        match ctx.mesh_send(to, (me, to, next[to])) {
+                for (to, next) in next.iter_mut().enumerate() {
+                    while *next < K {
+                        match ctx.mesh_send(to, (me, to, *next)) {
                             Ok(()) => {
-                                next[to] += 1;
+                                *next += 1;
                                 sent += 1;
                             }
                             Err(_) => break,
