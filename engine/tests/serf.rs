@@ -243,7 +243,6 @@ fn a_key_rotation_reaches_every_member_and_nobody_drops_out() {
 }
 
 #[test]
-#[ignore = "1,000 members: about a minute; run with --ignored"]
 fn a_key_rotation_across_1000_members_with_loss() {
     rotation(1000);
 }
@@ -305,4 +304,66 @@ fn rotation(n: usize) {
             "member {i} saw someone leave during the rotation"
         );
     }
+}
+
+#[test]
+fn a_restarted_member_rejoins_from_its_snapshot_without_replaying_old_events() {
+    let n = 20;
+    let mut c = cluster(n, 0.0, 13, None);
+    c.run_until(at(10), &mut |_, _, _, _| {});
+    c.with(3, |_, s, m| s.user_event(m, "old", b"1", false))
+        .expect("running")
+        .expect("fits");
+    c.run_until(at(20), &mut |_, _, _, _| {});
+    let snap = c
+        .snapshot(7)
+        .map(|b| b.to_vec())
+        .expect("snapshots are written periodically");
+    let state = ringleader_engine::serf::snapshot::decode(&snap).expect("valid");
+    assert!(
+        state.members.len() >= n - 2,
+        "the snapshot knows the cluster"
+    );
+    c.crash(7);
+    c.run_until(at(25), &mut |_, _, _, _| {});
+    assert!(c.restart(7).is_none(), "the snapshot is valid");
+    let mut seen_by_7 = Vec::new();
+    c.run_until(at(40), &mut |_, i, _, ev| {
+        if let (7, SerfEvent::User { name, .. }) = (i, ev) {
+            seen_by_7.push(name);
+        }
+    });
+    c.with(5, |_, s, m| s.user_event(m, "new", b"2", false))
+        .expect("running")
+        .expect("fits");
+    c.run_until(at(50), &mut |_, i, _, ev| {
+        if let (7, SerfEvent::User { name, .. }) = (i, ev) {
+            seen_by_7.push(name);
+        }
+    });
+    assert_eq!(
+        seen_by_7,
+        vec!["new".to_owned()],
+        "old events are not replayed; new ones arrive"
+    );
+    let m = c.swim.member(7).expect("running again");
+    assert_eq!(m.count(MemberState::Alive), n, "member 7 rejoined everyone");
+}
+
+#[test]
+fn a_corrupt_snapshot_is_reported_and_ignored() {
+    let mut c = cluster(10, 0.0, 17, None);
+    c.run_until(at(15), &mut |_, _, _, _| {});
+    let mut snap = c.snapshot(4).map(|b| b.to_vec()).expect("written");
+    snap[10] ^= 0xff;
+    c.crash(4);
+    c.set_snapshot(4, snap);
+    let err = c.restart(4).expect("the corruption is reported");
+    assert!(err.to_string().contains("corrupt snapshot"), "{err}");
+    c.run_until(at(40), &mut |_, _, _, _| {});
+    // Started fresh through a seed instead, and is back in the cluster.
+    assert_eq!(
+        c.swim.member(4).map(|m| m.count(MemberState::Alive)),
+        Some(10)
+    );
 }

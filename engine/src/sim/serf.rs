@@ -120,6 +120,13 @@ pub struct SerfCluster {
     last_tick: Time,
     founders: Vec<bool>,
     evs: Vec<(NodeIx, Event)>,
+    /// Each node's last snapshot file (encoded bytes), written every `snapshot_interval`
+    /// and at leave; it survives a crash, as a file on disk would.
+    snapshots: Vec<Option<Vec<u8>>>,
+    restore_pending: Vec<bool>,
+    /// How often every Serf writes its snapshot.
+    pub snapshot_interval: Duration,
+    last_snapshot: Time,
 }
 
 impl SerfCluster {
@@ -145,7 +152,61 @@ impl SerfCluster {
             last_tick: Time::ZERO,
             founders: vec![false; members],
             evs: Vec::new(),
+            snapshots: vec![None; members],
+            restore_pending: vec![false; members],
+            snapshot_interval: Duration::from_secs(5),
+            last_snapshot: Time::ZERO,
         }
+    }
+
+    /// Node `i`'s last snapshot, as written.
+    pub fn snapshot(&self, i: NodeIx) -> Option<&[u8]> {
+        self.snapshots.get(i as usize)?.as_deref()
+    }
+
+    /// Overwrites node `i`'s snapshot file (to test corrupt snapshots).
+    pub fn set_snapshot(&mut self, i: NodeIx, bytes: Vec<u8>) {
+        if let Some(s) = self.snapshots.get_mut(i as usize) {
+            *s = Some(bytes);
+        }
+    }
+
+    fn write_snapshot(&mut self, i: usize) {
+        if let (Some(s), Some(m)) = (self.serfs[i].as_ref(), self.swim.member(i as NodeIx)) {
+            self.snapshots[i] = Some(crate::serf::snapshot::encode(&s.snapshot_state(m)));
+        }
+    }
+
+    /// Makes node `i` leave gracefully (leave intent, SWIM leave) and writes its snapshot.
+    pub fn leave(&mut self, i: NodeIx) {
+        self.with(i, |now, s, m| s.leave(now, m));
+        self.write_snapshot(i as usize);
+    }
+
+    /// Restarts crashed node `i` from its snapshot: it rejoins the members it knew and does
+    /// not replay events it had seen. A corrupt snapshot is reported (returned) and ignored:
+    /// the node then starts fresh, joining through node 0. Returns the snapshot error, if any.
+    pub fn restart(&mut self, i: NodeIx) -> Option<crate::serf::snapshot::SnapshotError> {
+        let decoded = self.snapshots[i as usize]
+            .as_deref()
+            .map(crate::serf::snapshot::decode);
+        let (seeds, err) = match decoded {
+            Some(Ok(snap)) => {
+                let mut seeds: Vec<NodeIx> = snap
+                    .members
+                    .iter()
+                    .filter_map(|&(_, a)| super::swim::node_of(a))
+                    .collect();
+                seeds.truncate(3);
+                (seeds, None)
+            }
+            Some(Err(e)) => (vec![0], Some(e)),
+            None => (vec![0], None),
+        };
+        self.restore_pending[i as usize] = err.is_none() && self.snapshots[i as usize].is_some();
+        self.founders[i as usize] = false;
+        self.swim.restart(i, seeds);
+        err
     }
 
     /// Starts everyone: three seeds first, the rest join a random seed over `spread`.
@@ -225,6 +286,14 @@ impl SerfCluster {
                             self.seed ^ i as u64,
                             keyring,
                         );
+                        if std::mem::take(&mut self.restore_pending[i]) {
+                            if let Some(Ok(snap)) = self.snapshots[i]
+                                .as_deref()
+                                .map(crate::serf::snapshot::decode)
+                            {
+                                s.restore(&snap);
+                            }
+                        }
                         s.start(m, !self.founders[i]);
                         m.set_coordinate(Some(s.coordinate().clone()));
                         self.serfs[i] = Some(s);
@@ -265,6 +334,12 @@ impl SerfCluster {
             }
             if tick {
                 self.last_tick = now;
+            }
+            if now >= self.last_snapshot + self.snapshot_interval {
+                self.last_snapshot = now;
+                for i in 0..n {
+                    self.write_snapshot(i);
+                }
             }
             touched.sort_unstable();
             touched.dedup();
