@@ -123,7 +123,8 @@ pub struct SerfCluster {
     /// Each node's last snapshot file (encoded bytes), written every `snapshot_interval`
     /// and at leave; it survives a crash, as a file on disk would.
     snapshots: Vec<Option<Vec<u8>>>,
-    restore_pending: Vec<bool>,
+    /// The decoded snapshot a restarted node restores from when its Serf starts.
+    restore_pending: Vec<Option<crate::serf::snapshot::SnapshotState>>,
     /// How often every Serf writes its snapshot.
     pub snapshot_interval: Duration,
     last_snapshot: Time,
@@ -153,7 +154,7 @@ impl SerfCluster {
             founders: vec![false; members],
             evs: Vec::new(),
             snapshots: vec![None; members],
-            restore_pending: vec![false; members],
+            restore_pending: vec![None; members],
             snapshot_interval: Duration::from_secs(5),
             last_snapshot: Time::ZERO,
         }
@@ -198,12 +199,12 @@ impl SerfCluster {
                     .filter_map(|&(_, a)| super::swim::node_of(a))
                     .collect();
                 seeds.truncate(3);
+                self.restore_pending[i as usize] = Some(snap);
                 (seeds, None)
             }
             Some(Err(e)) => (vec![0], Some(e)),
             None => (vec![0], None),
         };
-        self.restore_pending[i as usize] = err.is_none() && self.snapshots[i as usize].is_some();
         self.founders[i as usize] = false;
         self.swim.restart(i, seeds);
         err
@@ -286,13 +287,8 @@ impl SerfCluster {
                             self.seed ^ i as u64,
                             keyring,
                         );
-                        if std::mem::take(&mut self.restore_pending[i]) {
-                            if let Some(Ok(snap)) = self.snapshots[i]
-                                .as_deref()
-                                .map(crate::serf::snapshot::decode)
-                            {
-                                s.restore(&snap);
-                            }
+                        if let Some(snap) = self.restore_pending[i].take() {
+                            s.restore(&snap);
                         }
                         s.start(m, !self.founders[i]);
                         m.set_coordinate(Some(s.coordinate().clone()));
