@@ -218,15 +218,14 @@ impl Keyring {
         // Several keys: ring zeroes the buffer on a failed try, so keep the ciphertext.
         let mut stack = [0u8; STACK_COPY_MAX];
         let mut heap = Vec::new();
-        let saved: &mut [u8] = if in_out.len() <= STACK_COPY_MAX {
-            &mut stack[..in_out.len()]
+        let saved: &[u8] = if in_out.len() <= STACK_COPY_MAX {
+            let s = &mut stack[..in_out.len()];
+            s.copy_from_slice(in_out);
+            s
         } else {
             heap.extend_from_slice(in_out);
-            &mut heap
+            &heap
         };
-        if in_out.len() <= STACK_COPY_MAX {
-            saved.copy_from_slice(in_out);
-        }
         for (i, key) in self.keys.iter().enumerate() {
             if i > 0 {
                 in_out.copy_from_slice(saved);
