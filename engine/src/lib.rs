@@ -7,6 +7,7 @@
 //! virtual clock; [`runtime`] and [`transport`] drive it on real cores and sockets.
 #![warn(missing_docs)]
 
+pub mod host;
 pub mod kv;
 pub mod log;
 pub mod raft;
@@ -17,4 +18,5 @@ pub mod swim;
 pub mod time;
 pub mod transport;
 
+pub use host::{Host, HostConfig, HostEvent, Node, NodeBuilder};
 pub use time::{Clock, Time};

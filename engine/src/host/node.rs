@@ -1,0 +1,186 @@
+//! One member per process: the embedding API.
+
+use std::net::SocketAddr;
+
+use ringleader_wire::keyring::KEY_LEN;
+
+use super::{Census, EventMask, Host, HostConfig, HostError, HostEvent, MemberInfo, MemberSpec};
+use crate::swim::Config;
+
+/// Builds a [`Node`]: one SWIM member on its own shard, for embedding in an application.
+///
+/// ```no_run
+/// use ringleader_engine::host::{Event, Node};
+/// use ringleader_engine::swim::Config;
+///
+/// let node = Node::builder("web-1")
+///     .bind("127.0.0.1:7946".parse().unwrap())
+///     .seed("127.0.0.2:7946".parse().unwrap())
+///     .config(Config::lan())
+///     .start()
+///     .expect("start");
+/// for e in node.events().iter() {
+///     if let Event::Down { member, .. } = &e.event {
+///         println!("{} is down", member.name);
+///     }
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct NodeBuilder {
+    name: String,
+    bind: SocketAddr,
+    seeds: Vec<SocketAddr>,
+    meta: Vec<u8>,
+    host: HostConfig,
+}
+
+impl NodeBuilder {
+    /// A member named `name` (unique in the cluster), bound to 0.0.0.0:7946 unless told
+    /// otherwise, with the `lan` preset, no keys, no label, every event.
+    pub fn new(name: &str) -> NodeBuilder {
+        let mut host = HostConfig::default();
+        // One member: one shard, not pinned (several nodes may share a machine).
+        host.runtime.shards = 1;
+        host.runtime.pin = false;
+        host.runtime.name = "ringleader-node".to_string();
+        host.members_per_shard_max = 1;
+        host.inbound_streams_max = 64;
+        host.udp.recv_buffers = 256;
+        host.udp.send_slots = 256;
+        host.udp.cq_entries = 1024;
+        NodeBuilder {
+            name: name.to_string(),
+            bind: SocketAddr::from(([0, 0, 0, 0], 7946)),
+            seeds: Vec::new(),
+            meta: Vec::new(),
+            host,
+        }
+    }
+
+    /// The UDP and TCP address (port 0: any free port, the same for both).
+    pub fn bind(mut self, addr: SocketAddr) -> NodeBuilder {
+        self.bind = addr;
+        self
+    }
+
+    /// Adds a member to join through (any member of the cluster).
+    pub fn seed(mut self, addr: SocketAddr) -> NodeBuilder {
+        self.seeds.push(addr);
+        self
+    }
+
+    /// Sets the members to join through.
+    pub fn seeds(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> NodeBuilder {
+        self.seeds = addrs.into_iter().collect();
+        self
+    }
+
+    /// The SWIM configuration (`Config::lan()`, `Config::local()`, `Config::wan()`, or
+    /// tuned).
+    pub fn config(mut self, config: Config) -> NodeBuilder {
+        self.host.swim = config;
+        self
+    }
+
+    /// Encrypts every frame with AES-256-GCM; `keys[0]` seals, any of them opens.
+    pub fn keys(mut self, keys: Vec<[u8; KEY_LEN]>) -> NodeBuilder {
+        self.host.keys = keys;
+        self
+    }
+
+    /// The cluster label: frames of other clusters are refused.
+    pub fn label(mut self, label: &[u8]) -> NodeBuilder {
+        self.host.label = label.to_vec();
+        self
+    }
+
+    /// Metadata (tags) other members see.
+    pub fn meta(mut self, meta: Vec<u8>) -> NodeBuilder {
+        self.meta = meta;
+        self
+    }
+
+    /// Which events [`Node::events`] delivers (default: all).
+    pub fn events(mut self, mask: EventMask) -> NodeBuilder {
+        self.host.events = mask;
+        self
+    }
+
+    /// Everything else (ring sizes, bounds, timeouts).
+    pub fn host_config(mut self, f: impl FnOnce(&mut HostConfig)) -> NodeBuilder {
+        f(&mut self.host);
+        self
+    }
+
+    /// Binds, starts and joins (in the background: see [`super::Event::Joined`]).
+    pub fn start(self) -> Result<Node, HostError> {
+        let host = Host::start(self.host)?;
+        let addr = host.add(MemberSpec {
+            name: self.name.clone(),
+            bind: self.bind,
+            seeds: self.seeds,
+            meta: self.meta,
+        })?;
+        Ok(Node {
+            host,
+            name: self.name,
+            addr,
+        })
+    }
+}
+
+/// A running member. Dropping it stops it without leaving (like a crash); call
+/// [`Node::leave`] first to leave gracefully.
+pub struct Node {
+    host: Host,
+    name: String,
+    addr: SocketAddr,
+}
+
+impl Node {
+    /// A builder for a member named `name`.
+    pub fn builder(name: &str) -> NodeBuilder {
+        NodeBuilder::new(name)
+    }
+
+    /// This member's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The address it is bound to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every member it knows, with the state it sees (itself included).
+    pub fn members(&self) -> Result<Vec<MemberInfo>, HostError> {
+        self.host.members(&self.name)
+    }
+
+    /// Membership events and user messages, as they happen.
+    pub fn events(&self) -> &crossbeam_channel::Receiver<HostEvent> {
+        self.host.events()
+    }
+
+    /// Gossips `payload` to every member ([`super::Event::Message`] there).
+    pub fn broadcast(&self, payload: Vec<u8>) -> Result<(), HostError> {
+        self.host.broadcast(&self.name, payload)
+    }
+
+    /// Counters of the member and its transport (`expected`: the cluster size).
+    pub fn census(&self, expected: usize) -> Result<Census, HostError> {
+        self.host.census(expected)
+    }
+
+    /// Leaves gracefully (others see it as left, not failed), then stops.
+    pub fn leave(self) -> Result<(), HostError> {
+        self.host.leave(&self.name)?;
+        self.host.shutdown()
+    }
+
+    /// Stops at once, without leaving.
+    pub fn shutdown(self) -> Result<(), HostError> {
+        self.host.shutdown()
+    }
+}

@@ -1,0 +1,966 @@
+//! One shard of a [`super::Host`]: its members, ring, directory, timers and stream tasks.
+//!
+//! Everything here runs on the shard's thread. The shard state sits in one `RefCell`;
+//! the main loop and the stream tasks borrow it only between awaits, never across one.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::future;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use ringleader_wire::msg::swim as wire;
+use ringleader_wire::{Encoder, Frame, Keyring, Message, MessageRef};
+
+use super::{
+    Event, HostConfig, HostError, HostEvent, MemberInfo, MemberSpec, ShardCensus, add_stats,
+};
+use crate::runtime::{LocalNotify, ShardContext, Timers};
+use crate::swim::{
+    self, Directory, Item, Member, MemberState, Output, SharedDirectory, StreamRequest,
+    StreamResponse, StreamTransmit, Transmit,
+};
+use crate::time::Time;
+use crate::transport::{
+    FrameListener, FrameStream, Sender, SocketId, SocketOptions, UdpHandler, UdpRing,
+};
+
+type Reply<T> = crossbeam_channel::Sender<T>;
+
+/// What the application asks of a shard.
+pub(crate) enum Command {
+    Add {
+        spec: MemberSpec,
+        reply: Reply<Result<SocketAddr, HostError>>,
+    },
+    Kill {
+        name: String,
+        reply: Reply<Result<(), HostError>>,
+    },
+    Leave {
+        name: String,
+        reply: Reply<Result<(), HostError>>,
+    },
+    Broadcast {
+        name: String,
+        payload: Vec<u8>,
+        reply: Reply<Result<(), HostError>>,
+    },
+    Members {
+        name: String,
+        reply: Reply<Result<Vec<MemberInfo>, HostError>>,
+    },
+    Census {
+        expected: usize,
+        reply: Reply<ShardCensus>,
+    },
+}
+
+type Ctx = ShardContext<Command, HostEvent, ()>;
+
+/// A hosted member.
+struct Hosted {
+    name: Arc<str>,
+    member: Member<ChaCha8Rng>,
+    socket: SocketId,
+    /// Distinguishes this member from earlier occupants of the slot.
+    generation: u64,
+    /// Serves inbound streams; dropping it closes the listener.
+    _acceptor: glommio::Task<()>,
+    /// Leaving: removed at this time or when its broadcasts have drained.
+    leaving: Option<(Time, Reply<Result<(), HostError>>)>,
+}
+
+/// The result of an outbound stream exchange, for the shard loop.
+struct StreamDone {
+    slot: u32,
+    generation: u64,
+    id: u64,
+    from: SocketAddr,
+    response: Result<Message, swim::StreamError>,
+}
+
+/// Everything but the ring (so the ring can call into it).
+struct Core {
+    ctx: Ctx,
+    config: Arc<HostConfig>,
+    dir: SharedDirectory,
+    members: Vec<Option<Hosted>>,
+    free_slots: Vec<u32>,
+    /// Slot of the member on each socket (indexed by `SocketId`), `u32::MAX` if none.
+    by_socket: Vec<u32>,
+    timers: Timers<u32>,
+    dirty: Vec<u32>,
+    /// Stream exchanges the members asked for, to start after this borrow ends.
+    streams_to_start: Vec<(u32, u64, StreamTransmit, Vec<u8>)>,
+    encoder: Encoder,
+    /// Seals outgoing frames and opens stream answers (one keyring per shard).
+    seal: Rc<Option<Keyring>>,
+    next_generation: u64,
+    rng_seed: u64,
+    census: ShardCensus,
+}
+
+struct Shard {
+    ring: UdpRing,
+    core: Core,
+    completions: VecDeque<StreamDone>,
+    inbound: usize,
+}
+
+fn keyring_of(keys: &[[u8; ringleader_wire::keyring::KEY_LEN]]) -> Option<Keyring> {
+    let (primary, rest) = keys.split_first()?;
+    let mut k = Keyring::new(*primary);
+    for key in rest {
+        // The count was checked against KEYS_MAX; a duplicate key is harmless to skip.
+        let _ = k.install(*key);
+    }
+    Some(k)
+}
+
+/// The shard's main function.
+pub(crate) async fn run(
+    ctx: Ctx,
+    config: Arc<HostConfig>,
+    ready: crossbeam_channel::Sender<Result<(), HostError>>,
+) -> Result<(), HostError> {
+    let shard_id = ctx.id();
+    let ring = match UdpRing::new(config.udp.clone(), &config.label, keyring_of(&config.keys)) {
+        Ok(r) => r,
+        Err(e) => {
+            let err = HostError::Transport {
+                shard: shard_id,
+                what: e.to_string(),
+            };
+            let _ = ready.send(Err(HostError::Transport {
+                shard: shard_id,
+                what: e.to_string(),
+            }));
+            return Err(err);
+        }
+    };
+    if let Err(e) = ctx.watch(Arc::clone(ring.eventfd())) {
+        let _ = ready.send(Err(HostError::Transport {
+            shard: shard_id,
+            what: format!("watching the ring's eventfd: {e}"),
+        }));
+        return Ok(());
+    }
+    let dir = Directory::shared(config.cluster_members_max, config.swim.meta_bytes_max);
+    let core = Core {
+        ctx: ctx.clone(),
+        dir,
+        members: Vec::new(),
+        free_slots: Vec::new(),
+        by_socket: Vec::new(),
+        timers: Timers::new(config.members_per_shard_max),
+        dirty: Vec::new(),
+        streams_to_start: Vec::new(),
+        encoder: Encoder::new(&config.label),
+        seal: Rc::new(keyring_of(&config.keys)),
+        next_generation: 1,
+        // Seeds from std's per-process random hasher keys (no RNG crate feature needed).
+        rng_seed: {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(shard_id);
+            h.finish()
+        },
+        census: ShardCensus {
+            shard: shard_id,
+            ..ShardCensus::default()
+        },
+        config,
+    };
+    let shard = Rc::new(RefCell::new(Shard {
+        ring,
+        core,
+        completions: VecDeque::new(),
+        inbound: 0,
+    }));
+    let _ = ready.send(Ok(()));
+    drop(ready);
+    loop {
+        while let Some(cmd) = ctx.try_command() {
+            command(&shard, cmd);
+        }
+        let deadline = {
+            let mut guard = shard.borrow_mut();
+            let s = &mut *guard;
+            let now = ctx.now();
+            if let Err(e) = s.ring.poll(&mut s.core) {
+                tracing::error!(shard = shard_id, "polling the ring: {e}");
+            }
+            while let Some(done) = s.completions.pop_front() {
+                s.core.stream_done(now, done);
+            }
+            while let Some((slot, _)) = s.core.timers.pop_expired(now) {
+                s.core.on_timer(now, slot);
+            }
+            let Shard { ring, core, .. } = s;
+            ring.with_sender(|out| core.flush_dirty(now, out));
+            if !core.dirty.is_empty() {
+                ctx.waker().notify();
+            }
+            core.reap_leavers(now, ring);
+            if let Err(e) = ring.flush() {
+                tracing::warn!(shard = shard_id, "submitting sends: {e}");
+            }
+            core.timers.next_deadline()
+        };
+        start_streams(&shard);
+        if ctx.stopping() {
+            break;
+        }
+        ctx.wait(deadline).await;
+    }
+    let mut s = shard.borrow_mut();
+    let slots: Vec<u32> = (0..s.core.members.len() as u32).collect();
+    for slot in slots {
+        let Shard { ring, core, .. } = &mut *s;
+        core.remove(slot, ring);
+    }
+    let report = s.ring.close();
+    if report.leaked {
+        tracing::warn!(
+            shard = shard_id,
+            "ring closed with {} requests in flight",
+            report.in_flight_left
+        );
+    }
+    Ok(())
+}
+
+fn command(shard: &Rc<RefCell<Shard>>, cmd: Command) {
+    match cmd {
+        Command::Add { spec, reply } => {
+            let r = add(shard, spec);
+            let _ = reply.send(r);
+        }
+        Command::Kill { name, reply } => {
+            let mut guard = shard.borrow_mut();
+            let Shard { ring, core, .. } = &mut *guard;
+            let r = match core.slot_of(&name) {
+                Some(slot) => {
+                    core.remove(slot, ring);
+                    Ok(())
+                }
+                None => Err(HostError::NoSuchMember(name)),
+            };
+            let _ = reply.send(r);
+        }
+        Command::Leave { name, reply } => {
+            let mut guard = shard.borrow_mut();
+            let core = &mut guard.core;
+            let now = core.ctx.now();
+            let linger = Duration::from_millis(core.config.leave_linger_ms);
+            match core.slot_of(&name) {
+                Some(slot) => {
+                    if let Some(Some(h)) = core.members.get_mut(slot as usize) {
+                        h.member.leave(now);
+                        h.leaving = Some((now + linger, reply));
+                        core.dirty.push(slot);
+                    }
+                }
+                None => {
+                    let _ = reply.send(Err(HostError::NoSuchMember(name)));
+                }
+            }
+            core.ctx.waker().notify();
+        }
+        Command::Broadcast {
+            name,
+            payload,
+            reply,
+        } => {
+            let mut guard = shard.borrow_mut();
+            let core = &mut guard.core;
+            let r = match core.slot_of(&name) {
+                Some(slot) => {
+                    if let Some(Some(h)) = core.members.get_mut(slot as usize) {
+                        h.member
+                            .broadcast(Message::UserMsg(wire::UserMsg { payload }), None);
+                    }
+                    core.dirty.push(slot);
+                    core.ctx.waker().notify();
+                    Ok(())
+                }
+                None => Err(HostError::NoSuchMember(name)),
+            };
+            let _ = reply.send(r);
+        }
+        Command::Members { name, reply } => {
+            let guard = shard.borrow();
+            let core = &guard.core;
+            let r = match core.slot_of(&name).and_then(|s| core.hosted(s)) {
+                Some(h) => {
+                    let dir = core.dir.borrow();
+                    Ok(h.member
+                        .members()
+                        .filter_map(|(node, _, _)| {
+                            let (state, incarnation, info) = h.member.member(node)?;
+                            let i = dir.info(info);
+                            Some(MemberInfo {
+                                name: dir.name(node).to_string(),
+                                addr: i.addr,
+                                meta: i.meta.to_vec(),
+                                state,
+                                incarnation,
+                            })
+                        })
+                        .collect())
+                }
+                None => Err(HostError::NoSuchMember(name)),
+            };
+            let _ = reply.send(r);
+        }
+        Command::Census { expected, reply } => {
+            let guard = shard.borrow();
+            let _ = reply.send(guard.core.census(expected, &guard.ring));
+        }
+    }
+}
+
+fn add(shard: &Rc<RefCell<Shard>>, spec: MemberSpec) -> Result<SocketAddr, HostError> {
+    let mut guard = shard.borrow_mut();
+    let Shard { ring, core, .. } = &mut *guard;
+    if core.slot_of(&spec.name).is_some() {
+        return Err(HostError::Duplicate(spec.name));
+    }
+    let hosted = core.members.iter().flatten().count();
+    if hosted >= core.config.members_per_shard_max {
+        return Err(HostError::Busy(core.ctx.id()));
+    }
+    let bind_err = |what: String| HostError::Bind {
+        name: spec.name.clone(),
+        addr: spec.bind,
+        what,
+    };
+    // UDP first (port 0 picks one), then TCP on the same port; with port 0, a port whose
+    // TCP side is taken is given back and another one tried.
+    let mut tries = if spec.bind.port() == 0 { 16 } else { 1 };
+    let (socket, addr, listener) = loop {
+        let socket = ring
+            .bind(spec.bind, SocketOptions::default())
+            .map_err(|e| bind_err(e.to_string()))?;
+        let Some(addr) = ring.local_addr(socket) else {
+            ring.remove_socket(socket);
+            return Err(bind_err("the bound socket has no address".into()));
+        };
+        match FrameListener::bind(addr, &core.config.label, core.config.stream_frame_bytes_max) {
+            Ok(l) => break (socket, addr, l),
+            Err(e) => {
+                ring.remove_socket(socket);
+                tries -= 1;
+                if tries == 0 {
+                    return Err(bind_err(format!("TCP listener: {e}")));
+                }
+            }
+        }
+    };
+    let now = core.ctx.now();
+    core.rng_seed = core.rng_seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let member = Member::new(
+        core.config.swim.clone(),
+        core.dir.clone(),
+        &spec.name,
+        addr,
+        &spec.meta,
+        ChaCha8Rng::seed_from_u64(core.rng_seed),
+        now,
+    );
+    let mut member = match member {
+        Ok(m) => m,
+        Err(e) => {
+            ring.remove_socket(socket);
+            return Err(HostError::Member {
+                name: spec.name,
+                what: e.to_string(),
+            });
+        }
+    };
+    let seeds: Vec<SocketAddr> = spec.seeds.iter().copied().filter(|s| *s != addr).collect();
+    if !seeds.is_empty()
+        && let Err(e) = member.join(now, &seeds)
+    {
+        ring.remove_socket(socket);
+        return Err(HostError::Member {
+            name: spec.name,
+            what: e.to_string(),
+        });
+    }
+    let slot = match core.free_slots.pop() {
+        Some(s) => s,
+        None => {
+            core.members.push(None);
+            (core.members.len() - 1) as u32
+        }
+    };
+    let generation = core.next_generation;
+    core.next_generation += 1;
+    let acceptor = glommio::spawn_local(accept_loop(
+        Rc::clone(shard),
+        core.ctx.waker().clone(),
+        slot,
+        generation,
+        listener,
+        (
+            Duration::from_millis(core.config.swim.stream_timeout_ms),
+            Rc::clone(&core.seal),
+            core.config.inbound_streams_max,
+        ),
+    ));
+    let i = socket.0 as usize;
+    if core.by_socket.len() <= i {
+        core.by_socket.resize(i + 1, u32::MAX);
+    }
+    core.by_socket[i] = slot;
+    core.members[slot as usize] = Some(Hosted {
+        name: Arc::from(spec.name.as_str()),
+        member,
+        socket,
+        generation,
+        _acceptor: acceptor,
+        leaving: None,
+    });
+    core.dirty.push(slot);
+    core.ctx.waker().notify();
+    Ok(addr)
+}
+
+impl Core {
+    fn slot_of(&self, name: &str) -> Option<u32> {
+        self.members
+            .iter()
+            .position(|m| m.as_ref().is_some_and(|h| &*h.name == name))
+            .map(|i| i as u32)
+    }
+
+    fn hosted(&self, slot: u32) -> Option<&Hosted> {
+        self.members.get(slot as usize).and_then(|m| m.as_ref())
+    }
+
+    fn live(&mut self, slot: u32, generation: u64) -> Option<&mut Hosted> {
+        self.members
+            .get_mut(slot as usize)
+            .and_then(|m| m.as_mut())
+            .filter(|h| h.generation == generation)
+    }
+
+    fn remove(&mut self, slot: u32, ring: &mut UdpRing) {
+        let Some(h) = self.members.get_mut(slot as usize).and_then(|m| m.take()) else {
+            return;
+        };
+        add_stats(&mut self.census.stats, h.member.stats());
+        ring.remove_socket(h.socket);
+        if let Some(s) = self.by_socket.get_mut(h.socket.0 as usize) {
+            *s = u32::MAX;
+        }
+        self.timers.cancel(slot);
+        self.free_slots.push(slot);
+        if let Some((_, reply)) = h.leaving {
+            let _ = reply.send(Ok(()));
+        }
+        // Dropping `h` cancels its acceptor (closing the TCP listener).
+    }
+
+    fn on_timer(&mut self, now: Time, slot: u32) {
+        if let Some(Some(h)) = self.members.get_mut(slot as usize) {
+            h.member.handle_timeout(now);
+            self.dirty.push(slot);
+        }
+    }
+
+    fn reap_leavers(&mut self, now: Time, ring: &mut UdpRing) {
+        let done: Vec<u32> = self
+            .members
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                let h = m.as_ref()?;
+                let (until, _) = h.leaving.as_ref()?;
+                (now >= *until || h.member.broadcasts_pending() == 0).then_some(i as u32)
+            })
+            .collect();
+        for slot in done {
+            self.remove(slot, ring);
+        }
+        for (slot, h) in self.members.iter().enumerate() {
+            let Some(h) = h else { continue };
+            if let Some((until, _)) = &h.leaving {
+                let slot = slot as u32;
+                let at = h.member.poll_timeout().map_or(*until, |t| t.min(*until));
+                let _ = self.timers.set(slot, at);
+            }
+        }
+    }
+
+    /// Sends every dirty member's outputs, delivers its events and re-arms its timer.
+    fn flush_dirty(&mut self, now: Time, out: &mut Sender<'_, '_>) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for &slot in &dirty {
+            self.flush(now, slot, out);
+        }
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    fn flush(&mut self, now: Time, slot: u32, out: &mut Sender<'_, '_>) {
+        let Some(Some(h)) = self.members.get_mut(slot as usize) else {
+            return;
+        };
+        let mut again = false;
+        while let Some(output) = h.member.poll_output() {
+            match output {
+                Output::Datagram(t) => {
+                    let sent = send_datagram(
+                        &mut self.encoder,
+                        (*self.seal).as_ref(),
+                        &self.dir,
+                        self.config.swim.datagram_bytes_max,
+                        out,
+                        h.socket,
+                        &t,
+                    );
+                    if !sent {
+                        self.census.sends_dropped += 1;
+                    }
+                }
+                Output::Stream(s) => {
+                    match encode_stream_request(
+                        &mut self.encoder,
+                        (*self.seal).as_ref(),
+                        &self.dir,
+                        self.config.stream_frame_bytes_max,
+                        &s.request,
+                    ) {
+                        Some(frame) => {
+                            self.streams_to_start.push((slot, h.generation, s, frame));
+                        }
+                        None => {
+                            self.census.streams_failed += 1;
+                            again = true;
+                            h.member.handle_stream_response(
+                                now,
+                                s.id,
+                                Err(swim::StreamError::Unreachable),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let mask = self.config.events;
+        while let Some(e) = h.member.poll_event() {
+            let Some(event) = to_event(&self.dir, &h.member, e) else {
+                continue;
+            };
+            if !mask.contains(event.mask()) {
+                continue;
+            }
+            let ev = HostEvent {
+                at: self.ctx.clock().instant(now),
+                local: Arc::clone(&h.name),
+                event,
+            };
+            if !self.ctx.emit(ev) {
+                self.census.events_dropped += 1;
+            }
+        }
+        match h.member.poll_timeout() {
+            Some(at) => {
+                let _ = self.timers.set(slot, at);
+            }
+            None => self.timers.cancel(slot),
+        }
+        if again {
+            // A stream that could not be encoded failed at once: flush what that produced.
+            self.dirty.push(slot);
+        }
+    }
+
+    fn stream_done(&mut self, now: Time, done: StreamDone) {
+        let StreamDone {
+            slot,
+            generation,
+            id,
+            from,
+            response,
+        } = done;
+        let members_max = self.config.swim.push_pull_members_max;
+        let user_max = self.config.swim.user_state_bytes_max;
+        let dir = self.dir.clone();
+        let Some(h) = self.live(slot, generation) else {
+            return;
+        };
+        let response = match response {
+            Ok(Message::PushPull(p)) => {
+                match dir
+                    .borrow_mut()
+                    .push_pull_from_wire(p, from, members_max, user_max)
+                {
+                    Ok(state) => Ok(StreamResponse::PushPull(Rc::new(state))),
+                    Err(_) => Err(swim::StreamError::Unreachable),
+                }
+            }
+            Ok(Message::Ack(a)) => Ok(StreamResponse::Ack { seq: a.seq_no }),
+            Ok(Message::Nack(_)) => Ok(StreamResponse::Refused),
+            Ok(_) => Err(swim::StreamError::Unreachable),
+            Err(e) => Err(e),
+        };
+        let failed = response.is_err();
+        h.member.handle_stream_response(now, id, response);
+        if failed {
+            self.census.streams_failed += 1;
+        }
+        self.dirty.push(slot);
+    }
+
+    /// Answers an inbound stream request for the member in `slot`; the frame to send back.
+    fn serve(
+        &mut self,
+        now: Time,
+        slot: u32,
+        generation: u64,
+        from: SocketAddr,
+        request: Message,
+    ) -> Option<Vec<u8>> {
+        let members_max = self.config.swim.push_pull_members_max;
+        let user_max = self.config.swim.user_state_bytes_max;
+        let frame_max = self.config.stream_frame_bytes_max;
+        let dir = self.dir.clone();
+        let request = match request {
+            Message::PushPull(p) => dir
+                .borrow_mut()
+                .push_pull_from_wire(p, from, members_max, user_max)
+                .ok()
+                .map(|s| StreamRequest::PushPull(Rc::new(s))),
+            m @ Message::Ping(_) => match dir.borrow_mut().from_wire(m) {
+                Ok(Item::Ping {
+                    seq,
+                    target,
+                    source,
+                }) => Some(StreamRequest::Ping {
+                    seq,
+                    target,
+                    source,
+                }),
+                _ => None,
+            },
+            _ => None,
+        };
+        let request = request?;
+        let h = self.live(slot, generation)?;
+        let response = h.member.handle_stream_request(now, from, request);
+        self.dirty.push(slot);
+        self.census.streams_served += 1;
+        let msg = match response {
+            StreamResponse::PushPull(state) => {
+                Message::PushPull(dir.borrow().push_pull_to_wire(&state))
+            }
+            StreamResponse::Ack { seq } => Message::Ack(wire::Ack {
+                seq_no: seq,
+                coordinate: None,
+            }),
+            StreamResponse::Refused => Message::Nack(wire::Nack { seq_no: u32::MAX }),
+        };
+        self.encoder
+            .encode_message(&msg, (*self.seal).as_ref(), frame_max)
+            .ok()
+            .map(<[u8]>::to_vec)
+    }
+
+    fn census(&self, expected: usize, ring: &UdpRing) -> ShardCensus {
+        let mut c = self.census.clone();
+        c.alive_seen_min = usize::MAX;
+        for h in self.members.iter().flatten() {
+            if h.leaving.is_some() {
+                continue;
+            }
+            let m = &h.member;
+            c.members += 1;
+            let alive = m.count(MemberState::Alive);
+            c.alive_seen_min = c.alive_seen_min.min(alive);
+            c.alive_seen_max = c.alive_seen_max.max(alive);
+            if alive == expected && m.count(MemberState::Suspect) == 0 {
+                c.converged += 1;
+            }
+            add_stats(&mut c.stats, m.stats());
+        }
+        if c.members == 0 {
+            c.alive_seen_min = 0;
+        }
+        c.udp = ring.counters().clone();
+        c
+    }
+}
+
+impl UdpHandler for Core {
+    fn on_datagram(
+        &mut self,
+        out: &mut Sender<'_, '_>,
+        socket: SocketId,
+        from: SocketAddr,
+        _frame: &Frame<'_>,
+        messages: &[MessageRef<'_>],
+    ) {
+        let Some(&slot) = self.by_socket.get(socket.0 as usize) else {
+            return;
+        };
+        let Some(Some(h)) = self.members.get_mut(slot as usize) else {
+            return;
+        };
+        let now = self.ctx.now();
+        for m in messages {
+            // The archive was validated in place by the transport; the core works on
+            // interned items, so names are looked up (and new ones interned) here.
+            match m.to_owned() {
+                Ok(msg) => h.member.handle_message(now, from, msg),
+                Err(_) => self.census.stats.dropped += 1,
+            }
+        }
+        self.flush(now, slot, out);
+    }
+}
+
+fn to_event(dir: &SharedDirectory, member: &Member<ChaCha8Rng>, e: swim::Event) -> Option<Event> {
+    let d = dir.borrow();
+    let info_of = |node: swim::NodeId, info: Option<swim::InfoId>| -> MemberInfo {
+        let seen = member.member(node);
+        let info = info.or(seen.map(|s| s.2));
+        let (addr, meta) = match info {
+            Some(i) => {
+                let i = d.info(i);
+                (i.addr, i.meta.to_vec())
+            }
+            None => (SocketAddr::from(([0, 0, 0, 0], 0)), Vec::new()),
+        };
+        MemberInfo {
+            name: d.name(node).to_string(),
+            addr,
+            meta,
+            state: seen.map_or(MemberState::Dead, |s| s.0),
+            incarnation: seen.map_or(0, |s| s.1),
+        }
+    };
+    Some(match e {
+        swim::Event::Up { node, info } => Event::Up(info_of(node, Some(info))),
+        swim::Event::Suspect { node, from } => Event::Suspect {
+            member: info_of(node, None),
+            by: d.name(from).to_string(),
+        },
+        swim::Event::AliveAgain { node } => Event::AliveAgain(info_of(node, None)),
+        swim::Event::Down { node, from } => Event::Down {
+            member: info_of(node, None),
+            by: d.name(from).to_string(),
+        },
+        swim::Event::Left { node } => Event::Left(info_of(node, None)),
+        swim::Event::Updated { node, info } => Event::Updated(info_of(node, Some(info))),
+        swim::Event::Reaped { node } => Event::Reaped(info_of(node, None)),
+        swim::Event::Message { from, msg } => match &*msg {
+            Message::UserMsg(u) => Event::Message {
+                from,
+                payload: u.payload.clone(),
+            },
+            _ => return None,
+        },
+        swim::Event::Joined { seed, ok } => Event::Joined { seed, ok },
+        swim::Event::Refuted { .. } | swim::Event::UserState { .. } | swim::Event::Rtt { .. } => {
+            return None;
+        }
+    })
+}
+
+/// Encodes a transmit as one batch frame and queues it; false if it was dropped.
+fn send_datagram(
+    encoder: &mut Encoder,
+    seal: Option<&Keyring>,
+    dir: &SharedDirectory,
+    limit: usize,
+    out: &mut Sender<'_, '_>,
+    socket: SocketId,
+    t: &Transmit,
+) -> bool {
+    let d = dir.borrow();
+    let mut batch = encoder.batch(seal, limit);
+    for item in &t.items {
+        let msg = match item {
+            Item::Other(m) => {
+                if !matches!(batch.push_message(m), Ok(true)) {
+                    return false;
+                }
+                continue;
+            }
+            other => d.to_wire(other),
+        };
+        if !matches!(batch.push_message(&msg), Ok(true)) {
+            return false;
+        }
+    }
+    match batch.finish() {
+        Ok(frame) => out.send(socket, t.to, frame).is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn encode_stream_request(
+    encoder: &mut Encoder,
+    seal: Option<&Keyring>,
+    dir: &SharedDirectory,
+    limit: usize,
+    request: &StreamRequest,
+) -> Option<Vec<u8>> {
+    let d = dir.borrow();
+    let msg = match request {
+        StreamRequest::PushPull(state) => Message::PushPull(d.push_pull_to_wire(state)),
+        StreamRequest::Ping {
+            seq,
+            target,
+            source,
+        } => d.to_wire(&Item::Ping {
+            seq: *seq,
+            target: *target,
+            source: *source,
+        }),
+    };
+    encoder
+        .encode_message(&msg, seal, limit)
+        .ok()
+        .map(<[u8]>::to_vec)
+}
+
+fn start_streams(shard: &Rc<RefCell<Shard>>) {
+    let (starts, timeout, label, frame_max, keyring) = {
+        let mut s = shard.borrow_mut();
+        if s.core.streams_to_start.is_empty() {
+            return;
+        }
+        let starts = std::mem::take(&mut s.core.streams_to_start);
+        s.core.census.streams_out += starts.len() as u64;
+        let c = &s.core.config;
+        (
+            starts,
+            Duration::from_millis(c.swim.stream_timeout_ms),
+            c.label.clone(),
+            c.stream_frame_bytes_max,
+            Rc::clone(&s.core.seal),
+        )
+    };
+    let wake = shard.borrow().core.ctx.waker().clone();
+    let label: Rc<[u8]> = label.into();
+    for (slot, generation, t, frame) in starts {
+        let shard = Rc::clone(shard);
+        let wake = wake.clone();
+        let label = Rc::clone(&label);
+        let keyring = Rc::clone(&keyring);
+        glommio::spawn_local(async move {
+            let exchange = async {
+                let mut s = FrameStream::connect(t.to, &label, frame_max)
+                    .await
+                    .map_err(|_| swim::StreamError::Unreachable)?;
+                s.send(&frame)
+                    .await
+                    .map_err(|_| swim::StreamError::Unreachable)?;
+                let msg = match s.recv((*keyring).as_ref()).await {
+                    Ok(Some(f)) => first_message(&f),
+                    _ => None,
+                };
+                let _ = s.close().await;
+                msg.ok_or(swim::StreamError::Unreachable)
+            };
+            let response = future::or(exchange, async {
+                glommio::timer::sleep(timeout).await;
+                Err(swim::StreamError::Timeout)
+            })
+            .await;
+            shard.borrow_mut().completions.push_back(StreamDone {
+                slot,
+                generation,
+                id: t.id,
+                from: t.to,
+                response,
+            });
+            wake.notify();
+        })
+        .detach();
+    }
+}
+
+fn first_message(frame: &Frame<'_>) -> Option<Message> {
+    frame.messages().next()?.ok()?.to_owned().ok()
+}
+
+/// Serves inbound stream exchanges of one member until its task is dropped.
+async fn accept_loop(
+    shard: Rc<RefCell<Shard>>,
+    wake: LocalNotify,
+    slot: u32,
+    generation: u64,
+    listener: FrameListener,
+    limits: (Duration, Rc<Option<Keyring>>, usize),
+) {
+    // Everything from the shard state comes in as arguments: the task may first run while
+    // the shard is borrowed by the code that spawned it.
+    let (timeout, keyring, max) = limits;
+    loop {
+        let Ok(mut stream) = listener.accept().await else {
+            // EMFILE and friends: back off instead of spinning.
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        {
+            let mut s = shard.borrow_mut();
+            if s.inbound >= max {
+                s.core.census.streams_refused += 1;
+                continue;
+            }
+            s.inbound += 1;
+        }
+        let shard = Rc::clone(&shard);
+        let wake = wake.clone();
+        let keyring = Rc::clone(&keyring);
+        glommio::spawn_local(async move {
+            let from = stream.peer_addr().ok();
+            let served = future::or(
+                async {
+                    let request = match stream.recv((*keyring).as_ref()).await {
+                        Ok(Some(f)) => first_message(&f),
+                        _ => None,
+                    };
+                    let answer = match (request, from) {
+                        (Some(req), Some(from)) => {
+                            let mut s = shard.borrow_mut();
+                            let now = s.core.ctx.now();
+                            s.core.serve(now, slot, generation, from, req)
+                        }
+                        _ => None,
+                    };
+                    wake.notify();
+                    match answer {
+                        Some(frame) => stream.send(&frame).await.is_ok(),
+                        None => false,
+                    }
+                },
+                async {
+                    glommio::timer::sleep(timeout).await;
+                    false
+                },
+            )
+            .await;
+            let mut s = shard.borrow_mut();
+            s.inbound -= 1;
+            if !served {
+                s.core.census.streams_refused += 1;
+            }
+        })
+        .detach();
+    }
+}

@@ -1,0 +1,291 @@
+//! Live members on real loopback sockets, many per process: convergence, failure
+//! detection, a keyring that keeps strangers out, garbage that is counted and dropped.
+//!
+//! Each test waits for a condition with a generous liveness bound (minutes) and asserts
+//! behaviour, never timing. Members bind 127.<base>.x.y with a per-process port, so tests
+//! of this binary (and other processes) do not collide. Runtime: ~30 s in release.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use ringleader_engine::host::{
+    Census, Event, EventMask, Host, HostConfig, HostEvent, MemberSpec, loopback_addrs,
+};
+use ringleader_engine::swim::Config;
+
+const LIVENESS: Duration = Duration::from_secs(120);
+
+/// The `local` preset, faster (loopback: tiny RTTs; the machine may be loaded, so the
+/// probe timeout stays well above an RTT).
+fn fast() -> Config {
+    Config {
+        probe_interval_ms: 500,
+        probe_timeout_ms: 200,
+        push_pull_interval_ms: 3_000,
+        ..Config::local()
+    }
+}
+
+fn port() -> u16 {
+    20_000 + (std::process::id() % 20_000) as u16
+}
+
+fn host(shards: usize, keys: Vec<[u8; 32]>, events: EventMask) -> Host {
+    let mut c = HostConfig {
+        swim: fast(),
+        keys,
+        events,
+        ..HostConfig::default()
+    };
+    c.runtime.shards = shards;
+    c.runtime.pin = false;
+    c.udp.recv_buffers = 512;
+    c.udp.send_slots = 512;
+    c.udp.cq_entries = 2048;
+    Host::start(c).expect("host starts")
+}
+
+/// Starts `n` members named `{prefix}{i}` on `addrs`, all seeded with the first.
+fn add_members(h: &Host, prefix: &str, addrs: &[SocketAddr], seed: Option<SocketAddr>) {
+    let seed = seed.unwrap_or(addrs[0]);
+    for (i, a) in addrs.iter().enumerate() {
+        h.add(MemberSpec {
+            name: format!("{prefix}{i}"),
+            bind: *a,
+            seeds: vec![seed],
+            meta: Vec::new(),
+        })
+        .expect("member starts");
+    }
+}
+
+fn wait_converged(h: &Host, n: usize) -> Census {
+    let start = Instant::now();
+    loop {
+        let c = h.census(n).expect("census");
+        if c.converged() == n {
+            return c;
+        }
+        assert!(
+            start.elapsed() < LIVENESS,
+            "not converged after {LIVENESS:?}: {} of {n} members see everyone; alive seen per shard {:?}",
+            c.converged(),
+            c.shards
+                .iter()
+                .map(|s| (s.alive_seen_min, s.alive_seen_max))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn downs(events: &[HostEvent]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::Down { member, .. } => Some((e.local.to_string(), member.name.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn sixty_four_members_converge_and_detect_two_kills() {
+    let n = 64;
+    let h = host(2, Vec::new(), EventMask::FAILURES);
+    let addrs = loopback_addrs(n, 61, port());
+    add_members(&h, "m", &addrs, None);
+    let census = wait_converged(&h, n);
+    assert!(
+        census.shards.iter().all(|s| s.members > 0),
+        "members are spread over both shards"
+    );
+    let (out, _, served, _) = census.streams();
+    assert!(
+        out > 0 && served > 0,
+        "joins went through push-pull streams"
+    );
+    assert_eq!(census.dropped("checksum"), 0);
+
+    let victims = ["m17", "m42"];
+    let before: Vec<HostEvent> = h.events().try_iter().collect();
+    assert!(
+        downs(&before).is_empty(),
+        "no member was declared down before the kill: {:?}",
+        downs(&before)
+    );
+    for v in victims {
+        h.kill(v).expect("kill");
+    }
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    let mut false_downs = Vec::new();
+    let want = (n - victims.len()) * victims.len();
+    let start = Instant::now();
+    while seen.len() < want {
+        assert!(
+            start.elapsed() < LIVENESS,
+            "only {} of {want} (observer, victim) pairs detected",
+            seen.len()
+        );
+        if let Ok(e) = h.events().recv_timeout(Duration::from_millis(500))
+            && let Event::Down { member, .. } = &e.event
+        {
+            if victims.contains(&member.name.as_str()) {
+                seen.insert((e.local.to_string(), member.name.clone()));
+            } else {
+                false_downs.push((e.local.to_string(), member.name.clone()));
+            }
+        }
+    }
+    assert!(false_downs.is_empty(), "false positives: {false_downs:?}");
+    for (observer, _) in &seen {
+        assert!(
+            !victims.contains(&observer.as_str()),
+            "a dead member reported"
+        );
+    }
+    let after = h.members("m0").expect("members");
+    for v in victims {
+        let m = after
+            .iter()
+            .find(|m| m.name == v)
+            .expect("victim still known");
+        assert_ne!(m.state, ringleader_engine::swim::MemberState::Alive);
+    }
+    assert!(h.kill("m17").is_err(), "a killed member is gone");
+    h.shutdown().expect("clean shutdown");
+}
+
+#[test]
+fn a_member_with_the_wrong_key_cannot_join_and_is_counted() {
+    let good = [7u8; 32];
+    let wrong = [9u8; 32];
+    let n = 8;
+    let a = host(1, vec![good], EventMask::ALL);
+    let addrs = loopback_addrs(n + 1, 62, port());
+    add_members(&a, "k", &addrs[..n], None);
+    wait_converged(&a, n);
+    let b = host(1, vec![wrong], EventMask::ALL);
+    b.add(MemberSpec {
+        name: "stranger".into(),
+        bind: addrs[n],
+        seeds: vec![addrs[0]],
+        meta: Vec::new(),
+    })
+    .expect("stranger starts");
+    // The stranger's join (a push-pull stream) and its probes are refused: wait until the
+    // cluster has refused its frames, and its join has failed.
+    let start = Instant::now();
+    let mut joined_ok = None;
+    loop {
+        for e in b.events().try_iter() {
+            if let Event::Joined { ok, .. } = e.event {
+                joined_ok = Some(ok);
+            }
+        }
+        let c = a.census(n).expect("census");
+        let refused = c.dropped("no_key") + c.streams().3;
+        if joined_ok.is_some() && refused > 0 {
+            break;
+        }
+        assert!(start.elapsed() < LIVENESS, "no refusal seen: {c:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(joined_ok, Some(false), "the stranger's join failed");
+    // Let gossip run a few more rounds: nobody learns the stranger.
+    std::thread::sleep(Duration::from_secs(3));
+    for i in 0..n {
+        let ms = a.members(&format!("k{i}")).expect("members");
+        assert!(
+            ms.iter().all(|m| m.name != "stranger"),
+            "k{i} learned of the stranger"
+        );
+    }
+    let theirs = b.members("stranger").expect("members");
+    assert_eq!(
+        theirs.len(),
+        1,
+        "the stranger knows only itself: {theirs:?}"
+    );
+    let c = a.census(n).expect("census");
+    assert_eq!(c.converged(), n, "the cluster is undisturbed");
+    b.shutdown().expect("shutdown b");
+    a.shutdown().expect("shutdown a");
+}
+
+#[test]
+fn a_garbage_flood_is_counted_and_dropped_while_the_cluster_stays_converged() {
+    let n = 16;
+    let h = host(2, Vec::new(), EventMask::FAILURES);
+    let addrs = loopback_addrs(n, 63, port());
+    add_members(&h, "g", &addrs, None);
+    wait_converged(&h, n);
+    let before = h.census(n).expect("census").udp();
+    let flood = UdpSocket::bind("127.63.200.1:0").expect("flood socket");
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut sent = 0u64;
+    let mut kinds: HashMap<&str, u64> = HashMap::new();
+    for i in 0..20_000u32 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = 1 + (x % 1400) as usize;
+        let mut buf: Vec<u8> = (0..len).map(|j| (x >> (j % 56)) as u8).collect();
+        let kind = match i % 3 {
+            0 => "random",
+            1 => {
+                // A real magic and version, the rest garbage: fails the checksum.
+                if buf.len() >= 32 {
+                    buf[..4].copy_from_slice(b"RLDR");
+                    buf[8] = 1;
+                }
+                "magic"
+            }
+            _ => {
+                buf.truncate(7);
+                "short"
+            }
+        };
+        *kinds.entry(kind).or_default() += 1;
+        let to = addrs[(i as usize) % 4];
+        if flood.send_to(&buf, to).is_ok() {
+            sent += 1;
+        }
+        if i % 512 == 0 {
+            // Let the kernel's socket buffers drain now and then.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    // Every garbage datagram that reached a ring is dropped and counted.
+    let start = Instant::now();
+    let (received, dropped) = loop {
+        let c = h.census(n).expect("census").udp();
+        let received = c.datagrams_received - before.datagrams_received;
+        let delivered = c.datagrams_delivered - before.datagrams_delivered;
+        let dropped: u64 = c
+            .dropped
+            .iter()
+            .zip(before.dropped.iter())
+            .map(|(a, b)| a - b)
+            .sum();
+        if received - delivered == dropped && dropped >= sent / 2 {
+            break (received, dropped);
+        }
+        assert!(
+            start.elapsed() < LIVENESS,
+            "sent {sent}, received {received}, delivered {delivered}, dropped {dropped}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(dropped <= sent && received >= dropped);
+    let c = wait_converged(&h, n);
+    assert_eq!(c.converged(), n);
+    let events: Vec<HostEvent> = h.events().try_iter().collect();
+    assert!(
+        downs(&events).is_empty(),
+        "the flood caused false failures: {:?}",
+        downs(&events)
+    );
+    h.shutdown().expect("shutdown");
+}
