@@ -1,10 +1,681 @@
-//! Scenario `swim` (not built yet: its issue is open).
+//! Scenario `swim`: a live SWIM + Lifeguard cluster of `--members` members on loopback, all
+//! in this process, spread over the shards of one [`Host`], on the real clock.
+//!
+//! Phases:
+//! 1. Start: every member binds `127.<base>.x.y:<port>` ([`loopback_addrs`]; another port
+//!    is tried when an address is taken) and joins through the first `--seeds` members.
+//!    Converged = every member sees exactly `--members` alive and none suspect (the
+//!    census is polled every [`CENSUS_POLL`]); after `--converge-timeout` the run reports
+//!    `converged: false` and carries on.
+//! 2. Steady state: after `--warmup`, `--duration` of process CPU (getrusage utime +
+//!    stime), datagrams and bytes sent (the rings' counters), and memory (VmRSS, VmHWM).
+//! 3. Failure detection: `--kill` random non-seed members crash ([`Host::kill`]); each
+//!    (live observer, victim) pair's first `Down` event gives its detection time, from the
+//!    moment just before the victim's kill command. The phase ends when every pair is
+//!    detected or at `--detect-timeout` (the rest are `undetected`).
+//!
+//! A thread drains the event channel for the whole run ([`EventMask::FAILURES`] only: the
+//! "up" events of a 10,000-member start would be 10⁸); `Down` events about members that
+//! were not killed are false positives (distinct (observer, member) pairs), suspicions of
+//! live members are reported as `false_suspicions`. The shards' `events_dropped` is
+//! reported: with drops, the event-based figures are not to be trusted.
+//!
+//! This scenario only observes: it never touches a member's state except by the kills.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use ringleader_engine::host::{
+    Census, Event, EventMask, Host, HostConfig, HostError, HostEvent, MemberSpec, loopback_addrs,
+};
+use ringleader_engine::swim::Config;
+use ringleader_engine::transport::DROP_CAUSES;
+use serde_json::{Map, Value, json};
+
+use crate::harness::{CommonArgs, Recorder, Run, parse_duration};
+
+/// How often the census is asked for while waiting for convergence.
+pub const CENSUS_POLL: Duration = Duration::from_millis(250);
+/// How often the detection phase looks at what the event thread has seen.
+pub const DETECT_POLL: Duration = Duration::from_millis(100);
+/// How long the event thread waits for an event before looking at its stop flag.
+const DRAIN_WAIT: Duration = Duration::from_millis(50);
+/// Other ports tried for a member whose address is taken.
+pub const BIND_PORT_TRIES_MAX: u16 = 16;
+/// Members at most (`loopback_addrs` spreads them over 127.<base>.0-255.1-250).
+pub const MEMBERS_MAX: usize = 250 * 256;
+/// Convergence bound when `--converge-timeout` is not given: this much ...
+const CONVERGE_TIMEOUT_BASE: Duration = Duration::from_secs(60);
+/// ... plus this much per member.
+const CONVERGE_TIMEOUT_PER_MEMBER: Duration = Duration::from_millis(30);
 
 /// Flags of the `swim` scenario.
 #[derive(clap::Args, Debug, Clone)]
-pub struct Args {}
+pub struct Args {
+    /// Steady-state duration (`--duration`), warm-up before it, output folder, `--json`.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Cluster size (all members live in this process).
+    #[arg(long, default_value_t = 100)]
+    pub members: usize,
+    /// Member configuration preset: lan, wan or local.
+    #[arg(long, default_value = "lan")]
+    pub config: String,
+    /// Members crashed after the steady state (never a seed).
+    #[arg(long, default_value_t = 0)]
+    pub kill: usize,
+    /// Shards (executor threads); 0 = one per CPU this process may use.
+    #[arg(long, default_value_t = 0)]
+    pub shards: usize,
+    /// Members everyone joins through (the first ones started).
+    #[arg(long, default_value_t = 3)]
+    pub seeds: usize,
+    /// Seed of the RNG that picks the victims.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// How long to wait for every live member to declare every victim down.
+    #[arg(long, default_value = "90s", value_parser = parse_duration)]
+    pub detect_timeout: Duration,
+    /// How long to wait for convergence (default 60 s + 30 ms per member).
+    #[arg(long, value_parser = parse_duration)]
+    pub converge_timeout: Option<Duration>,
+    /// Second octet of the members' loopback addresses (127.<base>.x.y).
+    #[arg(long, default_value_t = 90)]
+    pub base_octet: u8,
+    /// Port of every member (default: 21000 + pid % 20000); a member whose address is
+    /// taken tries the next ports.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Pin shard `i` to the `i`-th CPU. On a host shared with other busy processes a
+    /// pinned shard cannot escape a busy CPU, so the default leaves placement to the
+    /// scheduler.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub pin: bool,
+    /// Capacity of the event channel (all shards together).
+    #[arg(long, default_value_t = 1 << 16)]
+    pub events_capacity: usize,
+}
+
+/// CPU time this process has used (user + system), from getrusage(RUSAGE_SELF).
+pub fn process_cpu() -> anyhow::Result<Duration> {
+    // SAFETY: getrusage writes one `rusage` into the zeroed struct we own; all-zero bytes
+    // are a valid `rusage` (plain integers).
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable `rusage` for the duration of the call.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    if rc != 0 {
+        bail!("getrusage: {}", std::io::Error::last_os_error());
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    Ok(tv(ru.ru_utime) + tv(ru.ru_stime))
+}
+
+/// This process's resident set and its peak, in KiB (VmRSS, VmHWM of /proc/self/status).
+pub fn process_memory_kib() -> anyhow::Result<(u64, u64)> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    parse_memory_kib(&status).context("no VmRSS/VmHWM lines in /proc/self/status")
+}
+
+/// VmRSS and VmHWM (KiB) of a /proc/<pid>/status text.
+pub fn parse_memory_kib(status: &str) -> Option<(u64, u64)> {
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// What the event thread makes of the events (shared with the main thread).
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Killed members and the moment just before each one's kill command.
+    pub killed: HashMap<String, Instant>,
+    /// First `Down` of each (observer, victim) pair: the milliseconds since the kill, and
+    /// when it was seen.
+    pub detected: HashMap<(Arc<str>, String), (u64, Instant)>,
+    /// Distinct (observer, member) pairs with a `Down` about a member that was not killed
+    /// (or about a victim before its kill).
+    pub false_positives: HashSet<(Arc<str>, String)>,
+    /// `Down` events counted in `false_positives` (repeats included).
+    pub false_positive_events: u64,
+    /// Distinct (observer, member) pairs with a suspicion of a member that was not killed.
+    pub false_suspicions: HashSet<(Arc<str>, String)>,
+    /// Suspicions of members that were not killed (repeats included).
+    pub false_suspicion_events: u64,
+    /// Events seen, by kind.
+    pub events: HashMap<&'static str, u64>,
+}
+
+impl Tally {
+    /// Accounts for one event.
+    pub fn observe(&mut self, e: HostEvent) {
+        let kind = match &e.event {
+            Event::Up(_) => "up",
+            Event::Suspect { .. } => "suspect",
+            Event::AliveAgain(_) => "alive_again",
+            Event::Down { .. } => "down",
+            Event::Left(_) => "left",
+            Event::Updated(_) => "updated",
+            Event::Reaped(_) => "reaped",
+            Event::Message { .. } => "message",
+            Event::Joined { .. } => "joined",
+        };
+        *self.events.entry(kind).or_default() += 1;
+        match e.event {
+            Event::Down { member, .. } => {
+                let killed_at = self.killed.get(&member.name).copied();
+                match killed_at {
+                    Some(k) if e.at >= k => {
+                        let ms = e.at.duration_since(k).as_millis() as u64;
+                        self.detected
+                            .entry((e.local, member.name))
+                            .or_insert((ms, e.at));
+                    }
+                    _ => {
+                        self.false_positive_events += 1;
+                        self.false_positives.insert((e.local, member.name));
+                    }
+                }
+            }
+            Event::Suspect { member, .. } => {
+                if !self.killed.contains_key(&member.name) {
+                    self.false_suspicion_events += 1;
+                    self.false_suspicions.insert((e.local, member.name));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn lock(t: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
+    // The tally is plain counters: a panic elsewhere leaves it usable.
+    t.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Drains `events` into `tally` until `stop` is set.
+fn drain(
+    events: crossbeam_channel::Receiver<HostEvent>,
+    tally: Arc<Mutex<Tally>>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(first) = events.recv_timeout(DRAIN_WAIT) else {
+            continue;
+        };
+        let mut t = lock(&tally);
+        t.observe(first);
+        // Take what else is queued under the same lock.
+        for e in events.try_iter().take(4096) {
+            t.observe(e);
+        }
+    }
+    let mut t = lock(&tally);
+    for e in events.try_iter() {
+        t.observe(e);
+    }
+}
+
+fn member_name(i: usize) -> String {
+    format!("m{i}")
+}
+
+/// Starts member `i` at `addr`, trying the next ports when the address is taken.
+fn add_member(
+    host: &Host,
+    i: usize,
+    addr: SocketAddr,
+    seeds: &[SocketAddr],
+    retries: &mut u64,
+) -> anyhow::Result<SocketAddr> {
+    let mut bind = addr;
+    for _ in 0..BIND_PORT_TRIES_MAX {
+        let spec = MemberSpec {
+            name: member_name(i),
+            bind,
+            seeds: seeds.to_vec(),
+            meta: Vec::new(),
+        };
+        match host.add(spec) {
+            Ok(a) => return Ok(a),
+            Err(HostError::Bind { what, .. }) => {
+                note_bind_retry(i, bind, &what);
+                *retries += 1;
+                bind.set_port(bind.port().wrapping_add(1).max(1024));
+            }
+            Err(e) => return Err(e).with_context(|| format!("starting member {i}")),
+        }
+    }
+    bail!("member {i}: no free port near {addr} after {BIND_PORT_TRIES_MAX} tries")
+}
+
+fn note_bind_retry(i: usize, bind: SocketAddr, what: &str) {
+    eprintln!("swim: member {i} cannot bind {bind} ({what}); trying the next port");
+}
+
+/// Everything the census says that the report uses.
+fn census_json(c: &Census) -> Value {
+    let u = c.udp();
+    let mut dropped = Map::new();
+    for cause in DROP_CAUSES {
+        let n = c.dropped(cause);
+        if n > 0 {
+            dropped.insert((*cause).to_owned(), json!(n));
+        }
+    }
+    let (out, failed, served, refused) = c.streams();
+    let s = c.stats();
+    json!({
+        "members": c.members(),
+        "converged": c.converged(),
+        "alive_seen_min": c.shards.iter().map(|s| s.alive_seen_min).min().unwrap_or(0),
+        "alive_seen_max": c.shards.iter().map(|s| s.alive_seen_max).max().unwrap_or(0),
+        "udp": {
+            "datagrams_received": u.datagrams_received,
+            "datagrams_delivered": u.datagrams_delivered,
+            "datagrams_sent": u.datagrams_sent,
+            "bytes_sent": u.bytes_sent,
+            "send_errors": u.send_errors,
+            "send_errno_last": c.shards.iter().map(|s| s.udp.send_errno_last).max().unwrap_or(0),
+            "send_queue_full": u.send_queue_full,
+            "recv_no_buffers": u.recv_no_buffers,
+            "recv_rearmed": u.recv_rearmed,
+            "recv_errors": u.recv_errors,
+            "dropped": dropped,
+        },
+        "streams": {"out": out, "failed": failed, "served": served, "refused": refused},
+        "sends_dropped": c.shards.iter().map(|s| s.sends_dropped).sum::<u64>(),
+        "events_dropped": c.shards.iter().map(|s| s.events_dropped).sum::<u64>(),
+        "member_stats": {
+            "probes": s.probes,
+            "probes_failed": s.probes_failed,
+            "refutations": s.refutations,
+            "events_dropped": s.events_dropped,
+            "dropped": s.dropped,
+            "push_pull_refused": s.push_pull_refused,
+            "reconnects": s.reconnects,
+        },
+    })
+}
+
+/// Datagrams, bytes and stream bytes sent so far.
+fn traffic(c: &Census) -> (u64, u64, u64) {
+    let u = c.udp();
+    (u.datagrams_sent, u.bytes_sent, c.stats().stream_bytes_out)
+}
 
 /// Runs the scenario.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("scenario `swim` is not built in this version of ringleader-bench")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let swim =
+        Config::named(&args.config).with_context(|| format!("unknown --config {}", args.config))?;
+    let n = args.members;
+    if !(2..=MEMBERS_MAX).contains(&n) {
+        bail!("--members must be in 2..={MEMBERS_MAX}");
+    }
+    if args.seeds == 0 || args.seeds > n {
+        bail!("--seeds must be in 1..=--members");
+    }
+    if args.kill + args.seeds >= n {
+        bail!("--kill must leave the seeds and at least one other member alive");
+    }
+    let port = args
+        .port
+        .unwrap_or(21_000 + (std::process::id() % 20_000) as u16);
+    let converge_timeout = args
+        .converge_timeout
+        .unwrap_or(CONVERGE_TIMEOUT_BASE + CONVERGE_TIMEOUT_PER_MEMBER * n as u32);
+
+    let mut hc = HostConfig {
+        swim,
+        events: EventMask::FAILURES,
+        ..HostConfig::default()
+    };
+    hc.runtime.shards = args.shards;
+    hc.runtime.pin = args.pin;
+    hc.runtime.events_capacity = args.events_capacity;
+    hc.runtime.name = "swim".to_owned();
+    hc.cluster_members_max = hc.cluster_members_max.max(n);
+
+    let host = Host::start(hc).context("starting the host")?;
+    let shards = host.shards();
+    let config = json!({
+        "members": n, "config": args.config, "kill": args.kill, "shards": shards,
+        "seeds": args.seeds, "seed": args.seed, "pin": args.pin,
+        "duration_s": args.common.duration.as_secs_f64(),
+        "warmup_s": args.common.warmup.as_secs_f64(),
+        "detect_timeout_s": args.detect_timeout.as_secs_f64(),
+        "converge_timeout_s": converge_timeout.as_secs_f64(),
+        "base_octet": args.base_octet, "port": port,
+        "events_capacity": args.events_capacity,
+    });
+    let mut run = Run::new("swim", args.common.out.as_deref(), args.common.json, config)?;
+
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let drainer = {
+        let (events, tally, stop) = (host.events().clone(), Arc::clone(&tally), Arc::clone(&stop));
+        thread::Builder::new()
+            .name("swim-events".to_owned())
+            .spawn(move || drain(events, tally, stop))
+            .context("starting the event thread")?
+    };
+    let result = measure(&args, &host, n, port, converge_timeout, &tally, &mut run);
+    stop.store(true, Ordering::Relaxed);
+    let shutdown = host.shutdown();
+    if drainer.join().is_err() {
+        bail!("the event thread panicked");
+    }
+    let mut results = result?;
+    shutdown.context("shutting the host down")?;
+
+    let t = lock(&tally);
+    let mut detect = Recorder::new("detect_ms");
+    let mut detections: Vec<(Instant, u64)> =
+        t.detected.values().map(|&(ms, at)| (at, ms)).collect();
+    detections.sort_unstable();
+    for (at, ms) in detections {
+        detect.record_at(at, ms);
+    }
+    let live = n - args.kill;
+    let pairs = live * args.kill;
+    let r = results.as_object_mut().context("results are an object")?;
+    r.insert("detect_ms".into(), detect.summary());
+    r.insert("detected".into(), json!(t.detected.len()));
+    r.insert(
+        "undetected".into(),
+        json!(pairs.saturating_sub(t.detected.len())),
+    );
+    r.insert("false_positives".into(), json!(t.false_positives.len()));
+    r.insert(
+        "false_positive_events".into(),
+        json!(t.false_positive_events),
+    );
+    r.insert("false_suspicions".into(), json!(t.false_suspicions.len()));
+    r.insert(
+        "false_suspicion_events".into(),
+        json!(t.false_suspicion_events),
+    );
+    let mut fp: Vec<String> = t
+        .false_positives
+        .iter()
+        .take(20)
+        .map(|(o, m)| format!("{o} saw {m} down"))
+        .collect();
+    fp.sort();
+    r.insert("false_positive_examples".into(), json!(fp));
+    let mut kinds: Vec<(&str, u64)> = t.events.iter().map(|(k, v)| (*k, *v)).collect();
+    kinds.sort_unstable();
+    r.insert(
+        "events".into(),
+        Value::Object(
+            kinds
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), json!(v)))
+                .collect(),
+        ),
+    );
+    drop(t);
+    run.add(detect);
+    run.finish(results)
+}
+
+/// Phases 1-3; the results so far (the event figures are added by the caller).
+fn measure(
+    args: &Args,
+    host: &Host,
+    n: usize,
+    port: u16,
+    converge_timeout: Duration,
+    tally: &Mutex<Tally>,
+    run: &mut Run,
+) -> anyhow::Result<Value> {
+    // 1. Start and converge.
+    let addrs = loopback_addrs(n, args.base_octet, port);
+    let started = Instant::now();
+    let mut seeds: Vec<SocketAddr> = Vec::with_capacity(args.seeds);
+    let mut bind_retries = 0u64;
+    let progress = run.progress("adding members", Duration::from_secs(n as u64));
+    for (i, &addr) in addrs.iter().enumerate() {
+        // The seeds themselves join those started before them (the first one starts alone;
+        // a member left alone retries its seeds later).
+        let bound = add_member(host, i, addr, &seeds, &mut bind_retries)?;
+        if i < args.seeds {
+            seeds.push(bound);
+        }
+        if i % 100 == 0 {
+            progress.tick(Duration::from_secs(i as u64));
+        }
+    }
+    progress.finish();
+    let add_ms = started.elapsed().as_millis() as u64;
+    let progress = run.progress("converging", converge_timeout);
+    let (converged, census) = loop {
+        let c = host.census(n).context("census")?;
+        if c.converged() == n {
+            break (true, c);
+        }
+        if started.elapsed() >= converge_timeout {
+            break (false, c);
+        }
+        progress.tick(started.elapsed());
+        thread::sleep(CENSUS_POLL);
+    };
+    progress.finish();
+    let converge_ms = started.elapsed().as_millis() as u64;
+    if !converged {
+        eprintln!(
+            "swim: not converged after {converge_timeout:?}: {} of {n} members see everyone; carrying on",
+            census.converged()
+        );
+    }
+    let at_converge = census_json(&census);
+
+    // 2. Steady state.
+    thread::sleep(args.common.warmup);
+    let c0 = host.census(n).context("census")?;
+    let cpu0 = process_cpu()?;
+    let t0 = Instant::now();
+    let progress = run.progress("steady state", args.common.duration);
+    while t0.elapsed() < args.common.duration {
+        progress.tick(t0.elapsed());
+        thread::sleep(
+            args.common
+                .duration
+                .saturating_sub(t0.elapsed())
+                .min(Duration::from_secs(1)),
+        );
+    }
+    progress.finish();
+    let cpu1 = process_cpu()?;
+    let steady = t0.elapsed();
+    let c1 = host.census(n).context("census")?;
+    let (rss_kib, hwm_kib) = process_memory_kib()?;
+    let (d0, b0, s0) = traffic(&c0);
+    let (d1, b1, s1) = traffic(&c1);
+    let member_secs = n as f64 * steady.as_secs_f64();
+    let cpu_s = cpu1.saturating_sub(cpu0).as_secs_f64();
+    let fp_before_kill = lock(tally).false_positives.len();
+
+    // 3. Kill and detect.
+    let victims = pick_victims(n, args.seeds, args.kill, args.seed);
+    let kill_start = Instant::now();
+    for &v in &victims {
+        let name = member_name(v);
+        lock(tally).killed.insert(name.clone(), Instant::now());
+        host.kill(&name)
+            .with_context(|| format!("killing {name}"))?;
+    }
+    let want = (n - victims.len()) * victims.len();
+    let progress = run.progress("detecting", args.detect_timeout);
+    while !victims.is_empty() && kill_start.elapsed() < args.detect_timeout {
+        if lock(tally).detected.len() >= want {
+            break;
+        }
+        progress.tick(kill_start.elapsed());
+        thread::sleep(DETECT_POLL);
+    }
+    progress.finish();
+    let detect_wall_ms = kill_start.elapsed().as_millis() as u64;
+    let live = n - victims.len();
+    let c_end = host.census(live).context("census")?;
+
+    Ok(json!({
+        "members": n,
+        "config": args.config,
+        "shards": host.shards(),
+        "seeds": args.seeds,
+        "kill": args.kill,
+        "seed": args.seed,
+        "add_ms": add_ms,
+        "converged": converged,
+        "converge_ms": converge_ms,
+        "bind_retries": bind_retries,
+        "steady_s": steady.as_secs_f64(),
+        "cpu_s": cpu_s,
+        "cpu_s_per_member_per_s": cpu_s / member_secs,
+        "cpu_cores_busy": cpu_s / steady.as_secs_f64(),
+        "msgs_per_member_per_s": (d1 - d0) as f64 / member_secs,
+        "bytes_per_member_per_s": (b1 - b0) as f64 / member_secs,
+        "stream_bytes_per_member_per_s": (s1 - s0) as f64 / member_secs,
+        "rss_mb": rss_kib as f64 / 1024.0,
+        "rss_hwm_mb": hwm_kib as f64 / 1024.0,
+        "converged_after_steady": c1.converged(),
+        "false_positives_before_kill": fp_before_kill,
+        "victims": victims.iter().map(|&v| member_name(v)).collect::<Vec<_>>(),
+        "detect_wall_ms": detect_wall_ms,
+        "events_dropped": c_end.shards.iter().map(|s| s.events_dropped).sum::<u64>(),
+        "census_at_converge": at_converge,
+        "census_after_steady": census_json(&c1),
+        "census_at_end": census_json(&c_end),
+    }))
+}
+
+/// `kill` distinct member indexes in `seeds..n`, from `seed`.
+pub fn pick_victims(n: usize, seeds: usize, kill: usize, seed: u64) -> Vec<usize> {
+    assert!(seeds + kill <= n, "not enough non-seed members to kill");
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut v: Vec<usize> = rand::seq::index::sample(&mut rng, n - seeds, kill)
+        .into_iter()
+        .map(|i| i + seeds)
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringleader_engine::host::MemberInfo;
+    use ringleader_engine::swim::MemberState;
+
+    fn info(name: &str) -> MemberInfo {
+        MemberInfo {
+            name: name.to_owned(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            meta: Vec::new(),
+            state: MemberState::Dead,
+            incarnation: 0,
+        }
+    }
+
+    fn down(local: &str, member: &str, at: Instant) -> HostEvent {
+        HostEvent {
+            at,
+            local: Arc::from(local),
+            event: Event::Down {
+                member: info(member),
+                by: local.to_owned(),
+            },
+        }
+    }
+
+    #[test]
+    fn victims_are_distinct_non_seeds_and_replay_from_the_seed() {
+        let v = pick_victims(100, 3, 10, 7);
+        assert_eq!(v.len(), 10);
+        assert!(v.iter().all(|&i| (3..100).contains(&i)));
+        assert!(v.windows(2).all(|w| w[0] < w[1]), "distinct and sorted");
+        assert_eq!(v, pick_victims(100, 3, 10, 7));
+        assert_ne!(v, pick_victims(100, 3, 10, 8));
+        assert_eq!(pick_victims(5, 3, 2, 1), vec![3, 4]);
+    }
+
+    #[test]
+    fn the_tally_keeps_the_first_down_per_pair_and_counts_false_positives() {
+        let t0 = Instant::now();
+        let mut t = Tally::default();
+        // Before the kill, a down about m5 is a false positive.
+        t.observe(down("m1", "m5", t0));
+        t.killed.insert("m5".into(), t0 + Duration::from_millis(10));
+        t.observe(down("m1", "m5", t0 + Duration::from_millis(1_010)));
+        t.observe(down("m1", "m5", t0 + Duration::from_millis(3_010)));
+        t.observe(down("m2", "m5", t0 + Duration::from_millis(2_010)));
+        t.observe(down("m2", "m7", t0 + Duration::from_millis(2_010)));
+        t.observe(down("m2", "m7", t0 + Duration::from_millis(2_020)));
+        t.observe(HostEvent {
+            at: t0,
+            local: Arc::from("m3"),
+            event: Event::Suspect {
+                member: info("m7"),
+                by: "m3".into(),
+            },
+        });
+        t.observe(HostEvent {
+            at: t0,
+            local: Arc::from("m3"),
+            event: Event::Suspect {
+                member: info("m5"),
+                by: "m3".into(),
+            },
+        });
+        assert_eq!(t.detected.len(), 2);
+        assert_eq!(t.detected[&(Arc::from("m1"), "m5".to_owned())].0, 1_000);
+        assert_eq!(t.detected[&(Arc::from("m2"), "m5".to_owned())].0, 2_000);
+        assert_eq!(t.false_positives.len(), 2, "(m1, m5) early and (m2, m7)");
+        assert_eq!(t.false_positive_events, 3);
+        assert_eq!(t.false_suspicions.len(), 1, "only m7: m5 was killed");
+        assert_eq!(t.events["down"], 6);
+        assert_eq!(t.events["suspect"], 2);
+    }
+
+    #[test]
+    fn memory_lines_parse() {
+        let s = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\nThreads:\t3\n";
+        assert_eq!(parse_memory_kib(s), Some((1024, 2048)));
+        assert_eq!(parse_memory_kib("Name:\tx\n"), None);
+        let (rss, hwm) = process_memory_kib().expect("this process has a status file");
+        assert!(rss > 0 && hwm >= rss);
+    }
+
+    #[test]
+    fn cpu_time_grows_with_work() {
+        // Spins until the reading moves (a liveness bound, not a timing claim).
+        let a = process_cpu().expect("getrusage");
+        let mut x = 0u64;
+        let start = Instant::now();
+        let mut b = a;
+        while b <= a && start.elapsed() < Duration::from_secs(60) {
+            for _ in 0..100_000 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            b = process_cpu().expect("getrusage");
+        }
+        std::hint::black_box(x);
+        assert!(b > a, "spinning used CPU: {a:?} -> {b:?}");
+    }
 }
