@@ -112,7 +112,7 @@ impl HostConfig {
                 self.swim.datagram_bytes_max, self.udp.datagram_bytes_max
             ));
         }
-        if self.swim.encrypted != !self.keys.is_empty() {
+        if self.swim.encrypted == self.keys.is_empty() {
             return bad(format!(
                 "swim.encrypted is {} but {} keys are configured: leave swim.encrypted to Host (it is set from keys)",
                 self.swim.encrypted,

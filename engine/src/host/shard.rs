@@ -4,7 +4,7 @@
 //! the main loop and the stream tasks borrow it only between awaits, never across one.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -17,7 +17,8 @@ use ringleader_wire::msg::swim as wire;
 use ringleader_wire::{Encoder, Frame, Keyring, Message, MessageRef};
 
 use super::{
-    Event, HostConfig, HostError, HostEvent, MemberInfo, MemberSpec, ShardCensus, add_stats,
+    Event, EventMask, HostConfig, HostError, HostEvent, MemberInfo, MemberSpec, ShardCensus,
+    add_stats,
 };
 use crate::runtime::{LocalNotify, ShardContext, Timers};
 use crate::swim::{
@@ -93,6 +94,10 @@ struct Core {
     free_slots: Vec<u32>,
     /// Slot of the member on each socket (indexed by `SocketId`), `u32::MAX` if none.
     by_socket: Vec<u32>,
+    /// Slot of each hosted member by name.
+    names: HashMap<Arc<str>, u32>,
+    /// Slots of members that are leaving.
+    leavers: Vec<u32>,
     timers: Timers<u32>,
     dirty: Vec<u32>,
     /// Stream exchanges the members asked for, to start after this borrow ends.
@@ -157,6 +162,8 @@ pub(crate) async fn run(
         members: Vec::new(),
         free_slots: Vec::new(),
         by_socket: Vec::new(),
+        names: HashMap::new(),
+        leavers: Vec::new(),
         timers: Timers::new(config.members_per_shard_max),
         dirty: Vec::new(),
         streams_to_start: Vec::new(),
@@ -263,6 +270,7 @@ fn command(shard: &Rc<RefCell<Shard>>, cmd: Command) {
                     if let Some(Some(h)) = core.members.get_mut(slot as usize) {
                         h.member.leave(now);
                         h.leaving = Some((now + linger, reply));
+                        core.leavers.push(slot);
                         core.dirty.push(slot);
                     }
                 }
@@ -419,8 +427,10 @@ fn add(shard: &Rc<RefCell<Shard>>, spec: MemberSpec) -> Result<SocketAddr, HostE
         core.by_socket.resize(i + 1, u32::MAX);
     }
     core.by_socket[i] = slot;
+    let name: Arc<str> = Arc::from(spec.name.as_str());
+    core.names.insert(Arc::clone(&name), slot);
     core.members[slot as usize] = Some(Hosted {
-        name: Arc::from(spec.name.as_str()),
+        name,
         member,
         socket,
         generation,
@@ -434,10 +444,7 @@ fn add(shard: &Rc<RefCell<Shard>>, spec: MemberSpec) -> Result<SocketAddr, HostE
 
 impl Core {
     fn slot_of(&self, name: &str) -> Option<u32> {
-        self.members
-            .iter()
-            .position(|m| m.as_ref().is_some_and(|h| &*h.name == name))
-            .map(|i| i as u32)
+        self.names.get(name).copied()
     }
 
     fn hosted(&self, slot: u32) -> Option<&Hosted> {
@@ -456,6 +463,7 @@ impl Core {
             return;
         };
         add_stats(&mut self.census.stats, h.member.stats());
+        self.names.remove(&h.name);
         ring.remove_socket(h.socket);
         if let Some(s) = self.by_socket.get_mut(h.socket.0 as usize) {
             *s = u32::MAX;
@@ -475,26 +483,26 @@ impl Core {
         }
     }
 
+    /// Stops leaving members whose leave has been gossiped enough (or whose linger time is
+    /// up); keeps the others' timers at or before their linger deadline.
     fn reap_leavers(&mut self, now: Time, ring: &mut UdpRing) {
-        let done: Vec<u32> = self
-            .members
-            .iter()
-            .enumerate()
-            .filter_map(|(i, m)| {
-                let h = m.as_ref()?;
-                let (until, _) = h.leaving.as_ref()?;
-                (now >= *until || h.member.broadcasts_pending() == 0).then_some(i as u32)
-            })
-            .collect();
-        for slot in done {
-            self.remove(slot, ring);
+        if self.leavers.is_empty() {
+            return;
         }
-        for (slot, h) in self.members.iter().enumerate() {
-            let Some(h) = h else { continue };
-            if let Some((until, _)) = &h.leaving {
-                let slot = slot as u32;
+        let leavers = std::mem::take(&mut self.leavers);
+        for slot in leavers {
+            let Some(Some(h)) = self.members.get(slot as usize) else {
+                continue;
+            };
+            let Some((until, _)) = &h.leaving else {
+                continue;
+            };
+            if now >= *until || h.member.broadcasts_pending() == 0 {
+                self.remove(slot, ring);
+            } else {
                 let at = h.member.poll_timeout().map_or(*until, |t| t.min(*until));
                 let _ = self.timers.set(slot, at);
+                self.leavers.push(slot);
             }
         }
     }
@@ -560,12 +568,13 @@ impl Core {
         }
         let mask = self.config.events;
         while let Some(e) = h.member.poll_event() {
+            // Filter before building: a load test's start is n² "up" events nobody wants.
+            if !mask.contains(event_mask(&e)) {
+                continue;
+            }
             let Some(event) = to_event(&self.dir, &h.member, e) else {
                 continue;
             };
-            if !mask.contains(event.mask()) {
-                continue;
-            }
             let ev = HostEvent {
                 at: self.ctx.clock().instant(now),
                 local: Arc::clone(&h.name),
@@ -720,14 +729,32 @@ impl UdpHandler for Core {
         };
         let now = self.ctx.now();
         for m in messages {
-            // The archive was validated in place by the transport; the core works on
-            // interned items, so names are looked up (and new ones interned) here.
-            match m.to_owned() {
-                Ok(msg) => h.member.handle_message(now, from, msg),
+            // The archive was validated in place by the transport; names and addresses
+            // are looked up in it directly (nothing is copied unless it is new).
+            let item = self.dir.borrow_mut().from_wire_ref(m);
+            match item {
+                Ok(item) => h.member.handle_item(now, from, item),
                 Err(_) => self.census.stats.dropped += 1,
             }
         }
         self.flush(now, slot, out);
+    }
+}
+
+fn event_mask(e: &swim::Event) -> EventMask {
+    match e {
+        swim::Event::Up { .. } => EventMask::UP,
+        swim::Event::Suspect { .. } => EventMask::SUSPECT,
+        swim::Event::AliveAgain { .. } => EventMask::ALIVE_AGAIN,
+        swim::Event::Down { .. } => EventMask::DOWN,
+        swim::Event::Left { .. } => EventMask::LEFT,
+        swim::Event::Updated { .. } => EventMask::UPDATED,
+        swim::Event::Reaped { .. } => EventMask::REAPED,
+        swim::Event::Message { .. } => EventMask::MESSAGE,
+        swim::Event::Joined { .. } => EventMask::JOINED,
+        swim::Event::Refuted { .. } | swim::Event::UserState { .. } | swim::Event::Rtt { .. } => {
+            EventMask::NONE
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use ringleader_wire::frame::{HEADER_LEN, SEAL_PREFIX_LEN};
 use ringleader_wire::keyring::TAG_LEN;
 use ringleader_wire::msg::swim as wire;
-use ringleader_wire::{Encoder, Message};
+use ringleader_wire::{Encoder, Message, MessageRef};
 
 use super::hash::FxHashMap;
 use super::item::{InfoId, Item, NodeId, NodeState, PushPullState};
@@ -64,6 +64,9 @@ pub enum DirectoryError {
     /// The message is a push-pull (stream only) where a datagram was expected.
     #[error("push-pull is a stream message")]
     StreamOnly,
+    /// A validated archive could not be copied out (a value the owned type refuses).
+    #[error("message could not be copied out of its archive")]
+    Undecodable,
 }
 
 /// One interned (name, address, metadata) triple.
@@ -500,6 +503,60 @@ impl Directory {
         })
     }
 
+    /// Like [`Directory::from_wire`], straight from a validated archive in the receive
+    /// buffer: names and addresses are looked up in place, and nothing is allocated unless
+    /// the message names something new. Kinds without a compact form (acks with a
+    /// coordinate, the layer above's messages) are copied out.
+    pub fn from_wire_ref(&mut self, msg: &MessageRef<'_>) -> Result<Item, DirectoryError> {
+        Ok(match msg {
+            MessageRef::Ping(p) => {
+                let target = self.intern_name(p.target.as_str())?;
+                let source = self.intern(p.source.as_str(), p.source_addr.as_socket_addr(), &[])?;
+                Item::Ping {
+                    seq: p.seq_no.to_native(),
+                    target,
+                    source,
+                }
+            }
+            MessageRef::IndirectPing(p) => {
+                let target = self.intern(p.target.as_str(), p.target_addr.as_socket_addr(), &[])?;
+                let source = self.intern(p.source.as_str(), p.source_addr.as_socket_addr(), &[])?;
+                Item::IndirectPing {
+                    seq: p.seq_no.to_native(),
+                    target,
+                    nack: p.nack,
+                    source,
+                }
+            }
+            MessageRef::Ack(a) if a.coordinate.is_none() => Item::Ack {
+                seq: a.seq_no.to_native(),
+                coordinate: None,
+            },
+            MessageRef::Nack(n) => Item::Nack {
+                seq: n.seq_no.to_native(),
+            },
+            MessageRef::Suspect(s) => Item::Suspect {
+                incarnation: s.incarnation.to_native(),
+                node: self.intern_name(s.node.as_str())?,
+                from: self.intern_name(s.from.as_str())?,
+            },
+            MessageRef::Alive(a) => Item::Alive {
+                incarnation: a.incarnation.to_native(),
+                info: self.intern(a.node.as_str(), a.addr.as_socket_addr(), a.meta.as_slice())?,
+            },
+            MessageRef::Dead(d) => Item::Dead {
+                incarnation: d.incarnation.to_native(),
+                node: self.intern_name(d.node.as_str())?,
+                from: self.intern_name(d.from.as_str())?,
+            },
+            MessageRef::PushPull(_) => return Err(DirectoryError::StreamOnly),
+            other => {
+                let owned = other.to_owned().map_err(|_| DirectoryError::Undecodable)?;
+                return self.from_wire(owned);
+            }
+        })
+    }
+
     /// The wire form of a push-pull state.
     pub fn push_pull_to_wire(&self, s: &PushPullState) -> wire::PushPull {
         let states = s
@@ -685,6 +742,9 @@ mod tests {
             // interns without metadata, so compare wire forms).
             let back = d.from_wire(owned).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(d.to_wire(&back), wire_msg);
+            // Straight from the archive: the same compact item.
+            let in_place = d.from_wire_ref(&got).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(in_place, back, "{item:?}");
         }
     }
 
