@@ -1201,13 +1201,8 @@ impl<R: RngCore> Raft<R> {
                     to: id,
                     term,
                 };
-                self.msgs.push(Message::AppendEntries(AppendEntries {
-                    header,
-                    prev_log_index: prev,
-                    prev_log_term: prev_term,
-                    leader_commit: committed,
-                    entries: Vec::new(),
-                }));
+                self.msgs
+                    .push(empty_append(header, prev, prev_term, committed));
                 return;
             }
         }
@@ -1225,13 +1220,8 @@ impl<R: RngCore> Raft<R> {
                 to: id,
                 term,
             };
-            self.msgs.push(Message::AppendEntries(AppendEntries {
-                header,
-                prev_log_index: prev,
-                prev_log_term: prev_term,
-                leader_commit: committed,
-                entries: Vec::new(),
-            }));
+            self.msgs
+                .push(empty_append(header, prev, prev_term, committed));
         }
     }
 
@@ -1363,4 +1353,15 @@ impl<R: RngCore> Raft<R> {
             }
         }
     }
+}
+
+/// An AppendEntries without entries: it carries the commit index (and probes `prev`).
+fn empty_append(header: RaftHeader, prev: u64, prev_term: u64, commit: u64) -> Message {
+    Message::AppendEntries(AppendEntries {
+        header,
+        prev_log_index: prev,
+        prev_log_term: prev_term,
+        leader_commit: commit,
+        entries: Vec::new(),
+    })
 }
