@@ -2,10 +2,13 @@
 //!
 //! No timing assertions. Release-mode runtime: well under a second per test.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use ringleader_engine::Time;
-use ringleader_engine::runtime::{Runtime, RuntimeConfig, ShardContext, Timers};
+use ringleader_engine::runtime::{ParkConfig, Runtime, RuntimeConfig, ShardContext, Timers};
+use ringleader_engine::transport::{Sender, SocketId, UdpConfig, UdpHandler, UdpRing};
+use ringleader_wire::{Frame, MessageRef};
 
 fn config(shards: usize) -> RuntimeConfig {
     RuntimeConfig {
@@ -218,4 +221,144 @@ fn timers_fire_in_order_on_a_shard() {
         "the re-armed key fired at its new deadline"
     );
     assert!(!fired.iter().any(|f| f.0 == 6));
+}
+
+/// What a parked shard is asked to do.
+#[derive(Debug)]
+enum ParkCmd {
+    /// Emit `(shard, n)` back.
+    Echo(u32),
+    /// Send `n` to shard `to` over the mesh; the receiver emits `(receiver, n)`.
+    Forward(usize, u32),
+}
+
+struct Ignore;
+impl UdpHandler for Ignore {
+    fn on_datagram(
+        &mut self,
+        _: &mut Sender<'_, '_>,
+        _: SocketId,
+        _: SocketAddr,
+        _: &Frame<'_>,
+        _: &[MessageRef<'_>],
+    ) {
+    }
+}
+
+fn small_ring() -> UdpRing {
+    UdpRing::new(
+        UdpConfig {
+            recv_buffers: 64,
+            send_slots: 64,
+            cq_entries: 256,
+            sq_entries: 64,
+            ..UdpConfig::default()
+        },
+        b"runtime-test",
+        None,
+    )
+    .expect("ring")
+}
+
+/// Shards asleep in their own rings, with glommio's turn 60 s away, still see commands and
+/// mesh messages at once: the command eventfd is polled in the ring, and a mesh send to a
+/// parked shard signals it. (Were either missing, the test would wait out `WAIT_MAX`.)
+#[test]
+fn parked_shards_are_woken_by_commands_and_mesh_messages() {
+    const SHARDS: usize = 2;
+    let rt: Runtime<ParkCmd, (usize, u32), u64> = Runtime::start(
+        config(SHARDS),
+        |ctx: ShardContext<ParkCmd, (usize, u32), u32>| async move {
+            let mut ring = small_ring();
+            ctx.park_in(
+                &mut ring,
+                ParkConfig {
+                    glommio_turn_interval_us: 60_000_000,
+                },
+            )
+            .expect("park_in");
+            assert!(ctx.parks_in_ring());
+            loop {
+                ring.poll(&mut Ignore).expect("poll");
+                while let Some(cmd) = ctx.try_command() {
+                    match cmd {
+                        ParkCmd::Echo(n) => {
+                            ctx.emit((ctx.id(), n));
+                        }
+                        ParkCmd::Forward(to, n) => {
+                            ctx.mesh_send(to, n).expect("mesh send");
+                        }
+                    }
+                }
+                while let Some((_, n)) = ctx.mesh_recv() {
+                    ctx.emit((ctx.id(), n));
+                }
+                if ctx.stopping() {
+                    break;
+                }
+                ctx.wait(None).await;
+            }
+            let wake_ups = ring.counters().wake_ups;
+            let report = ring.close();
+            assert_eq!(report.in_flight_left, 0, "the wake-up poll was cancelled");
+            wake_ups
+        },
+    )
+    .expect("start");
+    for n in 0..20u32 {
+        let shard = (n as usize) % SHARDS;
+        rt.send(shard, ParkCmd::Echo(n)).expect("send");
+        assert_eq!(rt.events().recv_timeout(WAIT_MAX), Ok((shard, n)));
+        let to = 1 - shard;
+        rt.send(shard, ParkCmd::Forward(to, 1000 + n))
+            .expect("send");
+        assert_eq!(rt.events().recv_timeout(WAIT_MAX), Ok((to, 1000 + n)));
+    }
+    let wake_ups: Vec<u64> = rt
+        .join()
+        .into_iter()
+        .map(|r| r.expect("shard result"))
+        .collect();
+    assert!(
+        wake_ups.iter().all(|&w| w > 0),
+        "commands woke the parks through the ring: {wake_ups:?}"
+    );
+}
+
+/// glommio's own work (here a task on glommio timers) still runs while the shard parks in
+/// its ring: it gets a turn at least every `glommio_turn_interval_us`.
+#[test]
+fn glommio_tasks_run_while_the_shard_parks_in_its_ring() {
+    let rt: Runtime<(), u32, ()> =
+        Runtime::start(config(1), |ctx: ShardContext<(), u32, ()>| async move {
+            let mut ring = small_ring();
+            ctx.park_in(
+                &mut ring,
+                ParkConfig {
+                    glommio_turn_interval_us: 500,
+                },
+            )
+            .expect("park_in");
+            let done = std::rc::Rc::new(std::cell::Cell::new(0u32));
+            let ticks = std::rc::Rc::clone(&done);
+            let waker = ctx.waker().clone();
+            let task = glommio::spawn_local(async move {
+                for _ in 0..20 {
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                    ticks.set(ticks.get() + 1);
+                }
+                waker.notify();
+            })
+            .detach();
+            while done.get() < 20 && !ctx.stopping() {
+                ring.poll(&mut Ignore).expect("poll");
+                ctx.wait(None).await;
+            }
+            task.await;
+            ctx.emit(done.get());
+            ring.close();
+        })
+        .expect("start");
+    assert_eq!(rt.events().recv_timeout(WAIT_MAX), Ok(20));
+    assert!(rt.join().iter().all(|r| r.is_ok()));
 }

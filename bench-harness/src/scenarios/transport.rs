@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use ringleader_engine::runtime::{Runtime, RuntimeConfig, ShardContext};
+use ringleader_engine::runtime::{ParkConfig, Runtime, RuntimeConfig, ShardContext};
 use ringleader_engine::transport::{
     Sender, SocketId, SocketOptions, UdpConfig, UdpCounters, UdpHandler, UdpRing,
 };
@@ -75,6 +75,23 @@ pub struct Args {
     /// (`RuntimeConfig::sched_slice_us`); the baselines keep the default.
     #[arg(long)]
     pub sched_slice_us: Option<u64>,
+    /// Where an idle engine shard sleeps: `ring` (in its own io_uring,
+    /// `ShardContext::park_in`) or `glommio` (in glommio's reactor, woken through the
+    /// ring's eventfd).
+    #[arg(long, value_enum, default_value_t = Park::Ring)]
+    pub park: Park,
+    /// With `--park ring`: longest sleep in the ring before glommio gets a turn (µs).
+    #[arg(long, default_value_t = ParkConfig::default().glommio_turn_interval_us)]
+    pub glommio_turn_us: u64,
+}
+
+/// Where an idle engine shard sleeps.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Park {
+    /// In its own ring: one hop from a datagram to the shard.
+    Ring,
+    /// In glommio's reactor, woken by the ring's eventfd.
+    Glommio,
 }
 
 /// One flood measurement.
@@ -100,6 +117,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let placement = Shards {
         pin: args.pin,
         sched_slice_us: args.sched_slice_us,
+        park: (args.park == Park::Ring).then_some(args.glommio_turn_us),
     };
     let warmup = (common.warmup / args.rounds).max(Duration::from_millis(100));
     let config = json!({
@@ -113,6 +131,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "pin": args.pin,
         "spin_us": args.spin_us,
         "sched_slice_us": args.sched_slice_us,
+        "park": format!("{:?}", args.park).to_lowercase(),
+        "glommio_turn_us": args.glommio_turn_us,
         "engine_sender_connected": true,
         "udp_config": format!("{:?}", engine_udp_config(args.submit_batch)),
     });
@@ -227,6 +247,7 @@ fn counters_json(c: &UdpCounters) -> Value {
         "recv_rearmed": c.recv_rearmed,
         "enter_calls": c.enter_calls,
         "sqes_submitted": c.sqes_submitted,
+        "wake_ups": c.wake_ups,
     })
 }
 
@@ -242,6 +263,27 @@ fn engine_udp_config(submit_batch: usize) -> UdpConfig {
 struct Shards {
     pin: bool,
     sched_slice_us: Option<u64>,
+    /// Park in the ring with this glommio turn interval (µs); `None`: sleep in glommio.
+    park: Option<u64>,
+}
+
+/// Makes `ring`'s completions wake the shard: parked in the ring, or through its eventfd.
+fn wake_on_ring(
+    ctx: &ShardContext<(), (), SocketAddr>,
+    ring: &mut UdpRing,
+    shards: Shards,
+) -> Result<(), String> {
+    match shards.park {
+        Some(us) => ctx
+            .park_in(
+                ring,
+                ParkConfig {
+                    glommio_turn_interval_us: us,
+                },
+            )
+            .map_err(|e| e.to_string()),
+        None => ctx.watch(ring.eventfd().clone()).map_err(|e| e.to_string()),
+    }
 }
 
 fn runtime_config(name: &str, shards: Shards) -> RuntimeConfig {
@@ -332,8 +374,7 @@ fn engine_flood(
             let inner = async {
                 let mut ring = UdpRing::new(engine_udp_config(submit_batch), LABEL, None)
                     .map_err(|e| e.to_string())?;
-                ctx.watch(ring.eventfd().clone())
-                    .map_err(|e| e.to_string())?;
+                wake_on_ring(&ctx, &mut ring, shards)?;
                 let me = ring
                     .bind(
                         "127.0.0.1:0".parse().map_err(|_| "addr")?,
@@ -517,8 +558,7 @@ fn engine_ping_pong(
         move |ctx: ShardContext<(), (), SocketAddr>| async move {
             let mut ring =
                 UdpRing::new(engine_udp_config(1), LABEL, None).map_err(|e| e.to_string())?;
-            ctx.watch(ring.eventfd().clone())
-                .map_err(|e| e.to_string())?;
+            wake_on_ring(&ctx, &mut ring, shards)?;
             let me = ring
                 .bind(
                     "127.0.0.1:0".parse().map_err(|_| "addr")?,

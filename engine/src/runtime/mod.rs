@@ -64,6 +64,7 @@ pub use timers::{Timers, TimersFull};
 
 use crate::time::{Clock, Time};
 use crate::transport::limits::{LimitError, ensure_memlock};
+use crate::transport::{Parked, RingParker, UdpError, UdpRing};
 
 /// How long a shard waits for its peers to publish their mesh ids after joining.
 const MESH_JOIN_WAIT_MAX: Duration = Duration::from_secs(10);
@@ -122,6 +123,32 @@ impl RuntimeConfig {
         3 * (self.io_memory_bytes.max(64 << 10).next_multiple_of(4096) as u64)
             + self.extra_locked_bytes
     }
+}
+
+/// How a shard sleeps in its own ring once [`ShardContext::park_in`] is called.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkConfig {
+    /// Longest the shard sleeps in its ring before giving glommio's executor a turn (its
+    /// own I/O: TCP streams, eventfd watches, timers, mesh channels). Bounds how late
+    /// glommio-side work can be; each turn costs one pass of glommio's reactor (a few µs).
+    pub glommio_turn_interval_us: u64,
+}
+
+impl Default for ParkConfig {
+    fn default() -> Self {
+        ParkConfig {
+            glommio_turn_interval_us: 1000,
+        }
+    }
+}
+
+/// A shard parked in its ring: the parker and when glommio is due for a turn.
+struct ParkSlot {
+    parker: RingParker,
+    turn_interval: Duration,
+    turn_due_at: Cell<Time>,
+    /// The first park failure, logged once; after it the shard sleeps in glommio again.
+    failed: Cell<bool>,
 }
 
 /// Errors starting or running the runtime.
@@ -217,6 +244,9 @@ struct Shared<C, E> {
     stop: AtomicBool,
     commands: Vec<(crossbeam_channel::Sender<C>, Arc<EventFd>)>,
     events: crossbeam_channel::Sender<E>,
+    /// Shard `i` sleeps in its own ring ([`ShardContext::park_in`]): glommio's channels
+    /// cannot wake it, so a mesh message to it also signals its command eventfd.
+    parked: Vec<AtomicBool>,
 }
 
 struct Inner<C: Send + 'static, E: Send + 'static, M: Send + 'static> {
@@ -236,6 +266,7 @@ struct Inner<C: Send + 'static, E: Send + 'static, M: Send + 'static> {
     forwarders: RefCell<Vec<glommio::task::JoinHandle<()>>>,
     events_dropped: Cell<u64>,
     mesh_dropped: Cell<u64>,
+    park: RefCell<Option<Rc<ParkSlot>>>,
 }
 
 /// What a shard's main function gets: its identity, clock, wake-ups, the mesh, and the
@@ -291,11 +322,51 @@ impl<C: Send + 'static, E: Send + 'static, M: Send + 'static> ShardContext<C, E,
         Ok(())
     }
 
+    /// From now on [`ShardContext::wait`] sleeps inside `ring` (`io_uring_enter` with a
+    /// timeout) instead of in glommio's reactor, so a datagram wakes the shard in one hop.
+    /// Use it in place of `watch(ring.eventfd())`. Commands (and mesh messages, which
+    /// signal the command eventfd of a parked shard) wake the park through a poll of the
+    /// command eventfd in `ring`; everything else glommio drives (TCP streams, other
+    /// watches, glommio timers) runs at the latest `config.glommio_turn_interval_us` later
+    /// than it would have. The ring must outlive the shard's last `wait` (the parker holds
+    /// the ring's file, so a closed ring only makes `wait` sleep until its deadline).
+    pub fn park_in(&self, ring: &mut UdpRing, config: ParkConfig) -> Result<(), UdpError> {
+        let efd = Arc::clone(&self.inner.shared.commands[self.inner.id].1);
+        ring.wake_on(efd)?;
+        let parker = ring.parker()?;
+        let turn_interval = Duration::from_micros(config.glommio_turn_interval_us.max(1));
+        *self.inner.park.borrow_mut() = Some(Rc::new(ParkSlot {
+            parker,
+            turn_interval,
+            turn_due_at: Cell::new(self.now() + turn_interval),
+            failed: Cell::new(false),
+        }));
+        self.inner.shared.parked[self.inner.id].store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether [`ShardContext::park_in`] is in effect.
+    pub fn parks_in_ring(&self) -> bool {
+        self.inner
+            .park
+            .borrow()
+            .as_ref()
+            .is_some_and(|p| !p.failed.get())
+    }
+
     /// Waits until something wakes the shard, or until `deadline` (on the runtime clock)
-    /// passes. Returns at once if a wake-up is pending. Cancel-safe.
+    /// passes. Returns at once if a wake-up is pending. Cancel-safe. After
+    /// [`ShardContext::park_in`] it sleeps in the ring, and may also return when the ring
+    /// has completions (poll it) or spuriously.
     pub async fn wait(&self, deadline: Option<Time>) {
         if self.stopping() {
             return;
+        }
+        let park = self.inner.park.borrow().clone();
+        if let Some(park) = park
+            && !park.failed.get()
+        {
+            return self.wait_parked(&park, deadline).await;
         }
         match deadline {
             None => self.inner.wake.notified().await,
@@ -309,6 +380,53 @@ impl<C: Send + 'static, E: Send + 'static, M: Send + 'static> ShardContext<C, E,
                     sleep.await;
                 })
                 .await;
+            }
+        }
+    }
+
+    /// [`ShardContext::wait`] for a shard parked in its ring.
+    ///
+    /// glommio polls its own rings, timers and channels only when no task is runnable, so
+    /// the park (which blocks this task) hands glommio a turn before sleeping whenever one
+    /// is due: the interval passed, a wake-up eventfd fired (a command or mesh message may
+    /// wait in glommio's queues), or glommio's preemption flag is up.
+    async fn wait_parked(&self, park: &ParkSlot, deadline: Option<Time>) {
+        let mut turned = false;
+        loop {
+            if self.stopping() || self.inner.wake.take() {
+                return;
+            }
+            let now = self.now();
+            if deadline.is_some_and(|d| d <= now) {
+                return;
+            }
+            if !turned
+                && (park.parker.take_woken()
+                    || now >= park.turn_due_at.get()
+                    || glommio::executor().need_preempt())
+            {
+                glommio_turn().await;
+                turned = true;
+                park.turn_due_at.set(self.now() + park.turn_interval);
+                continue;
+            }
+            let until = match deadline {
+                Some(d) => d.min(park.turn_due_at.get()),
+                None => park.turn_due_at.get(),
+            };
+            let timeout = until.saturating_since(now);
+            match park.parker.park(Some(timeout), 1) {
+                Ok(Parked::Ready) | Ok(Parked::Interrupted) => return,
+                Ok(Parked::TimedOut) => turned = false,
+                Err(e) => {
+                    tracing::error!(
+                        shard = self.inner.id,
+                        "parking in the ring failed, sleeping in glommio from now on: {e}"
+                    );
+                    park.failed.set(true);
+                    self.inner.shared.parked[self.inner.id].store(false, Ordering::Release);
+                    return;
+                }
             }
         }
     }
@@ -361,7 +479,13 @@ impl<C: Send + 'static, E: Send + 'static, M: Send + 'static> ShardContext<C, E,
             .mesh
             .try_send_to(self.inner.peer_of_shard[to], msg)
         {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // A shard asleep in its own ring does not see glommio's channel wake-up.
+                if self.inner.shared.parked[to].load(Ordering::Acquire) {
+                    self.inner.shared.commands[to].1.signal();
+                }
+                Ok(())
+            }
             Err(GlommioError::WouldBlock(ResourceType::Channel(m))) => refused(MeshError::Full(m)),
             Err(GlommioError::Closed(ResourceType::Channel(m))) => refused(MeshError::Closed(m)),
             Err(_) => refused(MeshError::NoSuchShard(to)),
@@ -394,6 +518,46 @@ impl<C: Send + 'static, E: Send + 'static, M: Send + 'static> ShardContext<C, E,
         let watches: Vec<_> = self.inner.watches.borrow_mut().drain(..).collect();
         for w in watches {
             w.stop().await;
+        }
+    }
+}
+
+/// Hands glommio's executor one turn: this task goes pending on a timer that has already
+/// expired, so the executor (which polls its rings, timers and channels only when no task
+/// is runnable) runs what else is ready, polls, finds the timer due and resumes this task
+/// without sleeping. Two plain yields after it let the tasks that poll woke (a mesh
+/// forwarder, a stream) run before the shard parks again.
+async fn glommio_turn() {
+    GlommioTurn { timer: None }.await;
+    futures_lite::future::yield_now().await;
+    futures_lite::future::yield_now().await;
+}
+
+/// See [`glommio_turn`].
+struct GlommioTurn {
+    timer: Option<glommio::timer::Timer>,
+}
+
+impl Future for GlommioTurn {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        match self.timer.as_mut() {
+            None => {
+                // A timer far out registers with the reactor (pending); reset to zero it
+                // stays registered, already due. (A timer made due is ready at once and
+                // never registers.)
+                let mut timer = glommio::timer::Timer::new(Duration::from_secs(3600));
+                if std::pin::Pin::new(&mut timer).poll(cx).is_ready() {
+                    return std::task::Poll::Ready(());
+                }
+                timer.reset(Duration::ZERO);
+                self.timer = Some(timer);
+                std::task::Poll::Pending
+            }
+            Some(timer) => std::pin::Pin::new(timer).poll(cx).map(|_| ()),
         }
     }
 }
@@ -450,6 +614,7 @@ impl<C: Send + 'static, E: Send + 'static, T: Send + 'static> Runtime<C, E, T> {
             stop: AtomicBool::new(false),
             commands,
             events: events_tx,
+            parked: (0..shards).map(|_| AtomicBool::new(false)).collect(),
         });
         let mesh: MeshBuilder<M, _> = MeshBuilder::full(shards, config.mesh_capacity);
         let mesh_ids: Arc<Vec<AtomicUsize>> =
@@ -554,6 +719,7 @@ impl<C: Send + 'static, E: Send + 'static, T: Send + 'static> Runtime<C, E, T> {
                             forwarders: RefCell::new(Vec::new()),
                             events_dropped: Cell::new(0),
                             mesh_dropped: Cell::new(0),
+                            park: RefCell::new(None),
                         });
                         let ctx = ShardContext { inner };
                         let efd = Arc::clone(&shared.commands[shard].1);

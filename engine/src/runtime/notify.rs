@@ -90,6 +90,11 @@ impl LocalNotify {
         Notified { notify: self }
     }
 
+    /// Clears the flag; returns whether it was set (a wake-up consumed without awaiting).
+    pub fn take(&self) -> bool {
+        self.state.set.replace(false)
+    }
+
     /// Whether the flag is set (without clearing it).
     pub fn is_set(&self) -> bool {
         self.state.set.get()

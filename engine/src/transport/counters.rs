@@ -66,6 +66,8 @@ pub struct UdpCounters {
     pub enter_calls: u64,
     /// Submission queue entries submitted.
     pub sqes_submitted: u64,
+    /// Signals of wake-up eventfds seen in the ring ([`super::UdpRing::wake_on`]).
+    pub wake_ups: u64,
 }
 
 impl UdpCounters {
@@ -128,6 +130,7 @@ impl UdpCounters {
         self.recv_errors += other.recv_errors;
         self.enter_calls += other.enter_calls;
         self.sqes_submitted += other.sqes_submitted;
+        self.wake_ups += other.wake_ups;
     }
 }
 

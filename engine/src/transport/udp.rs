@@ -14,9 +14,11 @@
 //! This module must never panic on received bytes, never free memory the kernel may still
 //! use, and never block except in [`UdpRing::close`] (bounded).
 
+use std::cell::Cell;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -185,6 +187,13 @@ const KIND_SHIFT: u32 = 56;
 const KIND_RECV: u64 = 1;
 const KIND_SEND: u64 = 2;
 const KIND_CANCEL: u64 = 3;
+/// A multishot poll of a wake-up eventfd ([`UdpRing::wake_on`]).
+const KIND_WAKE: u64 = 4;
+/// `IORING_ENTER_EXT_ARG` (linux/io_uring.h, 5.11): the argument is an
+/// `io_uring_getevents_arg` carrying a timeout.
+const IORING_ENTER_EXT_ARG: u32 = 1 << 3;
+/// Wake-up eventfds one ring polls at most.
+const WAKES_MAX: usize = 16;
 const SLOT_INDEX_MASK: u64 = 0xffff_ffff;
 
 fn user_data(kind: u64, index: u32) -> u64 {
@@ -366,6 +375,115 @@ fn parse_sockaddr(name: &[u8]) -> Option<SocketAddr> {
     }
 }
 
+/// An eventfd polled in the ring (multishot `POLL_ADD`).
+struct WakeFd {
+    fd: Arc<EventFd>,
+    /// The poll is in flight (a completion without F_MORE ends it).
+    armed: bool,
+}
+
+/// State a ring shares with its [`RingParker`] (same thread).
+#[derive(Debug, Default)]
+struct ParkState {
+    /// A wake-up eventfd fired since [`RingParker::take_woken`] last looked.
+    woken: Cell<bool>,
+    /// Receive completions reaped by the last [`UdpRing::poll`] that saw any.
+    last_receives: Cell<u32>,
+}
+
+/// How a [`RingParker::park`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parked {
+    /// Completions are ready (or deferred work ran): poll the ring.
+    Ready,
+    /// The timeout passed with fewer completions than asked for (maybe none).
+    TimedOut,
+    /// A signal interrupted the wait.
+    Interrupted,
+}
+
+/// Puts the shard's thread to sleep inside its [`UdpRing`] (`io_uring_enter` with
+/// `GETEVENTS` and a timeout), so that a datagram, a send completion or a signal of a
+/// [`UdpRing::wake_on`] eventfd wakes it in one hop: no eventfd, no glommio reactor in
+/// between. Made by [`UdpRing::parker`]; holds its own reference to the ring's file, so it
+/// stays valid (and merely waits out its timeout) after the ring is closed. It does not
+/// submit: call [`UdpRing::flush`] or [`UdpRing::poll`] before parking. Not `Send`: the
+/// ring is single-issuer.
+#[derive(Debug)]
+pub struct RingParker {
+    fd: OwnedFd,
+    state: Rc<ParkState>,
+}
+
+/// `struct io_uring_getevents_arg` (linux/io_uring.h).
+#[repr(C)]
+struct GeteventsArg {
+    sigmask: u64,
+    sigmask_sz: u32,
+    min_wait_usec: u32,
+    ts: u64,
+}
+
+impl RingParker {
+    /// Sleeps until at least `min_complete` completions are ready, a wake-up eventfd fires,
+    /// or `timeout` passes (`None`: no timeout). Returns at once if completions are
+    /// already waiting.
+    pub fn park(&self, timeout: Option<Duration>, min_complete: u32) -> io::Result<Parked> {
+        let ts = timeout.map(|t| {
+            let secs = t.as_secs().min(i64::MAX as u64) as i64;
+            libc::timespec {
+                tv_sec: secs,
+                tv_nsec: t.subsec_nanos() as _,
+            }
+        });
+        let arg = GeteventsArg {
+            sigmask: 0,
+            sigmask_sz: 0,
+            min_wait_usec: 0,
+            ts: ts
+                .as_ref()
+                .map_or(0, |t| t as *const libc::timespec as usize as u64),
+        };
+        // SAFETY: io_uring_enter on a ring file we hold a reference to; with EXT_ARG the
+        // kernel reads `arg` (and the timespec it points at), both alive for the call.
+        // `to_submit` is 0, so no SQE memory is read.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_enter,
+                self.fd.as_raw_fd(),
+                0u32,
+                min_complete.max(1),
+                IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
+                &arg as *const GeteventsArg,
+                std::mem::size_of::<GeteventsArg>(),
+            )
+        };
+        if r >= 0 {
+            return Ok(Parked::Ready);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ETIME) => Ok(Parked::TimedOut),
+            Some(libc::EINTR) => Ok(Parked::Interrupted),
+            // The CQ overflowed (EBUSY) or the kernel is short of memory (EAGAIN): there is
+            // work to reap, so report ready and let the caller poll.
+            Some(libc::EBUSY) | Some(libc::EAGAIN) => Ok(Parked::Ready),
+            _ => Err(e),
+        }
+    }
+
+    /// Whether a wake-up eventfd fired since the last call (and clears the flag). Set when
+    /// [`UdpRing::poll`] reaps the poll's completion.
+    pub fn take_woken(&self) -> bool {
+        self.state.woken.replace(false)
+    }
+
+    /// Receive completions reaped by the last poll that reaped any (a hint of the load).
+    pub fn last_receives(&self) -> u32 {
+        self.state.last_receives.get()
+    }
+}
+
 /// Options of a socket added to a ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SocketOptions {
@@ -392,6 +510,13 @@ pub struct UdpRing {
     eventfd: Arc<EventFd>,
     /// Reused storage for the validated messages of one datagram (empty between uses).
     refs: Vec<MessageRef<'static>>,
+    /// Eventfds polled in this ring so that their signals end a [`RingParker::park`].
+    wakes: Vec<WakeFd>,
+    /// Shared with the [`RingParker`], if one was made.
+    park: Rc<ParkState>,
+    /// A [`RingParker`] exists: the shard sleeps in this ring, so the ring's eventfd is
+    /// left disabled (nobody waits on it, and signalling it costs the kernel a wake-up).
+    parked: bool,
     closed: bool,
     _not_send: std::marker::PhantomData<*const ()>,
 }
@@ -463,6 +588,9 @@ impl UdpRing {
             features,
             eventfd,
             refs: Vec::new(),
+            wakes: Vec::new(),
+            park: Rc::new(ParkState::default()),
+            parked: false,
             closed: false,
             _not_send: std::marker::PhantomData,
         })
@@ -559,6 +687,67 @@ impl UdpRing {
         self.arm(id)?;
         self.submit_pending()?;
         Ok(SocketId(id))
+    }
+
+    /// Polls `fd` in this ring (multishot `POLL_ADD`): each signal of it posts a completion
+    /// that ends a [`RingParker::park`] (and sets [`RingParker::take_woken`]); the
+    /// completion is counted in `wake_ups`, never shown to the handler. The eventfd is not
+    /// read here (whoever else watches it still sees the signal). At most 16 per ring; the
+    /// ring's own [`UdpRing::eventfd`] is refused (it would wake itself forever).
+    pub fn wake_on(&mut self, fd: Arc<EventFd>) -> Result<(), UdpError> {
+        if Arc::ptr_eq(&fd, &self.eventfd) || fd.raw() == self.eventfd.raw() {
+            return Err(UdpError::Config(
+                "a ring cannot be woken by its own eventfd",
+            ));
+        }
+        if self.wakes.len() >= WAKES_MAX {
+            return Err(UdpError::Config("too many wake-up eventfds on one ring"));
+        }
+        if self.closed {
+            return Err(UdpError::Config("ring is closed"));
+        }
+        self.wakes.push(WakeFd { fd, armed: false });
+        self.arm_wake((self.wakes.len() - 1) as u32)?;
+        self.submit_pending()
+    }
+
+    fn arm_wake(&mut self, i: u32) -> Result<(), UdpError> {
+        let Some(w) = self.wakes.get(i as usize) else {
+            return Ok(());
+        };
+        let entry = opcode::PollAdd::new(Fd(w.fd.raw()), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(user_data(KIND_WAKE, i));
+        // SAFETY: a poll SQE references no memory; the eventfd stays open while the poll
+        // is armed (`wakes` holds an `Arc` to it until the ring is dropped).
+        if unsafe { self.ring.submission().push(&entry) }.is_err() {
+            self.submit_pending()?;
+            // SAFETY: as above.
+            unsafe { self.ring.submission().push(&entry) }
+                .map_err(|_| UdpError::Config("submission queue full"))?;
+        }
+        if let Some(w) = self.wakes.get_mut(i as usize) {
+            w.armed = true;
+        }
+        Ok(())
+    }
+
+    /// A [`RingParker`] for this ring: from now on the shard is expected to sleep in the
+    /// ring, so the ring's eventfd is no longer signalled (nobody needs it, and each signal
+    /// costs the kernel a wake-up of whoever polls it).
+    pub fn parker(&mut self) -> Result<RingParker, UdpError> {
+        // SAFETY: the ring's descriptor is open for as long as `self.ring` lives, which
+        // covers this borrow; the clone is a new descriptor of our own.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.ring.as_raw_fd()) }
+            .try_clone_to_owned()
+            .map_err(io_err("dup of the ring descriptor"))?;
+        self.parked = true;
+        self.ring.completion().disable_eventfd();
+        Ok(RingParker {
+            fd,
+            state: Rc::clone(&self.park),
+        })
     }
 
     /// Connects `socket` to `peer` (`connect(2)`): the kernel then delivers only `peer`'s
@@ -692,6 +881,7 @@ impl UdpRing {
     /// datagram) and returns the number of completions seen. Never blocks.
     pub fn poll<H: UdpHandler>(&mut self, handler: &mut H) -> Result<usize, UdpError> {
         let mut seen = 0;
+        let receives_before = self.counters.datagrams_received;
         // Completions we produce ourselves while polling need not wake us again.
         self.ring.completion().disable_eventfd();
         loop {
@@ -701,13 +891,22 @@ impl UdpRing {
                 continue;
             }
             // Re-enable, then look once more: work queued while disabled did not signal.
-            self.ring.completion().enable_eventfd();
+            // A parked ring keeps it disabled: its shard sleeps in the ring itself.
+            if !self.parked {
+                self.ring.completion().enable_eventfd();
+            }
             let pending = {
                 let mut sq = self.ring.submission();
                 sq.sync();
                 sq.taskrun() || !sq.is_empty()
             };
             if !pending && self.ring.completion().is_empty() {
+                let receives = self.counters.datagrams_received - receives_before;
+                if receives > 0 {
+                    self.park
+                        .last_receives
+                        .set(u32::try_from(receives).unwrap_or(u32::MAX));
+                }
                 return Ok(seen);
             }
             self.ring.completion().disable_eventfd();
@@ -747,6 +946,7 @@ impl UdpRing {
             b.publish();
         }
         let mut rearm: Vec<u32> = Vec::new();
+        let mut rewake: Vec<u32> = Vec::new();
         let mut seen = 0;
         {
             let (submitter, mut sq, mut cq) = self.ring.split();
@@ -843,6 +1043,15 @@ impl UdpRing {
                             rearm.push(index);
                         }
                     }
+                    KIND_WAKE => {
+                        if cqe.result() >= 0 {
+                            self.counters.wake_ups += 1;
+                            self.park.woken.set(true);
+                        }
+                        if !cqueue::more(cqe.flags()) {
+                            rewake.push(index);
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -858,6 +1067,15 @@ impl UdpRing {
             } else {
                 self.counters.recv_rearmed += 1;
                 self.arm(id)?;
+            }
+        }
+        for i in rewake {
+            let Some(w) = self.wakes.get_mut(i as usize) else {
+                continue;
+            };
+            w.armed = false;
+            if !self.closed {
+                self.arm_wake(i)?;
             }
         }
         if let Some(b) = self.bufs.as_mut() {
@@ -880,6 +1098,19 @@ impl UdpRing {
         let ids: Vec<u32> = (0..self.sockets.len() as u32).collect();
         for id in ids {
             self.remove_socket(SocketId(id));
+        }
+        for i in 0..self.wakes.len() as u32 {
+            if self.wakes[i as usize].armed {
+                let cancel = opcode::AsyncCancel::new(user_data(KIND_WAKE, i))
+                    .build()
+                    .user_data(user_data(KIND_CANCEL, i));
+                // SAFETY: a cancel SQE references no memory.
+                if unsafe { self.ring.submission().push(&cancel) }.is_err() {
+                    let _ = self.submit_pending();
+                    // SAFETY: as above.
+                    let _ = unsafe { self.ring.submission().push(&cancel) };
+                }
+            }
         }
         let deadline = Instant::now() + Duration::from_millis(self.config.close_timeout_ms);
         struct Discard;
@@ -928,7 +1159,9 @@ impl UdpRing {
 
     /// Requests in flight: armed receives plus sends.
     pub fn in_flight(&self) -> usize {
-        self.sockets.iter().flatten().filter(|s| s.armed).count() + self.sends_in_flight()
+        self.sockets.iter().flatten().filter(|s| s.armed).count()
+            + self.wakes.iter().filter(|w| w.armed).count()
+            + self.sends_in_flight()
     }
 
     /// Receive buffers currently held by the shard (0 between polls).
