@@ -331,3 +331,38 @@ fn five_processes_detect_a_kill_and_a_leave() {
         );
     }
 }
+
+/// Bad flags are refused before anything binds, with a message that says what to use.
+#[test]
+fn bad_flags_are_refused_clearly() {
+    let refused = |extra: &[&str], want: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringleader-tools"));
+        cmd.args(["node", "--bind", "127.74.1.1:1"]).args(extra);
+        if !extra.contains(&"--exit-after") {
+            // Should a bad flag be accepted, the node still stops by itself.
+            cmd.args(["--exit-after", "5s"]);
+        }
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ringleader-tools node");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} is refused");
+        assert!(
+            out.stdout.is_empty(),
+            "{extra:?}: nothing printed on stdout"
+        );
+        assert!(
+            stderr.contains(want),
+            "{extra:?}: stderr says {want:?}: {stderr}"
+        );
+    };
+    refused(&["--config", "metro"], "use one of lan, local, wan");
+    refused(&["--key", "abcd"], "64 hex digits");
+    refused(&["--key", &"g".repeat(64)], "hex digits only");
+    refused(&["--exit-after", "soon"], "unknown unit");
+    refused(
+        &["--probe-interval-ms", "100", "--probe-timeout-ms", "500"],
+        "exceeds the probe interval",
+    );
+}
