@@ -39,7 +39,8 @@
 //! # Signals
 //! SIGINT and SIGTERM are blocked in every thread before the node starts and taken by one
 //! thread with `sigwait(3)`, so no handler runs in signal context and the engine's threads
-//! are never interrupted.
+//! are never interrupted. The first starts the graceful leave (exit status 0); a second one
+//! while leaving exits at once with status 130, without waiting for the leave to spread.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -57,6 +58,9 @@ use serde_json::json;
 
 /// Length of an AES-256 key in hex digits.
 const KEY_HEX_LEN: usize = 64;
+
+/// Exit status when a second SIGINT/SIGTERM cuts a graceful leave short.
+const EXIT_SECOND_SIGNAL: i32 = 130;
 
 /// How often the event loop looks at the signal flag and the clock while no event comes.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -178,7 +182,8 @@ fn swim_config(args: &Args) -> anyhow::Result<Config> {
 }
 
 /// Blocks SIGINT and SIGTERM in this thread (and so in every thread started after) and
-/// starts a thread that waits for them; the signal number lands in the returned flag.
+/// starts a thread that waits for them; the signal number lands in the returned flag. A
+/// second signal exits at once with [`EXIT_SECOND_SIGNAL`] (peers will see a failure).
 fn catch_signals() -> anyhow::Result<Arc<AtomicI32>> {
     let got = Arc::new(AtomicI32::new(0));
     // SAFETY: `set` is a local sigset_t initialised by sigemptyset before any other use;
@@ -206,9 +211,13 @@ fn catch_signals() -> anyhow::Result<Arc<AtomicI32>> {
                 // SAFETY: `set` is a valid, initialised signal set and `sig` a valid
                 // out-pointer; both outlive the call.
                 let rc = unsafe { libc::sigwait(&set, &mut sig) };
-                if rc == 0 {
-                    flag.store(sig, Ordering::SeqCst);
-                    return;
+                if rc != 0 {
+                    continue;
+                }
+                if flag.swap(sig, Ordering::SeqCst) != 0 {
+                    // A second signal while leaving: the user does not want to wait.
+                    eprintln!("second {}: stopping without leaving", signal_name(sig));
+                    std::process::exit(EXIT_SECOND_SIGNAL);
                 }
             }
         })
