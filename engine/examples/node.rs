@@ -130,9 +130,12 @@ fn main() {
                     m.addr,
                     String::from_utf8_lossy(&m.meta)
                 );
-                // 3. Broadcast: the message is piggybacked on the member's gossip, a bounded
-                //    number of times; others receive it as `Event::Message` (possibly more
-                //    than once: deduplicate in the payload if that matters).
+                // 3. Broadcast: the message is piggybacked on this member's gossip a bounded
+                //    number of times (receivers do not relay it); others receive it as
+                //    `Event::Message`, possibly more than once, and in a large cluster not
+                //    everyone is certain to. Deduplicate or acknowledge in the payload if that
+                //    matters (the Serf layer, `ringleader_engine::serf`, de-duplicates its
+                //    user events).
                 if !greeted {
                     greeted = true;
                     let hello = format!("hello from {}", node.name());

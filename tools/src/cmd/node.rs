@@ -92,7 +92,8 @@ pub struct Args {
     /// One JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Broadcast this user message once, as soon as another member is up.
+    /// Broadcast this user message once, as soon as another member is up (it is piggybacked
+    /// a bounded number of times by this node only: peers may print it twice, or miss it).
     #[arg(long)]
     pub broadcast: Option<String>,
     /// Override the preset's probe interval (milliseconds).
