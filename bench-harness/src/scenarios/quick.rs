@@ -104,13 +104,19 @@ pub const SPECS: &[Spec] = &[
         args: &[
             "swim",
             "--members",
-            "64",
+            "200",
             "--config",
             "local",
             "--duration",
-            "10s",
+            "5s",
+            "--warmup",
+            "500ms",
             "--kill",
             "2",
+            "--converge-timeout",
+            "25s",
+            "--detect-timeout",
+            "20s",
         ],
         needs_dir: false,
         rows: swim_rows,
@@ -356,7 +362,20 @@ pub fn swim_rows(v: &Value) -> Vec<Row> {
     row.throughput = q(num(v, &["msgs_per_member_per_s"]), "msgs/member/s");
     row.p50 = q(num(v, &["detect_ms", "p50"]), "ms detect");
     row.p99 = q(num(v, &["detect_ms", "p99"]), "ms detect");
-    row.note = membership_notes(v);
+    let mut notes = vec![membership_notes(v)];
+    if v.get("converged").and_then(Value::as_bool) == Some(false) {
+        notes.push("NOT converged".to_owned());
+    }
+    if let Some(u) = num(v, &["undetected"]).filter(|&u| u > 0.0) {
+        notes.push(format!("undetected {u}"));
+    }
+    if let Some(c) = num(v, &["cpu_s_per_member_per_s"]) {
+        notes.push(format!("cpu {} us/member/s", si(c * 1e6)));
+    }
+    if let Some(d) = num(v, &["events_dropped"]).filter(|&d| d > 0.0) {
+        notes.push(format!("events dropped {d}"));
+    }
+    row.note = notes.join(", ");
     vec![row]
 }
 

@@ -5,8 +5,8 @@
 //! 1. Start: every member binds `127.<base>.x.y:<port>` ([`loopback_addrs`]; another port
 //!    is tried when an address is taken) and joins through the first `--seeds` members.
 //!    Converged = every member sees exactly `--members` alive and none suspect (the
-//!    census is polled every [`CENSUS_POLL`]); after `--converge-timeout` the run reports
-//!    `converged: false` and carries on.
+//!    census is polled every [`CENSUS_POLL`]); `--converge-timeout` after the last add, the
+//!    run reports `converged: false` and carries on.
 //! 2. Steady state: after `--warmup`, `--duration` of process CPU (getrusage utime +
 //!    stime), datagrams and bytes sent (the rings' counters), and memory (VmRSS, VmHWM).
 //! 3. Failure detection: `--kill` random non-seed members crash ([`Host::kill`]); each
@@ -47,6 +47,12 @@ pub const CENSUS_POLL: Duration = Duration::from_millis(250);
 pub const DETECT_POLL: Duration = Duration::from_millis(100);
 /// How long the event thread waits for an event before looking at its stop flag.
 const DRAIN_WAIT: Duration = Duration::from_millis(50);
+/// How long the host may take to shut down before the report is written without it.
+pub const SHUTDOWN_WAIT_MAX: Duration = Duration::from_secs(30);
+/// Points of the convergence trace in the report, at most.
+pub const CONVERGE_TRACE_MAX: usize = 40;
+/// Every this many changes of the convergence census, one line goes to stderr.
+const CONVERGE_TRACE_REPORT_EVERY: usize = 8;
 /// Other ports tried for a member whose address is taken.
 pub const BIND_PORT_TRIES_MAX: u16 = 16;
 /// Members at most (`loopback_addrs` spreads them over 127.<base>.0-255.1-250).
@@ -83,7 +89,8 @@ pub struct Args {
     /// How long to wait for every live member to declare every victim down.
     #[arg(long, default_value = "90s", value_parser = parse_duration)]
     pub detect_timeout: Duration,
-    /// How long to wait for convergence (default 60 s + 30 ms per member).
+    /// How long to wait for convergence after the last member was added (default 60 s +
+    /// 30 ms per member). `converge_ms` counts from the first add.
     #[arg(long, value_parser = parse_duration)]
     pub converge_timeout: Option<Duration>,
     /// Second octet of the members' loopback addresses (127.<base>.x.y).
@@ -192,11 +199,9 @@ impl Tally {
                     }
                 }
             }
-            Event::Suspect { member, .. } => {
-                if !self.killed.contains_key(&member.name) {
-                    self.false_suspicion_events += 1;
-                    self.false_suspicions.insert((e.local, member.name));
-                }
+            Event::Suspect { member, .. } if !self.killed.contains_key(&member.name) => {
+                self.false_suspicion_events += 1;
+                self.false_suspicions.insert((e.local, member.name));
             }
             _ => {}
         }
@@ -253,19 +258,53 @@ fn add_member(
         };
         match host.add(spec) {
             Ok(a) => return Ok(a),
-            Err(HostError::Bind { what, .. }) => {
-                note_bind_retry(i, bind, &what);
+            // Only a taken address is worth another port (EADDRINUSE, os error 98).
+            Err(HostError::Bind { what, .. }) if what.contains("os error 98") => {
+                eprintln!("swim: member {i} cannot bind {bind} ({what}); trying the next port");
                 *retries += 1;
                 bind.set_port(bind.port().wrapping_add(1).max(1024));
             }
-            Err(e) => return Err(e).with_context(|| format!("starting member {i}")),
+            Err(e) => {
+                return Err(e).with_context(|| format!("starting member {i} ({})", fd_report()));
+            }
         }
     }
     bail!("member {i}: no free port near {addr} after {BIND_PORT_TRIES_MAX} tries")
 }
 
-fn note_bind_retry(i: usize, bind: SocketAddr, what: &str) {
-    eprintln!("swim: member {i} cannot bind {bind} ({what}); trying the next port");
+/// Open descriptors and RLIMIT_NOFILE, for an error message: each member holds a UDP
+/// socket and a TCP listener, and every stream exchange in flight one more on each side.
+pub fn fd_report() -> String {
+    let open = open_fds();
+    let (soft, hard) = nofile_limit();
+    format!("{open} descriptors open, RLIMIT_NOFILE soft {soft} hard {hard}")
+}
+
+/// Descriptors this process has open (0 if /proc cannot say).
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// The kernel's socket counts (/proc/net/sockstat: TCP `alloc` counts sockets not yet
+/// connected or already closed that still hold a descriptor), one string per line.
+pub fn sockstat() -> Vec<String> {
+    std::fs::read_to_string("/proc/net/sockstat")
+        .map(|t| t.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// RLIMIT_NOFILE (soft, hard); zeros if getrlimit fails.
+pub fn nofile_limit() -> (u64, u64) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the `rlimit` we own.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+    if rc != 0 {
+        return (0, 0);
+    }
+    (r.rlim_cur, r.rlim_max)
 }
 
 /// Everything the census says that the report uses.
@@ -317,6 +356,33 @@ fn census_json(c: &Census) -> Value {
 fn traffic(c: &Census) -> (u64, u64, u64) {
     let u = c.udp();
     (u.datagrams_sent, u.bytes_sent, c.stats().stream_bytes_out)
+}
+
+/// Shuts `host` down on a thread of its own and waits at most `wait`: a shard that does
+/// not stop must not hang the benchmark (its threads end with the process). Whether it
+/// stopped cleanly in time.
+fn shutdown_within(host: Host, wait: Duration) -> bool {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let spawned = thread::Builder::new()
+        .name("swim-shutdown".to_owned())
+        .spawn(move || {
+            let _ = tx.send(host.shutdown());
+        });
+    if spawned.is_err() {
+        eprintln!("swim: cannot start the shutdown thread; not waiting for the shards");
+        return false;
+    }
+    match rx.recv_timeout(wait) {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            eprintln!("swim: shutdown: {e}");
+            false
+        }
+        Err(_) => {
+            eprintln!("swim: the host did not shut down within {wait:?}; leaving it to the exit");
+            false
+        }
+    }
 }
 
 /// Runs the scenario.
@@ -375,13 +441,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .context("starting the event thread")?
     };
     let result = measure(&args, &host, n, port, converge_timeout, &tally, &mut run);
+    if let Err(e) = &result {
+        // Said now: a host that cannot answer may not shut down either.
+        eprintln!("swim: the run failed: {e:#}");
+    }
     stop.store(true, Ordering::Relaxed);
-    let shutdown = host.shutdown();
+    let shutdown_clean = shutdown_within(host, SHUTDOWN_WAIT_MAX);
     if drainer.join().is_err() {
         bail!("the event thread panicked");
     }
     let mut results = result?;
-    shutdown.context("shutting the host down")?;
+    results
+        .as_object_mut()
+        .context("results are an object")?
+        .insert("shutdown_clean".into(), json!(shutdown_clean));
 
     let t = lock(&tally);
     let mut detect = Recorder::new("detect_ms");
@@ -391,8 +464,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for (at, ms) in detections {
         detect.record_at(at, ms);
     }
-    let live = n - args.kill;
-    let pairs = live * args.kill;
+    // Victims actually killed (none when the start failed).
+    let killed = t.killed.len();
+    let pairs = (n - killed) * killed;
     let r = results.as_object_mut().context("results are an object")?;
     r.insert("detect_ms".into(), detect.summary());
     r.insert("detected".into(), json!(t.detected.len()));
@@ -453,7 +527,28 @@ fn measure(
     for (i, &addr) in addrs.iter().enumerate() {
         // The seeds themselves join those started before them (the first one starts alone;
         // a member left alone retries its seeds later).
-        let bound = add_member(host, i, addr, &seeds, &mut bind_retries)?;
+        let bound = match add_member(host, i, addr, &seeds, &mut bind_retries) {
+            Ok(b) => b,
+            Err(e) if i > 0 => {
+                // Report what the host looked like when it could take no more.
+                progress.finish();
+                eprintln!("swim: {e:#}; stopping with {i} members started");
+                let c = host.census(i).context("census")?;
+                return Ok(json!({
+                    "members": n,
+                    "members_started": i,
+                    "add_error": format!("{e:#}"),
+                    "add_ms": started.elapsed().as_millis() as u64,
+                    "converged": false,
+                    "kill": args.kill,
+                    "fds_open": open_fds(),
+                    "fd_limit": nofile_limit().0,
+                    "sockstat": sockstat(),
+                    "census_at_failure": census_json(&c),
+                }));
+            }
+            Err(e) => return Err(e),
+        };
         if i < args.seeds {
             seeds.push(bound);
         }
@@ -463,23 +558,42 @@ fn measure(
     }
     progress.finish();
     let add_ms = started.elapsed().as_millis() as u64;
+    let added = Instant::now();
     let progress = run.progress("converging", converge_timeout);
+    // (ms since the first add, members converged, fewest alive seen by one member).
+    let mut trace: Vec<(u64, usize, usize)> = Vec::new();
+    let mut fds_max = open_fds();
     let (converged, census) = loop {
         let c = host.census(n).context("census")?;
+        let seen_min = c.shards.iter().map(|s| s.alive_seen_min).min().unwrap_or(0);
+        let ms = started.elapsed().as_millis() as u64;
+        fds_max = fds_max.max(open_fds());
+        if trace
+            .last()
+            .is_none_or(|l| (l.1, l.2) != (c.converged(), seen_min))
+        {
+            if trace.len() % CONVERGE_TRACE_REPORT_EVERY == 0 {
+                eprintln!(
+                    "swim: {ms} ms: {} of {n} converged, fewest alive seen {seen_min}",
+                    c.converged()
+                );
+            }
+            trace.push((ms, c.converged(), seen_min));
+        }
         if c.converged() == n {
             break (true, c);
         }
-        if started.elapsed() >= converge_timeout {
+        if added.elapsed() >= converge_timeout {
             break (false, c);
         }
-        progress.tick(started.elapsed());
+        progress.tick(added.elapsed());
         thread::sleep(CENSUS_POLL);
     };
     progress.finish();
     let converge_ms = started.elapsed().as_millis() as u64;
     if !converged {
         eprintln!(
-            "swim: not converged after {converge_timeout:?}: {} of {n} members see everyone; carrying on",
+            "swim: not converged {converge_timeout:?} after the last add: {} of {n} members see everyone; carrying on",
             census.converged()
         );
     }
@@ -505,6 +619,9 @@ fn measure(
     let steady = t0.elapsed();
     let c1 = host.census(n).context("census")?;
     let (rss_kib, hwm_kib) = process_memory_kib()?;
+    let fds_steady = open_fds();
+    let sockstat_steady = sockstat();
+    fds_max = fds_max.max(fds_steady);
     let (d0, b0, s0) = traffic(&c0);
     let (d1, b1, s1) = traffic(&c1);
     let member_secs = n as f64 * steady.as_secs_f64();
@@ -554,15 +671,33 @@ fn measure(
         "stream_bytes_per_member_per_s": (s1 - s0) as f64 / member_secs,
         "rss_mb": rss_kib as f64 / 1024.0,
         "rss_hwm_mb": hwm_kib as f64 / 1024.0,
+        "fds_open_after_steady": fds_steady,
+        "fds_open_max": fds_max,
+        "sockstat_after_steady": sockstat_steady,
+        "fd_limit": nofile_limit().0,
         "converged_after_steady": c1.converged(),
         "false_positives_before_kill": fp_before_kill,
         "victims": victims.iter().map(|&v| member_name(v)).collect::<Vec<_>>(),
         "detect_wall_ms": detect_wall_ms,
         "events_dropped": c_end.shards.iter().map(|s| s.events_dropped).sum::<u64>(),
+        "converge_trace": thin(&trace, CONVERGE_TRACE_MAX)
+            .iter()
+            .map(|&(ms, c, seen)| json!({"ms": ms, "converged": c, "alive_seen_min": seen}))
+            .collect::<Vec<_>>(),
         "census_at_converge": at_converge,
         "census_after_steady": census_json(&c1),
         "census_at_end": census_json(&c_end),
     }))
+}
+
+/// At most `max` (≥ 2) items of `all`, evenly spread, the first and the last included.
+pub fn thin<T: Copy>(all: &[T], max: usize) -> Vec<T> {
+    assert!(max >= 2);
+    if all.len() <= max {
+        return all.to_vec();
+    }
+    let last = all.len() - 1;
+    (0..max).map(|i| all[i * last / (max - 1)]).collect()
 }
 
 /// `kill` distinct member indexes in `seeds..n`, from `seed`.
@@ -651,6 +786,15 @@ mod tests {
         assert_eq!(t.false_suspicions.len(), 1, "only m7: m5 was killed");
         assert_eq!(t.events["down"], 6);
         assert_eq!(t.events["suspect"], 2);
+    }
+
+    #[test]
+    fn thin_keeps_the_ends_and_at_most_max() {
+        let all: Vec<u32> = (0..100).collect();
+        let t = thin(&all, 5);
+        assert_eq!(t, vec![0, 24, 49, 74, 99]);
+        assert_eq!(thin(&all[..3], 5), vec![0, 1, 2]);
+        assert_eq!(thin(&all, 2), vec![0, 99]);
     }
 
     #[test]
