@@ -105,6 +105,10 @@ pub struct Args {
     /// scheduler.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub pin: bool,
+    /// Members started per second at most (0: as fast as the shards take them). A real
+    /// cluster does not start all at once; pacing keeps the seeds' push-pull load bounded.
+    #[arg(long, default_value_t = 0)]
+    pub add_rate: u64,
     /// Capacity of the event channel (all shards together).
     #[arg(long, default_value_t = 1 << 16)]
     pub events_capacity: usize,
@@ -427,7 +431,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "detect_timeout_s": args.detect_timeout.as_secs_f64(),
         "converge_timeout_s": converge_timeout.as_secs_f64(),
         "base_octet": args.base_octet, "port": port,
-        "events_capacity": args.events_capacity,
+        "events_capacity": args.events_capacity, "add_rate": args.add_rate,
     });
     let mut run = Run::new("swim", args.common.out.as_deref(), args.common.json, config)?;
 
@@ -524,7 +528,16 @@ fn measure(
     let mut seeds: Vec<SocketAddr> = Vec::with_capacity(args.seeds);
     let mut bind_retries = 0u64;
     let progress = run.progress("adding members", Duration::from_secs(n as u64));
+    let add_interval =
+        (args.add_rate > 0).then(|| Duration::from_secs(1) / args.add_rate.min(1_000_000) as u32);
     for (i, &addr) in addrs.iter().enumerate() {
+        if let Some(every) = add_interval {
+            let due = started + every * i as u32;
+            let now = Instant::now();
+            if due > now {
+                thread::sleep(due - now);
+            }
+        }
         // The seeds themselves join those started before them (the first one starts alone;
         // a member left alone retries its seeds later).
         let bound = match add_member(host, i, addr, &seeds, &mut bind_retries) {
@@ -659,6 +672,7 @@ fn measure(
         "kill": args.kill,
         "seed": args.seed,
         "add_ms": add_ms,
+        "add_rate": args.add_rate,
         "converged": converged,
         "converge_ms": converge_ms,
         "bind_retries": bind_retries,
