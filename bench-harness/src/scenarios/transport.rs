@@ -117,7 +117,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let placement = Shards {
         pin: args.pin,
         sched_slice_us: args.sched_slice_us,
-        park: (args.park == Park::Ring).then_some(args.glommio_turn_us),
+        park: (args.park == Park::Ring).then_some(ParkConfig {
+            glommio_turn_interval_us: args.glommio_turn_us,
+        }),
     };
     let warmup = (common.warmup / args.rounds).max(Duration::from_millis(100));
     let config = json!({
@@ -263,8 +265,8 @@ fn engine_udp_config(submit_batch: usize) -> UdpConfig {
 struct Shards {
     pin: bool,
     sched_slice_us: Option<u64>,
-    /// Park in the ring with this glommio turn interval (µs); `None`: sleep in glommio.
-    park: Option<u64>,
+    /// Park in the ring with this configuration; `None`: sleep in glommio.
+    park: Option<ParkConfig>,
 }
 
 /// Makes `ring`'s completions wake the shard: parked in the ring, or through its eventfd.
@@ -274,14 +276,7 @@ fn wake_on_ring(
     shards: Shards,
 ) -> Result<(), String> {
     match shards.park {
-        Some(us) => ctx
-            .park_in(
-                ring,
-                ParkConfig {
-                    glommio_turn_interval_us: us,
-                },
-            )
-            .map_err(|e| e.to_string()),
+        Some(config) => ctx.park_in(ring, config).map_err(|e| e.to_string()),
         None => ctx.watch(ring.eventfd().clone()).map_err(|e| e.to_string()),
     }
 }
@@ -602,6 +597,8 @@ fn engine_ping_pong(
                     window,
                     rec: Recorder::new("engine_rtt_us"),
                 };
+                // Connected, as the raw baseline's pinging socket is.
+                ring.connect(me, to).map_err(|e| e.to_string())?;
                 ring.with_sender(|s| p.ping(s, me));
                 while Instant::now() < end && !ctx.stopping() {
                     ring.poll(&mut p).map_err(|e| e.to_string())?;

@@ -126,7 +126,7 @@ impl RuntimeConfig {
 }
 
 /// How a shard sleeps in its own ring once [`ShardContext::park_in`] is called.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParkConfig {
     /// Longest the shard sleeps in its ring before giving glommio's executor a turn (its
     /// own I/O: TCP streams, eventfd watches, timers, mesh channels). Bounds how late
@@ -137,7 +137,7 @@ pub struct ParkConfig {
 impl Default for ParkConfig {
     fn default() -> Self {
         ParkConfig {
-            glommio_turn_interval_us: 1000,
+            glommio_turn_interval_us: 10_000,
         }
     }
 }
@@ -328,8 +328,9 @@ impl<C: Send + 'static, E: Send + 'static, M: Send + 'static> ShardContext<C, E,
     /// signal the command eventfd of a parked shard) wake the park through a poll of the
     /// command eventfd in `ring`; everything else glommio drives (TCP streams, other
     /// watches, glommio timers) runs at the latest `config.glommio_turn_interval_us` later
-    /// than it would have. The ring must outlive the shard's last `wait` (the parker holds
-    /// the ring's file, so a closed ring only makes `wait` sleep until its deadline).
+    /// than it would have. Once the ring is closed its polls are cancelled, so `wait`
+    /// sleeps until its deadline or the next glommio turn, whichever comes first (the
+    /// parker holds its own reference to the ring's file: never a dangling descriptor).
     pub fn park_in(&self, ring: &mut UdpRing, config: ParkConfig) -> Result<(), UdpError> {
         let efd = Arc::clone(&self.inner.shared.commands[self.inner.id].1);
         ring.wake_on(efd)?;

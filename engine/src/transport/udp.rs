@@ -387,7 +387,7 @@ struct WakeFd {
 struct ParkState {
     /// A wake-up eventfd fired since [`RingParker::take_woken`] last looked.
     woken: Cell<bool>,
-    /// Receive completions reaped by the last [`UdpRing::poll`] that saw any.
+    /// Datagrams received by the last [`UdpRing::poll`].
     last_receives: Cell<u32>,
 }
 
@@ -478,7 +478,7 @@ impl RingParker {
         self.state.woken.replace(false)
     }
 
-    /// Receive completions reaped by the last poll that reaped any (a hint of the load).
+    /// Datagrams received by the ring's last poll (a hint of the load).
     pub fn last_receives(&self) -> u32 {
         self.state.last_receives.get()
     }
@@ -902,11 +902,9 @@ impl UdpRing {
             };
             if !pending && self.ring.completion().is_empty() {
                 let receives = self.counters.datagrams_received - receives_before;
-                if receives > 0 {
-                    self.park
-                        .last_receives
-                        .set(u32::try_from(receives).unwrap_or(u32::MAX));
-                }
+                self.park
+                    .last_receives
+                    .set(u32::try_from(receives).unwrap_or(u32::MAX));
                 return Ok(seen);
             }
             self.ring.completion().disable_eventfd();
