@@ -130,12 +130,9 @@ fn main() {
                     m.addr,
                     String::from_utf8_lossy(&m.meta)
                 );
-                // 3. Broadcast: the message is piggybacked on this member's gossip a bounded
-                //    number of times (receivers do not relay it); others receive it as
-                //    `Event::Message`, possibly more than once, and in a large cluster not
-                //    everyone is certain to. Deduplicate or acknowledge in the payload if that
-                //    matters (the Serf layer, `ringleader_engine::serf`, de-duplicates its
-                //    user events).
+                // 3. Broadcast: the message is gossiped (every member that receives it relays
+                //    it on its own piggyback queue) and each member delivers it once, as
+                //    `Event::Message` with `origin` set to this member's name.
                 if !greeted {
                     greeted = true;
                     let hello = format!("hello from {}", node.name());
@@ -150,8 +147,16 @@ fn main() {
             Event::Left(m) => println!("left {}", m.name),
             Event::Updated(m) => println!("updated {} at {}", m.name, m.addr),
             Event::Reaped(m) => println!("reaped {}", m.name),
-            Event::Message { from, payload } => {
-                println!("message from {from}: {}", String::from_utf8_lossy(payload));
+            Event::Message {
+                from,
+                origin,
+                payload,
+            } => {
+                let origin = origin.as_deref().unwrap_or("(direct)");
+                println!(
+                    "message from {origin} (via {from}): {}",
+                    String::from_utf8_lossy(payload)
+                );
             }
             Event::Joined { seed, ok } => {
                 println!("join through {seed}: {}", if *ok { "ok" } else { "failed" });

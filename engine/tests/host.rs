@@ -93,7 +93,7 @@ fn downs(events: &[HostEvent]) -> Vec<(String, String)> {
 #[test]
 fn sixty_four_members_converge_and_detect_two_kills() {
     let n = 64;
-    let h = host(2, Vec::new(), EventMask::FAILURES);
+    let h = host(2, Vec::new(), EventMask::FAILURES.union(EventMask::MESSAGE));
     let addrs = loopback_addrs(n, 61, port());
     add_members(&h, "m", &addrs, None);
     let census = wait_converged(&h, n);
@@ -108,8 +108,51 @@ fn sixty_four_members_converge_and_detect_two_kills() {
     );
     assert_eq!(census.dropped("checksum"), 0);
 
+    // A broadcast reaches every other member, once each (members relay it).
+    h.broadcast("m5", b"hello".to_vec()).expect("broadcast");
+    let mut got: HashMap<String, usize> = HashMap::new();
+    let mut before: Vec<HostEvent> = Vec::new();
+    let start = Instant::now();
+    while got.len() < n - 1 {
+        assert!(
+            start.elapsed() < LIVENESS,
+            "the broadcast reached {} of {} members",
+            got.len(),
+            n - 1
+        );
+        if let Ok(e) = h.events().recv_timeout(Duration::from_millis(500)) {
+            if let Event::Message {
+                origin, payload, ..
+            } = &e.event
+            {
+                assert_eq!(origin.as_deref(), Some("m5"));
+                assert_eq!(payload, b"hello");
+                *got.entry(e.local.to_string()).or_default() += 1;
+            } else {
+                before.push(e);
+            }
+        }
+    }
+    assert!(
+        !got.contains_key("m5"),
+        "the origin does not deliver its own broadcast"
+    );
+    // Let the relays run out, then check nobody delivered it twice.
+    std::thread::sleep(Duration::from_secs(3));
+    for e in h.events().try_iter() {
+        if let Event::Message { .. } = &e.event {
+            *got.entry(e.local.to_string()).or_default() += 1;
+        } else {
+            before.push(e);
+        }
+    }
+    assert!(
+        got.values().all(|&c| c == 1),
+        "delivered more than once: {got:?}"
+    );
+
     let victims = ["m17", "m42"];
-    let before: Vec<HostEvent> = h.events().try_iter().collect();
+    before.extend(h.events().try_iter());
     assert!(
         downs(&before).is_empty(),
         "no member was declared down before the kill: {:?}",

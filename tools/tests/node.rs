@@ -7,7 +7,7 @@
 //! `--exit-after`, and a guard kills every child still running when the test ends (also on
 //! failure). Runtime: ~10 s in release.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -51,8 +51,8 @@ struct Seen {
     closed: Vec<bool>,
     /// (observer, event word, subject) for `up`, `down`, `left`, `joined`.
     events: HashSet<(usize, String, String)>,
-    /// (observer, from address, payload) for `message`.
-    messages: HashSet<(usize, String, String)>,
+    /// (observer, origin, payload) for `message`, with how many times each was printed.
+    messages: HashMap<(usize, String, String), usize>,
 }
 
 impl Seen {
@@ -83,9 +83,11 @@ impl Seen {
                 self.events
                     .insert((i, "joined".to_string(), format!("{seed} {outcome}")));
             }
-            ["message", from, payload] => {
-                self.messages
-                    .insert((i, from.to_string(), payload.to_string()));
+            ["message", origin, _from, payload] => {
+                *self
+                    .messages
+                    .entry((i, origin.to_string(), payload.to_string()))
+                    .or_default() += 1;
             }
             _ => {}
         }
@@ -238,13 +240,12 @@ fn five_processes_detect_a_kill_and_a_leave() {
             name(i)
         );
     }
-    // The broadcast reaches the cluster (user messages are piggybacked a bounded number of
-    // times, so at least one peer is certain; usually all are).
-    let from = addr(NODES - 1);
-    wait_until(&rx, &mut seen, "n5's broadcast reaches a peer", |s| {
-        (0..NODES - 1).any(|i| {
+    // The broadcast reaches every peer (each member relays it), once each.
+    let origin = name(NODES - 1);
+    wait_until(&rx, &mut seen, "n5's broadcast reaches every peer", |s| {
+        (0..NODES - 1).all(|i| {
             s.messages
-                .contains(&(i, from.clone(), BROADCAST.to_string()))
+                .contains_key(&(i, origin.clone(), BROADCAST.to_string()))
         })
     });
     assert!(
@@ -329,6 +330,15 @@ fn five_processes_detect_a_kill_and_a_leave() {
             "{} ends with `stopped`",
             name(i)
         );
+    }
+    // Every peer printed n5's broadcast exactly once, though it was relayed by all.
+    for i in 0..NODES - 1 {
+        let times = seen
+            .messages
+            .get(&(i, origin.clone(), BROADCAST.to_string()))
+            .copied()
+            .unwrap_or(0);
+        assert_eq!(times, 1, "{} printed the broadcast {times} times", name(i));
     }
 }
 

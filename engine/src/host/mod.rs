@@ -77,6 +77,9 @@ pub struct HostConfig {
     pub inbound_streams_max: usize,
     /// After [`Host::leave`], the member keeps gossiping its leave this long at most.
     pub leave_linger_ms: u64,
+    /// Broadcasts each member remembers (to deliver and relay each once); one older than
+    /// the last this many is delivered again if it is still circulating.
+    pub gossip_seen_max: usize,
     /// Which member events reach [`Host::events`].
     pub events: EventMask,
 }
@@ -97,6 +100,7 @@ impl Default for HostConfig {
             stream_frame_bytes_max: 16 << 20,
             inbound_streams_max: 512,
             leave_linger_ms: 3_000,
+            gossip_seen_max: 4_096,
             events: EventMask::ALL,
         }
     }
@@ -137,6 +141,9 @@ impl HostConfig {
         }
         if self.stream_frame_bytes_max < 4096 {
             return bad("stream_frame_bytes_max must be at least 4096".into());
+        }
+        if self.gossip_seen_max == 0 {
+            return bad("gossip_seen_max must be at least 1".into());
         }
         if self.inbound_streams_max == 0 {
             return bad("inbound_streams_max must be at least 1".into());
@@ -250,10 +257,13 @@ pub enum Event {
     Updated(MemberInfo),
     /// A failed member was removed from the table.
     Reaped(MemberInfo),
-    /// A user message (from [`Host::broadcast`] elsewhere) arrived.
+    /// A user message arrived: a [`Host::broadcast`] (delivered once per member, with its
+    /// `origin`), or a best-effort `UserMsg` sent to this member alone (`origin` `None`).
     Message {
-        /// The address it came from.
+        /// The address it came from (for a broadcast: the member that relayed it here).
         from: SocketAddr,
+        /// The member that broadcast it.
+        origin: Option<String>,
         /// Its payload.
         payload: Vec<u8>,
     },
@@ -617,8 +627,11 @@ impl Host {
             .map_err(|_| HostError::Timeout(shard, wait))?
     }
 
-    /// Gossips a user message from member `name` to every member (piggybacked, retransmitted
-    /// like memberlist's user broadcasts); others see [`Event::Message`].
+    /// Gossips a user message from member `name` to every member: it rides the piggyback
+    /// queue of the origin and of every member that receives it (each relays it
+    /// `user_retransmit_mult × ⌈log10(n+1)⌉` times), and each member delivers it once
+    /// ([`Event::Message`] with `origin`). Best effort like all gossip: a member that is
+    /// partitioned away for the whole spread misses it (a push-pull does not carry it).
     pub fn broadcast(&self, name: &str, payload: Vec<u8>) -> Result<(), HostError> {
         let shard = self.shard_of(name);
         self.ask(shard, |reply| shard::Command::Broadcast {

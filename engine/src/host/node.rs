@@ -163,7 +163,8 @@ impl Node {
         self.host.events()
     }
 
-    /// Gossips `payload` to every member ([`super::Event::Message`] there).
+    /// Gossips `payload` to every member, delivered once to each ([`super::Event::Message`]
+    /// there); see [`Host::broadcast`].
     pub fn broadcast(&self, payload: Vec<u8>) -> Result<(), HostError> {
         self.host.broadcast(&self.name, payload)
     }

@@ -4,7 +4,7 @@
 //! the main loop and the stream tasks borrow it only between awaits, never across one.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -74,6 +74,35 @@ struct Hosted {
     _acceptor: glommio::Task<()>,
     /// Leaving: removed at this time or when its broadcasts have drained.
     leaving: Option<(Time, Reply<Result<(), HostError>>)>,
+    /// Sequence number of this member's next broadcast.
+    gossip_seq: u64,
+    /// Broadcasts seen (keys of `(origin, seq)`), oldest first, at most `gossip_seen_max`.
+    gossip_seen: HashSet<u64>,
+    gossip_order: VecDeque<u64>,
+}
+
+impl Hosted {
+    /// Remembers the broadcast `key`; false if it was seen already.
+    fn first_sight(&mut self, key: u64, max: usize) -> bool {
+        if !self.gossip_seen.insert(key) {
+            return false;
+        }
+        self.gossip_order.push_back(key);
+        while self.gossip_order.len() > max {
+            if let Some(old) = self.gossip_order.pop_front() {
+                self.gossip_seen.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+fn gossip_key(origin: &str, seq: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = swim::FxHasher::default();
+    origin.hash(&mut h);
+    seq.hash(&mut h);
+    h.finish()
 }
 
 /// The result of an outbound stream exchange, for the shard loop.
@@ -287,11 +316,19 @@ fn command(shard: &Rc<RefCell<Shard>>, cmd: Command) {
         } => {
             let mut guard = shard.borrow_mut();
             let core = &mut guard.core;
+            let seen_max = core.config.gossip_seen_max;
             let r = match core.slot_of(&name) {
                 Some(slot) => {
                     if let Some(Some(h)) = core.members.get_mut(slot as usize) {
-                        h.member
-                            .broadcast(Message::UserMsg(wire::UserMsg { payload }), None);
+                        let seq = h.gossip_seq;
+                        h.gossip_seq = h.gossip_seq.wrapping_add(1);
+                        h.first_sight(gossip_key(&name, seq), seen_max);
+                        let msg = wire::Gossip {
+                            origin: name,
+                            seq,
+                            payload,
+                        };
+                        h.member.broadcast(Message::Gossip(msg), None);
                     }
                     core.dirty.push(slot);
                     core.ctx.waker().notify();
@@ -436,6 +473,10 @@ fn add(shard: &Rc<RefCell<Shard>>, spec: MemberSpec) -> Result<SocketAddr, HostE
         generation,
         _acceptor: acceptor,
         leaving: None,
+        // Random start: a member restarted under the same name does not repeat old keys.
+        gossip_seq: core.rng_seed.rotate_left(17),
+        gossip_seen: HashSet::new(),
+        gossip_order: VecDeque::new(),
     });
     core.dirty.push(slot);
     core.ctx.waker().notify();
@@ -568,6 +609,30 @@ impl Core {
         }
         let mask = self.config.events;
         while let Some(e) = h.member.poll_event() {
+            if let swim::Event::Message { from, msg } = &e
+                && let Message::Gossip(g) = &**msg
+            {
+                // Deliver and relay each broadcast once.
+                if !h.first_sight(gossip_key(&g.origin, g.seq), self.config.gossip_seen_max) {
+                    continue;
+                }
+                h.member.broadcast((**msg).clone(), None);
+                if mask.contains(EventMask::MESSAGE) {
+                    let ev = HostEvent {
+                        at: self.ctx.clock().instant(now),
+                        local: Arc::clone(&h.name),
+                        event: Event::Message {
+                            from: *from,
+                            origin: Some(g.origin.clone()),
+                            payload: g.payload.clone(),
+                        },
+                    };
+                    if !self.ctx.emit(ev) {
+                        self.census.events_dropped += 1;
+                    }
+                }
+                continue;
+            }
             // Filter before building: a load test's start is n² "up" events nobody wants.
             if !mask.contains(event_mask(&e)) {
                 continue;
@@ -795,6 +860,7 @@ fn to_event(dir: &SharedDirectory, member: &Member<ChaCha8Rng>, e: swim::Event) 
         swim::Event::Message { from, msg } => match &*msg {
             Message::UserMsg(u) => Event::Message {
                 from,
+                origin: None,
                 payload: u.payload.clone(),
             },
             _ => return None,

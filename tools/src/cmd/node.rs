@@ -23,7 +23,8 @@
 //! | `left NAME`                   | NAME left gracefully                                  |
 //! | `updated NAME ADDR`           | NAME's metadata or address changed                    |
 //! | `reaped NAME`                 | the failed NAME was removed from the table            |
-//! | `message FROM PAYLOAD`        | a user message from address FROM                      |
+//! | `message ORIGIN FROM PAYLOAD` | a broadcast of member ORIGIN (`-`: a direct message), |
+//! |                               | relayed here by address FROM; delivered once          |
 //! | `sent PAYLOAD`                | this node broadcast `--broadcast` PAYLOAD             |
 //! | `leaving REASON`              | leaving: REASON is `SIGINT`, `SIGTERM` or `exit-after`|
 //! | `stopped`                     | always the last line of a clean exit                  |
@@ -31,7 +32,7 @@
 //! The node never reports itself as `up`. With `--json`, each line is instead one JSON
 //! object with an `event` field (the first word above) and `t_ms` (milliseconds since
 //! start), plus: `name`, `addr`, `meta` (UTF-8, lossy), `state`, `incarnation` for events
-//! about a member; `by` for `suspect`/`down`; `from`, `payload` (UTF-8, lossy) and
+//! about a member; `by` for `suspect`/`down`; `origin`, `from`, `payload` (UTF-8, lossy) and
 //! `payload_hex` for `message`; `seed`, `ok` for `joined`; `reason` for `leaving`.
 //!
 //! Errors go to stderr with a non-zero exit status.
@@ -92,8 +93,8 @@ pub struct Args {
     /// One JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Broadcast this user message once, as soon as another member is up (it is piggybacked
-    /// a bounded number of times by this node only: peers may print it twice, or miss it).
+    /// Broadcast this user message once, as soon as another member is up (gossiped: every
+    /// member relays it and prints it once).
     #[arg(long)]
     pub broadcast: Option<String>,
     /// Override the preset's probe interval (milliseconds).
@@ -279,7 +280,11 @@ impl Printer {
                     v["by"] = json!(by);
                     v
                 }
-                Event::Message { from, payload } => {
+                Event::Message {
+                    from,
+                    origin,
+                    payload,
+                } => {
                     let mut hex = String::with_capacity(payload.len() * 2);
                     for b in payload {
                         let _ = write!(hex, "{b:02x}");
@@ -287,6 +292,7 @@ impl Printer {
                     json!({
                         "event": "message",
                         "t_ms": t_ms,
+                        "origin": origin,
                         "from": from.to_string(),
                         "payload": String::from_utf8_lossy(payload),
                         "payload_hex": hex,
@@ -338,8 +344,17 @@ impl Printer {
                 line.push_str("reaped ");
                 push_token(line, m.name.as_bytes());
             }
-            Event::Message { from, payload } => {
-                let _ = write!(line, "message {from} ");
+            Event::Message {
+                from,
+                origin,
+                payload,
+            } => {
+                line.push_str("message ");
+                match origin {
+                    Some(o) => push_token(line, o.as_bytes()),
+                    None => line.push('-'),
+                }
+                let _ = write!(line, " {from} ");
                 push_token(line, payload);
             }
             Event::Joined { seed, ok } => {

@@ -173,6 +173,7 @@ messages! {
     7 => Dead(swim::Dead),
     8 => PushPull(swim::PushPull),
     9 => UserMsg(swim::UserMsg),
+    10 => Gossip(swim::Gossip),
     // Serf
     32 => JoinIntent(serf::JoinIntent),
     33 => LeaveIntent(serf::LeaveIntent),

@@ -159,6 +159,20 @@ pub struct PushPull {
     pub user_state: Vec<u8>,
 }
 
+/// An application message gossiped to every member: each member delivers it once (by
+/// `(origin, seq)`) and relays it on its own piggyback queue, so it spreads epidemically
+/// instead of depending on the origin's retransmissions alone.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct Gossip {
+    /// The member that broadcast it.
+    pub origin: String,
+    /// The origin's sequence number (with `origin`, the identity of the message).
+    pub seq: u64,
+    /// The application's bytes.
+    pub payload: Vec<u8>,
+}
+
 /// An application message to one member, outside the gossip (best effort).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[rkyv(derive(Debug))]

@@ -171,6 +171,12 @@ fn swim_message() -> impl Strategy<Value = Message> {
             }
             .into()),
         bytes(256).prop_map(|payload| swim::UserMsg { payload }.into()),
+        (name(), any::<u64>(), bytes(256)).prop_map(|(origin, seq, payload)| swim::Gossip {
+            origin,
+            seq,
+            payload
+        }
+        .into()),
     ]
 }
 
