@@ -481,3 +481,72 @@ fn tcp_frames_between_shards() {
     assert_eq!(got, Ok((0..N).collect::<Vec<_>>()));
     assert_eq!(end, Err("checksum".to_string()));
 }
+
+/// A parked ring wakes for a datagram and for a signal of a wake-up eventfd, and otherwise
+/// sleeps out its timeout; the ring's own eventfd is refused as a wake-up (it would wake
+/// itself forever); close cancels the wake-up poll. Waits are bounded only so that a
+/// broken build fails instead of hanging.
+#[test]
+fn parker_wakes_on_datagrams_and_wake_fds() {
+    use std::sync::Arc;
+
+    use ringleader_engine::runtime::EventFd;
+    use ringleader_engine::transport::Parked;
+
+    let mut ring = UdpRing::new(small_udp(), LABEL, None).expect("ring");
+    let me = ring
+        .bind(
+            "127.0.0.1:0".parse().expect("addr"),
+            SocketOptions::default(),
+        )
+        .expect("bind");
+    let addr = ring.local_addr(me).expect("local addr");
+    let own = Arc::clone(ring.eventfd());
+    assert!(ring.wake_on(own).is_err(), "the ring's own eventfd");
+    let efd = Arc::new(EventFd::new().expect("eventfd"));
+    ring.wake_on(Arc::clone(&efd)).expect("wake_on");
+    let parker = ring.parker().expect("parker");
+    assert_eq!(
+        parker
+            .park(Some(Duration::from_millis(1)), 1)
+            .expect("park"),
+        Parked::TimedOut,
+        "nothing to wake for"
+    );
+
+    let tx = UdpSocket::bind("127.0.0.1:0").expect("tx");
+    let mut enc = Encoder::new(LABEL);
+    let frame = enc
+        .encode(
+            &UserMsg {
+                payload: payload(1),
+            },
+            None,
+            1400,
+        )
+        .expect("encode")
+        .to_vec();
+    tx.send_to(&frame, addr).expect("send");
+    assert_eq!(parker.park(Some(WAIT_MAX), 1).expect("park"), Parked::Ready);
+    let mut got = Collect::default();
+    ring.poll(&mut got).expect("poll");
+    assert_eq!(got.datagrams, 1);
+    assert_eq!(parker.last_receives(), 1);
+    assert!(!parker.take_woken(), "a datagram is not a wake-up signal");
+
+    efd.signal();
+    assert_eq!(parker.park(Some(WAIT_MAX), 1).expect("park"), Parked::Ready);
+    ring.poll(&mut got).expect("poll");
+    assert!(parker.take_woken());
+    assert!(!parker.take_woken(), "taking clears the flag");
+    assert_eq!(ring.counters().wake_ups, 1);
+    assert_eq!(got.datagrams, 1, "a wake-up never reaches the handler");
+    assert_eq!(parker.last_receives(), 0);
+
+    let report = ring.close();
+    assert_eq!(
+        report.in_flight_left, 0,
+        "receive and wake-up poll cancelled"
+    );
+    assert!(!report.leaked);
+}
