@@ -336,13 +336,18 @@ impl<C: Send + 'static, E: Send + 'static, M: Send + 'static> ShardContext<C, E,
         ring.wake_on(efd)?;
         let parker = ring.parker()?;
         let turn_interval = Duration::from_micros(config.glommio_turn_interval_us.max(1));
+        // The first wait hands glommio a turn at once: a mesh message sent before the flag
+        // below was visible did not signal the command eventfd, and only a turn (glommio
+        // polling its channels) brings it in.
         *self.inner.park.borrow_mut() = Some(Rc::new(ParkSlot {
             parker,
             turn_interval,
-            turn_due_at: Cell::new(self.now() + turn_interval),
+            turn_due_at: Cell::new(self.now()),
             failed: Cell::new(false),
         }));
-        self.inner.shared.parked[self.inner.id].store(true, Ordering::Release);
+        // SeqCst pairs with the load in `mesh_send`: either the sender sees the flag and
+        // signals, or its message is in the channel before this shard's first turn.
+        self.inner.shared.parked[self.inner.id].store(true, Ordering::SeqCst);
         Ok(())
     }
 
@@ -482,7 +487,9 @@ impl<C: Send + 'static, E: Send + 'static, M: Send + 'static> ShardContext<C, E,
         {
             Ok(()) => {
                 // A shard asleep in its own ring does not see glommio's channel wake-up.
-                if self.inner.shared.parked[to].load(Ordering::Acquire) {
+                // The fence orders the message before the flag's load (see `park_in`).
+                std::sync::atomic::fence(Ordering::SeqCst);
+                if self.inner.shared.parked[to].load(Ordering::SeqCst) {
                     self.inner.shared.commands[to].1.signal();
                 }
                 Ok(())
