@@ -17,14 +17,17 @@
 //! noise from other processes on the host hits all of them alike; the JSON reports the
 //! median round and the spread (`spread.*.rounds`, `spread.ratio_pps_per_round`).
 //!
-//! What it showed on the shared 2-core host (load average 7-11 from other builds): the
-//! engine's flood is at par with raw sendmmsg/recvmmsg within the noise (per-round ratio
-//! 0.4-2.3), ahead of glommio's `UdpSocket`; the flamegraph (flamegraphs/transport.svg)
-//! is dominated by the kernel's `udp_sendmsg` on both paths. The engine's ping-pong is
-//! slower than blocking sockets: each wake-up goes kernel -> eventfd -> glommio's ring ->
-//! glommio task -> our ring, and under load the p99 is milliseconds where the raw one is
-//! tens of microseconds. `--spin-us` (busy-poll the ring before parking) brings the p50
-//! to the raw one's but not the p99. See the design note in `ringleader_engine::transport`.
+//! The engine's shards park in their own rings (`--park ring`, the default;
+//! `ShardContext::park_in`); `--park glommio` keeps the older eventfd wake-up through
+//! glommio's reactor for comparison.
+//!
+//! What it showed on the shared 2-core host (load average 4-5 from other builds), three
+//! runs of `--duration 5s` back to back: `ratio_pps` 1.10, 1.36, 1.38 (every round >= 1.07);
+//! `engine_rtt_us` p50 24/19/24 against raw 17/13/16, p99 108/76/90 against raw 42/29/46.
+//! With `--park glommio` in the same conditions: ratio 0.80, p50 62, p99 277. The p99
+//! falls short of the raw one: see the design note in `ringleader_engine::transport` for
+//! what was tried (shorter glommio turns, spinning, pinning, epoll parking, batched
+//! wake-ups) and why the scheduler keeps the rest of the gap.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

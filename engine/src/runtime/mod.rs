@@ -17,7 +17,9 @@
 //!   id (ids are small dense integers). All sockets of a shard share one provided buffer
 //!   ring, so 5,000 members cost 5,000 SQEs, not 5,000 buffers. RLIMIT_NOFILE is raised by
 //!   [`crate::transport::raise_nofile`] before binding thousands of them.
-//! - **Receive path.** The ring's eventfd is watched ([`ShardContext::watch`]); the shard's
+//! - **Receive path.** The shard parks in its ring ([`ShardContext::park_in`]; the older
+//!   path, watching the ring's eventfd with [`ShardContext::watch`], still works but costs a
+//!   wake-up four hops); the shard's
 //!   main loop ([`ShardContext::wait`]) wakes, calls `ring.poll(&mut handler)`, and the
 //!   handler looks up the member by `SocketId` and feeds it each validated `MessageRef`
 //!   with `clock.now()`. The core's outputs are applied right there: sends go to the

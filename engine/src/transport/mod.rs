@@ -23,14 +23,46 @@
 //! a thread blocked in `io_uring_enter` (a second thread per shard, breaking
 //! thread-per-core and single-issuer).
 //!
-//! Measured cost (bench `transport`, shared 2-core host under load): throughput is at par
-//! with raw sendmmsg/recvmmsg, but a ping-pong round trip pays the extra hops (kernel ->
-//! eventfd -> glommio's ring -> glommio task -> our ring): p50 tens of microseconds more than
-//! blocking sockets, and a p99 in milliseconds under load. [`UdpRing::spin_poll`] (busy-poll
-//! the ring's flags before parking) removes the p50 gap at the price of CPU. The next step,
-//! not done here: let the shard park in its own ring (`io_uring_enter` with a timeout at the
-//! next glommio timer) whenever glommio has no runnable task, so a datagram wakes the thread
-//! in one hop.
+//! # Parking in the ring (what a shard should use)
+//!
+//! The eventfd path costs a wake-up four hops (kernel -> eventfd -> glommio's ring ->
+//! glommio task -> our ring) and glommio's sleep/wake bookkeeping (a `membarrier`, timer
+//! re-arming: several system calls). So a shard can instead sleep in its own ring:
+//! [`crate::runtime::ShardContext::park_in`] (a one-line replacement for
+//! `ctx.watch(ring.eventfd())`) makes [`crate::runtime::ShardContext::wait`] block in
+//! `io_uring_enter(GETEVENTS, min_complete 1, timeout)` on the UdpRing through a
+//! [`RingParker`]; a datagram wakes the thread in one hop, and the ring's eventfd is no
+//! longer signalled. What glommio drove before still gets through:
+//! - commands: the command eventfd is polled in the ring ([`UdpRing::wake_on`], multishot
+//!   `POLL_ADD`), so a command ends the park at once;
+//! - mesh messages: glommio's channels wake only a shard asleep in glommio, so `mesh_send`
+//!   to a parked shard also signals its command eventfd; the woken shard then gives glommio
+//!   a turn, which moves the message into the inbox;
+//! - everything else glommio owns (TCP streams, other watches, glommio timers): the park
+//!   never lasts longer than `ParkConfig::glommio_turn_interval_us` (default 10 ms) before
+//!   glommio gets a turn (the shard's task goes pending on an already-due glommio timer, so
+//!   the executor polls its rings, timers and channels and resumes it without sleeping),
+//!   so such work is late by at most that interval.
+//!
+//! Measured (bench `transport --duration 5s`, shared 2-core host at load average 4-5,
+//! three runs back to back; each divided by the raw baseline of the same run):
+//! flood `ratio_pps` 1.10, 1.36, 1.38 (every round >= 1.07); ping-pong p50 24/19/24 µs
+//! against raw 17/13/16 µs, p99 108/76/90 µs against raw 42/29/46 µs. The eventfd path in
+//! the same conditions (`--park glommio`): ratio 0.80, p50 62 µs, p99 277 µs. So the flood
+//! check holds and the round trip is 3x faster at p50 than before, but its p99 is still
+//! about twice the raw one on this host; see the bench's notes for what was tried:
+//! - turn interval 1 ms instead of 10 ms: p99 171-263 µs against 61-89 µs (a turn costs
+//!   15-20 µs of glommio reactor work);
+//! - busy-polling the ring before parking (`--spin-us 30`): p50 15 µs (below raw) but p99
+//!   1 ms: on a host shared with busy processes a spinning thread is preempted for a slice;
+//! - pinning the shards (`--pin true`): p99 2 ms (a pinned thread cannot leave a busy CPU);
+//! - parking in `epoll_pwait2` on the sockets (so the socket's synchronous wake-up hint
+//!   reaches the scheduler): same p50, no better p99; removed;
+//! - waiting for a batch of completions when the last poll saw many (fewer wake-ups for
+//!   the flood's sender): ratio 0.64 (the timed-out batches cost more enters); removed.
+//! What is left of the gap is the scheduler: raw's blocking `recv` is woken with the
+//! sender's sync hint and usually runs on the sender's CPU, io_uring's wake-up carries no
+//! hint, so under load the woken shard more often waits behind another process.
 //!
 //! # What the kernel must have
 //!

@@ -240,7 +240,7 @@ impl SendSlots {
 }
 
 /// Sends datagrams on a ring; handed to [`UdpHandler::on_datagram`] and returned by
-/// [`UdpRing::sender`].
+/// [`UdpRing::with_sender`].
 pub struct Sender<'a, 'r> {
     sq: &'a mut squeue::SubmissionQueue<'r>,
     submitter: &'a Submitter<'r>,
