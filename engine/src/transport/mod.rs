@@ -60,6 +60,7 @@
 //!   reaches the scheduler): same p50, no better p99; removed;
 //! - waiting for a batch of completions when the last poll saw many (fewer wake-ups for
 //!   the flood's sender): ratio 0.64 (the timed-out batches cost more enters); removed.
+//!
 //! What is left of the gap is the scheduler: raw's blocking `recv` is woken with the
 //! sender's sync hint and usually runs on the sender's CPU, io_uring's wake-up carries no
 //! hint, so under load the woken shard more often waits behind another process.

@@ -882,20 +882,30 @@ impl UdpRing {
     pub fn poll<H: UdpHandler>(&mut self, handler: &mut H) -> Result<usize, UdpError> {
         let mut seen = 0;
         let receives_before = self.counters.datagrams_received;
+        // Passes in a row that entered the kernel and reaped nothing.
+        let mut idle_passes = 0u32;
         // Completions we produce ourselves while polling need not wake us again.
         self.ring.completion().disable_eventfd();
         loop {
             let n = self.poll_once(handler)?;
             seen += n;
             if n > 0 {
+                idle_passes = 0;
                 continue;
             }
+            idle_passes += 1;
             // Re-enable, then look once more: work queued while disabled did not signal.
             // A parked ring keeps it disabled: its shard sleeps in the ring itself.
             if !self.parked {
                 self.ring.completion().enable_eventfd();
             }
-            let pending = {
+            // A second idle pass in a row entered the kernel with GETEVENTS (which runs any
+            // deferred work) because of the TASKRUN flag or queued SQEs, and found nothing:
+            // the flag is stale (seen on 6.x kernels under load: both shards of a
+            // 1,000-member swim run spun here forever) or the kernel refuses the SQEs for
+            // now (EBUSY). Looping on either would spin forever: return, the next poll
+            // tries again.
+            let pending = idle_passes < 2 && {
                 let mut sq = self.ring.submission();
                 sq.sync();
                 sq.taskrun() || !sq.is_empty()
