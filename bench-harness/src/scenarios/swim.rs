@@ -129,6 +129,14 @@ pub struct Args {
     /// cluster does not start all at once; pacing keeps the seeds' push-pull load bounded.
     #[arg(long, default_value_t = 0)]
     pub add_rate: u64,
+    /// Sends in flight per shard at most (`UdpConfig::send_slots`; beyond it sends are
+    /// dropped and counted as `send_queue_full`). Default: the engine's.
+    #[arg(long)]
+    pub send_slots: Option<usize>,
+    /// Receive buffers per shard (`UdpConfig::recv_buffers`, a power of two). Default: the
+    /// engine's.
+    #[arg(long)]
+    pub recv_buffers: Option<u16>,
     /// Capacity of the event channel (all shards together).
     #[arg(long, default_value_t = 1 << 16)]
     pub events_capacity: usize,
@@ -440,7 +448,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     hc.runtime.events_capacity = args.events_capacity;
     hc.runtime.name = "swim".to_owned();
     hc.cluster_members_max = hc.cluster_members_max.max(n);
+    if let Some(slots) = args.send_slots {
+        hc.udp.send_slots = slots;
+    }
+    if let Some(bufs) = args.recv_buffers {
+        hc.udp.recv_buffers = bufs;
+    }
+    // The completion queue must hold every receive and send in flight at once.
+    let in_flight = hc.udp.recv_buffers as usize + hc.udp.send_slots;
+    hc.udp.cq_entries = hc
+        .udp
+        .cq_entries
+        .max(u32::try_from(in_flight.next_power_of_two()).unwrap_or(u32::MAX));
 
+    let hc_udp = hc.udp.clone();
     let host = Host::start(hc).context("starting the host")?;
     let shards = host.shards();
     let config = json!({
@@ -452,6 +473,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "converge_timeout_s": converge_timeout.as_secs_f64(),
         "base_octet": args.base_octet, "port": port,
         "events_capacity": args.events_capacity, "add_rate": args.add_rate,
+        "send_slots": hc_udp.send_slots, "recv_buffers": hc_udp.recv_buffers,
+        "cq_entries": hc_udp.cq_entries,
     });
     let mut run = Run::new("swim", args.common.out.as_deref(), args.common.json, config)?;
 
