@@ -75,6 +75,9 @@ pub struct HostConfig {
     pub stream_frame_bytes_max: usize,
     /// Inbound stream exchanges served by one shard at once; more are closed unanswered.
     pub inbound_streams_max: usize,
+    /// Outbound stream exchanges (push-pull, fallback pings) of one shard in flight at
+    /// once; more fail at once, as if the peer were unreachable (each holds a descriptor).
+    pub outbound_streams_max: usize,
     /// After [`Host::leave`], the member keeps gossiping its leave this long at most.
     pub leave_linger_ms: u64,
     /// Broadcasts each member remembers (to deliver and relay each once); one older than
@@ -99,6 +102,7 @@ impl Default for HostConfig {
             members_per_shard_max: 16_384,
             stream_frame_bytes_max: 16 << 20,
             inbound_streams_max: 512,
+            outbound_streams_max: 512,
             leave_linger_ms: 3_000,
             gossip_seen_max: 4_096,
             events: EventMask::ALL,
@@ -144,6 +148,9 @@ impl HostConfig {
         }
         if self.gossip_seen_max == 0 {
             return bad("gossip_seen_max must be at least 1".into());
+        }
+        if self.outbound_streams_max == 0 {
+            return bad("outbound_streams_max must be at least 1".into());
         }
         if self.inbound_streams_max == 0 {
             return bad("inbound_streams_max must be at least 1".into());
@@ -532,7 +539,7 @@ impl Host {
         };
         // Each member holds a UDP socket and a TCP listener, plus streams in flight.
         let want = (config.members_per_shard_max.min(config.cluster_members_max) * shards * 2
-            + shards * config.inbound_streams_max * 2
+            + shards * (config.inbound_streams_max + config.outbound_streams_max)
             + 1024) as u64;
         if let Err(e) = crate::transport::raise_nofile(want) {
             tracing::warn!("{e}");

@@ -45,6 +45,7 @@ impl NodeBuilder {
         host.runtime.name = "ringleader-node".to_string();
         host.members_per_shard_max = 1;
         host.inbound_streams_max = 64;
+        host.outbound_streams_max = 64;
         host.udp.recv_buffers = 256;
         host.udp.send_slots = 256;
         host.udp.cq_entries = 1024;

@@ -144,6 +144,8 @@ struct Shard {
     core: Core,
     completions: VecDeque<StreamDone>,
     inbound: usize,
+    /// Outbound stream exchanges in flight.
+    outbound: usize,
 }
 
 fn keyring_of(keys: &[[u8; ringleader_wire::keyring::KEY_LEN]]) -> Option<Keyring> {
@@ -217,6 +219,7 @@ pub(crate) async fn run(
         core,
         completions: VecDeque::new(),
         inbound: 0,
+        outbound: 0,
     }));
     let _ = ready.send(Ok(()));
     drop(ready);
@@ -252,7 +255,17 @@ pub(crate) async fn run(
         if ctx.stopping() {
             break;
         }
-        ctx.wait(deadline).await;
+        let busy = ctx.waker().is_set() || deadline.is_some_and(|d| d <= ctx.now());
+        if busy {
+            // Work is due already: still give glommio a turn (stream connects and
+            // accepts, eventfd reads). `wait` would return at once, and glommio polls its
+            // own I/O only when no task is runnable: a shard that always has due work
+            // would starve every stream (measured: sockets piling up unconnected at
+            // 3,000 members) until glommio's preemption timer.
+            glommio::timer::sleep(Duration::from_micros(1)).await;
+        } else {
+            ctx.wait(deadline).await;
+        }
     }
     let mut s = shard.borrow_mut();
     let slots: Vec<u32> = (0..s.core.members.len() as u32).collect();
@@ -950,6 +963,23 @@ fn start_streams(shard: &Rc<RefCell<Shard>>) {
     let wake = shard.borrow().core.ctx.waker().clone();
     let label: Rc<[u8]> = label.into();
     for (slot, generation, t, frame) in starts {
+        {
+            // A shard-wide bound on connections in flight (each holds a descriptor): over
+            // it the exchange fails at once, as an unreachable peer would.
+            let mut s = shard.borrow_mut();
+            if s.outbound >= s.core.config.outbound_streams_max {
+                s.completions.push_back(StreamDone {
+                    slot,
+                    generation,
+                    id: t.id,
+                    from: t.to,
+                    response: Err(swim::StreamError::Unreachable),
+                });
+                wake.notify();
+                continue;
+            }
+            s.outbound += 1;
+        }
         let shard = Rc::clone(shard);
         let wake = wake.clone();
         let label = Rc::clone(&label);
@@ -974,7 +1004,9 @@ fn start_streams(shard: &Rc<RefCell<Shard>>) {
                 Err(swim::StreamError::Timeout)
             })
             .await;
-            shard.borrow_mut().completions.push_back(StreamDone {
+            let mut s = shard.borrow_mut();
+            s.outbound -= 1;
+            s.completions.push_back(StreamDone {
                 slot,
                 generation,
                 id: t.id,
