@@ -284,6 +284,40 @@ fn wake_on_ring(
     }
 }
 
+/// One engine shard's end of the measured link: its ring (woken as `shards.park` says)
+/// and socket. Shard 1 announces its address over the mesh; shard 0 learns it, connects
+/// to it (as the raw baselines' sending sockets are connected) and returns it.
+async fn link(
+    ctx: &ShardContext<(), (), SocketAddr>,
+    shards: Shards,
+    config: UdpConfig,
+) -> Result<(UdpRing, SocketId, Option<SocketAddr>), String> {
+    let mut ring = UdpRing::new(config, LABEL, None).map_err(|e| e.to_string())?;
+    wake_on_ring(ctx, &mut ring, shards)?;
+    let me = ring
+        .bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            SocketOptions::default(),
+        )
+        .map_err(|e| e.to_string())?;
+    if ctx.id() == 1 {
+        ctx.mesh_send(0, ring.local_addr(me).ok_or("no local address")?)
+            .map_err(|e| format!("mesh send: {e:?}"))?;
+        return Ok((ring, me, None));
+    }
+    let to = loop {
+        if let Some((_, a)) = ctx.mesh_recv() {
+            break a;
+        }
+        if ctx.stopping() {
+            return Err("stopped before the peer announced itself".into());
+        }
+        ctx.wait(None).await;
+    };
+    ring.connect(me, to).map_err(|e| e.to_string())?;
+    Ok((ring, me, Some(to)))
+}
+
 fn runtime_config(name: &str, shards: Shards) -> RuntimeConfig {
     RuntimeConfig {
         sched_slice_us: shards.sched_slice_us,
@@ -370,89 +404,75 @@ fn engine_flood(
         runtime_config("rl-flood", shards),
         move |ctx: ShardContext<(), (), SocketAddr>| async move {
             let inner = async {
-                let mut ring = UdpRing::new(engine_udp_config(submit_batch), LABEL, None)
-                    .map_err(|e| e.to_string())?;
-                wake_on_ring(&ctx, &mut ring, shards)?;
-                let me = ring
-                    .bind(
-                        "127.0.0.1:0".parse().map_err(|_| "addr")?,
-                        SocketOptions::default(),
-                    )
-                    .map_err(|e| e.to_string())?;
-                if ctx.id() == 1 {
-                    ctx.mesh_send(0, ring.local_addr(me).ok_or("no addr")?)
-                        .map_err(|e| format!("mesh send: {e:?}"))?;
-                    let mut h = FloodReceiver {
-                        window,
-                        received: 0,
-                        now: Instant::now(),
-                    };
-                    while h.now < window.1 + Duration::from_millis(20) && !ctx.stopping() {
-                        ring.poll(&mut h).map_err(|e| e.to_string())?;
-                        h.now = Instant::now();
-                        if ring.spin_poll(&mut h, spin).map_err(|e| e.to_string())? > 0 {
-                            continue;
+                let (mut ring, me, peer) =
+                    link(&ctx, shards, engine_udp_config(submit_batch)).await?;
+                match peer {
+                    None => {
+                        let mut h = FloodReceiver {
+                            window,
+                            received: 0,
+                            now: Instant::now(),
+                        };
+                        while h.now < window.1 + Duration::from_millis(20) && !ctx.stopping() {
+                            ring.poll(&mut h).map_err(|e| e.to_string())?;
+                            h.now = Instant::now();
+                            if ring.spin_poll(&mut h, spin).map_err(|e| e.to_string())? > 0 {
+                                continue;
+                            }
+                            ctx.wait(Some(ctx.clock().at(window.1 + Duration::from_millis(20))))
+                                .await;
+                            h.now = Instant::now();
                         }
-                        ctx.wait(Some(ctx.clock().at(window.1 + Duration::from_millis(20))))
-                            .await;
-                        h.now = Instant::now();
+                        let c = ring.counters().clone();
+                        ring.close();
+                        Ok((h.received, c))
                     }
-                    let c = ring.counters().clone();
-                    ring.close();
-                    Ok((h.received, c))
-                } else {
-                    let to = loop {
-                        if let Some((_, a)) = ctx.mesh_recv() {
-                            break a;
-                        }
-                        ctx.wait(None).await;
-                    };
-                    let mut enc = Encoder::new(LABEL);
-                    let mut msg = UserMsg {
-                        payload: Vec::new(),
-                    };
-                    // Connected, as the raw baseline's sender is: no route lookup per datagram.
-                    ring.connect(me, to).map_err(|e| e.to_string())?;
-                    let mut seq = 0u64;
-                    let mut sent_in_window = 0u64;
-                    loop {
-                        let now = Instant::now();
-                        if now >= window.1 || ctx.stopping() {
-                            break;
-                        }
-                        let before = ring.counters().datagrams_queued;
-                        let mut err = None;
-                        ring.with_sender(|s| {
-                            while s.slots_free() > 0 {
-                                let f = match frame(&mut enc, &mut msg, seq) {
-                                    Ok(f) => f,
-                                    Err(e) => {
-                                        err = Some(e.to_string());
+                    Some(to) => {
+                        let mut enc = Encoder::new(LABEL);
+                        let mut msg = UserMsg {
+                            payload: Vec::new(),
+                        };
+                        let mut seq = 0u64;
+                        let mut sent_in_window = 0u64;
+                        loop {
+                            let now = Instant::now();
+                            if now >= window.1 || ctx.stopping() {
+                                break;
+                            }
+                            let before = ring.counters().datagrams_queued;
+                            let mut err = None;
+                            ring.with_sender(|s| {
+                                while s.slots_free() > 0 {
+                                    let f = match frame(&mut enc, &mut msg, seq) {
+                                        Ok(f) => f,
+                                        Err(e) => {
+                                            err = Some(e.to_string());
+                                            return;
+                                        }
+                                    };
+                                    if s.send(me, to, f).is_err() {
                                         return;
                                     }
-                                };
-                                if s.send(me, to, f).is_err() {
-                                    return;
+                                    seq += 1;
                                 }
-                                seq += 1;
+                            });
+                            if let Some(e) = err {
+                                return Err(e);
                             }
-                        });
-                        if let Some(e) = err {
-                            return Err(e);
+                            if now >= window.0 {
+                                sent_in_window += ring.counters().datagrams_queued - before;
+                            }
+                            ring.poll(&mut Ignore).map_err(|e| e.to_string())?;
+                            glommio::yield_if_needed().await;
                         }
-                        if now >= window.0 {
-                            sent_in_window += ring.counters().datagrams_queued - before;
+                        while ring.sends_in_flight() > 0 {
+                            ring.poll(&mut Ignore).map_err(|e| e.to_string())?;
+                            ctx.wait(Some(ctx.now() + Duration::from_millis(1))).await;
                         }
-                        ring.poll(&mut Ignore).map_err(|e| e.to_string())?;
-                        glommio::yield_if_needed().await;
+                        let c = ring.counters().clone();
+                        ring.close();
+                        Ok((sent_in_window, c))
                     }
-                    while ring.sends_in_flight() > 0 {
-                        ring.poll(&mut Ignore).map_err(|e| e.to_string())?;
-                        ctx.wait(Some(ctx.now() + Duration::from_millis(1))).await;
-                    }
-                    let c = ring.counters().clone();
-                    ring.close();
-                    Ok((sent_in_window, c))
                 }
             };
             inner.await
@@ -554,41 +574,9 @@ fn engine_ping_pong(
     let rt: Runtime<(), (), Result<Option<Recorder>, String>> = Runtime::start(
         runtime_config("rl-pingpong", shards),
         move |ctx: ShardContext<(), (), SocketAddr>| async move {
-            let mut ring =
-                UdpRing::new(engine_udp_config(1), LABEL, None).map_err(|e| e.to_string())?;
-            wake_on_ring(&ctx, &mut ring, shards)?;
-            let me = ring
-                .bind(
-                    "127.0.0.1:0".parse().map_err(|_| "addr")?,
-                    SocketOptions::default(),
-                )
-                .map_err(|e| e.to_string())?;
+            let (mut ring, me, peer) = link(&ctx, shards, engine_udp_config(1)).await?;
             let end = window.1 + Duration::from_millis(20);
-            if ctx.id() == 1 {
-                ctx.mesh_send(0, ring.local_addr(me).ok_or("no addr")?)
-                    .map_err(|e| format!("mesh send: {e:?}"))?;
-                let mut echo = Echo {
-                    enc: Encoder::new(LABEL),
-                    msg: UserMsg {
-                        payload: Vec::new(),
-                    },
-                };
-                while Instant::now() < end && !ctx.stopping() {
-                    ring.poll(&mut echo).map_err(|e| e.to_string())?;
-                    if ring.spin_poll(&mut echo, spin).map_err(|e| e.to_string())? > 0 {
-                        continue;
-                    }
-                    ctx.wait(Some(ctx.clock().at(end))).await;
-                }
-                ring.close();
-                Ok(None)
-            } else {
-                let to = loop {
-                    if let Some((_, a)) = ctx.mesh_recv() {
-                        break a;
-                    }
-                    ctx.wait(None).await;
-                };
+            if let Some(to) = peer {
                 let mut p = Pinger {
                     enc: Encoder::new(LABEL),
                     msg: UserMsg {
@@ -600,8 +588,6 @@ fn engine_ping_pong(
                     window,
                     rec: Recorder::new("engine_rtt_us"),
                 };
-                // Connected, as the raw baseline's pinging socket is.
-                ring.connect(me, to).map_err(|e| e.to_string())?;
                 ring.with_sender(|s| p.ping(s, me));
                 while Instant::now() < end && !ctx.stopping() {
                     ring.poll(&mut p).map_err(|e| e.to_string())?;
@@ -617,6 +603,22 @@ fn engine_ping_pong(
                 }
                 ring.close();
                 Ok(Some(p.rec))
+            } else {
+                let mut echo = Echo {
+                    enc: Encoder::new(LABEL),
+                    msg: UserMsg {
+                        payload: Vec::new(),
+                    },
+                };
+                while Instant::now() < end && !ctx.stopping() {
+                    ring.poll(&mut echo).map_err(|e| e.to_string())?;
+                    if ring.spin_poll(&mut echo, spin).map_err(|e| e.to_string())? > 0 {
+                        continue;
+                    }
+                    ctx.wait(Some(ctx.clock().at(end))).await;
+                }
+                ring.close();
+                Ok(None)
             }
         },
     )?;
