@@ -49,11 +49,12 @@ fn shards_start_and_shut_down_cleanly() {
         assert_eq!(started, vec![0, 1]);
         let results = rt.join();
         assert_eq!(results.len(), 2);
+        // A shard blocked in `wait(None)` returns only because the shutdown woke it (were
+        // it not woken, `join` would never return). How many waits that took is not
+        // asserted: a shard preempted right after its `emit` may see the stop flag before
+        // it ever waits (0 wake-ups), which made this test flaky under load.
         for r in results {
-            assert!(
-                r.expect("shard ended cleanly") >= 1,
-                "the shutdown woke the shard"
-            );
+            r.expect("shard ended cleanly");
         }
     }
 }
