@@ -22,8 +22,8 @@
 //! glommio's reactor for comparison.
 //!
 //! What it showed on the shared 2-core host (load average 4-5 from other builds), three
-//! runs of `--duration 5s` back to back: `ratio_pps` 1.10, 1.36, 1.38 (every round >= 1.07);
-//! `engine_rtt_us` p50 24/19/24 against raw 17/13/16, p99 108/76/90 against raw 42/29/46.
+//! runs of `--duration 5s` back to back: `ratio_pps` 1.26, 1.50, 1.33 (every round >= 1.08);
+//! `engine_rtt_us` p50 25/32/21 against raw 17/17/18, p99 65/1005/62 against raw 47/43/53.
 //! With `--park glommio` in the same conditions: ratio 0.80, p50 62, p99 277. The p99
 //! falls short of the raw one: see the design note in `ringleader_engine::transport` for
 //! what was tried (shorter glommio turns, spinning, pinning, epoll parking, batched

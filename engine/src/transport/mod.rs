@@ -46,11 +46,12 @@
 //!
 //! Measured (bench `transport --duration 5s`, shared 2-core host at load average 4-5,
 //! three runs back to back; each divided by the raw baseline of the same run):
-//! flood `ratio_pps` 1.10, 1.36, 1.38 (every round >= 1.07); ping-pong p50 24/19/24 µs
-//! against raw 17/13/16 µs, p99 108/76/90 µs against raw 42/29/46 µs. The eventfd path in
+//! flood `ratio_pps` 1.26, 1.50, 1.33 (every round >= 1.08); ping-pong p50 25/32/21 µs
+//! against raw 17/17/18 µs, p99 65/1005/62 µs against raw 47/43/53 µs. The eventfd path in
 //! the same conditions (`--park glommio`): ratio 0.80, p50 62 µs, p99 277 µs. So the flood
-//! check holds and the round trip is 3x faster at p50 than before, but its p99 is still
-//! about twice the raw one on this host; see the bench's notes for what was tried:
+//! check holds and the round trip is 2-3x faster at p50 than before, but its p99 is still
+//! 1.2-1.4x the raw one on this host (and about one run in three hits the host's ms-scale
+//! scheduling tail, as the 1005 µs run did). What was tried:
 //! - turn interval 1 ms instead of 10 ms: p99 171-263 µs against 61-89 µs (a turn costs
 //!   15-20 µs of glommio reactor work);
 //! - busy-polling the ring before parking (`--spin-us 30`): p50 15 µs (below raw) but p99
