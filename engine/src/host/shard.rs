@@ -255,7 +255,9 @@ pub(crate) async fn run(
         if ctx.stopping() {
             break;
         }
-        let busy = ctx.waker().is_set() || deadline.is_some_and(|d| d <= ctx.now());
+        // (Only a due deadline counts as busy: a pending wake-up flag is consumed by `wait`,
+        // which returns at once for it; treating the flag as busy would never clear it.)
+        let busy = deadline.is_some_and(|d| d <= ctx.now());
         if busy {
             // Work is due already: still give glommio a turn (stream connects and
             // accepts, eventfd reads). `wait` would return at once, and glommio polls its
