@@ -440,28 +440,11 @@ impl Census {
         self.shards.iter().map(|s| s.converged).sum()
     }
 
-    /// Datagrams received by every shard, good and bad.
+    /// Every shard's UDP ring counters, summed.
     pub fn udp(&self) -> UdpCounters {
         let mut t = UdpCounters::default();
         for s in &self.shards {
-            let u = &s.udp;
-            t.datagrams_received += u.datagrams_received;
-            t.bytes_received += u.bytes_received;
-            t.datagrams_delivered += u.datagrams_delivered;
-            t.messages_delivered += u.messages_delivered;
-            for (a, b) in t.dropped.iter_mut().zip(u.dropped.iter()) {
-                *a += b;
-            }
-            t.datagrams_queued += u.datagrams_queued;
-            t.datagrams_sent += u.datagrams_sent;
-            t.bytes_sent += u.bytes_sent;
-            t.send_errors += u.send_errors;
-            t.send_queue_full += u.send_queue_full;
-            t.recv_no_buffers += u.recv_no_buffers;
-            t.recv_rearmed += u.recv_rearmed;
-            t.recv_errors += u.recv_errors;
-            t.enter_calls += u.enter_calls;
-            t.sqes_submitted += u.sqes_submitted;
+            t.add(&s.udp);
         }
         t
     }
