@@ -5,7 +5,7 @@
 //! state, and it must never block a shard (every channel a shard writes to is bounded and
 //! written with `try_send`; what does not fit is counted).
 //!
-//! # Design note: how members, sockets, timers and outputs are wired (read before adding SWIM)
+//! # Design note: how members, sockets, timers and outputs are wired (`crate::host` is the SWIM one)
 //!
 //! - **Placement.** A member (one SWIM instance, its own address `127.0.0.x:port`) or a Raft
 //!   group lives on shard `hash(name) % shards` ([`shard_of`]). Whoever creates it sends a
