@@ -30,10 +30,15 @@
 //! - 2,000 members paced at 50/s: not converged 120 s after the last add (1,369 of 2,000;
 //!   1,985 after 120 s more), 0 false positives, detection p99 ~17.6 s, 0.14 ms CPU per
 //!   member per second, 188 MB RSS (~47 B per (member, known member) pair).
-//! - ~3,000 members started back to back: the shards saturate, send slots run out
-//!   (`send_queue_full`), probes fail, suspicions cascade into false positives, and
-//!   outbound stream sockets pile up unconnected (glommio gets no turn while the shard
-//!   loop always has due work) until EMFILE.
+//! - ~3,000 members started back to back, before the host's loop yielded to glommio when
+//!   busy: the shards saturated, send slots ran out (`send_queue_full`), probes failed,
+//!   suspicions cascaded into false positives, and outbound stream sockets piled up
+//!   unconnected until EMFILE. With that fix (commit 7d28683): 3,000 back to back converged
+//!   in 40.5 s, 0 false positives, detection p99 17.7 s, 82 µs CPU per member per second,
+//!   359 MB RSS, ~2 descriptors per member.
+//! - 9,000 members (the most the descriptor limit below allows): adds slowed to ~60 per
+//!   minute past ~6,500 with both cores saturated in push-pull merging (every join
+//!   exchanges the full state with 3 seeds: n² start-up work) and RSS at 8 GB; stopped.
 //! - 10,000 members need more than 20,000 descriptors (a UDP socket and a TCP listener
 //!   each, plus streams); where the hard RLIMIT_NOFILE is 20,000 and cannot be raised the
 //!   start fails with EMFILE, reported with `fd_limit` and `census_at_failure`.
