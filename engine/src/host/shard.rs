@@ -165,26 +165,23 @@ pub(crate) async fn run(
     ready: crossbeam_channel::Sender<Result<(), HostError>>,
 ) -> Result<(), HostError> {
     let shard_id = ctx.id();
-    let ring = match UdpRing::new(config.udp.clone(), &config.label, keyring_of(&config.keys)) {
-        Ok(r) => r,
-        Err(e) => {
-            let err = HostError::Transport {
-                shard: shard_id,
-                what: e.to_string(),
-            };
-            let _ = ready.send(Err(HostError::Transport {
-                shard: shard_id,
-                what: e.to_string(),
-            }));
-            return Err(err);
-        }
-    };
-    if let Err(e) = ctx.watch(Arc::clone(ring.eventfd())) {
+    // A shard that cannot set up its transport says why to `Host::start` and ends.
+    let fail = |what: String| {
         let _ = ready.send(Err(HostError::Transport {
             shard: shard_id,
-            what: format!("watching the ring's eventfd: {e}"),
+            what: what.clone(),
         }));
-        return Ok(());
+        Err(HostError::Transport {
+            shard: shard_id,
+            what,
+        })
+    };
+    let ring = match UdpRing::new(config.udp.clone(), &config.label, keyring_of(&config.keys)) {
+        Ok(r) => r,
+        Err(e) => return fail(e.to_string()),
+    };
+    if let Err(e) = ctx.watch(Arc::clone(ring.eventfd())) {
+        return fail(format!("watching the ring's eventfd: {e}"));
     }
     let dir = Directory::shared(config.cluster_members_max, config.swim.meta_bytes_max);
     let core = Core {
@@ -684,33 +681,38 @@ impl Core {
             from,
             response,
         } = done;
-        let members_max = self.config.swim.push_pull_members_max;
-        let user_max = self.config.swim.user_state_bytes_max;
-        let dir = self.dir.clone();
-        let Some(h) = self.live(slot, generation) else {
+        if self.live(slot, generation).is_none() {
             return;
-        };
+        }
         let response = match response {
-            Ok(Message::PushPull(p)) => {
-                match dir
-                    .borrow_mut()
-                    .push_pull_from_wire(p, from, members_max, user_max)
-                {
-                    Ok(state) => Ok(StreamResponse::PushPull(Rc::new(state))),
-                    Err(_) => Err(swim::StreamError::Unreachable),
-                }
-            }
+            Ok(Message::PushPull(p)) => self
+                .push_pull_in(p, from)
+                .map(StreamResponse::PushPull)
+                .ok_or(swim::StreamError::Unreachable),
             Ok(Message::Ack(a)) => Ok(StreamResponse::Ack { seq: a.seq_no }),
             Ok(Message::Nack(_)) => Ok(StreamResponse::Refused),
             Ok(_) => Err(swim::StreamError::Unreachable),
             Err(e) => Err(e),
         };
         let failed = response.is_err();
+        let Some(h) = self.live(slot, generation) else {
+            return;
+        };
         h.member.handle_stream_response(now, id, response);
         if failed {
             self.census.streams_failed += 1;
         }
         self.dirty.push(slot);
+    }
+
+    /// A peer's push-pull state interned in this shard's directory; `None` over the bounds.
+    fn push_pull_in(&self, p: wire::PushPull, from: SocketAddr) -> Option<Rc<swim::PushPullState>> {
+        let c = &self.config.swim;
+        self.dir
+            .borrow_mut()
+            .push_pull_from_wire(p, from, c.push_pull_members_max, c.user_state_bytes_max)
+            .ok()
+            .map(Rc::new)
     }
 
     /// Answers an inbound stream request for the member in `slot`; the frame to send back.
@@ -722,16 +724,10 @@ impl Core {
         from: SocketAddr,
         request: Message,
     ) -> Option<Vec<u8>> {
-        let members_max = self.config.swim.push_pull_members_max;
-        let user_max = self.config.swim.user_state_bytes_max;
         let frame_max = self.config.stream_frame_bytes_max;
         let dir = self.dir.clone();
         let request = match request {
-            Message::PushPull(p) => dir
-                .borrow_mut()
-                .push_pull_from_wire(p, from, members_max, user_max)
-                .ok()
-                .map(|s| StreamRequest::PushPull(Rc::new(s))),
+            Message::PushPull(p) => self.push_pull_in(p, from).map(StreamRequest::PushPull),
             m @ Message::Ping(_) => match dir.borrow_mut().from_wire(m) {
                 Ok(Item::Ping {
                     seq,
