@@ -75,6 +75,21 @@ impl Run {
         Progress::new(label, total, io::stdout().is_terminal())
     }
 
+    /// Runs a simulation of `virtual_time` (`sim` gets a callback for its progress in
+    /// virtual time) under a progress display; returns its result and the wall-clock
+    /// milliseconds it took.
+    pub fn simulate<T>(
+        &self,
+        virtual_time: Duration,
+        sim: impl FnOnce(&mut dyn FnMut(Duration)) -> T,
+    ) -> (T, u64) {
+        let progress = self.progress("virtual time", virtual_time);
+        let wall = Instant::now();
+        let out = sim(&mut |t| progress.tick(t));
+        progress.finish();
+        (out, wall.elapsed().as_millis() as u64)
+    }
+
     /// Adds a histogram, written as `<name>.hgrm` and `<name>.hlog` by `finish`.
     pub fn add(&mut self, rec: Recorder) {
         assert!(

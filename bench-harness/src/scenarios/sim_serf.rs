@@ -6,7 +6,7 @@
 //! coordinates, learned from probe round trips, are judged against a synthetic latency
 //! model (2-D positions plus a per-member access-link height).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::bail;
 use ringleader_engine::sim::serf::SerfScenario;
@@ -74,11 +74,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.output.json,
         config,
     )?;
-    let progress = run.progress("virtual time", Duration::from_secs(args.virtual_secs));
-    let wall = Instant::now();
-    let report = sc.run(|t| progress.tick(t));
-    progress.finish();
-    let wall_ms = wall.elapsed().as_millis() as u64;
+    let (report, wall_ms) =
+        run.simulate(Duration::from_secs(args.virtual_secs), |tick| sc.run(tick));
     let mut lat = Recorder::new("event_latency_ms");
     for &l in &report.event_latency_ms {
         lat.record(l);

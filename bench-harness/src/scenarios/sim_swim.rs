@@ -5,7 +5,7 @@
 //! virtual convergence time, detection latency (from the kill until each live member marks
 //! each killed member dead), false positives, traffic per member, and the wall time.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ringleader_engine::sim::net::{Latency, LinkModel};
@@ -93,11 +93,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.output.json,
         config,
     )?;
-    let progress = run.progress("virtual time", Duration::from_secs(args.virtual_secs));
-    let wall = Instant::now();
-    let report = sc.run(|t| progress.tick(t));
-    progress.finish();
-    let wall_ms = wall.elapsed().as_millis() as u64;
+    let (report, wall_ms) =
+        run.simulate(Duration::from_secs(args.virtual_secs), |tick| sc.run(tick));
 
     let mut detect = Recorder::new("detect_ms");
     for &d in &report.detect_ms {
