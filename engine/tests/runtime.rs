@@ -2,13 +2,11 @@
 //!
 //! No timing assertions. Release-mode runtime: well under a second per test.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use ringleader_engine::Time;
 use ringleader_engine::runtime::{ParkConfig, Runtime, RuntimeConfig, ShardContext, Timers};
-use ringleader_engine::transport::{Sender, SocketId, UdpConfig, UdpHandler, UdpRing};
-use ringleader_wire::{Frame, MessageRef};
+use ringleader_engine::transport::{Discard, UdpConfig, UdpRing};
 
 fn config(shards: usize) -> RuntimeConfig {
     RuntimeConfig {
@@ -233,19 +231,6 @@ enum ParkCmd {
     Forward(usize, u32),
 }
 
-struct Ignore;
-impl UdpHandler for Ignore {
-    fn on_datagram(
-        &mut self,
-        _: &mut Sender<'_, '_>,
-        _: SocketId,
-        _: SocketAddr,
-        _: &Frame<'_>,
-        _: &[MessageRef<'_>],
-    ) {
-    }
-}
-
 fn small_ring() -> UdpRing {
     UdpRing::new(
         UdpConfig {
@@ -280,7 +265,7 @@ fn parked_shards_are_woken_by_commands_and_mesh_messages() {
             .expect("park_in");
             assert!(ctx.parks_in_ring());
             loop {
-                ring.poll(&mut Ignore).expect("poll");
+                ring.poll(&mut Discard).expect("poll");
                 while let Some(cmd) = ctx.try_command() {
                     match cmd {
                         ParkCmd::Echo(n) => {
@@ -352,7 +337,7 @@ fn glommio_tasks_run_while_the_shard_parks_in_its_ring() {
             })
             .detach();
             while done.get() < 20 && !ctx.stopping() {
-                ring.poll(&mut Ignore).expect("poll");
+                ring.poll(&mut Discard).expect("poll");
                 ctx.wait(None).await;
             }
             task.await;

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use ringleader_engine::runtime::{ParkConfig, Runtime, RuntimeConfig, ShardContext};
 use ringleader_engine::transport::{
-    Sender, SocketId, SocketOptions, UdpConfig, UdpCounters, UdpHandler, UdpRing,
+    Discard, Sender, SocketId, SocketOptions, UdpConfig, UdpCounters, UdpHandler, UdpRing,
 };
 use ringleader_wire::msg::swim::UserMsg;
 use ringleader_wire::{Encoder, Frame, MessageRef};
@@ -376,19 +376,6 @@ impl UdpHandler for FloodReceiver {
     }
 }
 
-struct Ignore;
-impl UdpHandler for Ignore {
-    fn on_datagram(
-        &mut self,
-        _: &mut Sender<'_, '_>,
-        _: SocketId,
-        _: SocketAddr,
-        _: &Frame<'_>,
-        _: &[MessageRef<'_>],
-    ) {
-    }
-}
-
 type Out = Result<(u64, UdpCounters), String>;
 
 fn engine_flood(
@@ -462,11 +449,11 @@ fn engine_flood(
                             if now >= window.0 {
                                 sent_in_window += ring.counters().datagrams_queued - before;
                             }
-                            ring.poll(&mut Ignore).map_err(|e| e.to_string())?;
+                            ring.poll(&mut Discard).map_err(|e| e.to_string())?;
                             glommio::yield_if_needed().await;
                         }
                         while ring.sends_in_flight() > 0 {
-                            ring.poll(&mut Ignore).map_err(|e| e.to_string())?;
+                            ring.poll(&mut Discard).map_err(|e| e.to_string())?;
                             ctx.wait(Some(ctx.now() + Duration::from_millis(1))).await;
                         }
                         let c = ring.counters().clone();

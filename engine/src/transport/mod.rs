@@ -84,6 +84,6 @@ pub use features::{Features, MissingFeature};
 pub use limits::{LimitError, raise_nofile};
 pub use tcp::{FrameListener, FrameStream, StreamError};
 pub use udp::{
-    CloseReport, Parked, RingParker, SendError, Sender, SocketId, SocketOptions, UdpConfig,
-    UdpError, UdpHandler, UdpRing,
+    CloseReport, Discard, Parked, RingParker, SendError, Sender, SocketId, SocketOptions,
+    UdpConfig, UdpError, UdpHandler, UdpRing,
 };

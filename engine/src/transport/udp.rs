@@ -181,6 +181,22 @@ pub trait UdpHandler {
     );
 }
 
+/// A handler that drops every datagram (for draining a ring, or a side that only sends).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Discard;
+
+impl UdpHandler for Discard {
+    fn on_datagram(
+        &mut self,
+        _: &mut Sender<'_, '_>,
+        _: SocketId,
+        _: SocketAddr,
+        _: &Frame<'_>,
+        _: &[MessageRef<'_>],
+    ) {
+    }
+}
+
 /// `IORING_ENTER_GETEVENTS` (linux/io_uring.h): also run deferred completions.
 const IORING_ENTER_GETEVENTS: u32 = 1;
 const KIND_SHIFT: u32 = 56;
@@ -1121,18 +1137,6 @@ impl UdpRing {
             }
         }
         let deadline = Instant::now() + Duration::from_millis(self.config.close_timeout_ms);
-        struct Discard;
-        impl UdpHandler for Discard {
-            fn on_datagram(
-                &mut self,
-                _: &mut Sender<'_, '_>,
-                _: SocketId,
-                _: SocketAddr,
-                _: &Frame<'_>,
-                _: &[MessageRef<'_>],
-            ) {
-            }
-        }
         loop {
             let _ = self.poll_once(&mut Discard);
             let left = self.in_flight();
