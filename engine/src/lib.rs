@@ -18,5 +18,5 @@ pub mod swim;
 pub mod time;
 pub mod transport;
 
-pub use host::{Host, HostConfig, HostEvent, Node, NodeBuilder};
+pub use host::{Host, HostConfig, HostEvent, Node, NodeBuilder, StreamListeners};
 pub use time::{Clock, Time};

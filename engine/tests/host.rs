@@ -10,7 +10,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use ringleader_engine::host::{
-    Census, Event, EventMask, Host, HostConfig, HostEvent, MemberSpec, loopback_addrs,
+    Census, Event, EventMask, Host, HostConfig, HostEvent, MemberSpec, StreamListeners,
+    loopback_addrs,
 };
 use ringleader_engine::swim::Config;
 
@@ -32,10 +33,20 @@ fn port() -> u16 {
 }
 
 fn host(shards: usize, keys: Vec<[u8; 32]>, events: EventMask) -> Host {
+    host_with(shards, keys, events, StreamListeners::PerMember)
+}
+
+fn host_with(
+    shards: usize,
+    keys: Vec<[u8; 32]>,
+    events: EventMask,
+    stream_listeners: StreamListeners,
+) -> Host {
     let mut c = HostConfig {
         swim: fast(),
         keys,
         events,
+        stream_listeners,
         ..HostConfig::default()
     };
     c.runtime.shards = shards;
@@ -329,6 +340,86 @@ fn a_garbage_flood_is_counted_and_dropped_while_the_cluster_stays_converged() {
         downs(&events).is_empty(),
         "the flood caused false failures: {:?}",
         downs(&events)
+    );
+    h.shutdown().expect("shutdown");
+}
+
+#[test]
+fn shared_listeners_route_streams_by_local_address() {
+    let n = 24;
+    let h = host_with(
+        2,
+        Vec::new(),
+        EventMask::FAILURES,
+        StreamListeners::PerShard,
+    );
+    // Shard s's members listen on port base + s (a wildcard listener per shard and port).
+    let base = port().wrapping_add(7);
+    let mut addrs = loopback_addrs(n, 64, base);
+    for (i, a) in addrs.iter_mut().enumerate() {
+        a.set_port(base + h.shard_of(&format!("s{i}")) as u16);
+    }
+    add_members(&h, "s", &addrs, None);
+    let census = wait_converged(&h, n);
+    let listeners: usize = census.shards.iter().map(|s| s.stream_listeners).sum();
+    assert_eq!(listeners, 2, "one listener per shard and port");
+    let (out, failed, served, _) = census.streams();
+    assert!(
+        out > 0 && served > 0,
+        "joins went through push-pull streams on the shared listeners ({out} out, {failed} failed, {served} served)"
+    );
+
+    // A connection to an address no member holds is closed and counted.
+    let stranger = SocketAddr::from(([127, 64, 200, 200], base));
+    let mut conn = std::net::TcpStream::connect(stranger).expect("the wildcard listener accepts");
+    conn.set_read_timeout(Some(LIVENESS)).expect("timeout");
+    let mut buf = [0u8; 1];
+    let read = std::io::Read::read(&mut conn, &mut buf);
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "the connection is closed unanswered"
+    );
+    let unrouted: u64 = h
+        .census(n)
+        .expect("census")
+        .shards
+        .iter()
+        .map(|s| s.streams_unrouted)
+        .sum();
+    assert_eq!(unrouted, 1, "the stranger's connection is counted");
+
+    // A second shard cannot take a port another shard listens on.
+    let taken = (0..n)
+        .map(|i| format!("x{i}"))
+        .find(|name| h.shard_of(name) == 1)
+        .expect("some name lands on shard 1");
+    let err = h
+        .add(MemberSpec {
+            name: taken,
+            bind: SocketAddr::from(([127, 64, 201, 1], base)),
+            seeds: Vec::new(),
+            meta: Vec::new(),
+        })
+        .expect_err("port base belongs to shard 0's listener");
+    assert!(
+        err.to_string().contains("Host::shard_of"),
+        "the error says what to do: {err}"
+    );
+
+    // The listener closes with the last member of its shard on that port.
+    for i in 0..n {
+        let name = format!("s{i}");
+        if h.shard_of(&name) == 1 {
+            h.kill(&name).expect("kill");
+        }
+    }
+    let left = h.census(n).expect("census");
+    assert_eq!(
+        left.shards
+            .iter()
+            .map(|s| s.stream_listeners)
+            .sum::<usize>(),
+        1
     );
     h.shutdown().expect("shutdown");
 }

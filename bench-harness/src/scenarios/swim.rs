@@ -58,7 +58,8 @@ use anyhow::{Context as _, bail};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use ringleader_engine::host::{
-    Census, Event, EventMask, Host, HostConfig, HostError, HostEvent, MemberSpec, loopback_addrs,
+    Census, Event, EventMask, Host, HostConfig, HostError, HostEvent, MemberSpec, StreamListeners,
+    loopback_addrs,
 };
 use ringleader_engine::swim::Config;
 use ringleader_engine::transport::DROP_CAUSES;
@@ -145,6 +146,31 @@ pub struct Args {
     /// Capacity of the event channel (all shards together).
     #[arg(long, default_value_t = 1 << 16)]
     pub events_capacity: usize,
+    /// TCP listeners: `member` (one per member, as in production: two descriptors per
+    /// member), `shard` (one wildcard listener per shard and port, connections routed by
+    /// local address: one descriptor per member; shard `s`'s members use port `--port + s`),
+    /// or `auto` (`shard` when two descriptors per member would not fit the hard
+    /// RLIMIT_NOFILE).
+    #[arg(long, default_value = "auto")]
+    pub listeners: String,
+}
+
+/// Descriptors kept free for streams, eventfds and rings when `--listeners auto` decides.
+const FD_SLACK: u64 = 2_048;
+
+/// The listener layout `--listeners` asks for with `members` members.
+pub fn listeners_for(
+    flag: &str,
+    members: usize,
+    fd_hard_limit: u64,
+) -> anyhow::Result<StreamListeners> {
+    match flag {
+        "member" => Ok(StreamListeners::PerMember),
+        "shard" => Ok(StreamListeners::PerShard),
+        "auto" if 2 * members as u64 + FD_SLACK <= fd_hard_limit => Ok(StreamListeners::PerMember),
+        "auto" => Ok(StreamListeners::PerShard),
+        other => bail!("--listeners {other}: use member, shard or auto"),
+    }
 }
 
 /// CPU time this process has used (user + system), from getrusage(RUSAGE_SELF).
@@ -282,6 +308,7 @@ fn add_member(
     host: &Host,
     i: usize,
     addr: SocketAddr,
+    port_step: u16,
     seeds: &[SocketAddr],
     retries: &mut u64,
 ) -> anyhow::Result<SocketAddr> {
@@ -299,7 +326,7 @@ fn add_member(
             Err(HostError::Bind { what, .. }) if what.contains("os error 98") => {
                 eprintln!("swim: member {i} cannot bind {bind} ({what}); trying the next port");
                 *retries += 1;
-                bind.set_port(bind.port().wrapping_add(1).max(1024));
+                bind.set_port(bind.port().wrapping_add(port_step).max(1024));
             }
             Err(e) => {
                 return Err(e).with_context(|| format!("starting member {i} ({})", fd_report()));
@@ -374,7 +401,9 @@ fn census_json(c: &Census) -> Value {
             "recv_errors": u.recv_errors,
             "dropped": dropped,
         },
-        "streams": {"out": out, "failed": failed, "served": served, "refused": refused},
+        "streams": {"out": out, "failed": failed, "served": served, "refused": refused,
+            "unrouted": c.shards.iter().map(|s| s.streams_unrouted).sum::<u64>(),
+            "shared_listeners": c.shards.iter().map(|s| s.stream_listeners).sum::<usize>()},
         "sends_dropped": c.shards.iter().map(|s| s.sends_dropped).sum::<u64>(),
         "events_dropped": c.shards.iter().map(|s| s.events_dropped).sum::<u64>(),
         "member_stats": {
@@ -453,6 +482,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     hc.runtime.events_capacity = args.events_capacity;
     hc.runtime.name = "swim".to_owned();
     hc.cluster_members_max = hc.cluster_members_max.max(n);
+    hc.stream_listeners = listeners_for(&args.listeners, n, nofile_limit().1)?;
     if let Some(slots) = args.send_slots {
         hc.udp.send_slots = slots;
     }
@@ -467,6 +497,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .max(u32::try_from(in_flight.next_power_of_two()).unwrap_or(u32::MAX));
 
     let hc_udp = hc.udp.clone();
+    let hc_listeners = hc.stream_listeners;
     let host = Host::start(hc).context("starting the host")?;
     let shards = host.shards();
     let config = json!({
@@ -480,6 +511,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "events_capacity": args.events_capacity, "add_rate": args.add_rate,
         "send_slots": hc_udp.send_slots, "recv_buffers": hc_udp.recv_buffers,
         "cq_entries": hc_udp.cq_entries,
+        "listeners": listeners_name(hc_listeners),
     });
     let mut run = Run::new("swim", args.common.out.as_deref(), args.common.json, config)?;
 
@@ -492,7 +524,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .spawn(move || drain(events, tally, stop))
             .context("starting the event thread")?
     };
-    let result = measure(&args, &host, n, port, converge_timeout, &tally, &mut run);
+    let result = measure(
+        &args,
+        &host,
+        (n, port, hc_listeners),
+        converge_timeout,
+        &tally,
+        &mut run,
+    );
     if let Err(e) = &result {
         // Said now: a host that cannot answer may not shut down either.
         eprintln!("swim: the run failed: {e:#}");
@@ -564,14 +603,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn measure(
     args: &Args,
     host: &Host,
-    n: usize,
-    port: u16,
+    (n, port, listeners): (usize, u16, StreamListeners),
     converge_timeout: Duration,
     tally: &Mutex<Tally>,
     run: &mut Run,
 ) -> anyhow::Result<Value> {
     // 1. Start and converge.
-    let addrs = loopback_addrs(n, args.base_octet, port);
+    let mut addrs = loopback_addrs(n, args.base_octet, port);
+    // A shard's wildcard listener owns its port: members of different shards need
+    // different ports.
+    let port_step = match listeners {
+        StreamListeners::PerMember => 1,
+        StreamListeners::PerShard => {
+            for (i, a) in addrs.iter_mut().enumerate() {
+                let shard = host.shard_of(&member_name(i));
+                a.set_port(port.wrapping_add(shard as u16));
+            }
+            host.shards() as u16
+        }
+    };
     let started = Instant::now();
     let mut seeds: Vec<SocketAddr> = Vec::with_capacity(args.seeds);
     let mut bind_retries = 0u64;
@@ -588,7 +638,7 @@ fn measure(
         }
         // The seeds themselves join those started before them (the first one starts alone;
         // a member left alone retries its seeds later).
-        let bound = match add_member(host, i, addr, &seeds, &mut bind_retries) {
+        let bound = match add_member(host, i, addr, port_step, &seeds, &mut bind_retries) {
             Ok(b) => b,
             Err(e) if i > 0 => {
                 // Report what the host looked like when it could take no more.
@@ -716,6 +766,7 @@ fn measure(
         "members": n,
         "config": args.config,
         "shards": host.shards(),
+        "listeners": listeners_name(listeners),
         "seeds": args.seeds,
         "kill": args.kill,
         "seed": args.seed,
@@ -750,6 +801,13 @@ fn measure(
         "census_after_steady": census_json(&c1),
         "census_at_end": census_json(&c_end),
     }))
+}
+
+fn listeners_name(l: StreamListeners) -> &'static str {
+    match l {
+        StreamListeners::PerMember => "member",
+        StreamListeners::PerShard => "shard",
+    }
 }
 
 /// At most `max` (≥ 2) items of `all`, evenly spread, the first and the last included.

@@ -6,8 +6,12 @@
 //! - A member lives on shard [`shard_of`]`(name)`; only that shard touches it. The
 //!   application sends commands ([`Host::add`], [`Host::kill`], ...) to the owning shard
 //!   and waits for the reply on a one-shot channel.
-//! - Each member binds its own UDP socket on its shard's [`UdpRing`] and a TCP listener on
-//!   the same address (push-pull and the TCP-fallback probe). Every shard has one
+//! - Each member binds its own UDP socket on its shard's [`UdpRing`] and takes TCP
+//!   connections (push-pull and the TCP-fallback probe) on the same address: through a
+//!   listener of its own ([`StreamListeners::PerMember`], production), or through one
+//!   wildcard listener per shard and port that routes each accepted connection by its local
+//!   address ([`StreamListeners::PerShard`], load tests: one descriptor per member instead of
+//!   two, so 10,000 members fit in a 20,000-descriptor limit). Every shard has one
 //!   [`Directory`] for all its members, one [`Timers`] heap keyed by member slot, one
 //!   [`Encoder`] and (when keys are configured) one keyring for sealing.
 //! - Receive: the ring hands each validated datagram to the shard, which converts every
@@ -85,6 +89,27 @@ pub struct HostConfig {
     pub gossip_seen_max: usize,
     /// Which member events reach [`Host::events`].
     pub events: EventMask,
+    /// How members take TCP connections.
+    pub stream_listeners: StreamListeners,
+}
+
+/// How hosted members take TCP connections (push-pull, the fallback probe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StreamListeners {
+    /// Each member listens on its own address: two descriptors per member (UDP socket and
+    /// listener). What a production node uses.
+    #[default]
+    PerMember,
+    /// Each shard listens once per port on the wildcard address (`0.0.0.0:port` or
+    /// `[::]:port`) and hands each accepted connection to the member bound to its local
+    /// address; a connection to an address no member holds is closed and counted
+    /// ([`ShardCensus::streams_unrouted`]). One descriptor per member, for load tests of
+    /// thousands of members in one process. Members on different shards need different
+    /// ports (pick the port from [`Host::shard_of`]): a port already listened on by
+    /// another shard, or by anything else, is refused with a bind error. The wildcard also
+    /// accepts connections on the host's other interfaces (closed, since no member holds
+    /// those addresses): use it on test hosts.
+    PerShard,
 }
 
 impl Default for HostConfig {
@@ -106,6 +131,7 @@ impl Default for HostConfig {
             leave_linger_ms: 3_000,
             gossip_seen_max: 4_096,
             events: EventMask::ALL,
+            stream_listeners: StreamListeners::PerMember,
         }
     }
 }
@@ -416,6 +442,11 @@ pub struct ShardCensus {
     pub streams_served: u64,
     /// Inbound streams closed unanswered (bad frame, over the limit, unknown member).
     pub streams_refused: u64,
+    /// Inbound connections to an address no hosted member holds (with
+    /// [`StreamListeners::PerShard`]), closed.
+    pub streams_unrouted: u64,
+    /// Shared TCP listeners open ([`StreamListeners::PerShard`]).
+    pub stream_listeners: usize,
     /// Events the application's channel had no room for.
     pub events_dropped: u64,
     /// Datagrams the shard could not send (no send slot, encoding failed).
@@ -520,10 +551,16 @@ impl Host {
         } else {
             rc.shards
         };
-        // Each member holds a UDP socket and a TCP listener, plus streams in flight.
-        let want = (config.members_per_shard_max.min(config.cluster_members_max) * shards * 2
-            + shards * (config.inbound_streams_max + config.outbound_streams_max)
-            + 1024) as u64;
+        // Each member holds a UDP socket and (per member) a TCP listener, plus streams in
+        // flight.
+        let per_member = match config.stream_listeners {
+            StreamListeners::PerMember => 2,
+            StreamListeners::PerShard => 1,
+        };
+        let want =
+            (config.members_per_shard_max.min(config.cluster_members_max) * shards * per_member
+                + shards * (config.inbound_streams_max + config.outbound_streams_max)
+                + 1024) as u64;
         if let Err(e) = crate::transport::raise_nofile(want) {
             tracing::warn!("{e}");
         }

@@ -18,7 +18,7 @@ use ringleader_wire::{Encoder, Frame, Keyring, Message, MessageRef};
 
 use super::{
     Event, EventMask, HostConfig, HostError, HostEvent, MemberInfo, MemberSpec, ShardCensus,
-    add_stats,
+    StreamListeners, add_stats,
 };
 use crate::runtime::{LocalNotify, ShardContext, Timers};
 use crate::swim::{
@@ -68,10 +68,13 @@ struct Hosted {
     name: Arc<str>,
     member: Member<ChaCha8Rng>,
     socket: SocketId,
+    /// The bound address (UDP, and TCP through a listener of its own or the shard's).
+    addr: SocketAddr,
     /// Distinguishes this member from earlier occupants of the slot.
     generation: u64,
-    /// Serves inbound streams; dropping it closes the listener.
-    _acceptor: glommio::Task<()>,
+    /// Serves inbound streams on a listener of the member's own (`PerMember`); dropping it
+    /// closes the listener.
+    _acceptor: Option<glommio::Task<()>>,
     /// Leaving: removed at this time or when its broadcasts have drained.
     leaving: Option<(Time, Reply<Result<(), HostError>>)>,
     /// Sequence number of this member's next broadcast.
@@ -114,6 +117,26 @@ struct StreamDone {
     response: Result<Message, swim::StreamError>,
 }
 
+/// A wildcard TCP listener of the shard, shared by its members on one port
+/// ([`StreamListeners::PerShard`]).
+struct SharedListener {
+    port: u16,
+    v6: bool,
+    /// Hosted members on this port; the listener closes when the last one goes.
+    users: u32,
+    /// Accepts and routes connections; dropping it closes the listener.
+    _acceptor: glommio::Task<()>,
+}
+
+/// Whom an accept loop serves.
+#[derive(Clone, Copy)]
+enum Route {
+    /// The member in this slot, while it has this generation.
+    Member { slot: u32, generation: u64 },
+    /// The member bound to the connection's local address.
+    ByLocalAddr,
+}
+
 /// Everything but the ring (so the ring can call into it).
 struct Core {
     ctx: Ctx,
@@ -125,6 +148,10 @@ struct Core {
     by_socket: Vec<u32>,
     /// Slot of each hosted member by name.
     names: HashMap<Arc<str>, u32>,
+    /// Slot of each hosted member by bound address (routes shared-listener connections).
+    by_addr: HashMap<SocketAddr, u32>,
+    /// Shared TCP listeners ([`StreamListeners::PerShard`]).
+    listeners: Vec<SharedListener>,
     /// Slots of members that are leaving.
     leavers: Vec<u32>,
     timers: Timers<u32>,
@@ -191,6 +218,8 @@ pub(crate) async fn run(
         free_slots: Vec::new(),
         by_socket: Vec::new(),
         names: HashMap::new(),
+        by_addr: HashMap::new(),
+        listeners: Vec::new(),
         leavers: Vec::new(),
         timers: Timers::new(config.members_per_shard_max),
         dirty: Vec::new(),
@@ -399,6 +428,7 @@ fn add(shard: &Rc<RefCell<Shard>>, spec: MemberSpec) -> Result<SocketAddr, HostE
     };
     // UDP first (port 0 picks one), then TCP on the same port; with port 0, a port whose
     // TCP side is taken is given back and another one tried.
+    let per_shard = core.config.stream_listeners == StreamListeners::PerShard;
     let mut tries = if spec.bind.port() == 0 { 16 } else { 1 };
     let (socket, addr, listener) = loop {
         let socket = ring
@@ -408,7 +438,13 @@ fn add(shard: &Rc<RefCell<Shard>>, spec: MemberSpec) -> Result<SocketAddr, HostE
             ring.remove_socket(socket);
             return Err(bind_err("the bound socket has no address".into()));
         };
-        match FrameListener::bind(addr, &core.config.label, core.config.stream_frame_bytes_max) {
+        let listening = if per_shard {
+            core.share_listener(shard, addr).map(|()| None)
+        } else {
+            FrameListener::bind(addr, &core.config.label, core.config.stream_frame_bytes_max)
+                .map(Some)
+        };
+        match listening {
             Ok(l) => break (socket, addr, l),
             Err(e) => {
                 ring.remove_socket(socket);
@@ -434,6 +470,7 @@ fn add(shard: &Rc<RefCell<Shard>>, spec: MemberSpec) -> Result<SocketAddr, HostE
         Ok(m) => m,
         Err(e) => {
             ring.remove_socket(socket);
+            core.unshare_listener(addr, per_shard);
             return Err(HostError::Member {
                 name: spec.name,
                 what: e.to_string(),
@@ -445,6 +482,7 @@ fn add(shard: &Rc<RefCell<Shard>>, spec: MemberSpec) -> Result<SocketAddr, HostE
         && let Err(e) = member.join(now, &seeds)
     {
         ring.remove_socket(socket);
+        core.unshare_listener(addr, per_shard);
         return Err(HostError::Member {
             name: spec.name,
             what: e.to_string(),
@@ -459,18 +497,8 @@ fn add(shard: &Rc<RefCell<Shard>>, spec: MemberSpec) -> Result<SocketAddr, HostE
     };
     let generation = core.next_generation;
     core.next_generation += 1;
-    let acceptor = glommio::spawn_local(accept_loop(
-        Rc::clone(shard),
-        core.ctx.waker().clone(),
-        slot,
-        generation,
-        listener,
-        (
-            Duration::from_millis(core.config.swim.stream_timeout_ms),
-            Rc::clone(&core.seal),
-            core.config.inbound_streams_max,
-        ),
-    ));
+    let acceptor =
+        listener.map(|l| core.spawn_acceptor(shard, Route::Member { slot, generation }, l));
     let i = socket.0 as usize;
     if core.by_socket.len() <= i {
         core.by_socket.resize(i + 1, u32::MAX);
@@ -478,10 +506,12 @@ fn add(shard: &Rc<RefCell<Shard>>, spec: MemberSpec) -> Result<SocketAddr, HostE
     core.by_socket[i] = slot;
     let name: Arc<str> = Arc::from(spec.name.as_str());
     core.names.insert(Arc::clone(&name), slot);
+    core.by_addr.insert(addr, slot);
     core.members[slot as usize] = Some(Hosted {
         name,
         member,
         socket,
+        addr,
         generation,
         _acceptor: acceptor,
         leaving: None,
@@ -496,6 +526,97 @@ fn add(shard: &Rc<RefCell<Shard>>, spec: MemberSpec) -> Result<SocketAddr, HostE
 }
 
 impl Core {
+    /// Starts serving inbound streams from `listener` for `route`.
+    fn spawn_acceptor(
+        &self,
+        shard: &Rc<RefCell<Shard>>,
+        route: Route,
+        listener: FrameListener,
+    ) -> glommio::Task<()> {
+        glommio::spawn_local(accept_loop(
+            Rc::clone(shard),
+            self.ctx.waker().clone(),
+            route,
+            listener,
+            (
+                Duration::from_millis(self.config.swim.stream_timeout_ms),
+                Rc::clone(&self.seal),
+                self.config.inbound_streams_max,
+            ),
+        ))
+    }
+
+    /// Makes the shard's wildcard listener on `addr`'s port serve one more member,
+    /// opening it if this is the port's first member here.
+    fn share_listener(
+        &mut self,
+        shard: &Rc<RefCell<Shard>>,
+        addr: SocketAddr,
+    ) -> std::io::Result<()> {
+        let (port, v6) = (addr.port(), addr.is_ipv6());
+        if let Some(l) = self
+            .listeners
+            .iter_mut()
+            .find(|l| (l.port, l.v6) == (port, v6))
+        {
+            l.users += 1;
+            return Ok(());
+        }
+        let any: SocketAddr = if v6 {
+            (std::net::Ipv6Addr::UNSPECIFIED, port).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, port).into()
+        };
+        let listener = FrameListener::bind(any, &self.config.label, self.config.stream_frame_bytes_max)
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "shared listener on {any}: {e} (with StreamListeners::PerShard, members on different shards need different ports: see Host::shard_of)"
+                    ),
+                )
+            })?;
+        let acceptor = self.spawn_acceptor(shard, Route::ByLocalAddr, listener);
+        self.listeners.push(SharedListener {
+            port,
+            v6,
+            users: 1,
+            _acceptor: acceptor,
+        });
+        Ok(())
+    }
+
+    /// A member on `addr` is gone: its shared listener serves one member fewer (and closes
+    /// with the last).
+    fn unshare_listener(&mut self, addr: SocketAddr, per_shard: bool) {
+        if !per_shard {
+            return;
+        }
+        let key = (addr.port(), addr.is_ipv6());
+        if let Some(i) = self.listeners.iter().position(|l| (l.port, l.v6) == key) {
+            self.listeners[i].users -= 1;
+            if self.listeners[i].users == 0 {
+                self.listeners.swap_remove(i);
+            }
+        }
+    }
+
+    /// The member a connection to `local` is for: (slot, generation).
+    fn route(&mut self, route: Route, local: Option<SocketAddr>) -> Option<(u32, u64)> {
+        match route {
+            Route::Member { slot, generation } => Some((slot, generation)),
+            Route::ByLocalAddr => {
+                let found = local
+                    .and_then(|a| self.by_addr.get(&a).copied())
+                    .and_then(|slot| Some((slot, self.hosted(slot)?.generation)));
+                if found.is_none() {
+                    self.census.streams_unrouted += 1;
+                }
+                found
+            }
+        }
+    }
+
     fn slot_of(&self, name: &str) -> Option<u32> {
         self.names.get(name).copied()
     }
@@ -517,6 +638,9 @@ impl Core {
         };
         add_stats(&mut self.census.stats, h.member.stats());
         self.names.remove(&h.name);
+        self.by_addr.remove(&h.addr);
+        let per_shard = self.config.stream_listeners == StreamListeners::PerShard;
+        self.unshare_listener(h.addr, per_shard);
         ring.remove_socket(h.socket);
         if let Some(s) = self.by_socket.get_mut(h.socket.0 as usize) {
             *s = u32::MAX;
@@ -783,6 +907,7 @@ impl Core {
         if c.members == 0 {
             c.alive_seen_min = 0;
         }
+        c.stream_listeners = self.listeners.len();
         c.udp = ring.counters().clone();
         c
     }
@@ -1025,8 +1150,7 @@ fn first_message(frame: &Frame<'_>) -> Option<Message> {
 async fn accept_loop(
     shard: Rc<RefCell<Shard>>,
     wake: LocalNotify,
-    slot: u32,
-    generation: u64,
+    route: Route,
     listener: FrameListener,
     limits: (Duration, Rc<Option<Keyring>>, usize),
 ) {
@@ -1039,14 +1163,18 @@ async fn accept_loop(
             glommio::timer::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        {
+        let (slot, generation) = {
             let mut s = shard.borrow_mut();
+            let Some(to) = s.core.route(route, stream.local_addr().ok()) else {
+                continue;
+            };
             if s.inbound >= max {
                 s.core.census.streams_refused += 1;
                 continue;
             }
             s.inbound += 1;
-        }
+            to
+        };
         let shard = Rc::clone(&shard);
         let wake = wake.clone();
         let keyring = Rc::clone(&keyring);

@@ -11,6 +11,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
@@ -68,6 +69,11 @@ impl FrameStream {
         self.stream.peer_addr().map_err(io::Error::from)
     }
 
+    /// This end's address (on a wildcard listener: the address the peer connected to).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.stream.local_addr().map_err(io::Error::from)
+    }
+
     /// Writes one frame (as built by `ringleader_wire::Encoder`).
     pub async fn send(&mut self, frame: &[u8]) -> Result<(), StreamError> {
         if frame.len() > self.frame_bytes_max {
@@ -116,6 +122,10 @@ impl FrameStream {
     }
 }
 
+/// Connections a listener queues before they are accepted (a mass join connects to the
+/// seeds' listeners all at once).
+pub const LISTEN_BACKLOG: i32 = 4096;
+
 /// Listens for frame streams.
 pub struct FrameListener {
     listener: TcpListener,
@@ -124,13 +134,25 @@ pub struct FrameListener {
 }
 
 impl FrameListener {
-    /// Binds `addr` (port 0 picks one).
+    /// Binds `addr` (port 0 picks one) with `SO_REUSEADDR` (a restarted member can rebind
+    /// while old connections linger in TIME_WAIT) but not `SO_REUSEPORT`: an address some
+    /// other listener holds is refused (`EADDRINUSE`) rather than silently shared, as
+    /// glommio's own `TcpListener::bind` would. Backlog [`LISTEN_BACKLOG`] (the kernel
+    /// caps it at `net.core.somaxconn`).
     pub fn bind(
         addr: SocketAddr,
         label: &[u8],
         frame_bytes_max: usize,
     ) -> io::Result<FrameListener> {
-        let listener = TcpListener::bind(addr).map_err(io::Error::from)?;
+        let domain = socket2::Domain::for_address(addr);
+        let sk = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        sk.set_reuse_address(true)?;
+        sk.set_nonblocking(true)?;
+        sk.bind(&addr.into())?;
+        sk.listen(LISTEN_BACKLOG)?;
+        // SAFETY: the descriptor is a bound, listening TCP socket that nothing else owns
+        // (`into_raw_fd` gives up socket2's ownership).
+        let listener = unsafe { TcpListener::from_raw_fd(sk.into_raw_fd()) };
         Ok(FrameListener {
             listener,
             label: label.to_vec(),
