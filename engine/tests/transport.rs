@@ -550,3 +550,93 @@ fn parker_wakes_on_datagrams_and_wake_fds() {
     );
     assert!(!report.leaked);
 }
+
+/// Runs of equal-sized datagrams to one peer go out as GSO sends (where the kernel has
+/// UDP GSO) and still arrive as separate datagrams, each validated on its own, in order:
+/// a shorter datagram ends a run, a change of destination ends a run, and the counters
+/// count datagrams, not sends. With `gso_segments_max` 0 the same traffic goes one send
+/// per datagram. A plain socket among the receivers shows what the kernel delivers.
+#[test]
+fn gso_runs_arrive_as_separate_validated_datagrams() {
+    for gso in [64usize, 0] {
+        let config = UdpConfig {
+            gso_segments_max: gso,
+            ..small_udp()
+        };
+        let mut ring = UdpRing::new(config, LABEL, None).expect("ring");
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let a = ring.bind(any, SocketOptions::default()).expect("bind a");
+        let b = ring.bind(any, SocketOptions::default()).expect("bind b");
+        let to_b = ring.local_addr(b).expect("addr b");
+        let plain = UdpSocket::bind(any).expect("plain");
+        plain
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let to_plain = plain.local_addr().expect("plain addr");
+        let mut enc = Encoder::new(LABEL);
+        let frame = |enc: &mut Encoder, seq: u32, len: usize| {
+            let mut p = vec![0u8; len];
+            p[..4].copy_from_slice(&seq.to_le_bytes());
+            enc.encode(&UserMsg { payload: p }, None, 1400)
+                .expect("encode")
+                .to_vec()
+        };
+        // (destination, payload bytes) in send order: a run of 70 (more than one GSO
+        // send holds), a shorter one that ends it, a run to the plain socket, 3 more.
+        let mut plan: Vec<(SocketAddr, usize)> = vec![(to_b, 100); 70];
+        plan.push((to_b, 40));
+        plan.extend([(to_plain, 100); 5]);
+        plan.extend([(to_b, 100); 3]);
+        let frames: Vec<Vec<u8>> = plan
+            .iter()
+            .enumerate()
+            .map(|(seq, &(_, len))| frame(&mut enc, seq as u32, len))
+            .collect();
+        ring.with_sender(|s| {
+            for (f, &(to, _)) in frames.iter().zip(plan.iter()) {
+                s.send(a, to, f).expect("send");
+            }
+        });
+        let to_b_count = plan.iter().filter(|(to, _)| *to == to_b).count();
+        let mut got = Collect::default();
+        let until = Instant::now() + WAIT_MAX;
+        while (got.datagrams < to_b_count || ring.sends_in_flight() > 0) && Instant::now() < until {
+            ring.poll(&mut got).expect("poll");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let seqs: Vec<u32> = got
+            .messages
+            .iter()
+            .map(|m| match m {
+                Message::UserMsg(u) => u32::from_le_bytes(u.payload[..4].try_into().expect("seq")),
+                other => panic!("unexpected message {other:?}"),
+            })
+            .collect();
+        let expected: Vec<u32> = (0..plan.len() as u32)
+            .filter(|&i| plan[i as usize].0 == to_b)
+            .collect();
+        assert_eq!(seqs, expected, "gso {gso}: every datagram, in order");
+        assert_eq!(got.misaligned, 0);
+        let mut buf = [0u8; 2048];
+        for f in &frames[71..76] {
+            let (n, from) = plain.recv_from(&mut buf).expect("plain recv");
+            assert_eq!(from, ring.local_addr(a).expect("addr a"));
+            assert_eq!(&buf[..n], &f[..], "gso {gso}: one datagram per frame");
+        }
+        let c = ring.counters().clone();
+        assert_eq!(c.datagrams_queued, plan.len() as u64);
+        assert_eq!(c.datagrams_sent, plan.len() as u64);
+        assert_eq!(c.datagrams_received, to_b_count as u64);
+        assert_eq!(c.dropped_total(), 0);
+        if gso == 0 || !ring.features().udp_gso {
+            assert_eq!(c.send_trains, 0);
+        } else {
+            // 64 + 7 (ended by the short one), 5 to the plain socket, 3 more.
+            assert_eq!(c.send_trains, 4, "gso {gso}");
+            assert!(c.sqes_submitted < plan.len() as u64);
+        }
+        assert_eq!(c.gso_disabled, 0);
+        let report = ring.close();
+        assert_eq!(report.in_flight_left, 0);
+    }
+}

@@ -86,6 +86,24 @@ pub struct Args {
     /// With `--park ring`: longest sleep in the ring before glommio gets a turn (µs).
     #[arg(long, default_value_t = ParkConfig::default().glommio_turn_interval_us)]
     pub glommio_turn_us: u64,
+    /// Datagrams per GSO send of the engine's flood sender (`UdpConfig::gso_segments_max`;
+    /// 0 sends every datagram on its own).
+    #[arg(long, default_value_t = UdpConfig::default().gso_segments_max)]
+    pub gso_segments: usize,
+    /// Which measurements to run (for profiling one of them; the checks need `all`).
+    #[arg(long, value_enum, default_value_t = Measure::All)]
+    pub measure: Measure,
+}
+
+/// Which measurements a run makes.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    /// Floods and ping-pongs.
+    All,
+    /// The three floods only.
+    Flood,
+    /// The two ping-pongs only.
+    Rtt,
 }
 
 /// Where an idle engine shard sleeps.
@@ -139,7 +157,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "park": format!("{:?}", args.park).to_lowercase(),
         "glommio_turn_us": args.glommio_turn_us,
         "engine_sender_connected": true,
-        "udp_config": format!("{:?}", engine_udp_config(args.submit_batch)),
+        "udp_config": format!("{:?}", engine_udp_config(args.submit_batch, args.gso_segments)),
+        "measure": format!("{:?}", args.measure).to_lowercase(),
     });
     let mut run = Run::new("transport", common.out.as_deref(), common.json, config)?;
     let baseline = BaselineConfig {
@@ -155,25 +174,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut engine_rtt = Recorder::new("engine_rtt_us");
     let progress = run.progress("transport", common.duration * 5);
     let started = Instant::now();
+    let (floods, pings) = (args.measure != Measure::Rtt, args.measure != Measure::Flood);
     for _ in 0..args.rounds {
-        let r = harness::udp_flood_with(&baseline, None).context("raw flood")?;
-        raw.push(Flood {
-            received_pps: r.received_pps,
-            sent_pps: r.sent_pps,
-        });
-        progress.tick(started.elapsed());
-        glommio.push(glommio_flood(round, warmup, args.pin).context("glommio flood")?);
-        progress.tick(started.elapsed());
-        let (f, c) = engine_flood(round, warmup, args.submit_batch, placement, spin)
-            .context("engine flood")?;
-        engine.push(f);
-        counters.add(&c);
-        progress.tick(started.elapsed());
-        raw_rtt.merge(&harness::udp_rtt_with(&baseline, None).context("raw ping-pong")?);
-        progress.tick(started.elapsed());
-        engine_rtt
-            .merge(&engine_ping_pong(round, warmup, placement, spin).context("engine ping-pong")?);
-        progress.tick(started.elapsed());
+        if floods {
+            let r = harness::udp_flood_with(&baseline, None).context("raw flood")?;
+            raw.push(Flood {
+                received_pps: r.received_pps,
+                sent_pps: r.sent_pps,
+            });
+            progress.tick(started.elapsed());
+            glommio.push(glommio_flood(round, warmup, args.pin).context("glommio flood")?);
+            progress.tick(started.elapsed());
+            let udp = engine_udp_config(args.submit_batch, args.gso_segments);
+            let (f, c) =
+                engine_flood(round, warmup, udp, placement, spin).context("engine flood")?;
+            engine.push(f);
+            counters.add(&c);
+            progress.tick(started.elapsed());
+        }
+        if pings {
+            raw_rtt.merge(&harness::udp_rtt_with(&baseline, None).context("raw ping-pong")?);
+            progress.tick(started.elapsed());
+            engine_rtt.merge(
+                &engine_ping_pong(round, warmup, placement, spin).context("engine ping-pong")?,
+            );
+            progress.tick(started.elapsed());
+        }
     }
     progress.finish();
     let ratios: Vec<f64> = engine
@@ -252,13 +278,16 @@ fn counters_json(c: &UdpCounters) -> Value {
         "recv_rearmed": c.recv_rearmed,
         "enter_calls": c.enter_calls,
         "sqes_submitted": c.sqes_submitted,
+        "send_trains": c.send_trains,
+        "gso_disabled": c.gso_disabled,
         "wake_ups": c.wake_ups,
     })
 }
 
-fn engine_udp_config(submit_batch: usize) -> UdpConfig {
+fn engine_udp_config(submit_batch: usize, gso_segments: usize) -> UdpConfig {
     UdpConfig {
         submit_batch: submit_batch.clamp(1, 512),
+        gso_segments_max: gso_segments.min(ringleader_engine::transport::udp::GSO_SEGMENTS_MAX),
         ..UdpConfig::default()
     }
 }
@@ -381,7 +410,7 @@ type Out = Result<(u64, UdpCounters), String>;
 fn engine_flood(
     duration: Duration,
     warmup: Duration,
-    submit_batch: usize,
+    udp: UdpConfig,
     shards: Shards,
     spin: Duration,
 ) -> anyhow::Result<(Flood, UdpCounters)> {
@@ -391,8 +420,7 @@ fn engine_flood(
         runtime_config("rl-flood", shards),
         move |ctx: ShardContext<(), (), SocketAddr>| async move {
             let inner = async {
-                let (mut ring, me, peer) =
-                    link(&ctx, shards, engine_udp_config(submit_batch)).await?;
+                let (mut ring, me, peer) = link(&ctx, shards, udp.clone()).await?;
                 match peer {
                     None => {
                         let mut h = FloodReceiver {
@@ -561,7 +589,7 @@ fn engine_ping_pong(
     let rt: Runtime<(), (), Result<Option<Recorder>, String>> = Runtime::start(
         runtime_config("rl-pingpong", shards),
         move |ctx: ShardContext<(), (), SocketAddr>| async move {
-            let (mut ring, me, peer) = link(&ctx, shards, engine_udp_config(1)).await?;
+            let (mut ring, me, peer) = link(&ctx, shards, engine_udp_config(1, 0)).await?;
             let end = window.1 + Duration::from_millis(20);
             if let Some(to) = peer {
                 let mut p = Pinger {

@@ -45,11 +45,16 @@ pub struct UdpCounters {
     pub dropped: [u64; DROP_CAUSES.len()],
     /// Datagrams queued for sending.
     pub datagrams_queued: u64,
-    /// Sends the kernel completed successfully.
+    /// Datagrams the kernel sent successfully (each datagram of a GSO send counts).
     pub datagrams_sent: u64,
+    /// GSO sends submitted: one SQE and one `sendmsg` carrying several datagrams (all
+    /// counted in `datagrams_queued` / `datagrams_sent` one by one).
+    pub send_trains: u64,
+    /// Times GSO was turned off on a ring because the kernel refused a GSO send.
+    pub gso_disabled: u64,
     /// Payload bytes the kernel accepted.
     pub bytes_sent: u64,
-    /// Sends the kernel failed (by errno in `send_errors_last`).
+    /// Datagrams the kernel failed to send (by errno in `send_errno_last`).
     pub send_errors: u64,
     /// The last send errno (positive), 0 if none.
     pub send_errno_last: i32,
@@ -119,6 +124,8 @@ impl UdpCounters {
         }
         self.datagrams_queued += other.datagrams_queued;
         self.datagrams_sent += other.datagrams_sent;
+        self.send_trains += other.send_trains;
+        self.gso_disabled += other.gso_disabled;
         self.bytes_sent += other.bytes_sent;
         self.send_errors += other.send_errors;
         if other.send_errno_last != 0 {

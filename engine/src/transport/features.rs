@@ -48,6 +48,11 @@ pub struct Features {
     /// `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN` (6.1): completions are
     /// produced only when the shard asks for them, in batches, with no interrupts.
     pub defer_taskrun: bool,
+    /// UDP generic segmentation offload (`UDP_SEGMENT`, 4.18): one `sendmsg` carries a
+    /// run of equal-sized datagrams to one peer down the stack as one buffer; the kernel
+    /// (or the NIC) splits it into separate datagrams. Optional (fallback: one send per
+    /// datagram).
+    pub udp_gso: bool,
 }
 
 /// The running kernel's release string, e.g. "6.18.44".
@@ -133,7 +138,33 @@ pub fn detect() -> Result<Features, MissingFeature> {
     Ok(Features {
         kernel,
         defer_taskrun,
+        udp_gso: udp_option_works(libc::UDP_SEGMENT),
     })
+}
+
+/// Whether setting the UDP-level socket option `name` to 0 works on a scratch socket (the
+/// kernel answers ENOPROTOOPT for options it does not know).
+fn udp_option_works(name: libc::c_int) -> bool {
+    let Ok(socket) = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    ) else {
+        return false;
+    };
+    let zero: libc::c_int = 0;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int, on a
+    // descriptor `socket` owns for the duration of the call.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_UDP,
+            name,
+            (&zero as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    r == 0
 }
 
 /// Whether `release` ("6.18.44-foo") is at least `major.minor`. Unknown formats pass: the

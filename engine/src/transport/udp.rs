@@ -17,7 +17,7 @@
 use std::cell::Cell;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,6 +59,11 @@ pub struct UdpConfig {
     /// How long [`UdpRing::close`] waits for the kernel to finish in-flight requests
     /// before leaking their memory instead of freeing it.
     pub close_timeout_ms: u64,
+    /// Datagrams one GSO send (`UDP_SEGMENT`) may carry: consecutive sends from one socket
+    /// to one peer of one size go down the stack as one buffer, and the kernel splits them
+    /// back into separate datagrams. 0 or 1 sends every datagram on its own; at most 64.
+    /// Ignored where the kernel lacks UDP GSO ([`Features::udp_gso`]).
+    pub gso_segments_max: usize,
 }
 
 impl Default for UdpConfig {
@@ -74,6 +79,7 @@ impl Default for UdpConfig {
             sockets_max: 16384,
             submit_batch: 64,
             close_timeout_ms: 2000,
+            gso_segments_max: GSO_SEGMENTS_MAX,
         }
     }
 }
@@ -115,6 +121,9 @@ impl UdpConfig {
         }
         if self.submit_batch == 0 || self.submit_batch > self.sq_entries as usize {
             return bad("submit_batch must be in [1, sq_entries]");
+        }
+        if self.gso_segments_max > GSO_SEGMENTS_MAX {
+            return bad("gso_segments_max must be at most 64");
         }
         Ok(())
     }
@@ -202,6 +211,8 @@ const IORING_ENTER_GETEVENTS: u32 = 1;
 const KIND_SHIFT: u32 = 56;
 const KIND_RECV: u64 = 1;
 const KIND_SEND: u64 = 2;
+/// A GSO send of several datagrams; the index names its train record.
+const KIND_TRAIN: u64 = 5;
 const KIND_CANCEL: u64 = 3;
 /// A multishot poll of a wake-up eventfd ([`UdpRing::wake_on`]).
 const KIND_WAKE: u64 = 4;
@@ -231,18 +242,76 @@ struct Sock {
     connected: Option<SocketAddr>,
 }
 
-/// Send slots: bounded, preallocated, each a datagram buffer and a destination address.
+/// Send slots: bounded, preallocated, each a datagram buffer and a destination address;
+/// and the GSO trains that carry runs of them.
 struct SendSlots {
     bytes: Box<[u8]>,
     slot_bytes: usize,
     addrs: Box<[libc::sockaddr_storage]>,
     free: Vec<u32>,
+    /// Datagrams queued or submitted and not yet completed (a train counts each of its
+    /// datagrams).
     in_flight: usize,
+    /// Datagrams one GSO send carries at most (the layout of the train records); 0 when
+    /// GSO is off.
+    segments_max: usize,
+    /// Datagrams a run may gather now: `segments_max`, or 1 once GSO is off (also after the
+    /// kernel refused a GSO send).
+    run_max: usize,
+    /// The run of datagrams being gathered for one send (not yet an SQE).
+    open: Option<OpenTrain>,
+    /// Slots of the open run, in order (capacity `segments_max`, never reallocated).
+    open_slots: Vec<u32>,
+    /// Submitted GSO sends; each record's memory is read by the kernel until its
+    /// completion. `send_slots / 2` of them: every train holds at least two slots.
+    trains: Box<[TrainRec]>,
+    /// `segments_max` iovecs per train record.
+    train_iovs: Box<[libc::iovec]>,
+    /// `segments_max` slot indexes per train record.
+    train_slots: Box<[u32]>,
+    train_free: Vec<u32>,
 }
 
+/// A run of datagrams from one socket to one peer, all `segment_bytes` long except
+/// possibly the last: the kernel sends it as one GSO (`UDP_SEGMENT`) buffer and splits it
+/// back into those datagrams.
+#[derive(Debug, Clone, Copy)]
+struct OpenTrain {
+    socket: u32,
+    fd: RawFd,
+    to: SocketAddr,
+    connected: bool,
+    segment_bytes: usize,
+    /// Bytes of the last datagram (`segment_bytes` unless a shorter one ended the run).
+    last_bytes: usize,
+    /// A shorter datagram ended the run: nothing more may join.
+    ended: bool,
+}
+
+/// The kernel's view of one GSO send: a `sendmsg` header, the destination, and the
+/// `UDP_SEGMENT` control message. `cmsg` is 8-byte aligned as `cmsghdr` requires.
+#[repr(C)]
+struct TrainRec {
+    msghdr: libc::msghdr,
+    addr: libc::sockaddr_storage,
+    cmsg: [u64; 4],
+    count: u32,
+}
+
+/// Bytes of a GSO send at most (payload; the IP length field caps the whole at 65535).
+const TRAIN_BYTES_MAX: usize = 60_000;
+/// Datagrams per GSO send at most: the kernel's `UDP_MAX_SEGMENTS` (64 before 6.10).
+pub const GSO_SEGMENTS_MAX: usize = 64;
+
 impl SendSlots {
-    fn new(count: usize, datagram_bytes_max: usize) -> SendSlots {
+    fn new(count: usize, datagram_bytes_max: usize, segments_max: usize) -> SendSlots {
         let slot_bytes = datagram_bytes_max.next_multiple_of(16);
+        let segments_max = if segments_max >= 2 {
+            segments_max.min(GSO_SEGMENTS_MAX)
+        } else {
+            0
+        };
+        let trains = if segments_max == 0 { 0 } else { count / 2 };
         SendSlots {
             bytes: vec![0u8; count * slot_bytes].into_boxed_slice(),
             slot_bytes,
@@ -251,12 +320,64 @@ impl SendSlots {
                 .into_boxed_slice(),
             free: (0..count as u32).rev().collect(),
             in_flight: 0,
+            segments_max,
+            run_max: segments_max.max(1),
+            open: None,
+            open_slots: Vec::with_capacity(segments_max.max(1)),
+            // SAFETY: TrainRec is plain old data (pointers, integers); all-zero is valid.
+            trains: (0..trains)
+                .map(|_| unsafe { std::mem::zeroed::<TrainRec>() })
+                .collect(),
+            train_iovs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                };
+                trains * segments_max
+            ]
+            .into_boxed_slice(),
+            train_slots: vec![0u32; trains * segments_max].into_boxed_slice(),
+            train_free: (0..trains as u32).rev().collect(),
         }
+    }
+
+    /// Whether a datagram of `len` bytes from `socket` to `to` may join the open run.
+    fn joins(&self, socket: u32, to: SocketAddr, len: usize) -> bool {
+        let Some(o) = self.open.as_ref() else {
+            return false;
+        };
+        !o.ended
+            && o.socket == socket
+            && o.to == to
+            && len <= o.segment_bytes
+            && self.open_slots.len() < self.run_max
+            && (self.open_slots.len() + 1) * o.segment_bytes <= TRAIN_BYTES_MAX
+    }
+
+    /// Frees the slots of train `t` after its completion; returns how many datagrams it
+    /// carried.
+    fn release_train(&mut self, t: u32) -> usize {
+        let Some(rec) = self.trains.get(t as usize) else {
+            return 0;
+        };
+        let count = rec.count as usize;
+        let base = t as usize * self.segments_max;
+        for k in 0..count {
+            self.free.push(self.train_slots[base + k]);
+        }
+        self.in_flight -= count;
+        self.train_free.push(t);
+        count
     }
 }
 
 /// Sends datagrams on a ring; handed to [`UdpHandler::on_datagram`] and returned by
 /// [`UdpRing::with_sender`].
+///
+/// Consecutive datagrams from one socket to one peer of the same size (the last of a run
+/// may be shorter) are gathered into one GSO send when the kernel offers `UDP_SEGMENT`
+/// ([`UdpConfig::gso_segments_max`]): one SQE and one pass down the network stack for the
+/// run, while the peer still receives every datagram on its own.
 pub struct Sender<'a, 'r> {
     sq: &'a mut squeue::SubmissionQueue<'r>,
     submitter: &'a Submitter<'r>,
@@ -285,7 +406,10 @@ impl Sender<'_, '_> {
         if sock.local.is_ipv4() != to.is_ipv4() {
             return Err(SendError::FamilyMismatch);
         }
-        if self.sq.is_full() && submit(self.sq, self.submitter, self.counters).is_err() {
+        let joins = self.slots.joins(socket.0, to, frame.len());
+        // Room for the SQE that will carry this datagram (or the run it ends): checked now,
+        // so that a datagram accepted here always reaches the kernel.
+        if !joins && !self.sq_room() {
             self.counters.send_queue_full += 1;
             return Err(SendError::QueueFull);
         }
@@ -296,33 +420,39 @@ impl Sender<'_, '_> {
         let i = slot as usize;
         let start = i * self.slots.slot_bytes;
         self.slots.bytes[start..start + frame.len()].copy_from_slice(frame);
-        let send = opcode::Send::new(
-            Fd(sock.socket.as_raw_fd()),
-            self.slots.bytes[start..].as_ptr(),
-            frame.len() as u32,
-        );
-        let send = if sock.connected == Some(to) {
-            send
-        } else {
-            let addr_len = write_sockaddr(&mut self.slots.addrs[i], to);
-            send.dest_addr((&self.slots.addrs[i] as *const libc::sockaddr_storage).cast())
-                .dest_addr_len(addr_len)
-        };
-        let entry = send.build().user_data(user_data(KIND_SEND, slot));
-        // SAFETY: the SQE points into `slots.bytes[slot]` and `slots.addrs[slot]`, boxed
-        // slices that are never reallocated and that live as long as the ring (or are
-        // leaked by `close` if the kernel does not finish in time). The slot is off the
-        // free list until its completion is reaped, so nothing overwrites it meanwhile.
-        let pushed = unsafe { self.sq.push(&entry) };
-        if pushed.is_err() {
-            // The queue was made non-full above; keep the slot consistent anyway.
-            self.slots.free.push(slot);
-            self.counters.send_queue_full += 1;
-            return Err(SendError::QueueFull);
-        }
         self.slots.in_flight += 1;
         self.counters.datagrams_queued += 1;
+        let connected = sock.connected == Some(to);
+        let fd = sock.socket.as_raw_fd();
+        if joins {
+            self.slots.open_slots.push(slot);
+            if let Some(o) = self.slots.open.as_mut() {
+                o.last_bytes = frame.len();
+                o.ended = frame.len() < o.segment_bytes;
+            }
+        } else {
+            self.emit_open();
+            if !connected {
+                write_sockaddr(&mut self.slots.addrs[i], to);
+            }
+            self.slots.open = Some(OpenTrain {
+                socket: socket.0,
+                fd,
+                to,
+                connected,
+                segment_bytes: frame.len(),
+                last_bytes: frame.len(),
+                ended: false,
+            });
+            self.slots.open_slots.push(slot);
+        }
+        let full = self.slots.open_slots.len() >= self.slots.run_max
+            || self.slots.open.is_some_and(|o| o.ended);
+        if full {
+            self.emit_open();
+        }
         if self.sq.len() >= self.submit_batch {
+            self.emit_open();
             // A failed submit leaves the entries queued for the next poll.
             let _ = submit(self.sq, self.submitter, self.counters);
         }
@@ -332,6 +462,144 @@ impl Sender<'_, '_> {
     /// Send slots free right now.
     pub fn slots_free(&self) -> usize {
         self.slots.free.len()
+    }
+
+    /// Makes room for one SQE (submitting if the queue is full); false if there is none.
+    fn sq_room(&mut self) -> bool {
+        if self.sq.is_full() {
+            let _ = submit(self.sq, self.submitter, self.counters);
+        }
+        !self.sq.is_full()
+    }
+
+    /// Turns the open run into an SQE: a plain `send` for one datagram, a `sendmsg` with
+    /// `UDP_SEGMENT` for several. Called whenever the run ends and before anything enters
+    /// the kernel, so a run never outlives the [`Sender`] that gathered it.
+    fn emit_open(&mut self) {
+        let Some(o) = self.slots.open.take() else {
+            return;
+        };
+        let n = self.slots.open_slots.len();
+        debug_assert!(n >= 1);
+        if n >= 2
+            && let Some(t) = self.slots.train_free.pop()
+        {
+            let entry = self.train_entry(t, &o);
+            if self.push(&entry) {
+                self.counters.send_trains += 1;
+            } else {
+                self.slots.release_train(t);
+                self.counters.send_queue_full += n as u64;
+            }
+            self.slots.open_slots.clear();
+            return;
+        }
+        // One datagram (or, should the train records run out, each on its own).
+        for k in 0..n {
+            let slot = self.slots.open_slots[k];
+            let len = if k + 1 == n {
+                o.last_bytes
+            } else {
+                o.segment_bytes
+            };
+            let entry = self.single_entry(slot, len, &o);
+            if !self.push(&entry) {
+                self.slots.free.push(slot);
+                self.slots.in_flight -= 1;
+                self.counters.send_queue_full += 1;
+            }
+        }
+        self.slots.open_slots.clear();
+    }
+
+    fn single_entry(&mut self, slot: u32, len: usize, o: &OpenTrain) -> squeue::Entry {
+        let i = slot as usize;
+        let start = i * self.slots.slot_bytes;
+        let send = opcode::Send::new(Fd(o.fd), self.slots.bytes[start..].as_ptr(), len as u32);
+        let send = if o.connected {
+            send
+        } else {
+            if i != self.slots.open_slots[0] as usize {
+                write_sockaddr(&mut self.slots.addrs[i], o.to);
+            }
+            let addr_len = if o.to.is_ipv4() {
+                std::mem::size_of::<libc::sockaddr_in>()
+            } else {
+                std::mem::size_of::<libc::sockaddr_in6>()
+            } as libc::socklen_t;
+            send.dest_addr((&self.slots.addrs[i] as *const libc::sockaddr_storage).cast())
+                .dest_addr_len(addr_len)
+        };
+        send.build().user_data(user_data(KIND_SEND, slot))
+    }
+
+    /// Fills train record `t` with the open run (its slots move into the record).
+    fn train_entry(&mut self, t: u32, o: &OpenTrain) -> squeue::Entry {
+        let s = &mut *self.slots;
+        let n = s.open_slots.len();
+        let base = t as usize * s.segments_max;
+        for (k, &slot) in s.open_slots.iter().enumerate() {
+            let len = if k + 1 == n {
+                o.last_bytes
+            } else {
+                o.segment_bytes
+            };
+            s.train_iovs[base + k] = libc::iovec {
+                iov_base: s.bytes[slot as usize * s.slot_bytes..].as_mut_ptr().cast(),
+                iov_len: len,
+            };
+            s.train_slots[base + k] = slot;
+        }
+        let iov = s.train_iovs[base..].as_mut_ptr();
+        let rec = &mut s.trains[t as usize];
+        rec.count = n as u32;
+        // SAFETY: msghdr is plain old data; all-zero is "no name, no iov, no control".
+        rec.msghdr = unsafe { std::mem::zeroed() };
+        if !o.connected {
+            let len = write_sockaddr(&mut rec.addr, o.to);
+            rec.msghdr.msg_name = (&mut rec.addr as *mut libc::sockaddr_storage).cast();
+            rec.msghdr.msg_namelen = len;
+        }
+        rec.msghdr.msg_iov = iov;
+        rec.msghdr.msg_iovlen = n as _;
+        rec.cmsg = [0; 4];
+        // SAFETY: CMSG_SPACE of a u16 (24) fits the 32 bytes of `cmsg`, which is 8-byte
+        // aligned; CMSG_FIRSTHDR of a header whose control area is that large is non-null.
+        unsafe {
+            rec.msghdr.msg_control = rec.cmsg.as_mut_ptr().cast();
+            rec.msghdr.msg_controllen = libc::CMSG_SPACE(2) as _;
+            let c = libc::CMSG_FIRSTHDR(&rec.msghdr);
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = libc::UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+            libc::CMSG_DATA(c)
+                .cast::<u16>()
+                .write_unaligned(o.segment_bytes as u16);
+        }
+        opcode::SendMsg::new(Fd(o.fd), &rec.msghdr)
+            .build()
+            .user_data(user_data(KIND_TRAIN, t))
+    }
+
+    /// Pushes one SQE, submitting first if the queue is full.
+    fn push(&mut self, entry: &squeue::Entry) -> bool {
+        if !self.sq_room() {
+            return false;
+        }
+        // SAFETY: every send SQE points into `slots` (bytes, addrs, train records, iovecs):
+        // boxed slices that are never reallocated and live as long as the ring (or are
+        // leaked by `close` if the kernel does not finish in time). The slots and the
+        // record are off their free lists until the completion is reaped, so nothing
+        // overwrites them meanwhile.
+        unsafe { self.sq.push(entry) }.is_ok()
+    }
+}
+
+impl Drop for Sender<'_, '_> {
+    fn drop(&mut self) {
+        // A run gathered by this sender must reach the submission queue before anyone
+        // enters the kernel (or the ring closes).
+        self.emit_open();
     }
 }
 
@@ -593,7 +861,15 @@ impl UdpRing {
         Ok(UdpRing {
             ring,
             bufs: Some(bufs),
-            slots: Some(SendSlots::new(config.send_slots, config.datagram_bytes_max)),
+            slots: Some(SendSlots::new(
+                config.send_slots,
+                config.datagram_bytes_max,
+                if features.udp_gso {
+                    config.gso_segments_max
+                } else {
+                    0
+                },
+            )),
             sockets: Vec::new(),
             free_sockets: Vec::new(),
             socket_count: 0,
@@ -851,7 +1127,7 @@ impl UdpRing {
     pub fn with_sender<R>(&mut self, f: impl FnOnce(&mut Sender<'_, '_>) -> R) -> R {
         let Some(slots) = self.slots.as_mut() else {
             // Closed: a sender with no slots refuses everything.
-            let mut empty = SendSlots::new(0, 64);
+            let mut empty = SendSlots::new(0, 64, 0);
             let (submitter, mut sq, _) = self.ring.split();
             let mut s = Sender {
                 sq: &mut sq,
@@ -1012,6 +1288,26 @@ impl UdpRing {
                 let ud = cqe.user_data();
                 let index = (ud & SLOT_INDEX_MASK) as u32;
                 match ud >> KIND_SHIFT {
+                    KIND_TRAIN => {
+                        let n = slots.release_train(index) as u64;
+                        if cqe.result() >= 0 {
+                            self.counters.datagrams_sent += n;
+                            self.counters.bytes_sent += cqe.result() as u64;
+                        } else {
+                            self.counters.send_errors += n;
+                            self.counters.send_errno_last = -cqe.result();
+                            // A device that cannot segment (no checksum offload: EIO) or a
+                            // route that refuses GSO: send every datagram alone from now.
+                            if slots.run_max > 1 {
+                                slots.run_max = 1;
+                                self.counters.gso_disabled += 1;
+                                tracing::warn!(
+                                    errno = -cqe.result(),
+                                    "UDP GSO send refused; sending datagrams one by one from now on"
+                                );
+                            }
+                        }
+                    }
                     KIND_SEND => {
                         slots.free.push(index);
                         slots.in_flight -= 1;
