@@ -147,7 +147,8 @@ impl FrameListener {
         let domain = socket2::Domain::for_address(addr);
         let sk = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
         sk.set_reuse_address(true)?;
-        sk.set_nonblocking(true)?;
+        // Left blocking: io_uring's accept on an O_NONBLOCK listener fails with EAGAIN
+        // instead of waiting for a connection (glommio's accept relies on that).
         sk.bind(&addr.into())?;
         sk.listen(LISTEN_BACKLOG)?;
         // SAFETY: the descriptor is a bound, listening TCP socket that nothing else owns
