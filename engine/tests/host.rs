@@ -363,6 +363,8 @@ fn shared_listeners_route_streams_by_local_address() {
     let census = wait_converged(&h, n);
     let listeners: usize = census.shards.iter().map(|s| s.stream_listeners).sum();
     assert_eq!(listeners, 2, "one listener per shard and port");
+    let accept_errors: u64 = census.shards.iter().map(|s| s.accept_errors).sum();
+    assert_eq!(accept_errors, 0, "a shared listener waits for connections");
     let (out, failed, served, _) = census.streams();
     assert!(
         out > 0 && served > 0,

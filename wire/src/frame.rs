@@ -139,6 +139,29 @@ impl Encoder {
         self.finish(msg.kind() as u8, 0, body_start, keyring, limit)
     }
 
+    /// Encodes a push-pull state borrowed from the sender's tables as a frame of kind
+    /// `PushPull`: the same bytes as [`Encoder::encode_message`] of the owned
+    /// [`crate::msg::swim::PushPull`], without building it.
+    pub fn encode_push_pull(
+        &mut self,
+        msg: &crate::msg::borrowed::PushPullRef<'_>,
+        keyring: Option<&Keyring>,
+        limit: usize,
+    ) -> Result<&[u8], EncodeError> {
+        let body_start = self.start(keyring.is_some());
+        msg.write_archive(&mut BodyWriter {
+            buf: &mut self.buf,
+            base: body_start,
+        })?;
+        self.finish(
+            crate::MessageKind::PushPull as u8,
+            0,
+            body_start,
+            keyring,
+            limit,
+        )
+    }
+
     /// Starts a batch frame of at most `limit` bytes (piggybacking: push until it is full).
     pub fn batch<'e, 'k>(
         &'e mut self,

@@ -403,6 +403,7 @@ fn census_json(c: &Census) -> Value {
         },
         "streams": {"out": out, "failed": failed, "served": served, "refused": refused,
             "unrouted": c.shards.iter().map(|s| s.streams_unrouted).sum::<u64>(),
+            "accept_errors": c.shards.iter().map(|s| s.accept_errors).sum::<u64>(),
             "shared_listeners": c.shards.iter().map(|s| s.stream_listeners).sum::<usize>()},
         "sends_dropped": c.shards.iter().map(|s| s.sends_dropped).sum::<u64>(),
         "events_dropped": c.shards.iter().map(|s| s.events_dropped).sum::<u64>(),

@@ -55,6 +55,9 @@ use crate::{runtime::Timers, swim::Directory, transport::UdpRing};
 #[allow(unused_imports)] // for doc links
 use ringleader_wire::Encoder;
 
+/// How long a listener waits after a failed accept (EMFILE and friends) before the next.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+
 /// What a [`Host`] runs with. Every bound is a field; [`HostConfig::check`] refuses bad
 /// values with a message saying what to change.
 #[derive(Debug, Clone)]
@@ -447,6 +450,9 @@ pub struct ShardCensus {
     pub streams_unrouted: u64,
     /// Shared TCP listeners open ([`StreamListeners::PerShard`]).
     pub stream_listeners: usize,
+    /// Failed accepts (descriptor limits, a listener that cannot wait); each backs its
+    /// listener off for [`ACCEPT_BACKOFF`].
+    pub accept_errors: u64,
     /// Events the application's channel had no room for.
     pub events_dropped: u64,
     /// Datagrams the shard could not send (no send slot, encoding failed).

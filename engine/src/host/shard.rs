@@ -113,8 +113,7 @@ struct StreamDone {
     slot: u32,
     generation: u64,
     id: u64,
-    from: SocketAddr,
-    response: Result<Message, swim::StreamError>,
+    response: Result<StreamResponse, swim::StreamError>,
 }
 
 /// A wildcard TCP listener of the shard, shared by its members on one port
@@ -802,22 +801,8 @@ impl Core {
             slot,
             generation,
             id,
-            from,
             response,
         } = done;
-        if self.live(slot, generation).is_none() {
-            return;
-        }
-        let response = match response {
-            Ok(Message::PushPull(p)) => self
-                .push_pull_in(p, from)
-                .map(StreamResponse::PushPull)
-                .ok_or(swim::StreamError::Unreachable),
-            Ok(Message::Ack(a)) => Ok(StreamResponse::Ack { seq: a.seq_no }),
-            Ok(Message::Nack(_)) => Ok(StreamResponse::Refused),
-            Ok(_) => Err(swim::StreamError::Unreachable),
-            Err(e) => Err(e),
-        };
         let failed = response.is_err();
         let Some(h) = self.live(slot, generation) else {
             return;
@@ -829,8 +814,31 @@ impl Core {
         self.dirty.push(slot);
     }
 
+    /// A peer's answer to a stream exchange, read in place from its frame.
+    fn stream_response(
+        &self,
+        answer: &MessageRef<'_>,
+        from: SocketAddr,
+    ) -> Result<StreamResponse, swim::StreamError> {
+        match answer {
+            MessageRef::PushPull(p) => self
+                .push_pull_in(p, from)
+                .map(StreamResponse::PushPull)
+                .ok_or(swim::StreamError::Unreachable),
+            MessageRef::Ack(a) => Ok(StreamResponse::Ack {
+                seq: a.seq_no.to_native(),
+            }),
+            MessageRef::Nack(_) => Ok(StreamResponse::Refused),
+            _ => Err(swim::StreamError::Unreachable),
+        }
+    }
+
     /// A peer's push-pull state interned in this shard's directory; `None` over the bounds.
-    fn push_pull_in(&self, p: wire::PushPull, from: SocketAddr) -> Option<Rc<swim::PushPullState>> {
+    fn push_pull_in(
+        &self,
+        p: &wire::ArchivedPushPull,
+        from: SocketAddr,
+    ) -> Option<Rc<swim::PushPullState>> {
         let c = &self.config.swim;
         self.dir
             .borrow_mut()
@@ -846,13 +854,13 @@ impl Core {
         slot: u32,
         generation: u64,
         from: SocketAddr,
-        request: Message,
+        request: &MessageRef<'_>,
     ) -> Option<Vec<u8>> {
         let frame_max = self.config.stream_frame_bytes_max;
         let dir = self.dir.clone();
         let request = match request {
-            Message::PushPull(p) => self.push_pull_in(p, from).map(StreamRequest::PushPull),
-            m @ Message::Ping(_) => match dir.borrow_mut().from_wire(m) {
+            MessageRef::PushPull(p) => self.push_pull_in(p, from).map(StreamRequest::PushPull),
+            m @ MessageRef::Ping(_) => match dir.borrow_mut().from_wire_ref(m) {
                 Ok(Item::Ping {
                     seq,
                     target,
@@ -871,20 +879,27 @@ impl Core {
         let response = h.member.handle_stream_request(now, from, request);
         self.dirty.push(slot);
         self.census.streams_served += 1;
-        let msg = match response {
+        let seal = (*self.seal).as_ref();
+        let frame = match response {
             StreamResponse::PushPull(state) => {
-                Message::PushPull(dir.borrow().push_pull_to_wire(&state))
+                dir.borrow()
+                    .encode_push_pull(&state, &mut self.encoder, seal, frame_max)
             }
-            StreamResponse::Ack { seq } => Message::Ack(wire::Ack {
-                seq_no: seq,
-                coordinate: None,
-            }),
-            StreamResponse::Refused => Message::Nack(wire::Nack { seq_no: u32::MAX }),
+            StreamResponse::Ack { seq } => self.encoder.encode_message(
+                &Message::Ack(wire::Ack {
+                    seq_no: seq,
+                    coordinate: None,
+                }),
+                seal,
+                frame_max,
+            ),
+            StreamResponse::Refused => self.encoder.encode_message(
+                &Message::Nack(wire::Nack { seq_no: u32::MAX }),
+                seal,
+                frame_max,
+            ),
         };
-        self.encoder
-            .encode_message(&msg, (*self.seal).as_ref(), frame_max)
-            .ok()
-            .map(<[u8]>::to_vec)
+        frame.ok().map(<[u8]>::to_vec)
     }
 
     fn census(&self, expected: usize, ring: &UdpRing) -> ShardCensus {
@@ -1048,22 +1063,22 @@ fn encode_stream_request(
     request: &StreamRequest,
 ) -> Option<Vec<u8>> {
     let d = dir.borrow();
-    let msg = match request {
-        StreamRequest::PushPull(state) => Message::PushPull(d.push_pull_to_wire(state)),
+    let frame = match request {
+        StreamRequest::PushPull(state) => d.encode_push_pull(state, encoder, seal, limit),
         StreamRequest::Ping {
             seq,
             target,
             source,
-        } => d.to_wire(&Item::Ping {
-            seq: *seq,
-            target: *target,
-            source: *source,
-        }),
+        } => {
+            let ping = d.to_wire(&Item::Ping {
+                seq: *seq,
+                target: *target,
+                source: *source,
+            });
+            encoder.encode_message(&ping, seal, limit)
+        }
     };
-    encoder
-        .encode_message(&msg, seal, limit)
-        .ok()
-        .map(<[u8]>::to_vec)
+    frame.ok().map(<[u8]>::to_vec)
 }
 
 fn start_streams(shard: &Rc<RefCell<Shard>>) {
@@ -1095,7 +1110,6 @@ fn start_streams(shard: &Rc<RefCell<Shard>>) {
                     slot,
                     generation,
                     id: t.id,
-                    from: t.to,
                     response: Err(swim::StreamError::Unreachable),
                 });
                 wake.notify();
@@ -1115,12 +1129,16 @@ fn start_streams(shard: &Rc<RefCell<Shard>>) {
                 s.send(&frame)
                     .await
                     .map_err(|_| swim::StreamError::Unreachable)?;
-                let msg = match s.recv((*keyring).as_ref()).await {
-                    Ok(Some(f)) => first_message(&f),
-                    _ => None,
+                let response = match s.recv((*keyring).as_ref()).await {
+                    // Read in place: a push-pull answer is interned straight from the frame.
+                    Ok(Some(f)) => match f.messages().next() {
+                        Some(Ok(m)) => shard.borrow().core.stream_response(&m, t.to),
+                        _ => Err(swim::StreamError::Unreachable),
+                    },
+                    _ => Err(swim::StreamError::Unreachable),
                 };
                 let _ = s.close().await;
-                msg.ok_or(swim::StreamError::Unreachable)
+                response
             };
             let response = future::or(exchange, async {
                 glommio::timer::sleep(timeout).await;
@@ -1133,17 +1151,12 @@ fn start_streams(shard: &Rc<RefCell<Shard>>) {
                 slot,
                 generation,
                 id: t.id,
-                from: t.to,
                 response,
             });
             wake.notify();
         })
         .detach();
     }
-}
-
-fn first_message(frame: &Frame<'_>) -> Option<Message> {
-    frame.messages().next()?.ok()?.to_owned().ok()
 }
 
 /// Serves inbound stream exchanges of one member until its task is dropped.
@@ -1160,7 +1173,8 @@ async fn accept_loop(
     loop {
         let Ok(mut stream) = listener.accept().await else {
             // EMFILE and friends: back off instead of spinning.
-            glommio::timer::sleep(Duration::from_millis(10)).await;
+            shard.borrow_mut().core.census.accept_errors += 1;
+            glommio::timer::sleep(super::ACCEPT_BACKOFF).await;
             continue;
         };
         let (slot, generation) = {
@@ -1182,16 +1196,18 @@ async fn accept_loop(
             let from = stream.peer_addr().ok();
             let served = future::or(
                 async {
-                    let request = match stream.recv((*keyring).as_ref()).await {
-                        Ok(Some(f)) => first_message(&f),
-                        _ => None,
-                    };
-                    let answer = match (request, from) {
-                        (Some(req), Some(from)) => {
-                            let mut s = shard.borrow_mut();
-                            let now = s.core.ctx.now();
-                            s.core.serve(now, slot, generation, from, req)
-                        }
+                    // The request is read in place (a push-pull state is interned straight
+                    // from the frame); the answer is an owned frame, sent once the received
+                    // frame's buffer is free again.
+                    let answer = match (stream.recv((*keyring).as_ref()).await, from) {
+                        (Ok(Some(f)), Some(from)) => match f.messages().next() {
+                            Some(Ok(req)) => {
+                                let mut s = shard.borrow_mut();
+                                let now = s.core.ctx.now();
+                                s.core.serve(now, slot, generation, from, &req)
+                            }
+                            _ => None,
+                        },
                         _ => None,
                     };
                     wake.notify();

@@ -13,8 +13,9 @@ use std::rc::Rc;
 
 use ringleader_wire::frame::{HEADER_LEN, SEAL_PREFIX_LEN};
 use ringleader_wire::keyring::TAG_LEN;
+use ringleader_wire::msg::borrowed::{PushNodeStateRef, PushPullRef};
 use ringleader_wire::msg::swim as wire;
-use ringleader_wire::{Encoder, Message, MessageRef};
+use ringleader_wire::{EncodeError, Encoder, Keyring, Message, MessageRef};
 
 use super::hash::FxHashMap;
 use super::item::{InfoId, Item, NodeId, NodeState, PushPullState};
@@ -557,39 +558,50 @@ impl Directory {
         })
     }
 
-    /// The wire form of a push-pull state.
-    pub fn push_pull_to_wire(&self, s: &PushPullState) -> wire::PushPull {
-        let states = s
+    /// Encodes push-pull state `s` as a frame with `enc`, borrowing names and metadata
+    /// from the directory (no per-member allocation; the bytes are those of the owned
+    /// [`wire::PushPull`]).
+    pub fn encode_push_pull<'e>(
+        &self,
+        s: &PushPullState,
+        enc: &'e mut Encoder,
+        keyring: Option<&Keyring>,
+        limit: usize,
+    ) -> Result<&'e [u8], EncodeError> {
+        let states: Vec<PushNodeStateRef<'_>> = s
             .states
             .iter()
             .map(|n| {
                 let i = &self.infos[n.info as usize];
-                wire::PushNodeState {
-                    name: self.nodes[i.node as usize].name.to_string(),
+                PushNodeStateRef {
+                    name: &self.nodes[i.node as usize].name,
                     addr: i.addr,
-                    meta: i.meta.to_vec(),
+                    meta: &i.meta,
                     incarnation: n.incarnation,
                     state: n.state,
                     protocol: PROTOCOL,
                 }
             })
             .collect();
-        let source = self.nodes[self.infos[s.source as usize].node as usize]
-            .name
-            .to_string();
-        wire::PushPull {
-            join: s.join,
-            source,
-            states,
-            user_state: s.user_state.clone(),
-        }
+        let source = &self.nodes[self.infos[s.source as usize].node as usize].name;
+        enc.encode_push_pull(
+            &PushPullRef {
+                join: s.join,
+                source,
+                states: &states,
+                user_state: &s.user_state,
+            },
+            keyring,
+            limit,
+        )
     }
 
-    /// The compact form of a received push-pull state, refusing one over the bounds before
-    /// interning anything. `source_addr` is where the stream came from.
+    /// The compact form of a received push-pull state, read in place from its archive,
+    /// refusing one over the bounds before interning anything. `source_addr` is where the
+    /// stream came from.
     pub fn push_pull_from_wire(
         &mut self,
-        p: wire::PushPull,
+        p: &wire::ArchivedPushPull,
         source_addr: SocketAddr,
         members_max: usize,
         user_state_bytes_max: usize,
@@ -606,28 +618,30 @@ impl Directory {
                 max: user_state_bytes_max,
             });
         }
+        let source_name = p.source.as_str();
         let mut states = Vec::with_capacity(p.states.len());
         let mut source = None;
-        for s in &p.states {
-            let info = self.intern(&s.name, s.addr, &s.meta)?;
-            if s.name == p.source {
+        for s in p.states.iter() {
+            let name = s.name.as_str();
+            let info = self.intern(name, s.addr.as_socket_addr(), s.meta.as_slice())?;
+            if name == source_name {
                 source = Some(info);
             }
             states.push(NodeState {
                 info,
-                incarnation: s.incarnation,
-                state: s.state,
+                incarnation: s.incarnation.to_native(),
+                state: s.state.to_native(),
             });
         }
         let source = match source {
             Some(s) => s,
-            None => self.intern(&p.source, source_addr, &[])?,
+            None => self.intern(source_name, source_addr, &[])?,
         };
         Ok(PushPullState {
             join: p.join,
             source,
             states,
-            user_state: p.user_state,
+            user_state: p.user_state.to_vec(),
         })
     }
 }
@@ -646,6 +660,67 @@ mod tests {
 
     fn dir() -> Directory {
         Directory::new(1000, 4000, 512)
+    }
+
+    fn with_archived<R>(p: &wire::PushPull, f: impl FnOnce(&wire::ArchivedPushPull) -> R) -> R {
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(p).expect("archives");
+        f(rkyv::access::<wire::ArchivedPushPull, rkyv::rancor::Error>(&bytes).expect("valid"))
+    }
+
+    /// A push-pull state encoded from the directory's tables decodes, in place, into the
+    /// same compact state in another directory.
+    #[test]
+    fn push_pull_round_trips_through_the_borrowed_encoding() {
+        let mut a = dir();
+        let addr = |i: u8| SocketAddr::from(([127, 0, 0, i], 7946));
+        let states: Vec<NodeState> = (1..=40u8)
+            .map(|i| NodeState {
+                info: a
+                    .intern(
+                        &format!("member-{i}"),
+                        addr(i),
+                        &vec![i; usize::from(i % 4)],
+                    )
+                    .expect("interns"),
+                incarnation: u64::from(i) * 7,
+                state: [
+                    wire::MemberState::Alive,
+                    wire::MemberState::Suspect,
+                    wire::MemberState::Dead,
+                    wire::MemberState::Left,
+                ][usize::from(i % 4)],
+            })
+            .collect();
+        let sent = PushPullState {
+            join: true,
+            source: states[3].info,
+            states,
+            user_state: b"clocks".to_vec(),
+        };
+        let mut enc = Encoder::new(b"");
+        let mut frame = a
+            .encode_push_pull(&sent, &mut enc, None, 1 << 20)
+            .expect("encodes")
+            .to_vec();
+        let mut b = dir();
+        let dec = Decoder::new(b"", 1 << 20);
+        let f = dec.decode(&mut frame, None).expect("decodes");
+        let Some(Ok(MessageRef::PushPull(p))) = f.messages().next() else {
+            panic!("a push-pull message");
+        };
+        let got = b
+            .push_pull_from_wire(p, addr(99), 100, 100)
+            .expect("within bounds");
+        assert_eq!(got.join, sent.join);
+        assert_eq!(got.user_state, sent.user_state);
+        assert_eq!(b.name(b.info(got.source).node), "member-4");
+        assert_eq!(got.states.len(), sent.states.len());
+        for (g, s) in got.states.iter().zip(&sent.states) {
+            let (gi, si) = (b.info(g.info), a.info(s.info));
+            assert_eq!(b.name(gi.node), a.name(si.node));
+            assert_eq!((gi.addr, &gi.meta), (si.addr, &si.meta));
+            assert_eq!((g.incarnation, g.state), (s.incarnation, s.state));
+        }
     }
 
     /// Sizes from the oracle add up to exactly the frame the real encoder builds, and the
@@ -771,7 +846,7 @@ mod tests {
             user_state: vec![0; 9],
         };
         assert_eq!(
-            d.push_pull_from_wire(p, a, 10, 8),
+            with_archived(&p, |ap| d.push_pull_from_wire(ap, a, 10, 8)),
             Err(DirectoryError::UserStateTooLarge { len: 9, max: 8 })
         );
         let st = wire::PushNodeState {
@@ -789,7 +864,7 @@ mod tests {
             user_state: vec![],
         };
         assert_eq!(
-            d.push_pull_from_wire(p, a, 10, 8),
+            with_archived(&p, |ap| d.push_pull_from_wire(ap, a, 10, 8)),
             Err(DirectoryError::TooManyMembers { count: 11, max: 10 })
         );
     }

@@ -5,6 +5,7 @@
 //! [`MessageRef`] enum of validated archived references, and the [`WireMessage`] impls.
 //! Kind codes are part of the wire format: never reuse or renumber one.
 
+pub mod borrowed;
 pub mod raft;
 pub mod serf;
 pub mod swim;

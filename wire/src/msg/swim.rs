@@ -22,6 +22,18 @@ pub enum MemberState {
     Left = 3,
 }
 
+impl ArchivedMemberState {
+    /// The state, read from its archive.
+    pub fn to_native(&self) -> MemberState {
+        match self {
+            ArchivedMemberState::Alive => MemberState::Alive,
+            ArchivedMemberState::Suspect => MemberState::Suspect,
+            ArchivedMemberState::Dead => MemberState::Dead,
+            ArchivedMemberState::Left => MemberState::Left,
+        }
+    }
+}
+
 /// Direct probe. `target` lets a member that was restarted under another name at the
 /// same address refuse a probe meant for its predecessor.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
