@@ -48,6 +48,7 @@
 //!   left to the process exit ([`SHUTDOWN_WAIT_MAX`]).
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -61,7 +62,7 @@ use ringleader_engine::host::{
     Census, Event, EventMask, Host, HostConfig, HostError, HostEvent, MemberSpec, StreamListeners,
     loopback_addrs,
 };
-use ringleader_engine::swim::Config;
+use ringleader_engine::swim::{Config, FxHashMap, FxHasher};
 use ringleader_engine::transport::DROP_CAUSES;
 use serde_json::{Map, Value, json};
 
@@ -215,16 +216,20 @@ pub fn parse_memory_kib(status: &str) -> Option<(u64, u64)> {
 pub struct Tally {
     /// Killed members and the moment just before each one's kill command.
     pub killed: HashMap<String, Instant>,
-    /// First `Down` of each (observer, victim) pair: the milliseconds since the kill, and
-    /// when it was seen.
-    pub detected: HashMap<(Arc<str>, String), (u64, Instant)>,
+    /// Member names seen, by id (pairs are kept as two ids: a 10,000-member run can see
+    /// millions of pairs, and hashing two strings per event cost the event thread a core).
+    names: Vec<Arc<str>>,
+    ids: FxHashMap<Arc<str>, u32>,
+    /// First `Down` of each (observer, victim) pair ([`Tally::pair`]): the milliseconds
+    /// since the kill, and when it was seen.
+    pub detected: FxHashMap<u64, (u64, Instant)>,
     /// Distinct (observer, member) pairs with a `Down` about a member that was not killed
     /// (or about a victim before its kill).
-    pub false_positives: HashSet<(Arc<str>, String)>,
+    pub false_positives: HashSet<u64, BuildHasherDefault<FxHasher>>,
     /// `Down` events counted in `false_positives` (repeats included).
     pub false_positive_events: u64,
     /// Distinct (observer, member) pairs with a suspicion of a member that was not killed.
-    pub false_suspicions: HashSet<(Arc<str>, String)>,
+    pub false_suspicions: HashSet<u64, BuildHasherDefault<FxHasher>>,
     /// Suspicions of members that were not killed (repeats included).
     pub false_suspicion_events: u64,
     /// Events seen, by kind.
@@ -232,6 +237,28 @@ pub struct Tally {
 }
 
 impl Tally {
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        let name: Arc<str> = Arc::from(name);
+        self.names.push(Arc::clone(&name));
+        self.ids.insert(name, id);
+        id
+    }
+
+    /// The key of the pair (`observer`, `member`).
+    pub fn pair(&mut self, observer: &str, member: &str) -> u64 {
+        (u64::from(self.id(observer)) << 32) | u64::from(self.id(member))
+    }
+
+    /// The names of a pair key.
+    pub fn pair_names(&self, key: u64) -> (&str, &str) {
+        let name = |id: u64| self.names.get(id as usize).map_or("?", |n| &**n);
+        (name(key >> 32), name(key & 0xffff_ffff))
+    }
+
     /// Accounts for one event.
     pub fn observe(&mut self, e: HostEvent) {
         let kind = match &e.event {
@@ -252,19 +279,20 @@ impl Tally {
                 match killed_at {
                     Some(k) if e.at >= k => {
                         let ms = e.at.duration_since(k).as_millis() as u64;
-                        self.detected
-                            .entry((e.local, member.name))
-                            .or_insert((ms, e.at));
+                        let pair = self.pair(&e.local, &member.name);
+                        self.detected.entry(pair).or_insert((ms, e.at));
                     }
                     _ => {
                         self.false_positive_events += 1;
-                        self.false_positives.insert((e.local, member.name));
+                        let pair = self.pair(&e.local, &member.name);
+                        self.false_positives.insert(pair);
                     }
                 }
             }
             Event::Suspect { member, .. } if !self.killed.contains_key(&member.name) => {
                 self.false_suspicion_events += 1;
-                self.false_suspicions.insert((e.local, member.name));
+                let pair = self.pair(&e.local, &member.name);
+                self.false_suspicions.insert(pair);
             }
             _ => {}
         }
@@ -580,7 +608,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .false_positives
         .iter()
         .take(20)
-        .map(|(o, m)| format!("{o} saw {m} down"))
+        .map(|&p| {
+            let (o, m) = t.pair_names(p);
+            format!("{o} saw {m} down")
+        })
         .collect();
     fp.sort();
     r.insert("false_positive_examples".into(), json!(fp));
@@ -900,8 +931,11 @@ mod tests {
             },
         });
         assert_eq!(t.detected.len(), 2);
-        assert_eq!(t.detected[&(Arc::from("m1"), "m5".to_owned())].0, 1_000);
-        assert_eq!(t.detected[&(Arc::from("m2"), "m5".to_owned())].0, 2_000);
+        let (p15, p25) = (t.pair("m1", "m5"), t.pair("m2", "m5"));
+        assert_eq!(t.detected[&p15].0, 1_000);
+        assert_eq!(t.detected[&p25].0, 2_000);
+        let fp = *t.false_positives.iter().min().expect("some");
+        assert_eq!(t.pair_names(fp), ("m1", "m5"));
         assert_eq!(t.false_positives.len(), 2, "(m1, m5) early and (m2, m7)");
         assert_eq!(t.false_positive_events, 3);
         assert_eq!(t.false_suspicions.len(), 1, "only m7: m5 was killed");

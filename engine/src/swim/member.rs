@@ -343,6 +343,9 @@ pub struct Member<R: Rng> {
     seq: u32,
     relays: Vec<Relay>,
     suspicions: FxHashMap<NodeId, Suspicion>,
+    /// No suspicion expires before this (the earliest deadline, or earlier after a removal:
+    /// `expire_suspicions` recomputes it), so timers do not scan every suspicion.
+    suspicion_next: Time,
     failed: VecDeque<(NodeId, u32)>,
     reaped: VecDeque<(InfoId, Time)>,
     seeds: Vec<SocketAddr>,
@@ -426,6 +429,7 @@ impl<R: Rng> Member<R> {
             seq: 0,
             relays: Vec::new(),
             suspicions: FxHashMap::default(),
+            suspicion_next: Time::MAX,
             failed: VecDeque::new(),
             reaped: VecDeque::new(),
             seeds: Vec::new(),
@@ -718,9 +722,7 @@ impl<R: Rng> Member<R> {
         for r in &self.relays {
             t = t.min(r.deadline);
         }
-        for s in self.suspicions.values() {
-            t = t.min(s.deadline());
-        }
+        t = t.min(self.suspicion_next);
         for s in &self.streams {
             t = t.min(s.deadline);
         }
@@ -811,15 +813,19 @@ impl<R: Rng> Member<R> {
     }
 
     fn expire_suspicions(&mut self, now: Time) {
-        if self.suspicions.is_empty() {
+        if now < self.suspicion_next {
             return;
         }
-        let mut due: Vec<(NodeId, u64)> = self
-            .suspicions
-            .iter()
-            .filter(|(_, s)| now >= s.deadline())
-            .map(|(&n, s)| (n, s.incarnation))
-            .collect();
+        let mut next = Time::MAX;
+        let mut due: Vec<(NodeId, u64)> = Vec::new();
+        for (&n, s) in &self.suspicions {
+            if now >= s.deadline() {
+                due.push((n, s.incarnation));
+            } else {
+                next = next.min(s.deadline());
+            }
+        }
+        self.suspicion_next = next;
         due.sort_unstable();
         for (node, inc) in due {
             self.suspicions.remove(&node);
@@ -1340,6 +1346,8 @@ impl<R: Rng> Member<R> {
         }
         if let Some(s) = self.suspicions.get_mut(&node) {
             if s.confirm(from) {
+                // A confirmation only brings the deadline closer.
+                self.suspicion_next = self.suspicion_next.min(s.deadline());
                 self.queue_update(
                     Item::Suspect {
                         incarnation,
@@ -1388,8 +1396,9 @@ impl<R: Rng> Member<R> {
         } else {
             min
         };
-        self.suspicions
-            .insert(node, Suspicion::new(incarnation, from, k, min, max, now));
+        let suspicion = Suspicion::new(incarnation, from, k, min, max, now);
+        self.suspicion_next = self.suspicion_next.min(suspicion.deadline());
+        self.suspicions.insert(node, suspicion);
         self.push_event(Event::Suspect { node, from });
     }
 
