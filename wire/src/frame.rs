@@ -113,15 +113,7 @@ impl Encoder {
         keyring: Option<&Keyring>,
         limit: usize,
     ) -> Result<&[u8], EncodeError> {
-        let body_start = self.start(keyring.is_some());
-        M::write_archive(
-            msg,
-            &mut BodyWriter {
-                buf: &mut self.buf,
-                base: body_start,
-            },
-        )?;
-        self.finish(M::KIND as u8, 0, body_start, keyring, limit)
+        self.single(M::KIND, keyring, limit, |w| M::write_archive(msg, w))
     }
 
     /// Like [`Encoder::encode`], for an owned [`Message`] of any kind.
@@ -131,12 +123,7 @@ impl Encoder {
         keyring: Option<&Keyring>,
         limit: usize,
     ) -> Result<&[u8], EncodeError> {
-        let body_start = self.start(keyring.is_some());
-        msg.write_archive(&mut BodyWriter {
-            buf: &mut self.buf,
-            base: body_start,
-        })?;
-        self.finish(msg.kind() as u8, 0, body_start, keyring, limit)
+        self.single(msg.kind(), keyring, limit, |w| msg.write_archive(w))
     }
 
     /// Encodes a push-pull state borrowed from the sender's tables as a frame of kind
@@ -148,18 +135,25 @@ impl Encoder {
         keyring: Option<&Keyring>,
         limit: usize,
     ) -> Result<&[u8], EncodeError> {
+        self.single(crate::MessageKind::PushPull, keyring, limit, |w| {
+            msg.write_archive(w)
+        })
+    }
+
+    /// A frame of one message of `kind`, whose archive `write` puts in the body.
+    fn single(
+        &mut self,
+        kind: crate::MessageKind,
+        keyring: Option<&Keyring>,
+        limit: usize,
+        write: impl FnOnce(&mut BodyWriter<'_>) -> Result<(), EncodeError>,
+    ) -> Result<&[u8], EncodeError> {
         let body_start = self.start(keyring.is_some());
-        msg.write_archive(&mut BodyWriter {
+        write(&mut BodyWriter {
             buf: &mut self.buf,
             base: body_start,
         })?;
-        self.finish(
-            crate::MessageKind::PushPull as u8,
-            0,
-            body_start,
-            keyring,
-            limit,
-        )
+        self.finish(kind as u8, 0, body_start, keyring, limit)
     }
 
     /// Starts a batch frame of at most `limit` bytes (piggybacking: push until it is full).

@@ -144,8 +144,7 @@ impl<S> Serialize<S> for PushPullRef<'_>
 where
     S: Fallible + Allocator + Writer + ?Sized,
     S::Error: Source,
-    SocketAddr: Serialize<S>,
-    MemberState: Serialize<S>,
+    for<'x> PushNodeStateRef<'x>: Serialize<S>,
 {
     fn serialize(&self, s: &mut S) -> Result<Self::Resolver, S::Error> {
         Ok(PushPullRefResolver {
