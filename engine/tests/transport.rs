@@ -387,8 +387,9 @@ fn close_with_requests_in_flight_is_clean() {
                     )
                     .expect("encode")
                     .to_vec();
+                // Sends stay queued (fewer SQEs than a batch): close must submit them and
+                // see the kernel through with them before freeing anything.
                 ring.with_sender(|s| while s.send(a, to, &frame).is_ok() {});
-                let _ = ring.flush();
                 let in_flight = ring.in_flight();
                 let report = ring.close();
                 ctx.emit((report.in_flight_left, report.leaked, in_flight));
@@ -639,4 +640,111 @@ fn gso_runs_arrive_as_separate_validated_datagrams() {
         let report = ring.close();
         assert_eq!(report.in_flight_left, 0);
     }
+}
+
+/// Answers every datagram with one datagram back to its sender.
+struct Echo {
+    frame: Vec<u8>,
+    datagrams: usize,
+}
+
+impl UdpHandler for Echo {
+    fn on_datagram(
+        &mut self,
+        out: &mut Sender<'_, '_>,
+        socket: SocketId,
+        from: SocketAddr,
+        _: &Frame<'_>,
+        _: &[MessageRef<'_>],
+    ) {
+        self.datagrams += 1;
+        let _ = out.send(socket, from, &self.frame);
+    }
+}
+
+/// On a parked ring, what a poll's handler sends stays queued until the park, which
+/// submits it in the same `io_uring_enter` that waits; sends are done (slots free, counted
+/// as sent) once the kernel has taken them, with no completion of their own. The adaptive
+/// spin never spins without an exchange in flight, and does after a poll that received
+/// and answered. Waits are bounded only so that a broken build fails instead of hanging.
+#[test]
+fn park_submits_what_poll_queued_and_spins_only_during_exchanges() {
+    let config = UdpConfig {
+        spin_us_max: 20,
+        ..small_udp()
+    };
+    let mut ring = UdpRing::new(config, LABEL, None).expect("ring");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let me = ring.bind(any, SocketOptions::default()).expect("bind");
+    let parker = ring.parker().expect("parker");
+    let peer = UdpSocket::bind(any).expect("peer");
+    peer.set_read_timeout(Some(WAIT_MAX)).expect("timeout");
+    let mut enc = Encoder::new(LABEL);
+    let frame = enc
+        .encode(
+            &UserMsg {
+                payload: payload(5),
+            },
+            None,
+            1400,
+        )
+        .expect("encode")
+        .to_vec();
+    let mut echo = Echo {
+        frame: frame.clone(),
+        datagrams: 0,
+    };
+
+    assert_eq!(ring.spin_adaptive(&mut echo).expect("spin"), 0);
+    assert_eq!(ring.counters().spins, 0, "an idle ring never spins");
+
+    peer.send_to(&frame, ring.local_addr(me).expect("addr"))
+        .expect("send");
+    let until = Instant::now() + WAIT_MAX;
+    while echo.datagrams == 0 && Instant::now() < until {
+        parker.park(Some(WAIT_MAX), 1).expect("park");
+        ring.poll(&mut echo).expect("poll");
+    }
+    assert_eq!(echo.datagrams, 1);
+    assert_eq!(ring.counters().datagrams_queued, 1);
+    assert_eq!(
+        ring.counters().datagrams_sent,
+        0,
+        "the answer waits for the park"
+    );
+    // The park submits the answer, then sleeps out its short timeout.
+    parker
+        .park(Some(Duration::from_millis(1)), 1)
+        .expect("park");
+    let mut buf = [0u8; 2048];
+    let (n, _) = peer.recv_from(&mut buf).expect("the answer arrived");
+    assert_eq!(&buf[..n], &frame[..]);
+    ring.poll(&mut echo).expect("poll");
+    let c = ring.counters().clone();
+    assert_eq!(c.datagrams_sent, 1);
+    assert_eq!(c.send_errors, 0);
+    assert_eq!(
+        ring.sends_in_flight(),
+        0,
+        "a taken send needs no completion"
+    );
+
+    // An exchange: a datagram in, an answer out. Now the ring spins before parking.
+    peer.send_to(&frame, ring.local_addr(me).expect("addr"))
+        .expect("send");
+    let until = Instant::now() + WAIT_MAX;
+    while echo.datagrams == 1 && Instant::now() < until {
+        parker.park(Some(WAIT_MAX), 1).expect("park");
+        ring.poll(&mut echo).expect("poll");
+    }
+    assert_eq!(echo.datagrams, 2);
+    ring.spin_adaptive(&mut echo).expect("spin");
+    assert_eq!(ring.counters().spins, 1);
+    assert_eq!(
+        ring.counters().datagrams_sent,
+        2,
+        "the spin submitted the answer first"
+    );
+    let report = ring.close();
+    assert_eq!(report.in_flight_left, 0);
 }

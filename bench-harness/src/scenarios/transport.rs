@@ -74,6 +74,10 @@ pub struct Args {
     /// Busy-poll the engine's ring this long (µs) before parking the shard.
     #[arg(long, default_value_t = 0)]
     pub spin_us: u64,
+    /// Longest adaptive spin of the engine's shards before they park
+    /// (`UdpConfig::spin_us_max`, `UdpRing::spin_adaptive`; used when `--spin-us` is 0).
+    #[arg(long, default_value_t = UdpConfig::default().spin_us_max)]
+    pub spin_max_us: u64,
     /// Ask the scheduler for this time slice (µs) on the engine's shard threads
     /// (`RuntimeConfig::sched_slice_us`); the baselines keep the default.
     #[arg(long)]
@@ -153,6 +157,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "submit_batch_engine": args.submit_batch,
         "pin": args.pin,
         "spin_us": args.spin_us,
+        "spin_max_us": args.spin_max_us,
         "sched_slice_us": args.sched_slice_us,
         "park": format!("{:?}", args.park).to_lowercase(),
         "glommio_turn_us": args.glommio_turn_us,
@@ -170,6 +175,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut glommio = Vec::new();
     let mut engine = Vec::new();
     let mut counters = UdpCounters::default();
+    let mut rtt_counters = UdpCounters::default();
     let mut raw_rtt = Recorder::new("raw_rtt_us");
     let mut engine_rtt = Recorder::new("engine_rtt_us");
     let progress = run.progress("transport", common.duration * 5);
@@ -185,7 +191,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             progress.tick(started.elapsed());
             glommio.push(glommio_flood(round, warmup, args.pin).context("glommio flood")?);
             progress.tick(started.elapsed());
-            let udp = engine_udp_config(args.submit_batch, args.gso_segments);
+            let udp = UdpConfig {
+                spin_us_max: args.spin_max_us,
+                ..engine_udp_config(args.submit_batch, args.gso_segments)
+            };
             let (f, c) =
                 engine_flood(round, warmup, udp, placement, spin).context("engine flood")?;
             engine.push(f);
@@ -195,9 +204,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if pings {
             raw_rtt.merge(&harness::udp_rtt_with(&baseline, None).context("raw ping-pong")?);
             progress.tick(started.elapsed());
-            engine_rtt.merge(
-                &engine_ping_pong(round, warmup, placement, spin).context("engine ping-pong")?,
-            );
+            let udp = UdpConfig {
+                spin_us_max: args.spin_max_us,
+                // The answer goes out with the park that waits for the next datagram.
+                ..engine_udp_config(args.submit_batch, 0)
+            };
+            let (rec, c) = engine_ping_pong(round, warmup, udp, placement, spin)
+                .context("engine ping-pong")?;
+            engine_rtt.merge(&rec);
+            rtt_counters.add(&c);
             progress.tick(started.elapsed());
         }
     }
@@ -239,6 +254,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "glommio": median(&glommio.iter().map(|f| f.sent_pps).collect::<Vec<_>>()),
         },
         "engine_counters": counters_json(&counters),
+        "engine_rtt_counters": counters_json(&rtt_counters),
     });
     run.add(raw_rtt);
     run.add(engine_rtt);
@@ -281,6 +297,8 @@ fn counters_json(c: &UdpCounters) -> Value {
         "send_trains": c.send_trains,
         "gso_disabled": c.gso_disabled,
         "wake_ups": c.wake_ups,
+        "spins": c.spins,
+        "spins_paid": c.spins_paid,
     })
 }
 
@@ -383,6 +401,20 @@ fn seq_of(messages: &[MessageRef<'_>]) -> Option<u64> {
     }
 }
 
+/// Before parking: a fixed busy-poll of `spin` (the `--spin-us` experiment), or the
+/// engine's adaptive spin (`UdpRing::spin_adaptive`) when `spin` is zero.
+fn spin_then<H: UdpHandler>(
+    ring: &mut UdpRing,
+    h: &mut H,
+    spin: Duration,
+) -> Result<usize, String> {
+    if spin.is_zero() {
+        ring.spin_adaptive(h).map_err(|e| e.to_string())
+    } else {
+        ring.spin_poll(h, spin).map_err(|e| e.to_string())
+    }
+}
+
 /// Counts datagrams (and checks each carries one message) inside the window.
 struct FloodReceiver {
     window: (Instant, Instant),
@@ -431,7 +463,7 @@ fn engine_flood(
                         while h.now < window.1 + Duration::from_millis(20) && !ctx.stopping() {
                             ring.poll(&mut h).map_err(|e| e.to_string())?;
                             h.now = Instant::now();
-                            if ring.spin_poll(&mut h, spin).map_err(|e| e.to_string())? > 0 {
+                            if spin_then(&mut ring, &mut h, spin)? > 0 {
                                 continue;
                             }
                             ctx.wait(Some(ctx.clock().at(window.1 + Duration::from_millis(20))))
@@ -581,15 +613,17 @@ impl UdpHandler for Pinger {
 fn engine_ping_pong(
     duration: Duration,
     warmup: Duration,
+    udp: UdpConfig,
     shards: Shards,
     spin: Duration,
-) -> anyhow::Result<Recorder> {
+) -> anyhow::Result<(Recorder, UdpCounters)> {
     let start = Instant::now() + Duration::from_millis(50);
     let window = (start + warmup, start + warmup + duration);
-    let rt: Runtime<(), (), Result<Option<Recorder>, String>> = Runtime::start(
+    type PingOut = Result<(Option<Recorder>, UdpCounters), String>;
+    let rt: Runtime<(), (), PingOut> = Runtime::start(
         runtime_config("rl-pingpong", shards),
         move |ctx: ShardContext<(), (), SocketAddr>| async move {
-            let (mut ring, me, peer) = link(&ctx, shards, engine_udp_config(1, 0)).await?;
+            let (mut ring, me, peer) = link(&ctx, shards, udp.clone()).await?;
             let end = window.1 + Duration::from_millis(20);
             if let Some(to) = peer {
                 let mut p = Pinger {
@@ -606,7 +640,7 @@ fn engine_ping_pong(
                 ring.with_sender(|s| p.ping(s, me));
                 while Instant::now() < end && !ctx.stopping() {
                     ring.poll(&mut p).map_err(|e| e.to_string())?;
-                    if ring.spin_poll(&mut p, spin).map_err(|e| e.to_string())? > 0 {
+                    if spin_then(&mut ring, &mut p, spin)? > 0 {
                         continue;
                     }
                     let retry_at = p.sent_at + PING_RETRY;
@@ -616,8 +650,9 @@ fn engine_ping_pong(
                     }
                     ctx.wait(Some(ctx.clock().at(retry_at.min(end)))).await;
                 }
+                let c = ring.counters().clone();
                 ring.close();
-                Ok(Some(p.rec))
+                Ok((Some(p.rec), c))
             } else {
                 let mut echo = Echo {
                     enc: Encoder::new(LABEL),
@@ -627,23 +662,30 @@ fn engine_ping_pong(
                 };
                 while Instant::now() < end && !ctx.stopping() {
                     ring.poll(&mut echo).map_err(|e| e.to_string())?;
-                    if ring.spin_poll(&mut echo, spin).map_err(|e| e.to_string())? > 0 {
+                    if spin_then(&mut ring, &mut echo, spin)? > 0 {
                         continue;
                     }
                     ctx.wait(Some(ctx.clock().at(end))).await;
                 }
+                let c = ring.counters().clone();
                 ring.close();
-                Ok(None)
+                Ok((None, c))
             }
         },
     )?;
     let mut rec = None;
+    let mut counters = UdpCounters::default();
     for r in rt.wait() {
-        if let Some(x) = r?.map_err(anyhow::Error::msg)? {
+        let (x, c) = r?.map_err(anyhow::Error::msg)?;
+        counters.add(&c);
+        if let Some(x) = x {
             rec = Some(x);
         }
     }
-    rec.context("the pinging shard returned no histogram")
+    Ok((
+        rec.context("the pinging shard returned no histogram")?,
+        counters,
+    ))
 }
 
 /// glommio's `UdpSocket` flood: two executors, one `send_to` / `recv` per datagram.

@@ -413,6 +413,8 @@ impl<C: Send + 'static, E: Send + 'static, M: Send + 'static> ShardContext<C, E,
                     || now >= park.turn_due_at.get()
                     || glommio::executor().need_preempt())
             {
+                // Sends the last poll left for the park must not wait for glommio's turn.
+                park.parker.submit_queued();
                 glommio_turn().await;
                 turned = true;
                 park.turn_due_at.set(self.now() + park.turn_interval);

@@ -73,6 +73,10 @@ pub struct UdpCounters {
     pub sqes_submitted: u64,
     /// Signals of wake-up eventfds seen in the ring ([`super::UdpRing::wake_on`]).
     pub wake_ups: u64,
+    /// Busy-polls of [`super::UdpRing::spin_adaptive`] before parking.
+    pub spins: u64,
+    /// Of those, the ones that found work within their budget.
+    pub spins_paid: u64,
 }
 
 impl UdpCounters {
@@ -138,6 +142,8 @@ impl UdpCounters {
         self.enter_calls += other.enter_calls;
         self.sqes_submitted += other.sqes_submitted;
         self.wake_ups += other.wake_ups;
+        self.spins += other.spins;
+        self.spins_paid += other.spins_paid;
     }
 }
 

@@ -46,6 +46,8 @@ pub struct UdpConfig {
     /// Bytes per receive buffer (multiple of 16, at least `datagram_bytes_max + 48`).
     pub recv_buffer_bytes: usize,
     /// Sends in flight at most; beyond it [`Sender::send`] refuses with `QueueFull`.
+    /// (Sends are done once the kernel has taken their SQEs, so slots come back at every
+    /// submit.)
     pub send_slots: usize,
     /// Largest datagram sent or accepted.
     pub datagram_bytes_max: usize,
@@ -64,6 +66,9 @@ pub struct UdpConfig {
     /// back into separate datagrams. 0 or 1 sends every datagram on its own; at most 64.
     /// Ignored where the kernel lacks UDP GSO ([`Features::udp_gso`]).
     pub gso_segments_max: usize,
+    /// Longest busy-poll of [`UdpRing::spin_adaptive`] before the shard parks, in µs; 0
+    /// never spins.
+    pub spin_us_max: u64,
 }
 
 impl Default for UdpConfig {
@@ -80,6 +85,7 @@ impl Default for UdpConfig {
             submit_batch: 64,
             close_timeout_ms: 2000,
             gso_segments_max: GSO_SEGMENTS_MAX,
+            spin_us_max: 20,
         }
     }
 }
@@ -121,6 +127,9 @@ impl UdpConfig {
         }
         if self.submit_batch == 0 || self.submit_batch > self.sq_entries as usize {
             return bad("submit_batch must be in [1, sq_entries]");
+        }
+        if self.spin_us_max > 1000 {
+            return bad("spin_us_max must be at most 1000");
         }
         if self.gso_segments_max > GSO_SEGMENTS_MAX {
             return bad("gso_segments_max must be at most 64");
@@ -227,6 +236,17 @@ fn user_data(kind: u64, index: u32) -> u64 {
     (kind << KIND_SHIFT) | index as u64
 }
 
+/// A send's user data: kind, datagrams (8 bits), payload bytes (16 bits), slot or train.
+fn send_user_data(kind: u64, index: u32, datagrams: usize, bytes: usize) -> u64 {
+    debug_assert!(datagrams <= 255 && bytes <= 0xffff);
+    user_data(kind, index) | ((datagrams as u64 & 0xff) << 48) | ((bytes as u64 & 0xffff) << 32)
+}
+
+/// Datagrams and payload bytes a send's user data carries.
+fn send_size(ud: u64) -> (u64, u64) {
+    ((ud >> 48) & 0xff, (ud >> 32) & 0xffff)
+}
+
 struct Sock {
     socket: Socket,
     local: SocketAddr,
@@ -270,6 +290,11 @@ struct SendSlots {
     /// `segments_max` slot indexes per train record.
     train_slots: Box<[u32]>,
     train_free: Vec<u32>,
+    /// User data of the sends pushed to the submission queue and not yet released: every
+    /// send is `MSG_DONTWAIT` and posts no completion when it succeeds
+    /// (`IOSQE_CQE_SKIP_SUCCESS`), so once the kernel has consumed its SQE it is done
+    /// (see [`SendSlots::release_issued`]). At most one entry per slot.
+    issued: Vec<u64>,
 }
 
 /// A run of datagrams from one socket to one peer, all `segment_bytes` long except
@@ -338,7 +363,31 @@ impl SendSlots {
             .into_boxed_slice(),
             train_slots: vec![0u32; trains * segments_max].into_boxed_slice(),
             train_free: (0..trains as u32).rev().collect(),
+            issued: Vec::with_capacity(count),
         }
+    }
+
+    /// Releases every issued send. Call only when the submission queue was seen empty
+    /// after a sync: the kernel has then consumed every SQE pushed so far, and a
+    /// `MSG_DONTWAIT` send is issued inline while its SQE is consumed (it never waits for
+    /// socket space: `REQ_F_NOWAIT` fails it with EAGAIN instead of arming a poll), so the
+    /// kernel has copied its bytes and reads its slot no more. A failed send still posts
+    /// a completion, which only corrects the counters (see `poll_once`).
+    fn release_issued(&mut self, counters: &mut UdpCounters) {
+        for k in 0..self.issued.len() {
+            let ud = self.issued[k];
+            let (datagrams, bytes) = send_size(ud);
+            let index = (ud & SLOT_INDEX_MASK) as u32;
+            if ud >> KIND_SHIFT == KIND_TRAIN {
+                self.release_train(index);
+            } else {
+                self.free.push(index);
+                self.in_flight -= 1;
+            }
+            counters.datagrams_sent += datagrams;
+            counters.bytes_sent += bytes;
+        }
+        self.issued.clear();
     }
 
     /// Whether a datagram of `len` bytes from `socket` to `to` may join the open run.
@@ -454,7 +503,7 @@ impl Sender<'_, '_> {
         if self.sq.len() >= self.submit_batch {
             self.emit_open();
             // A failed submit leaves the entries queued for the next poll.
-            let _ = submit(self.sq, self.submitter, self.counters);
+            self.submit();
         }
         Ok(())
     }
@@ -467,9 +516,17 @@ impl Sender<'_, '_> {
     /// Makes room for one SQE (submitting if the queue is full); false if there is none.
     fn sq_room(&mut self) -> bool {
         if self.sq.is_full() {
-            let _ = submit(self.sq, self.submitter, self.counters);
+            self.submit();
         }
         !self.sq.is_full()
+    }
+
+    /// Submits what is queued, and releases the sends the kernel is done with.
+    fn submit(&mut self) {
+        let _ = submit(self.sq, self.submitter, self.counters);
+        if self.sq.is_empty() {
+            self.slots.release_issued(self.counters);
+        }
     }
 
     /// Turns the open run into an SQE: a plain `send` for one datagram, a `sendmsg` with
@@ -487,6 +544,10 @@ impl Sender<'_, '_> {
             let entry = self.train_entry(t, &o);
             if self.push(&entry) {
                 self.counters.send_trains += 1;
+                let bytes = o.segment_bytes * (n - 1) + o.last_bytes;
+                self.slots
+                    .issued
+                    .push(send_user_data(KIND_TRAIN, t, n, bytes));
             } else {
                 self.slots.release_train(t);
                 self.counters.send_queue_full += n as u64;
@@ -503,7 +564,11 @@ impl Sender<'_, '_> {
                 o.segment_bytes
             };
             let entry = self.single_entry(slot, len, &o);
-            if !self.push(&entry) {
+            if self.push(&entry) {
+                self.slots
+                    .issued
+                    .push(send_user_data(KIND_SEND, slot, 1, len));
+            } else {
                 self.slots.free.push(slot);
                 self.slots.in_flight -= 1;
                 self.counters.send_queue_full += 1;
@@ -515,7 +580,8 @@ impl Sender<'_, '_> {
     fn single_entry(&mut self, slot: u32, len: usize, o: &OpenTrain) -> squeue::Entry {
         let i = slot as usize;
         let start = i * self.slots.slot_bytes;
-        let send = opcode::Send::new(Fd(o.fd), self.slots.bytes[start..].as_ptr(), len as u32);
+        let send = opcode::Send::new(Fd(o.fd), self.slots.bytes[start..].as_ptr(), len as u32)
+            .flags(libc::MSG_DONTWAIT);
         let send = if o.connected {
             send
         } else {
@@ -530,7 +596,9 @@ impl Sender<'_, '_> {
             send.dest_addr((&self.slots.addrs[i] as *const libc::sockaddr_storage).cast())
                 .dest_addr_len(addr_len)
         };
-        send.build().user_data(user_data(KIND_SEND, slot))
+        send.build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(send_user_data(KIND_SEND, slot, 1, len))
     }
 
     /// Fills train record `t` with the open run (its slots move into the record).
@@ -576,9 +644,12 @@ impl Sender<'_, '_> {
                 .cast::<u16>()
                 .write_unaligned(o.segment_bytes as u16);
         }
+        let bytes = o.segment_bytes * (n - 1) + o.last_bytes;
         opcode::SendMsg::new(Fd(o.fd), &rec.msghdr)
+            .flags(libc::MSG_DONTWAIT as u32)
             .build()
-            .user_data(user_data(KIND_TRAIN, t))
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(send_user_data(KIND_TRAIN, t, n, bytes))
     }
 
     /// Pushes one SQE, submitting first if the queue is full.
@@ -673,6 +744,14 @@ struct ParkState {
     woken: Cell<bool>,
     /// Datagrams received by the last [`UdpRing::poll`].
     last_receives: Cell<u32>,
+    /// SQEs the ring left queued, not yet submitted: the next park submits them in the
+    /// same `io_uring_enter` that waits. Exact: the kernel waits only if it submitted
+    /// every entry it was asked to.
+    sq_pending: Cell<u32>,
+    /// `io_uring_enter` calls the parker made (folded into the ring's counters at poll).
+    enters: Cell<u64>,
+    /// SQEs the parker submitted (likewise).
+    sqes: Cell<u64>,
 }
 
 /// How a [`RingParker::park`] ended.
@@ -697,6 +776,8 @@ pub enum Parked {
 pub struct RingParker {
     fd: OwnedFd,
     state: Rc<ParkState>,
+    /// Submission queue entries of the ring: the most one park submits.
+    sq_entries: u32,
 }
 
 /// `struct io_uring_getevents_arg` (linux/io_uring.h).
@@ -711,8 +792,10 @@ struct GeteventsArg {
 impl RingParker {
     /// Sleeps until at least `min_complete` completions are ready, a wake-up eventfd fires,
     /// or `timeout` passes (`None`: no timeout). Returns at once if completions are
-    /// already waiting.
+    /// already waiting. Sends the ring left queued (see [`UdpRing::poll`]) are submitted by
+    /// the same system call before it sleeps; then it may report `Ready` after a timeout.
     pub fn park(&self, timeout: Option<Duration>, min_complete: u32) -> io::Result<Parked> {
+        let to_submit = self.state.sq_pending.replace(0).min(self.sq_entries);
         let ts = timeout.map(|t| {
             let secs = t.as_secs().min(i64::MAX as u64) as i64;
             libc::timespec {
@@ -729,20 +812,26 @@ impl RingParker {
                 .map_or(0, |t| t as *const libc::timespec as usize as u64),
         };
         // SAFETY: io_uring_enter on a ring file we hold a reference to; with EXT_ARG the
-        // kernel reads `arg` (and the timespec it points at), both alive for the call.
-        // `to_submit` is 0, so no SQE memory is read.
+        // kernel reads `arg` (and the timespec it points at), both alive for the call. The
+        // SQEs it submits were pushed by the ring (same thread), which keeps their memory
+        // alive until it sees them consumed; after the ring is closed nothing is queued.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_io_uring_enter,
                 self.fd.as_raw_fd(),
-                0u32,
+                to_submit,
                 min_complete.max(1),
                 IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
                 &arg as *const GeteventsArg,
                 std::mem::size_of::<GeteventsArg>(),
             )
         };
+        self.state.enters.set(self.state.enters.get() + 1);
         if r >= 0 {
+            if to_submit > 0 {
+                // The count submitted (the wait's own result is not reported then).
+                self.state.sqes.set(self.state.sqes.get() + r as u64);
+            }
             return Ok(Parked::Ready);
         }
         let e = io::Error::last_os_error();
@@ -754,6 +843,32 @@ impl RingParker {
             Some(libc::EBUSY) | Some(libc::EAGAIN) => Ok(Parked::Ready),
             _ => Err(e),
         }
+    }
+
+    /// Submits the sends the ring left queued, if any, without waiting (for a shard about
+    /// to do something else before it parks, such as giving glommio a turn).
+    pub fn submit_queued(&self) {
+        let to_submit = self.state.sq_pending.replace(0).min(self.sq_entries);
+        if to_submit == 0 {
+            return;
+        }
+        // SAFETY: as in `park`, without the wait (no argument is read).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_enter,
+                self.fd.as_raw_fd(),
+                to_submit,
+                0u32,
+                0u32,
+                std::ptr::null::<libc::c_void>(),
+                0usize,
+            )
+        };
+        self.state.enters.set(self.state.enters.get() + 1);
+        if r > 0 {
+            self.state.sqes.set(self.state.sqes.get() + r as u64);
+        }
+        // Whatever was not submitted (EBUSY, EAGAIN) the next poll submits.
     }
 
     /// Whether a wake-up eventfd fired since the last call (and clears the flag). Set when
@@ -802,7 +917,28 @@ pub struct UdpRing {
     /// left disabled (nobody waits on it, and signalling it costs the kernel a wake-up).
     parked: bool,
     closed: bool,
+    /// Datagrams the last [`UdpRing::poll`] received, and sends it queued (the adaptive
+    /// spin's hint that an exchange is in flight).
+    last_poll_received: u64,
+    last_poll_sent: u64,
+    spin: SpinState,
     _not_send: std::marker::PhantomData<*const ()>,
+}
+
+/// Spins in a row that did not pay before the adaptive spin backs off.
+const SPIN_FAILS_MAX: u32 = 2;
+/// Chances to spin the adaptive spin skips at most after spins that did not pay.
+const SPIN_BACKOFF_MAX: u32 = 1024;
+
+/// The adaptive spin's state ([`UdpRing::spin_adaptive`]).
+#[derive(Debug, Clone, Copy)]
+struct SpinState {
+    /// Chances left to skip.
+    skip: u32,
+    /// Chances to skip after the next failed pair.
+    backoff: u32,
+    /// Spins in a row that did not pay.
+    fails: u32,
 }
 
 /// What [`UdpRing::close`] found.
@@ -884,6 +1020,13 @@ impl UdpRing {
             park: Rc::new(ParkState::default()),
             parked: false,
             closed: false,
+            last_poll_received: 0,
+            last_poll_sent: 0,
+            spin: SpinState {
+                skip: 0,
+                backoff: 1,
+                fails: 0,
+            },
             _not_send: std::marker::PhantomData,
         })
     }
@@ -1039,6 +1182,7 @@ impl UdpRing {
         Ok(RingParker {
             fd,
             state: Rc::clone(&self.park),
+            sq_entries: self.config.sq_entries,
         })
     }
 
@@ -1118,12 +1262,20 @@ impl UdpRing {
 
     fn submit_pending(&mut self) -> Result<(), UdpError> {
         let (submitter, mut sq, _) = self.ring.split();
-        submit(&mut sq, &submitter, &mut self.counters).map_err(io_err("io_uring_enter"))?;
+        let r = submit(&mut sq, &submitter, &mut self.counters);
+        if sq.is_empty()
+            && let Some(slots) = self.slots.as_mut()
+        {
+            slots.release_issued(&mut self.counters);
+        }
+        self.park.sq_pending.set(sq.len() as u32);
+        r.map_err(io_err("io_uring_enter"))?;
         Ok(())
     }
 
     /// Runs `f` with a [`Sender`] on this ring, then submits what it queued if a batch is
-    /// full (call [`UdpRing::poll`] or [`UdpRing::flush`] to submit the rest).
+    /// full (call [`UdpRing::poll`] or [`UdpRing::flush`] to submit the rest; a shard
+    /// parked in the ring also submits it when it parks).
     pub fn with_sender<R>(&mut self, f: impl FnOnce(&mut Sender<'_, '_>) -> R) -> R {
         let Some(slots) = self.slots.as_mut() else {
             // Closed: a sender with no slots refuses everything.
@@ -1145,7 +1297,7 @@ impl UdpRing {
             let mut s = Sender {
                 sq: &mut sq,
                 submitter: &submitter,
-                slots,
+                slots: &mut *slots,
                 sockets: &self.sockets,
                 counters: &mut self.counters,
                 datagram_bytes_max: self.config.datagram_bytes_max,
@@ -1156,6 +1308,10 @@ impl UdpRing {
         if sq.len() >= self.config.submit_batch {
             let _ = submit(&mut sq, &submitter, &mut self.counters);
         }
+        if sq.is_empty() {
+            slots.release_issued(&mut self.counters);
+        }
+        self.park.sq_pending.set(sq.len() as u32);
         r
     }
 
@@ -1171,15 +1327,26 @@ impl UdpRing {
 
     /// Submits queued sends, reaps every completion (running `handler` on each valid
     /// datagram) and returns the number of completions seen. Never blocks.
+    ///
+    /// Sends the handler queues are submitted before it returns, except on a ring with a
+    /// [`RingParker`]: there they stay queued (up to `submit_batch` of them) for the
+    /// shard's next park, which submits them and waits in the same `io_uring_enter`, or
+    /// for the next `poll` / `flush`, whichever comes first.
     pub fn poll<H: UdpHandler>(&mut self, handler: &mut H) -> Result<usize, UdpError> {
         let mut seen = 0;
         let receives_before = self.counters.datagrams_received;
+        let queued_before = self.counters.datagrams_queued;
+        self.counters.enter_calls += self.park.enters.take();
+        self.counters.sqes_submitted += self.park.sqes.take();
         // Passes in a row that entered the kernel and reaped nothing.
         let mut idle_passes = 0u32;
         // Completions we produce ourselves while polling need not wake us again.
         self.ring.completion().disable_eventfd();
+        let mut first = true;
         loop {
-            let n = self.poll_once(handler)?;
+            let submit_now = first || !self.parked;
+            first = false;
+            let n = self.poll_once(handler, submit_now)?;
             seen += n;
             if n > 0 {
                 idle_passes = 0;
@@ -1197,16 +1364,23 @@ impl UdpRing {
             // 1,000-member swim run spun here forever) or the kernel refuses the SQEs for
             // now (EBUSY). Looping on either would spin forever: return, the next poll
             // tries again.
-            let pending = idle_passes < 2 && {
+            let (pending, queued) = {
                 let mut sq = self.ring.submission();
                 sq.sync();
-                sq.taskrun() || !sq.is_empty()
+                let queued = sq.len() as u32;
+                (
+                    idle_passes < 2 && (sq.taskrun() || (queued > 0 && !self.parked)),
+                    queued,
+                )
             };
             if !pending && self.ring.completion().is_empty() {
                 let receives = self.counters.datagrams_received - receives_before;
                 self.park
                     .last_receives
                     .set(u32::try_from(receives).unwrap_or(u32::MAX));
+                self.park.sq_pending.set(queued);
+                self.last_poll_received = receives;
+                self.last_poll_sent = self.counters.datagrams_queued - queued_before;
                 return Ok(seen);
             }
             self.ring.completion().disable_eventfd();
@@ -1224,24 +1398,90 @@ impl UdpRing {
         if spin.is_zero() {
             return Ok(0);
         }
-        let until = Instant::now() + spin;
+        // What the last poll left for the park goes out now: the spin may find its answer.
+        if self.park.sq_pending.get() > 0 {
+            self.submit_pending()?;
+        }
+        if self.spin_until_ready(spin).is_some() {
+            return self.poll(handler);
+        }
+        Ok(0)
+    }
+
+    /// Watches the ring's flags for up to `spin` (no system call); returns how long it took
+    /// for work to show up, if it did.
+    fn spin_until_ready(&mut self, spin: Duration) -> Option<Duration> {
+        let started = Instant::now();
         loop {
             let pending = {
                 let mut sq = self.ring.submission();
                 sq.sync();
                 sq.taskrun()
             } || !self.ring.completion().is_empty();
+            let waited = started.elapsed();
             if pending {
-                return self.poll(handler);
+                return Some(waited);
             }
-            if Instant::now() >= until {
-                return Ok(0);
+            if waited >= spin {
+                return None;
             }
             std::hint::spin_loop();
         }
     }
 
-    fn poll_once<H: UdpHandler>(&mut self, handler: &mut H) -> Result<usize, UdpError> {
+    /// [`UdpRing::spin_poll`] for at most `UdpConfig::spin_us_max`, but only while a
+    /// request/response exchange is in flight and only while spinning pays. Call it after
+    /// [`UdpRing::poll`], right before parking.
+    ///
+    /// It spins only if the last poll both received and sent datagrams (an answer or the
+    /// next request is likely on its way), and backs off when spins do not pay: after two
+    /// spins in a row that found nothing within the budget (or were preempted past it), it
+    /// skips the next 1, 2, 4, ... 1,024 chances, and a spin that pays resets that. So an
+    /// idle shard never spins, and a shard whose peers answer slowly (or share its CPU,
+    /// where spinning only delays the answer) spins on at most one park in a thousand.
+    pub fn spin_adaptive<H: UdpHandler>(&mut self, handler: &mut H) -> Result<usize, UdpError> {
+        let budget = Duration::from_micros(self.config.spin_us_max);
+        if budget.is_zero() || self.last_poll_received == 0 || self.last_poll_sent == 0 {
+            return Ok(0);
+        }
+        if self.spin.skip > 0 {
+            self.spin.skip -= 1;
+            return Ok(0);
+        }
+        if self.park.sq_pending.get() > 0 {
+            self.submit_pending()?;
+        }
+        self.counters.spins += 1;
+        match self.spin_until_ready(budget) {
+            Some(waited) if waited < budget => {
+                self.spin.fails = 0;
+                self.spin.backoff = 1;
+                self.counters.spins_paid += 1;
+                self.poll(handler)
+            }
+            found => {
+                self.spin.fails += 1;
+                if self.spin.fails >= SPIN_FAILS_MAX {
+                    self.spin.fails = 0;
+                    self.spin.skip = self.spin.backoff;
+                    self.spin.backoff = (self.spin.backoff * 2).min(SPIN_BACKOFF_MAX);
+                }
+                if found.is_some() {
+                    return self.poll(handler);
+                }
+                Ok(0)
+            }
+        }
+    }
+
+    /// One pass: enters the kernel if deferred work is pending (or, with `submit`, SQEs are
+    /// queued; also when a full batch is queued), releases the sends the kernel is done
+    /// with, and reaps every completion.
+    fn poll_once<H: UdpHandler>(
+        &mut self,
+        handler: &mut H,
+        submit: bool,
+    ) -> Result<usize, UdpError> {
         if let Some(b) = self.bufs.as_mut() {
             b.publish();
         }
@@ -1251,7 +1491,12 @@ impl UdpRing {
         {
             let (submitter, mut sq, mut cq) = self.ring.split();
             sq.sync();
-            if !sq.is_empty() || sq.taskrun() || !self.features.defer_taskrun {
+            let queued = sq.len();
+            if (submit && queued > 0)
+                || queued >= self.config.submit_batch
+                || sq.taskrun()
+                || !self.features.defer_taskrun
+            {
                 // SAFETY: enter with GETEVENTS and min_complete 0 only submits what is
                 // queued (every SQE's memory is kept alive as documented where pushed) and
                 // runs deferred completions; it waits for nothing.
@@ -1283,40 +1528,37 @@ impl UdpRing {
             let (Some(bufs), Some(slots)) = (self.bufs.as_mut(), self.slots.as_mut()) else {
                 return Ok(0);
             };
+            if sq.is_empty() {
+                slots.release_issued(&mut self.counters);
+            }
             for cqe in &mut cq {
                 seen += 1;
                 let ud = cqe.user_data();
                 let index = (ud & SLOT_INDEX_MASK) as u32;
                 match ud >> KIND_SHIFT {
-                    KIND_TRAIN => {
-                        let n = slots.release_train(index) as u64;
-                        if cqe.result() >= 0 {
-                            self.counters.datagrams_sent += n;
-                            self.counters.bytes_sent += cqe.result() as u64;
-                        } else {
-                            self.counters.send_errors += n;
-                            self.counters.send_errno_last = -cqe.result();
-                            // A device that cannot segment (no checksum offload: EIO) or a
-                            // route that refuses GSO: send every datagram alone from now.
-                            if slots.run_max > 1 {
-                                slots.run_max = 1;
-                                self.counters.gso_disabled += 1;
-                                tracing::warn!(
-                                    errno = -cqe.result(),
-                                    "UDP GSO send refused; sending datagrams one by one from now on"
-                                );
-                            }
-                        }
-                    }
-                    KIND_SEND => {
-                        slots.free.push(index);
-                        slots.in_flight -= 1;
-                        if cqe.result() >= 0 {
-                            self.counters.datagrams_sent += 1;
-                            self.counters.bytes_sent += cqe.result() as u64;
-                        } else {
-                            self.counters.send_errors += 1;
-                            self.counters.send_errno_last = -cqe.result();
+                    // Sends post a completion only when they fail (IOSQE_CQE_SKIP_SUCCESS);
+                    // their slots were released when the kernel consumed their SQEs and
+                    // counted as sent, which this corrects.
+                    KIND_SEND | KIND_TRAIN if cqe.result() < 0 => {
+                        let (datagrams, bytes) = send_size(ud);
+                        self.counters.datagrams_sent =
+                            self.counters.datagrams_sent.wrapping_sub(datagrams);
+                        self.counters.bytes_sent = self.counters.bytes_sent.wrapping_sub(bytes);
+                        self.counters.send_errors += datagrams;
+                        self.counters.send_errno_last = -cqe.result();
+                        // A device that cannot segment (no checksum offload: EIO) or a route
+                        // that refuses GSO: send every datagram alone from now on.
+                        let refused = [libc::EIO, libc::EINVAL, libc::EOPNOTSUPP, libc::EMSGSIZE];
+                        if ud >> KIND_SHIFT == KIND_TRAIN
+                            && refused.contains(&-cqe.result())
+                            && slots.run_max > 1
+                        {
+                            slots.run_max = 1;
+                            self.counters.gso_disabled += 1;
+                            tracing::warn!(
+                                errno = -cqe.result(),
+                                "UDP GSO send refused; sending datagrams one by one from now on"
+                            );
                         }
                     }
                     KIND_RECV => {
@@ -1434,7 +1676,7 @@ impl UdpRing {
         }
         let deadline = Instant::now() + Duration::from_millis(self.config.close_timeout_ms);
         loop {
-            let _ = self.poll_once(&mut Discard);
+            let _ = self.poll_once(&mut Discard, true);
             let left = self.in_flight();
             if left == 0 || Instant::now() >= deadline {
                 break;
