@@ -76,7 +76,9 @@ pub struct Args {
     pub spin_us: u64,
     /// Longest adaptive spin of the engine's shards before they park
     /// (`UdpConfig::spin_us_max`, `UdpRing::spin_adaptive`; used when `--spin-us` is 0).
-    #[arg(long, default_value_t = UdpConfig::default().spin_us_max)]
+    /// Off by default: on this shared 2-core host the two shards mostly share a CPU, where
+    /// spinning only delays the answer (see the transport design note).
+    #[arg(long, default_value_t = 0)]
     pub spin_max_us: u64,
     /// Ask the scheduler for this time slice (µs) on the engine's shard threads
     /// (`RuntimeConfig::sched_slice_us`); the baselines keep the default.
