@@ -154,6 +154,11 @@ pub struct Args {
     /// RLIMIT_NOFILE).
     #[arg(long, default_value = "auto")]
     pub listeners: String,
+    /// Each member after the seeds joins through one seed (member `i` through seed
+    /// `i % --seeds`) instead of all of them: a join push-pulls the whole cluster state with
+    /// every seed it is given, so this divides the start-up's state transfer by `--seeds`.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub join_via_one: bool,
 }
 
 /// Descriptors kept free for streams, eventfds and rings when `--listeners auto` decides.
@@ -541,6 +546,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "send_slots": hc_udp.send_slots, "recv_buffers": hc_udp.recv_buffers,
         "cq_entries": hc_udp.cq_entries,
         "listeners": listeners_name(hc_listeners),
+        "join_via_one": args.join_via_one,
     });
     let mut run = Run::new("swim", args.common.out.as_deref(), args.common.json, config)?;
 
@@ -670,7 +676,12 @@ fn measure(
         }
         // The seeds themselves join those started before them (the first one starts alone;
         // a member left alone retries its seeds later).
-        let bound = match add_member(host, i, addr, port_step, &seeds, &mut bind_retries) {
+        let via = if args.join_via_one && i >= args.seeds {
+            &seeds[i % seeds.len()..][..1]
+        } else {
+            &seeds[..]
+        };
+        let bound = match add_member(host, i, addr, port_step, via, &mut bind_retries) {
             Ok(b) => b,
             Err(e) if i > 0 => {
                 // Report what the host looked like when it could take no more.

@@ -20,8 +20,11 @@
 //!   submit as the ping's receive), its events go to the application's channel (filtered
 //!   by [`EventMask`]), its next deadline goes to the timer heap.
 //! - Streams: each exchange is one glommio task (connect, send one frame, read one frame,
-//!   all under `stream_timeout_ms`); its result is queued for the shard loop, which hands
-//!   it to the member. Inbound exchanges are served by a task per connection, at most
+//!   all under `stream_timeout_ms`); the answer is read in place (a push-pull state is
+//!   interned into the directory straight from its archive, and the shard's own state is
+//!   encoded from the directory through borrowed [`ringleader_wire::msg::borrowed`] types:
+//!   no per-member allocation either way) and queued for the shard loop, which hands it to
+//!   the member. Inbound exchanges are served by a task per connection, at most
 //!   [`HostConfig::inbound_streams_max`] per shard at once; a request that does not decode
 //!   ends the connection and is counted.
 //! - Kill (a crash) drops the member without a word: its sockets close, peers stop hearing
