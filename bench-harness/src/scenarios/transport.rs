@@ -21,13 +21,16 @@
 //! `ShardContext::park_in`); `--park glommio` keeps the older eventfd wake-up through
 //! glommio's reactor for comparison.
 //!
-//! What it showed on the shared 2-core host (load average 4-5 from other builds), three
-//! runs of `--duration 5s` back to back: `ratio_pps` 1.26, 1.50, 1.33 (every round >= 1.08);
-//! `engine_rtt_us` p50 25/32/21 against raw 17/17/18, p99 65/1005/62 against raw 47/43/53.
-//! With `--park glommio` in the same conditions: ratio 0.80, p50 62, p99 277. The p99
-//! falls short of the raw one: see the design note in `ringleader_engine::transport` for
-//! what was tried (shorter glommio turns, spinning, pinning, epoll parking, batched
-//! wake-ups) and why the scheduler keeps the rest of the gap.
+//! The engine's flood sender gathers its 64-byte frames into GSO sends (`--gso-segments`,
+//! default 64; 0 sends one datagram per SQE): the receiver still gets, decodes and
+//! validates every datagram on its own; the raw baseline stays sendmmsg/recvmmsg.
+//! `--measure flood|rtt` runs only one half (for profiling; the checks need both).
+//!
+//! What it showed on the shared 2-core host (load average 3.8-6.0), three runs of
+//! `--duration 5s` back to back: `ratio_pps` 1.28, 1.89, 4.46; `engine_rtt_us` p99 1.37x,
+//! 3.27x, 1.34x raw's. See the design note in `ringleader_engine::transport` for where the
+//! time goes and what was tried (GSO, send completions skipped, submit-and-wait in the
+//! park, fixed and adaptive spinning, glommio turn interval).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -44,27 +44,71 @@
 //!   the executor polls its rings, timers and channels and resumes it without sleeping),
 //!   so such work is late by at most that interval.
 //!
-//! Measured (bench `transport --duration 5s`, shared 2-core host at load average 4-5,
-//! three runs back to back; each divided by the raw baseline of the same run):
-//! flood `ratio_pps` 1.26, 1.50, 1.33 (every round >= 1.08); ping-pong p50 25/32/21 µs
-//! against raw 17/17/18 µs, p99 65/1005/62 µs against raw 47/43/53 µs. The eventfd path in
-//! the same conditions (`--park glommio`): ratio 0.80, p50 62 µs, p99 277 µs. So the flood
-//! check holds and the round trip is 2-3x faster at p50 than before, but its p99 is still
-//! 1.2-1.4x the raw one on this host (and about one run in three hits the host's ms-scale
-//! scheduling tail, as the 1005 µs run did). What was tried:
-//! - turn interval 1 ms instead of 10 ms: p99 171-263 µs against 61-89 µs (a turn costs
-//!   15-20 µs of glommio reactor work);
-//! - busy-polling the ring before parking (`--spin-us 30`): p50 15 µs (below raw) but p99
-//!   1 ms: on a host shared with busy processes a spinning thread is preempted for a slice;
-//! - pinning the shards (`--pin true`): p99 2 ms (a pinned thread cannot leave a busy CPU);
-//! - parking in `epoll_pwait2` on the sockets (so the socket's synchronous wake-up hint
-//!   reaches the scheduler): same p50, no better p99; removed;
-//! - waiting for a batch of completions when the last poll saw many (fewer wake-ups for
-//!   the flood's sender): ratio 0.64 (the timed-out batches cost more enters); removed.
+//! # Sending: GSO runs, no completions, submit with the park
 //!
-//! What is left of the gap is the scheduler: raw's blocking `recv` is woken with the
-//! sender's sync hint and usually runs on the sender's CPU, io_uring's wake-up carries no
-//! hint, so under load the woken shard more often waits behind another process.
+//! - **UDP GSO.** Consecutive sends from one socket to one peer of one size (the last of a
+//!   run may be shorter) are gathered into one `sendmsg` with a `UDP_SEGMENT` control
+//!   message (at most [`udp::UdpConfig::gso_segments_max`] = 64 datagrams, 60,000 bytes):
+//!   one SQE and one pass down the network stack for the run; the kernel splits it back
+//!   into separate datagrams, so the receiver gets, decodes and validates every datagram on
+//!   its own, and `datagrams_queued` / `datagrams_sent` / `datagrams_received` count real
+//!   datagrams (`send_trains` counts the GSO sends). A run never outlives the [`Sender`]
+//!   that gathered it (it becomes an SQE before anything enters the kernel), so datagrams
+//!   keep their order. Detected at start-up ([`Features::udp_gso`], 4.18); a GSO send the
+//!   kernel refuses (EIO from a device without checksum offload, EINVAL, EMSGSIZE) turns
+//!   runs off for that ring (`gso_disabled`), and those datagrams count as send errors.
+//!   The receiving side does not use GRO: a coalesced receive needs a buffer as large as
+//!   the sender's whole run (64 KiB), which a buffer ring shared by thousands of member
+//!   sockets cannot afford; the kernel splits a GSO skb at a socket without `UDP_GRO`.
+//! - **Sends post no completion.** Every send is `MSG_DONTWAIT` (the kernel's
+//!   `REQ_F_NOWAIT`: it is tried once, inline, while its SQE is consumed, and fails with
+//!   EAGAIN instead of arming a poll) and `IOSQE_CQE_SKIP_SUCCESS`; so once the submission
+//!   queue is seen empty after an enter, every send pushed before is done and its slot is
+//!   free again. Only failures post completions, which correct the counters.
+//! - **Submit and wait in one system call.** On a ring with a [`RingParker`], what a
+//!   poll's handler sends (an answer) stays queued; the shard's next park submits it in
+//!   the same `io_uring_enter(GETEVENTS)` that sleeps (the count must be exact: the kernel
+//!   skips the wait when it submitted fewer than asked). Before a glommio turn the parker
+//!   submits first, so a turn never delays an answer. The SWIM host flushes after every
+//!   poll and keeps its old behaviour.
+//! - **Adaptive spin** ([`UdpRing::spin_adaptive`], opt-in by calling it): busy-polls the
+//!   ring's flags for up to `spin_us_max` (20 µs) before parking, only when the last poll
+//!   both received and sent (an exchange is in flight), and after two spins in a row that
+//!   found nothing in time it skips the next 1, 2, 4, ... 1,024 chances; an idle shard
+//!   never spins.
+//!
+//! Measured (bench `transport --duration 5s --json`, shared 2-core host; each figure is a
+//! ratio against the raw baseline of the same run; three runs back to back from 02:57 UTC,
+//! load average 3.8-6.0 — another agent's builds, and in runs 1-2 also this session's own
+//! test loop, which makes them less clean): flood `ratio_pps` 1.28, 1.89, 4.46 (per-round
+//! minimum 1.00, maximum 4.46; the engine's rate swings with the receiver's share of a
+//! CPU, raw's with the host's load); ping-pong p99 1.37x, 3.27x, 1.34x raw's, p50 1.56x,
+//! 1.56x, 1.29x. So the flood check holds; the round-trip check does not: the engine's
+//! answer path costs more CPU than a blocking `recv` + `send` (below), and on this host
+//! both sides of a ping-pong mostly share one CPU, where every microsecond of CPU is a
+//! microsecond of round trip.
+//!
+//! Where the time went (perf, cpu-clock, before these changes): the engine's flood sender
+//! spent 82% of its CPU in `udp_sendmsg` (the loopback path including the receiver's
+//! softirq), 5% in user space; io_uring's own per-SQE cost was ~3%. One SQE per datagram
+//! therefore could not beat `sendmmsg` however the SQEs were batched (5.4 datagrams per
+//! enter already); only GSO removes per-datagram stack work: flood ratio 3.4 in the first
+//! run with it (engine 684k pps, raw 203k). In the ping-pong both shards run on the same CPU
+//! most of the time (perf sched: 94% of switches, as raw's two threads), so a round trip
+//! costs the sum of both sides' CPU work: ~32 µs of CPU per round trip for the engine
+//! against ~23 µs for raw, of which io_uring's receive path (poll wake-up, task work,
+//! multishot recvmsg into a provided buffer) ~2 µs more than a blocking `recv`, the
+//! waiting path ~1.5 µs, two `io_uring_enter` per answer ~1 µs (now one), and framing,
+//! checksum and validation ~1.4 µs of user space.
+//!
+//! Tried and not kept:
+//! - a fixed busy-poll before parking (`--spin-us`): 15 µs once gave p50 16 / p99 55 µs
+//!   against raw 25 / 56; 40 µs gave p50 58 / p99 169 (a spinning shard on its peer's CPU
+//!   only delays the answer) and under load the spinner is preempted for a whole slice;
+//! - glommio turn every 200 ms instead of 10 ms: p99 87 -> 73 µs in back-to-back runs, not
+//!   enough to matter and it delays glommio-driven work; kept at 10 ms;
+//! - from the previous session: 1 ms turns, pinning, epoll parking, waiting for batches of
+//!   completions (see git history of this note).
 //!
 //! # What the kernel must have
 //!
