@@ -26,9 +26,9 @@
 //! validates every datagram on its own; the raw baseline stays sendmmsg/recvmmsg.
 //! `--measure flood|rtt` runs only one half (for profiling; the checks need both).
 //!
-//! What it showed on the shared 2-core host (load average 3.8-6.0), three runs of
-//! `--duration 5s` back to back: `ratio_pps` 1.28, 1.89, 4.46; `engine_rtt_us` p99 1.37x,
-//! 3.27x, 1.34x raw's. See the design note in `ringleader_engine::transport` for where the
+//! What it showed on the shared 2-core host (load average 2.0-3.1), three runs of
+//! `--duration 5s` back to back: `ratio_pps` 4.36, 3.11, 4.01 (every round >= 2.82);
+//! `engine_rtt_us` p99 1.31x, 1.41x, 1.40x raw's (p50 1.28x, 1.43x, 1.40x). See the design note in `ringleader_engine::transport` for where the
 //! time goes and what was tried (GSO, send completions skipped, submit-and-wait in the
 //! park, fixed and adaptive spinning, glommio turn interval).
 
