@@ -36,12 +36,21 @@
 //!   unconnected until EMFILE. With that fix (commit 7d28683): 3,000 back to back converged
 //!   in 40.5 s, 0 false positives, detection p99 17.7 s, 82 µs CPU per member per second,
 //!   359 MB RSS, ~2 descriptors per member.
-//! - 9,000 members (the most the descriptor limit below allows): adds slowed to ~60 per
-//!   minute past ~6,500 with both cores saturated in push-pull merging (every join
-//!   exchanges the full state with 3 seeds: n² start-up work) and RSS at 8 GB; stopped.
-//! - 10,000 members need more than 20,000 descriptors (a UDP socket and a TCP listener
-//!   each, plus streams); where the hard RLIMIT_NOFILE is 20,000 and cannot be raised the
-//!   start fails with EMFILE, reported with `fd_limit` and `census_at_failure`.
+//! - 9,000 members (the most the descriptor limit below allowed with a listener per
+//!   member): adds slowed to ~60 per minute past ~6,500 with both cores saturated in
+//!   push-pull merging and RSS at 8 GB; stopped.
+//! - 2026-11-26, after push-pull went zero-copy and the Fx hasher got a finalizer (names
+//!   had fallen into 64 of 16,384 buckets): 5,000 members at `--add-rate 50`, 5 minutes
+//!   steady: 0 false positives and 0 false suspicions over the whole run, 4,961 of 5,000
+//!   converged after the steady state (damped join rumors leave the rest to push-pull,
+//!   every ~270 s at this size), detection p99 19.1 s, 0.11 ms CPU per member per second,
+//!   2.0 datagrams and 381 B per member per second, 982 MB RSS, 10,035 descriptors.
+//! - 10,000 members (`--listeners shard`: one descriptor per member): every start so far
+//!   saturated both cores between ~8,500 and ~9,900 members and ended in a suspicion
+//!   cascade (back to back, or paced at 12-25 per second, with or without
+//!   `--join-via-one`). perf at 5,900 members: 44 % of the CPU interning received push-pull
+//!   states (memory-bound, ~1.3 µs per entry); periodic push-pull at 10,000 alone is
+//!   ~670,000 entries per second for the whole process.
 //! - Once in ~4 runs of 1,000-2,000 members both shards spun forever in
 //!   `UdpRing::poll` (io_uring_enter with nothing to submit and no completions: a stale
 //!   IORING_SQ_TASKRUN flag) and the census timed out; the report says so and the host is
