@@ -469,7 +469,7 @@ fn add(shard: &Rc<RefCell<Shard>>, spec: MemberSpec) -> Result<SocketAddr, HostE
         Ok(m) => m,
         Err(e) => {
             ring.remove_socket(socket);
-            core.unshare_listener(addr, per_shard);
+            core.unshare_listener(addr);
             return Err(HostError::Member {
                 name: spec.name,
                 what: e.to_string(),
@@ -481,7 +481,7 @@ fn add(shard: &Rc<RefCell<Shard>>, spec: MemberSpec) -> Result<SocketAddr, HostE
         && let Err(e) = member.join(now, &seeds)
     {
         ring.remove_socket(socket);
-        core.unshare_listener(addr, per_shard);
+        core.unshare_listener(addr);
         return Err(HostError::Member {
             name: spec.name,
             what: e.to_string(),
@@ -585,12 +585,9 @@ impl Core {
         Ok(())
     }
 
-    /// A member on `addr` is gone: its shared listener serves one member fewer (and closes
-    /// with the last).
-    fn unshare_listener(&mut self, addr: SocketAddr, per_shard: bool) {
-        if !per_shard {
-            return;
-        }
+    /// A member on `addr` is gone: with `PerShard`, its shared listener serves one member
+    /// fewer (and closes with the last).
+    fn unshare_listener(&mut self, addr: SocketAddr) {
         let key = (addr.port(), addr.is_ipv6());
         if let Some(i) = self.listeners.iter().position(|l| (l.port, l.v6) == key) {
             self.listeners[i].users -= 1;
@@ -638,8 +635,7 @@ impl Core {
         add_stats(&mut self.census.stats, h.member.stats());
         self.names.remove(&h.name);
         self.by_addr.remove(&h.addr);
-        let per_shard = self.config.stream_listeners == StreamListeners::PerShard;
-        self.unshare_listener(h.addr, per_shard);
+        self.unshare_listener(h.addr);
         ring.remove_socket(h.socket);
         if let Some(s) = self.by_socket.get_mut(h.socket.0 as usize) {
             *s = u32::MAX;
@@ -880,26 +876,23 @@ impl Core {
         self.dirty.push(slot);
         self.census.streams_served += 1;
         let seal = (*self.seal).as_ref();
-        let frame = match response {
+        let msg = match response {
             StreamResponse::PushPull(state) => {
-                dir.borrow()
-                    .encode_push_pull(&state, &mut self.encoder, seal, frame_max)
+                let frame =
+                    dir.borrow()
+                        .encode_push_pull(&state, &mut self.encoder, seal, frame_max);
+                return frame.ok().map(<[u8]>::to_vec);
             }
-            StreamResponse::Ack { seq } => self.encoder.encode_message(
-                &Message::Ack(wire::Ack {
-                    seq_no: seq,
-                    coordinate: None,
-                }),
-                seal,
-                frame_max,
-            ),
-            StreamResponse::Refused => self.encoder.encode_message(
-                &Message::Nack(wire::Nack { seq_no: u32::MAX }),
-                seal,
-                frame_max,
-            ),
+            StreamResponse::Ack { seq } => Message::Ack(wire::Ack {
+                seq_no: seq,
+                coordinate: None,
+            }),
+            StreamResponse::Refused => Message::Nack(wire::Nack { seq_no: u32::MAX }),
         };
-        frame.ok().map(<[u8]>::to_vec)
+        self.encoder
+            .encode_message(&msg, seal, frame_max)
+            .ok()
+            .map(<[u8]>::to_vec)
     }
 
     fn census(&self, expected: usize, ring: &UdpRing) -> ShardCensus {
