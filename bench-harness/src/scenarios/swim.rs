@@ -179,12 +179,17 @@ pub fn listeners_for(
     members: usize,
     fd_hard_limit: u64,
 ) -> anyhow::Result<StreamListeners> {
+    let per_member = StreamListeners::PerMember;
+    let fits = |l: StreamListeners| {
+        (l.descriptors_per_member() * members) as u64 + FD_SLACK <= fd_hard_limit
+    };
     match flag {
-        "member" => Ok(StreamListeners::PerMember),
-        "shard" => Ok(StreamListeners::PerShard),
-        "auto" if 2 * members as u64 + FD_SLACK <= fd_hard_limit => Ok(StreamListeners::PerMember),
+        "auto" if fits(per_member) => Ok(per_member),
         "auto" => Ok(StreamListeners::PerShard),
-        other => bail!("--listeners {other}: use member, shard or auto"),
+        _ => [StreamListeners::PerMember, StreamListeners::PerShard]
+            .into_iter()
+            .find(|l| l.name() == flag)
+            .with_context(|| format!("--listeners {flag}: use member, shard or auto")),
     }
 }
 
@@ -379,7 +384,8 @@ fn add_member(
 }
 
 /// Open descriptors and RLIMIT_NOFILE, for an error message: each member holds a UDP
-/// socket and a TCP listener, and every stream exchange in flight one more on each side.
+/// socket and, with `--listeners member`, a TCP listener; every stream exchange in flight
+/// holds one more on each side.
 pub fn fd_report() -> String {
     let open = open_fds();
     let (soft, hard) = nofile_limit();
@@ -554,7 +560,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "events_capacity": args.events_capacity, "add_rate": args.add_rate,
         "send_slots": hc_udp.send_slots, "recv_buffers": hc_udp.recv_buffers,
         "cq_entries": hc_udp.cq_entries,
-        "listeners": listeners_name(hc_listeners),
+        "listeners": hc_listeners.name(),
         "join_via_one": args.join_via_one,
     });
     let mut run = Run::new("swim", args.common.out.as_deref(), args.common.json, config)?;
@@ -818,7 +824,7 @@ fn measure(
         "members": n,
         "config": args.config,
         "shards": host.shards(),
-        "listeners": listeners_name(listeners),
+        "listeners": listeners.name(),
         "seeds": args.seeds,
         "kill": args.kill,
         "seed": args.seed,
@@ -853,13 +859,6 @@ fn measure(
         "census_after_steady": census_json(&c1),
         "census_at_end": census_json(&c_end),
     }))
-}
-
-fn listeners_name(l: StreamListeners) -> &'static str {
-    match l {
-        StreamListeners::PerMember => "member",
-        StreamListeners::PerShard => "shard",
-    }
 }
 
 /// At most `max` (≥ 2) items of `all`, evenly spread, the first and the last included.
@@ -961,6 +960,16 @@ mod tests {
         assert_eq!(t.false_suspicions.len(), 1, "only m7: m5 was killed");
         assert_eq!(t.events["down"], 6);
         assert_eq!(t.events["suspect"], 2);
+    }
+
+    #[test]
+    fn listeners_auto_picks_per_shard_only_when_per_member_does_not_fit() {
+        let pick = |flag: &str, n: usize| listeners_for(flag, n, 20_000).ok();
+        assert_eq!(pick("auto", 1_000), Some(StreamListeners::PerMember));
+        assert_eq!(pick("auto", 10_000), Some(StreamListeners::PerShard));
+        assert_eq!(pick("member", 10_000), Some(StreamListeners::PerMember));
+        assert_eq!(pick("shard", 10), Some(StreamListeners::PerShard));
+        assert_eq!(pick("bogus", 10), None);
     }
 
     #[test]

@@ -118,6 +118,25 @@ pub enum StreamListeners {
     PerShard,
 }
 
+impl StreamListeners {
+    /// Descriptors one hosted member holds (its UDP socket, and a listener of its own with
+    /// `PerMember`), streams in flight not counted.
+    pub fn descriptors_per_member(self) -> usize {
+        match self {
+            StreamListeners::PerMember => 2,
+            StreamListeners::PerShard => 1,
+        }
+    }
+
+    /// The layout's name: `member` or `shard`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StreamListeners::PerMember => "member",
+            StreamListeners::PerShard => "shard",
+        }
+    }
+}
+
 impl Default for HostConfig {
     fn default() -> Self {
         HostConfig {
@@ -560,12 +579,8 @@ impl Host {
         } else {
             rc.shards
         };
-        // Each member holds a UDP socket and (per member) a TCP listener, plus streams in
-        // flight.
-        let per_member = match config.stream_listeners {
-            StreamListeners::PerMember => 2,
-            StreamListeners::PerShard => 1,
-        };
+        // Each member's own descriptors, plus streams in flight.
+        let per_member = config.stream_listeners.descriptors_per_member();
         let want =
             (config.members_per_shard_max.min(config.cluster_members_max) * shards * per_member
                 + shards * (config.inbound_streams_max + config.outbound_streams_max)
