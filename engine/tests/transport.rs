@@ -738,8 +738,17 @@ fn park_submits_what_poll_queued_and_spins_only_during_exchanges() {
         ring.poll(&mut echo).expect("poll");
     }
     assert_eq!(echo.datagrams, 2);
+    // A poll that reaps nothing (the caller polling again) does not end the exchange.
+    assert_eq!(ring.poll(&mut echo).expect("poll"), 0);
     ring.spin_adaptive(&mut echo).expect("spin");
     assert_eq!(ring.counters().spins, 1);
+    // That spin found nothing (the peer does not answer): the ring is idle again.
+    assert_eq!(ring.spin_adaptive(&mut echo).expect("spin"), 0);
+    assert_eq!(
+        ring.counters().spins,
+        1,
+        "a spin that found nothing ends it"
+    );
     assert_eq!(
         ring.counters().datagrams_sent,
         2,

@@ -26,11 +26,13 @@
 //! validates every datagram on its own; the raw baseline stays sendmmsg/recvmmsg.
 //! `--measure flood|rtt` runs only one half (for profiling; the checks need both).
 //!
-//! What it showed on the shared 2-core host (load average 2.0-3.1), three runs of
-//! `--duration 5s` back to back: `ratio_pps` 4.36, 3.11, 4.01 (every round >= 2.82);
-//! `engine_rtt_us` p99 1.31x, 1.41x, 1.40x raw's (p50 1.28x, 1.43x, 1.40x). See the design note in `ringleader_engine::transport` for where the
-//! time goes and what was tried (GSO, send completions skipped, submit-and-wait in the
-//! park, fixed and adaptive spinning, glommio turn interval).
+//! What it showed on the shared 2-core host (load average 1.5-1.6), three runs of
+//! `--duration 5s` back to back with the default adaptive spin (`--spin-max-us 50`):
+//! `ratio_pps` 4.45, 3.93, 3.61; `engine_rtt_us` p99 0.85x, 0.94x, 0.85x raw's (p50 16-20
+//! µs against raw's 25). Without the spin (`--spin-max-us 0`) the round trip was 1.2-1.4x
+//! raw's. See the design note in `ringleader_engine::transport` for where the time goes
+//! and what was tried (GSO, send completions skipped, submit-and-wait in the park, fixed
+//! and adaptive spinning, glommio turn interval).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -78,10 +80,11 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub spin_us: u64,
     /// Longest adaptive spin of the engine's shards before they park
-    /// (`UdpConfig::spin_us_max`, `UdpRing::spin_adaptive`; used when `--spin-us` is 0).
-    /// Off by default: on this shared 2-core host the two shards mostly share a CPU, where
-    /// spinning only delays the answer (see the transport design note).
-    #[arg(long, default_value_t = 0)]
+    /// (`UdpConfig::spin_us_max`, `UdpRing::spin_adaptive`; used when `--spin-us` is 0;
+    /// 0 never spins). The spin runs only while an exchange is in flight, so the flood is
+    /// unaffected; in the ping-pong two spinning shards end up on two CPUs and an answer is
+    /// seen without a wake-up (see the transport design note).
+    #[arg(long, default_value_t = UdpConfig::default().spin_us_max)]
     pub spin_max_us: u64,
     /// Ask the scheduler for this time slice (µs) on the engine's shard threads
     /// (`RuntimeConfig::sched_slice_us`); the baselines keep the default.

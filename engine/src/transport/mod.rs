@@ -72,10 +72,24 @@
 //!   submits first, so a turn never delays an answer. The SWIM host flushes after every
 //!   poll and keeps its old behaviour.
 //! - **Adaptive spin** ([`UdpRing::spin_adaptive`], opt-in by calling it): busy-polls the
-//!   ring's flags for up to `spin_us_max` (20 µs) before parking, only when the last poll
-//!   both received and sent (an exchange is in flight), and after two spins in a row that
+//!   ring's flags for up to `spin_us_max` (50 µs) before parking, only when the last poll
+//!   that reaped anything both received and sent (an exchange is in flight); a spin that
+//!   finds nothing ends that until the next such poll, and after two spins in a row that
 //!   found nothing in time it skips the next 1, 2, 4, ... 1,024 chances; an idle shard
-//!   never spins.
+//!   never spins. In a ping-pong the two spinning shards end up on two CPUs, and an answer
+//!   is seen in user space with no wake-up at all: the round trip is then the two sends'
+//!   kernel work plus the two receives' task work. The bench's transport scenario uses it
+//!   (`--spin-max-us`, default 50); the SWIM host does not (thousands of members per core
+//!   exchange all the time, and a core spent spinning is a core not probing).
+//!
+//! Session 4 (bench `transport --duration 5s --json`, three runs back to back, load
+//! average 1.5-1.6): with the adaptive spin, ping-pong p99 **0.85x, 0.94x, 0.85x** raw's
+//! (engine p50/p99 20/53, 17/51, 16/46 µs; raw 25/62, 25/54, 25/54) and flood
+//! `ratio_pps` 4.45, 3.93, 3.61. Until then the spin never paid for a loop that polls
+//! once more after a spin: that empty poll reset "an exchange is in flight", so every
+//! other park slept (adaptive 50 µs gave p50 28 µs, the same as not spinning); now only a
+//! poll that reaps something updates it. The older measurements below are without the
+//! spin.
 //!
 //! Measured (bench `transport --duration 5s --json`, shared 2-core host, load average
 //! 2.0-3.1 from another agent's work; each figure is a ratio against the raw baseline of

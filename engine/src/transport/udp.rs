@@ -85,7 +85,7 @@ impl Default for UdpConfig {
             submit_batch: 64,
             close_timeout_ms: 2000,
             gso_segments_max: GSO_SEGMENTS_MAX,
-            spin_us_max: 20,
+            spin_us_max: 50,
         }
     }
 }
@@ -1379,8 +1379,12 @@ impl UdpRing {
                     .last_receives
                     .set(u32::try_from(receives).unwrap_or(u32::MAX));
                 self.park.sq_pending.set(queued);
-                self.last_poll_received = receives;
-                self.last_poll_sent = self.counters.datagrams_queued - queued_before;
+                // An empty poll (the caller polling again right after a spin that
+                // already reaped) says nothing about whether an exchange is in flight.
+                if seen > 0 {
+                    self.last_poll_received = receives;
+                    self.last_poll_sent = self.counters.datagrams_queued - queued_before;
+                }
                 return Ok(seen);
             }
             self.ring.completion().disable_eventfd();
@@ -1433,8 +1437,9 @@ impl UdpRing {
     /// request/response exchange is in flight and only while spinning pays. Call it after
     /// [`UdpRing::poll`], right before parking.
     ///
-    /// It spins only if the last poll both received and sent datagrams (an answer or the
-    /// next request is likely on its way), and backs off when spins do not pay: after two
+    /// It spins only if the last poll that reaped anything both received and sent
+    /// datagrams (an answer or the next request is likely on its way; a spin that finds
+    /// nothing ends that until the next such poll), and backs off when spins do not pay: after two
     /// spins in a row that found nothing within the budget (or were preempted past it), it
     /// skips the next 1, 2, 4, ... 1,024 chances, and a spin that pays resets that. So an
     /// idle shard never spins, and a shard whose peers answer slowly (or share its CPU,
@@ -1460,6 +1465,10 @@ impl UdpRing {
                 self.poll(handler)
             }
             found => {
+                // Nothing came in time: the exchange is over (or the peer shares this CPU).
+                // Spin again only after a poll that both receives and sends.
+                self.last_poll_received = 0;
+                self.last_poll_sent = 0;
                 self.spin.fails += 1;
                 if self.spin.fails >= SPIN_FAILS_MAX {
                     self.spin.fails = 0;
