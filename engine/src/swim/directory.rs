@@ -7,7 +7,9 @@
 //! that, interning fails with an error and the message that needed it is dropped. It never
 //! panics on input from the network.
 
+use std::borrow::Borrow;
 use std::cell::RefCell;
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -80,13 +82,101 @@ pub struct Info {
     /// Its metadata (tags).
     pub meta: Box<[u8]>,
     alive_size: u32,
+    /// The member's name in [`Directory::name_bytes`], copied here so that encoding a
+    /// push-pull state reads the triple and then the packed names, and nothing else.
+    name: NameAt,
+}
+
+/// Where a name lies in [`Directory::name_bytes`].
+#[derive(Debug, Clone, Copy)]
+struct NameAt {
+    at: u32,
+    len: u32,
+}
+
+impl NameAt {
+    fn of(self, name_bytes: &str) -> &str {
+        // Always a whole name pushed in `intern_name`: in bounds, on char boundaries.
+        name_bytes
+            .get(self.at as usize..(self.at + self.len) as usize)
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug)]
 struct NodeEntry {
-    name: Rc<str>,
+    name: NameAt,
     infos: Vec<InfoId>,
 }
+
+/// Names up to this many bytes are kept in the names table's bucket itself.
+const NAME_INLINE: usize = 22;
+
+/// A name as the names table keys it: a short one inline, so that a lookup compares the
+/// bytes in the bucket it probes and follows no pointer (a push-pull of ten thousand
+/// members is ten thousand lookups, each a cache miss per pointer followed).
+#[derive(Clone)]
+enum NameKey {
+    Inline { len: u8, bytes: [u8; NAME_INLINE] },
+    Heap(Box<str>),
+}
+
+impl NameKey {
+    fn new(name: &str) -> NameKey {
+        match u8::try_from(name.len()) {
+            Ok(len) if name.len() <= NAME_INLINE => {
+                let mut bytes = [0u8; NAME_INLINE];
+                bytes[..name.len()].copy_from_slice(name.as_bytes());
+                NameKey::Inline { len, bytes }
+            }
+            _ => NameKey::Heap(name.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // The bytes are a whole `&str` copied in `new`: always valid UTF-8 (an empty
+            // string, which no interned name is, would only ever fail to match).
+            NameKey::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or("")
+            }
+            NameKey::Heap(s) => s,
+        }
+    }
+}
+
+impl Borrow<str> for NameKey {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Hash for NameKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `str` hashes, so that lookups by `&str` find it.
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialEq for NameKey {
+    fn eq(&self, other: &NameKey) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for NameKey {}
+
+/// What the names table holds for a name: its id and its latest triple, so that the
+/// common case of interning a triple already known (every entry of a periodic push-pull)
+/// is one probe of the table and one look at the triple.
+#[derive(Debug, Clone, Copy)]
+struct NameSlot {
+    node: NodeId,
+    /// [`NO_INFO`] until the name has a triple.
+    latest: InfoId,
+}
+
+const NO_INFO: InfoId = InfoId::MAX;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct SizeKey {
@@ -98,7 +188,10 @@ struct SizeKey {
 
 /// Interned names and triples, and the size oracle.
 pub struct Directory {
-    names: FxHashMap<Rc<str>, NodeId>,
+    names: FxHashMap<NameKey, NameSlot>,
+    /// Every interned name, back to back (names are never removed): encoding ten thousand
+    /// members' names reads one packed run of bytes instead of ten thousand allocations.
+    name_bytes: String,
     nodes: Vec<NodeEntry>,
     infos: Vec<Info>,
     sizes: FxHashMap<SizeKey, u32>,
@@ -123,6 +216,7 @@ impl Directory {
     pub fn new(names_max: usize, infos_max: usize, meta_bytes_max: usize) -> Directory {
         Directory {
             names: FxHashMap::default(),
+            name_bytes: String::new(),
             nodes: Vec::new(),
             infos: Vec::new(),
             sizes: FxHashMap::default(),
@@ -150,8 +244,8 @@ impl Directory {
 
     /// The id of `name`, interning it.
     pub fn intern_name(&mut self, name: &str) -> Result<NodeId, DirectoryError> {
-        if let Some(&id) = self.names.get(name) {
-            return Ok(id);
+        if let Some(slot) = self.names.get(name) {
+            return Ok(slot.node);
         }
         if name.is_empty() || name.len() > NAME_BYTES_MAX {
             return Err(DirectoryError::BadName(name.len()));
@@ -160,10 +254,20 @@ impl Directory {
             return Err(DirectoryError::TooManyNames(self.names_max));
         }
         let id = self.nodes.len() as NodeId;
-        let name: Rc<str> = Rc::from(name);
-        self.names.insert(name.clone(), id);
+        self.names.insert(
+            NameKey::new(name),
+            NameSlot {
+                node: id,
+                latest: NO_INFO,
+            },
+        );
+        let at = NameAt {
+            at: self.name_bytes.len() as u32,
+            len: name.len() as u32,
+        };
+        self.name_bytes.push_str(name);
         self.nodes.push(NodeEntry {
-            name,
+            name: at,
             infos: Vec::new(),
         });
         Ok(id)
@@ -171,12 +275,16 @@ impl Directory {
 
     /// The id of `name`, if interned.
     pub fn lookup(&self, name: &str) -> Option<NodeId> {
-        self.names.get(name).copied()
+        self.names.get(name).map(|s| s.node)
     }
 
     /// The name of `node`.
     pub fn name(&self, node: NodeId) -> &str {
-        &self.nodes[node as usize].name
+        self.name_at(self.nodes[node as usize].name)
+    }
+
+    fn name_at(&self, n: NameAt) -> &str {
+        n.of(&self.name_bytes)
     }
 
     /// The id of the triple (`node`, `addr`, `meta`), interning it.
@@ -193,17 +301,20 @@ impl Directory {
             });
         }
         let entry = &self.nodes[node as usize];
-        for &i in &entry.infos {
+        let known = entry.infos.iter().copied().find(|&i| {
             let info = &self.infos[i as usize];
-            if info.addr == addr && *info.meta == *meta {
-                return Ok(i);
-            }
+            info.addr == addr && *info.meta == *meta
+        });
+        if let Some(i) = known {
+            self.set_latest(node, i);
+            return Ok(i);
         }
         if self.infos.len() >= self.infos_max {
             return Err(DirectoryError::TooManyInfos(self.infos_max));
         }
         let id = self.infos.len() as InfoId;
-        let name_len = entry.name.len() as u32;
+        let name = entry.name;
+        let name_len = name.len;
         let alive_size = self.measure(SizeKey {
             kind: 6,
             a: name_len,
@@ -215,19 +326,42 @@ impl Directory {
             addr,
             meta: meta.into(),
             alive_size,
+            name,
         });
         self.nodes[node as usize].infos.push(id);
+        self.set_latest(node, id);
         Ok(id)
     }
 
-    /// Interns a name and a triple at once.
+    /// Remembers `info` as the triple `node` was last interned with.
+    fn set_latest(&mut self, node: NodeId, info: InfoId) {
+        let name = self.nodes[node as usize].name.of(&self.name_bytes);
+        if let Some(slot) = self.names.get_mut(name) {
+            slot.latest = info;
+        }
+    }
+
+    /// Interns a name and a triple at once. A triple equal to the one the name was last
+    /// interned with (the common case: a member's address and metadata rarely change)
+    /// costs one probe of the names table and one look at the triple.
     pub fn intern(
         &mut self,
         name: &str,
         addr: SocketAddr,
         meta: &[u8],
     ) -> Result<InfoId, DirectoryError> {
-        let node = self.intern_name(name)?;
+        let node = match self.names.get(name) {
+            Some(&NameSlot { node, latest }) => {
+                if let Some(info) = self.infos.get(latest as usize)
+                    && info.addr == addr
+                    && *info.meta == *meta
+                {
+                    return Ok(latest);
+                }
+                node
+            }
+            None => self.intern_name(name)?,
+        };
         self.intern_info(node, addr, meta)
     }
 
@@ -310,7 +444,7 @@ impl Directory {
     }
 
     fn name_len(&self, node: NodeId) -> u32 {
-        self.nodes[node as usize].name.len() as u32
+        self.nodes[node as usize].name.len
     }
 
     /// The size of an item of this shape, measured once with the real encoder.
@@ -384,7 +518,7 @@ impl Directory {
 
     /// The wire form of `item`.
     pub fn to_wire(&self, item: &Item) -> Message {
-        let name = |n: NodeId| self.nodes[n as usize].name.to_string();
+        let name = |n: NodeId| self.name(n).to_string();
         match item {
             Item::Ping {
                 seq,
@@ -574,7 +708,7 @@ impl Directory {
             .map(|n| {
                 let i = &self.infos[n.info as usize];
                 PushNodeStateRef {
-                    name: &self.nodes[i.node as usize].name,
+                    name: self.name_at(i.name),
                     addr: i.addr,
                     meta: &i.meta,
                     incarnation: n.incarnation,
@@ -583,7 +717,7 @@ impl Directory {
                 }
             })
             .collect();
-        let source = &self.nodes[self.infos[s.source as usize].node as usize].name;
+        let source = self.name_at(self.infos[s.source as usize].name);
         enc.encode_push_pull(
             &PushPullRef {
                 join: s.join,
@@ -867,5 +1001,43 @@ mod tests {
             with_archived(&p, |ap| d.push_pull_from_wire(ap, a, 10, 8)),
             Err(DirectoryError::TooManyMembers { count: 11, max: 10 })
         );
+    }
+
+    /// Names inline and on the heap, triples that change and change back: every path of
+    /// `intern` (the latest triple, an older one, a new one) gives the one id per triple.
+    #[test]
+    fn interning_finds_latest_and_older_triples_for_short_and_long_names() {
+        let mut d = dir();
+        let a: SocketAddr = ([127, 0, 0, 1], 7946).into();
+        let b: SocketAddr = ([127, 0, 0, 2], 7946).into();
+        for len in [
+            1,
+            NAME_INLINE - 1,
+            NAME_INLINE,
+            NAME_INLINE + 1,
+            NAME_BYTES_MAX,
+        ] {
+            let name: String = (0..len)
+                .map(|i| char::from(b'a' + (i % 26) as u8))
+                .collect();
+            // A name that differs only in its last byte must not match.
+            let mut twin = name.clone();
+            twin.pop();
+            twin.push('#');
+            let first = d.intern(&name, a, b"x").expect("interns");
+            assert_eq!(d.intern(&name, a, b"x"), Ok(first), "latest, len {len}");
+            let other = d.intern(&name, b, b"x").expect("interns");
+            assert_ne!(other, first);
+            assert_eq!(d.intern(&name, a, b"x"), Ok(first), "older, len {len}");
+            let meta = d.intern(&name, a, b"y").expect("interns");
+            assert!(meta != first && meta != other);
+            let node = d.lookup(&name).expect("interned");
+            assert_eq!(d.name(node), name);
+            assert_eq!(d.info(first).node, node);
+            let t = d.intern(&twin, a, b"x").expect("interns");
+            assert_ne!(d.info(t).node, node, "len {len}");
+            assert_eq!(d.intern_name(&name), Ok(node));
+        }
+        assert_eq!(d.lookup("nobody"), None);
     }
 }
