@@ -397,3 +397,69 @@ fn every_queue_holds_its_bound_when_flooded() {
         }
     }
 }
+
+/// Members that do not see `n` alive (each counts its own missing peers): the pairs a
+/// paced join has not yet disseminated.
+fn missing_pairs(c: &Cluster, n: usize) -> usize {
+    (0..n as u32)
+        .filter_map(|i| c.member(i))
+        .map(|m| n - m.count(MemberState::Alive).min(n))
+        .sum()
+}
+
+/// `n` members joining through three seeds, evenly over `spread`; returns how long after
+/// the last join every member saw every other alive (`None`: not within `limit`).
+fn paced_join_converges_after(
+    n: usize,
+    spread: Duration,
+    cfg: Config,
+    seed: u64,
+    limit: Duration,
+) -> Option<Duration> {
+    let mut c = Cluster::new(n, cfg, lan(), seed);
+    c.start_at(0, Time::ZERO, vec![]);
+    c.start_at(1, Time::from_millis(10), vec![0]);
+    c.start_at(2, Time::from_millis(10), vec![0]);
+    let step = spread / n as u32;
+    for i in 3..n as u32 {
+        c.start_at(i, Time::from_millis(20) + step * i, vec![0, 1, 2]);
+    }
+    let last = Time::from_millis(20) + step * (n as u32 - 1);
+    let mut t = last;
+    while t < last + limit {
+        t += Duration::from_secs(1);
+        c.run_until(t, &mut |_, _, _| {});
+        if missing_pairs(&c, n) == 0 {
+            return Some(t.saturating_since(last));
+        }
+    }
+    None
+}
+
+/// A paced join (25 members a second, as `ringleader-bench swim --add-rate 25`) converges
+/// within one scaled push-pull interval of the last join: while push-pulls keep bringing
+/// members the (damped) join rumors did not, each member's periodic push-pull goes to a
+/// seed, which saw every join (`seed_catch_up`). Without it, random push-pulls spread the
+/// last joiners only slowly (anti-entropy needs about ln n intervals to reach everyone).
+#[test]
+fn paced_joins_converge_within_a_push_pull_interval() {
+    let n = 1_000;
+    let spread = Duration::from_secs(40);
+    // memberlist's scaled interval at 1,000 members: 30 s × (⌈log2(1000 / 32)⌉ + 1).
+    let interval = Duration::from_secs(180);
+    let limit = Duration::from_secs(900);
+    let with = paced_join_converges_after(n, spread, Config::lan(), 1, limit);
+    let mut cfg = Config::lan();
+    cfg.seed_catch_up = false;
+    let without = paced_join_converges_after(n, spread, cfg, 1, limit);
+    println!("converged after the last join: {with:?} with seed catch-up, {without:?} without");
+    let with = with.expect("converges with seed catch-up");
+    assert!(
+        with <= interval + Duration::from_secs(30),
+        "{with:?} after the last join"
+    );
+    assert!(
+        without.is_none_or(|w| w > with + Duration::from_secs(30)),
+        "{without:?} vs {with:?}"
+    );
+}

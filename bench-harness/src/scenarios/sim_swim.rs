@@ -45,6 +45,14 @@ pub struct Args {
     /// Seed: the same seed replays the same run.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Joins start uniformly over this many virtual milliseconds (default: one per member,
+    /// between 1 and 10 seconds).
+    #[arg(long)]
+    pub join_spread_ms: Option<u64>,
+    /// Overrides one field of the `--config` preset, `key=value` (repeatable), as in
+    /// `ringleader-bench swim --set`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     /// Output folder and --json.
     #[command(flatten)]
     pub output: OutputArgs,
@@ -54,6 +62,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut cfg =
         Config::named(&args.config).with_context(|| format!("unknown --config {}", args.config))?;
+    super::swim::apply_sets(&mut cfg, &args.set)?;
     cfg.lifeguard = match args.lifeguard.as_str() {
         "on" => true,
         "off" => false,
@@ -82,10 +91,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         max: Duration::from_millis(args.slow_ms),
     };
     sc.virtual_secs = args.virtual_secs;
+    if let Some(ms) = args.join_spread_ms {
+        sc.join_spread = Duration::from_millis(ms);
+    }
     let config = json!({
         "members": args.members, "config": args.config, "loss": args.loss, "kill": args.kill,
         "slow": args.slow, "slow_ms": args.slow_ms, "lifeguard": args.lifeguard,
         "virtual_secs": args.virtual_secs, "seed": args.seed,
+        "join_spread_ms": sc.join_spread.as_millis() as u64, "set": args.set,
     });
     let mut run = Run::new(
         "sim-swim",

@@ -168,6 +168,21 @@ pub struct Args {
     /// every seed it is given, so this divides the start-up's state transfer by `--seeds`.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub join_via_one: bool,
+    /// Overrides one field of the `--config` preset, `key=value` with the field's name in
+    /// `ringleader_engine::swim::Config` (repeatable): `--set join_rumor_damping=4`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// Applies `--set key=value` overrides to a SWIM config preset.
+pub fn apply_sets(cfg: &mut Config, sets: &[String]) -> anyhow::Result<()> {
+    for kv in sets {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--set {kv}: write KEY=VALUE"))?;
+        cfg.set(k, v).map_err(|e| anyhow::anyhow!("--set: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Descriptors kept free for streams, eventfds and rings when `--listeners auto` decides.
@@ -502,8 +517,9 @@ fn shutdown_within(host: Host, wait: Duration) -> bool {
 
 /// Runs the scenario.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let swim =
+    let mut swim =
         Config::named(&args.config).with_context(|| format!("unknown --config {}", args.config))?;
+    apply_sets(&mut swim, &args.set)?;
     let n = args.members;
     if !(2..=MEMBERS_MAX).contains(&n) {
         bail!("--members must be in 2..={MEMBERS_MAX}");
@@ -550,7 +566,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let host = Host::start(hc).context("starting the host")?;
     let shards = host.shards();
     let config = json!({
-        "members": n, "config": args.config, "kill": args.kill, "shards": shards,
+        "members": n, "config": args.config, "set": args.set, "kill": args.kill, "shards": shards,
         "seeds": args.seeds, "seed": args.seed, "pin": args.pin,
         "duration_s": args.common.duration.as_secs_f64(),
         "warmup_s": args.common.warmup.as_secs_f64(),
@@ -823,6 +839,7 @@ fn measure(
     Ok(json!({
         "members": n,
         "config": args.config,
+        "set": args.set,
         "shards": host.shards(),
         "listeners": listeners.name(),
         "seeds": args.seeds,

@@ -36,6 +36,17 @@ pub struct Config {
     /// Join rumors piggybacked on one datagram, at most (they fill spare room after every
     /// other update; the cap keeps a mass join from filling every probe).
     pub join_rumors_per_datagram_max: usize,
+    /// A periodic push-pull goes to a seed (instead of a random member) when the previous
+    /// push-pulls brought members that no rumor had: seeds see every join, so while a
+    /// cluster grows faster than join rumors reach everyone, one exchange per interval
+    /// catches a member up. Without it the last joiners of a mass join are learned by
+    /// random push-pulls only, several intervals later. It concentrates those exchanges on
+    /// the seeds while the cluster grows; a stable cluster push-pulls with random members
+    /// (memberlist).
+    pub seed_catch_up: bool,
+    /// Members a gossip round goes to when only join rumors are queued (failure news and
+    /// updates use `gossip_nodes`); 0: join rumors ride only on probes and acks.
+    pub join_rumor_gossip_nodes: usize,
     /// Lifeguard's local health score is kept in `0..awareness_max`.
     pub awareness_max: u32,
     /// Base interval of push-pull anti-entropy (scaled with cluster size); 0 disables it.
@@ -103,6 +114,8 @@ impl Config {
             join_rumor_damping: 1,
             join_rumor_retransmit_mult: 4,
             join_rumors_per_datagram_max: 4,
+            join_rumor_gossip_nodes: 0,
+            seed_catch_up: true,
             awareness_max: 8,
             push_pull_interval_ms: 30_000,
             indirect_checks: 3,
@@ -171,6 +184,78 @@ impl Config {
             "local" => Some(Config::local()),
             _ => None,
         }
+    }
+
+    /// Sets the field named `key` (as spelled in this struct) from `value`: how a command
+    /// line or a config file overrides one tunable of a preset
+    /// (`ringleader-bench swim --set join_rumor_damping=4`). An unknown key or a value that
+    /// does not parse is refused with a message that says what to write instead; ranges are
+    /// checked where the config is used.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        fn parse<T: std::str::FromStr>(key: &str, value: &str, slot: &mut T) -> Result<(), String> {
+            *slot = value.trim().parse().map_err(|_| {
+                format!(
+                    "{key}={value}: expected {}",
+                    if std::any::type_name::<T>() == "bool" {
+                        "true or false"
+                    } else {
+                        "a non-negative integer"
+                    }
+                )
+            })?;
+            Ok(())
+        }
+        macro_rules! fields {
+            ($($f:ident),* $(,)?) => {{
+                // Every field must be listed: a field added to `Config` and not here
+                // fails to compile.
+                let Config { $($f: _),* } = &*self;
+                match key {
+                    $(stringify!($f) => parse(key, value, &mut self.$f),)*
+                    _ => Err(format!(
+                        "unknown swim config key {key:?}; known keys: {}",
+                        [$(stringify!($f)),*].join(", ")
+                    )),
+                }
+            }};
+        }
+        fields!(
+            probe_interval_ms,
+            probe_timeout_ms,
+            gossip_interval_ms,
+            gossip_nodes,
+            suspicion_mult,
+            suspicion_max_timeout_mult,
+            retransmit_mult,
+            join_rumor_damping,
+            join_rumor_retransmit_mult,
+            join_rumors_per_datagram_max,
+            join_rumor_gossip_nodes,
+            seed_catch_up,
+            awareness_max,
+            push_pull_interval_ms,
+            indirect_checks,
+            datagram_bytes_max,
+            gossip_to_the_dead_ms,
+            dead_reap_ms,
+            reconnect_interval_ms,
+            reconnect_timeout_ms,
+            reconnect_memory_max,
+            lifeguard,
+            tcp_fallback,
+            meta_bytes_max,
+            broadcast_queue_max,
+            user_broadcast_queue_max,
+            user_retransmit_mult,
+            push_pull_members_max,
+            user_state_bytes_max,
+            relays_max,
+            streams_max,
+            stream_timeout_ms,
+            suspicions_max,
+            events_max,
+            encrypted,
+        )
     }
 
     /// The probe interval.
@@ -278,6 +363,27 @@ impl Awareness {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn set_overrides_one_field_and_refuses_unknown_keys_and_bad_values() {
+        let mut c = super::Config::lan();
+        c.set("join_rumor_damping", "4").expect("sets");
+        c.set("lifeguard", "false").expect("sets");
+        c.set("push_pull_interval_ms", " 5000 ").expect("sets");
+        assert_eq!(c.join_rumor_damping, 4);
+        assert!(!c.lifeguard);
+        assert_eq!(c.push_pull_interval_ms, 5_000);
+        let e = c.set("join_rumour_damping", "4").expect_err("unknown");
+        assert!(
+            e.contains("known keys") && e.contains("join_rumor_damping"),
+            "{e}"
+        );
+        let e = c.set("gossip_nodes", "-1").expect_err("negative");
+        assert!(e.contains("non-negative integer"), "{e}");
+        let e = c.set("tcp_fallback", "yes").expect_err("not a bool");
+        assert!(e.contains("true or false"), "{e}");
+        assert_eq!(c.gossip_nodes, 3, "a refused value changes nothing");
+    }
+
     use super::*;
 
     #[test]

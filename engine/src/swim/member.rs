@@ -350,6 +350,10 @@ pub struct Member<R: Rng> {
     reaped: VecDeque<(InfoId, Time)>,
     seeds: Vec<SocketAddr>,
     seeded: bool,
+    /// Members first learned from a push-pull (not from a rumor) since the last periodic
+    /// push-pull: evidence that join rumors are not reaching this member
+    /// (`Config::seed_catch_up`).
+    learned_by_push_pull: u64,
     streams: Vec<PendingStream>,
     next_stream_id: u64,
     broadcasts: BroadcastQueue<Item>,
@@ -434,6 +438,7 @@ impl<R: Rng> Member<R> {
             reaped: VecDeque::new(),
             seeds: Vec::new(),
             seeded: false,
+            learned_by_push_pull: 0,
             streams: Vec::new(),
             next_stream_id: 0,
             outputs: VecDeque::new(),
@@ -698,7 +703,7 @@ impl<R: Rng> Member<R> {
     pub fn poll_timeout(&self) -> Option<Time> {
         // Gossip rounds with nothing to send are skipped without a wake-up (their phase is
         // kept: see handle_timeout).
-        let mut t = if self.wants_gossip() {
+        let mut t = if self.gossip_fanout() > 0 {
             self.next_gossip_at
         } else {
             Time::MAX
@@ -793,9 +798,14 @@ impl<R: Rng> Member<R> {
         if self.cfg.push_pull_interval_ms > 0 && now >= self.next_push_pull_at {
             self.next_push_pull_at = now + cfg_push_pull(&self.cfg, self.known());
             self.next_repair_at = self.next_repair_at.max(now + self.cfg.probe_interval() * 2);
-            if self.status == Status::Alive && !self.seeded && !self.seeds.is_empty() {
+            let catch_up = self.cfg.seed_catch_up && self.learned_by_push_pull > 0;
+            self.learned_by_push_pull = 0;
+            if self.status == Status::Alive && (!self.seeded || catch_up) && !self.seeds.is_empty()
+            {
                 // The first push-pull after a join goes to a seed: seeds saw every join, so
                 // this one exchange completes what the join rumors have not delivered yet.
+                // So does the next one while push-pulls keep bringing members the rumors
+                // did not (the cluster is still growing faster than rumors reach us).
                 self.seeded = true;
                 let seed = self.seeds[self.rng.random_range(0..self.seeds.len())];
                 let _ = self.push_pull_to(now, seed, false, Purpose::PushPull);
@@ -1283,6 +1293,8 @@ impl<R: Rng> Member<R> {
         if !e.present() {
             if origin == Origin::Gossip {
                 self.stats.rumors_new += 1;
+            } else {
+                self.learned_by_push_pull += 1;
             }
             self.set_entry(node, incarnation, info, MemberState::Alive, now);
             self.push_event(Event::Up { node, info });
@@ -1643,17 +1655,27 @@ impl<R: Rng> Member<R> {
     /// Join rumors alone do not start gossip rounds: they ride on probes and acks, and
     /// push-pull repairs what they miss. Failure news, refutations, leaves and the layer
     /// above's broadcasts do.
-    fn wants_gossip(&self) -> bool {
-        self.broadcasts.any_above(2) || !self.user_broadcasts.is_empty()
+    /// Members the next gossip round goes to: `gossip_nodes` when failure news, updates or
+    /// the layer above's broadcasts are queued; `join_rumor_gossip_nodes` when only join
+    /// rumors are; none when nothing is.
+    fn gossip_fanout(&self) -> usize {
+        if self.broadcasts.any_above(2) || !self.user_broadcasts.is_empty() {
+            self.cfg.gossip_nodes
+        } else if self.broadcasts.any_above(3) {
+            self.cfg.join_rumor_gossip_nodes
+        } else {
+            0
+        }
     }
 
     fn gossip(&mut self, now: Time) {
-        if !self.wants_gossip() {
+        let fanout = self.gossip_fanout();
+        if fanout == 0 {
             return;
         }
         let now_s = secs(now);
         let to_dead_s = (self.cfg.gossip_to_the_dead_ms / 1000) as u32;
-        let targets = self.random_members(self.cfg.gossip_nodes, |_, e| match e.state() {
+        let targets = self.random_members(fanout, |_, e| match e.state() {
             MemberState::Alive | MemberState::Suspect => true,
             MemberState::Dead => now_s.saturating_sub(e.changed_s()) <= to_dead_s,
             MemberState::Left => false,
