@@ -932,7 +932,7 @@ impl<R: Rng> Member<R> {
     /// Anti-entropy on evidence of divergence: a probe from a member this one does not
     /// know means a join rumor died out before it got here (it happens when the cluster
     /// was small: the retransmit limit is `mult × ⌈log10(n + 1)⌉`). Push-pull with the
-    /// prober, at most once per push-pull interval.
+    /// prober (with `seed_catch_up`, with a seed), at most once per push-pull interval.
     fn repair_if_unknown(&mut self, now: Time, source: InfoId) {
         let node = self.dir.borrow().info(source).node;
         let known = self.table.get(node as usize).is_some_and(|e| e.present());
@@ -950,7 +950,13 @@ impl<R: Rng> Member<R> {
         if self.seeded || self.seeds.is_empty() {
             self.next_push_pull_at = now + interval;
         }
-        let addr = self.dir.borrow().info(source).addr;
+        // With seed catch-up, from a seed: it saw every join, the prober only those before
+        // its own (and a repair postpones the next periodic push-pull, the catch-up one).
+        let addr = if self.cfg.seed_catch_up && !self.seeds.is_empty() {
+            self.seeds[self.rng.random_range(0..self.seeds.len())]
+        } else {
+            self.dir.borrow().info(source).addr
+        };
         let _ = self.push_pull_to(now, addr, false, Purpose::PushPull);
     }
 
