@@ -579,11 +579,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     hc.runtime.events_capacity = args.events_capacity;
     hc.runtime.name = "swim".to_owned();
     hc.cluster_members_max = hc.cluster_members_max.max(n);
-    let shard_count = match args.shards {
-        0 => ringleader_engine::runtime::allowed_cpus().len().max(1),
-        s => s,
-    };
-    hc.stream_listeners = listeners_for(&args.listeners, n, shard_count, nofile_limit().1)?;
+    hc.stream_listeners = listeners_for(
+        &args.listeners,
+        n,
+        hc.runtime.shard_count(),
+        nofile_limit().1,
+    )?;
     if let Some(slots) = args.send_slots {
         hc.udp.send_slots = slots;
     }

@@ -574,11 +574,7 @@ impl Host {
         config.check()?;
         let mut rc = config.runtime.clone();
         rc.extra_locked_bytes = rc.extra_locked_bytes.max(config.udp.locked_bytes());
-        let shards = if rc.shards == 0 {
-            crate::runtime::allowed_cpus().len().max(1)
-        } else {
-            rc.shards
-        };
+        let shards = rc.shard_count();
         // Each member's own descriptors, plus streams in flight.
         let per_member = config.stream_listeners.descriptors_per_member();
         let want =

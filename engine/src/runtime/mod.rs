@@ -120,6 +120,15 @@ impl Default for RuntimeConfig {
 }
 
 impl RuntimeConfig {
+    /// The shards a runtime started with this config runs: `shards`, or one per CPU this
+    /// process may use when it is 0.
+    pub fn shard_count(&self) -> usize {
+        match self.shards {
+            0 => allowed_cpus().len().max(1),
+            n => n,
+        }
+    }
+
     /// Locked memory one shard needs, as estimated for the RLIMIT_MEMLOCK check.
     pub fn locked_bytes_per_shard(&self) -> u64 {
         3 * (self.io_memory_bytes.max(64 << 10).next_multiple_of(4096) as u64)
@@ -600,11 +609,7 @@ impl<C: Send + 'static, E: Send + 'static, T: Send + 'static> Runtime<C, E, T> {
         Fut: Future<Output = T> + 'static,
     {
         let cpus = allowed_cpus();
-        let shards = if config.shards == 0 {
-            cpus.len().max(1)
-        } else {
-            config.shards
-        };
+        let shards = config.shard_count();
         if config.mesh_capacity == 0 || config.commands_capacity == 0 || config.events_capacity == 0
         {
             return Err(RuntimeError::Config("channel capacities must be positive"));
