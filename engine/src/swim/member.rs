@@ -800,14 +800,15 @@ impl<R: Rng> Member<R> {
             self.next_repair_at = self.next_repair_at.max(now + self.cfg.probe_interval() * 2);
             let catch_up = self.cfg.seed_catch_up && self.learned_by_push_pull > 0;
             self.learned_by_push_pull = 0;
-            if self.status == Status::Alive && (!self.seeded || catch_up) && !self.seeds.is_empty()
+            if self.status == Status::Alive
+                && (!self.seeded || catch_up)
+                && let Some(seed) = self.random_seed()
             {
                 // The first push-pull after a join goes to a seed: seeds saw every join, so
                 // this one exchange completes what the join rumors have not delivered yet.
                 // So does the next one while push-pulls keep bringing members the rumors
                 // did not (the cluster is still growing faster than rumors reach us).
                 self.seeded = true;
-                let seed = self.seeds[self.rng.random_range(0..self.seeds.len())];
                 let _ = self.push_pull_to(now, seed, false, Purpose::PushPull);
             } else if self.status == Status::Alive
                 && let Some(node) = self.random_member(|_, e| e.state() == MemberState::Alive)
@@ -883,8 +884,9 @@ impl<R: Rng> Member<R> {
             self.reaped.pop_front();
         }
         let alive = self.count(MemberState::Alive) + self.count(MemberState::Suspect);
-        if alive <= 1 && !self.seeds.is_empty() {
-            let seed = self.seeds[self.rng.random_range(0..self.seeds.len())];
+        if alive <= 1
+            && let Some(seed) = self.random_seed()
+        {
             let _ = self.push_pull_to(now, seed, true, Purpose::Join { seed });
             self.stats.reconnects += 1;
             return;
@@ -952,12 +954,21 @@ impl<R: Rng> Member<R> {
         }
         // With seed catch-up, from a seed: it saw every join, the prober only those before
         // its own (and a repair postpones the next periodic push-pull, the catch-up one).
-        let addr = if self.cfg.seed_catch_up && !self.seeds.is_empty() {
-            self.seeds[self.rng.random_range(0..self.seeds.len())]
+        let seed = if self.cfg.seed_catch_up {
+            self.random_seed()
         } else {
-            self.dir.borrow().info(source).addr
+            None
         };
+        let addr = seed.unwrap_or_else(|| self.dir.borrow().info(source).addr);
         let _ = self.push_pull_to(now, addr, false, Purpose::PushPull);
+    }
+
+    /// One of the seeds this member joined through, at random (`None` without seeds).
+    fn random_seed(&mut self) -> Option<SocketAddr> {
+        if self.seeds.is_empty() {
+            return None;
+        }
+        Some(self.seeds[self.rng.random_range(0..self.seeds.len())])
     }
 
     // ----- probing ---------------------------------------------------------------------
@@ -1658,16 +1669,15 @@ impl<R: Rng> Member<R> {
 
     // ----- gossip and sending ----------------------------------------------------------
 
-    /// Join rumors alone do not start gossip rounds: they ride on probes and acks, and
-    /// push-pull repairs what they miss. Failure news, refutations, leaves and the layer
-    /// above's broadcasts do.
-    /// Members the next gossip round goes to: `gossip_nodes` when failure news, updates or
-    /// the layer above's broadcasts are queued; `join_rumor_gossip_nodes` when only join
-    /// rumors are; none when nothing is.
+    /// Members the next gossip round goes to: `gossip_nodes` when failure news,
+    /// refutations, leaves or the layer above's broadcasts are queued;
+    /// `join_rumor_gossip_nodes` (0 in the presets: join rumors then ride only on probes and
+    /// acks, and push-pull repairs what they miss) when only join rumors are; none when
+    /// nothing is.
     fn gossip_fanout(&self) -> usize {
         if self.broadcasts.any_above(2) || !self.user_broadcasts.is_empty() {
             self.cfg.gossip_nodes
-        } else if self.broadcasts.any_above(3) {
+        } else if !self.broadcasts.is_empty() {
             self.cfg.join_rumor_gossip_nodes
         } else {
             0
