@@ -398,15 +398,6 @@ fn every_queue_holds_its_bound_when_flooded() {
     }
 }
 
-/// Members that do not see `n` alive (each counts its own missing peers): the pairs a
-/// paced join has not yet disseminated.
-fn missing_pairs(c: &Cluster, n: usize) -> usize {
-    (0..n as u32)
-        .filter_map(|i| c.member(i))
-        .map(|m| n - m.count(MemberState::Alive).min(n))
-        .sum()
-}
-
 /// `n` members joining through three seeds, evenly over `spread`; returns how long after
 /// the last join every member saw every other alive (`None`: not within `limit`).
 fn paced_join_converges_after(
@@ -429,7 +420,7 @@ fn paced_join_converges_after(
     while t < last + limit {
         t += Duration::from_secs(1);
         c.run_until(t, &mut |_, _, _| {});
-        if missing_pairs(&c, n) == 0 {
+        if all_alive(&c, n) {
             return Some(t.saturating_since(last));
         }
     }

@@ -94,6 +94,13 @@ struct NameAt {
     len: u32,
 }
 
+impl Info {
+    /// Whether this is the triple with `addr` and `meta` (its name is known already).
+    fn is(&self, addr: SocketAddr, meta: &[u8]) -> bool {
+        self.addr == addr && *self.meta == *meta
+    }
+}
+
 impl NameAt {
     fn of(self, name_bytes: &str) -> &str {
         // Always a whole name pushed in `intern_name`: in bounds, on char boundaries.
@@ -301,10 +308,11 @@ impl Directory {
             });
         }
         let entry = &self.nodes[node as usize];
-        let known = entry.infos.iter().copied().find(|&i| {
-            let info = &self.infos[i as usize];
-            info.addr == addr && *info.meta == *meta
-        });
+        let known = entry
+            .infos
+            .iter()
+            .copied()
+            .find(|&i| self.infos[i as usize].is(addr, meta));
         if let Some(i) = known {
             self.set_latest(node, i);
             return Ok(i);
@@ -352,9 +360,10 @@ impl Directory {
     ) -> Result<InfoId, DirectoryError> {
         let node = match self.names.get(name) {
             Some(&NameSlot { node, latest }) => {
-                if let Some(info) = self.infos.get(latest as usize)
-                    && info.addr == addr
-                    && *info.meta == *meta
+                if self
+                    .infos
+                    .get(latest as usize)
+                    .is_some_and(|i| i.is(addr, meta))
                 {
                     return Ok(latest);
                 }
