@@ -1402,19 +1402,19 @@ impl UdpRing {
         if spin.is_zero() {
             return Ok(0);
         }
-        // What the last poll left for the park goes out now: the spin may find its answer.
-        if self.park.sq_pending.get() > 0 {
-            self.submit_pending()?;
-        }
-        if self.spin_until_ready(spin).is_some() {
+        if self.spin_until_ready(spin)?.is_some() {
             return self.poll(handler);
         }
         Ok(0)
     }
 
-    /// Watches the ring's flags for up to `spin` (no system call); returns how long it took
+    /// Submits what the last poll left for the park (the spin may find its answer), then
+    /// watches the ring's flags for up to `spin` (no system call); returns how long it took
     /// for work to show up, if it did.
-    fn spin_until_ready(&mut self, spin: Duration) -> Option<Duration> {
+    fn spin_until_ready(&mut self, spin: Duration) -> Result<Option<Duration>, UdpError> {
+        if self.park.sq_pending.get() > 0 {
+            self.submit_pending()?;
+        }
         let started = Instant::now();
         loop {
             let pending = {
@@ -1424,10 +1424,10 @@ impl UdpRing {
             } || !self.ring.completion().is_empty();
             let waited = started.elapsed();
             if pending {
-                return Some(waited);
+                return Ok(Some(waited));
             }
             if waited >= spin {
-                return None;
+                return Ok(None);
             }
             std::hint::spin_loop();
         }
@@ -1453,11 +1453,8 @@ impl UdpRing {
             self.spin.skip -= 1;
             return Ok(0);
         }
-        if self.park.sq_pending.get() > 0 {
-            self.submit_pending()?;
-        }
         self.counters.spins += 1;
-        match self.spin_until_ready(budget) {
+        match self.spin_until_ready(budget)? {
             Some(waited) if waited < budget => {
                 self.spin.fails = 0;
                 self.spin.backoff = 1;
