@@ -99,7 +99,7 @@ impl Group {
             for m in self.spare.drain(..) {
                 let to = to_of(&m) as usize;
                 if (1..=3).contains(&to) {
-                    let _ = self.nodes[to - 1].step(m);
+                    let _ = self.nodes[to - 1].step(Time::ZERO, m);
                 }
             }
             for i in 0..3 {

@@ -332,3 +332,39 @@ mod tests {
         assert_eq!(kv.applied_index(), 1);
     }
 }
+
+/// A read of the key-value store: the value of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Get {
+    /// The key.
+    pub key: Vec<u8>,
+}
+
+impl crate::raft::driver::StateMachine for Kv {
+    type Output = Result<Output, KvError>;
+    type Read = Get;
+    type ReadOutput = Option<Vec<u8>>;
+
+    fn apply(
+        &mut self,
+        entries: &[ringleader_wire::msg::raft::Entry],
+        out: &mut Vec<Self::Output>,
+    ) {
+        for e in entries {
+            out.push(Kv::apply(self, e.index, &e.payload));
+        }
+    }
+
+    fn read(&self, query: &Get) -> Option<Vec<u8>> {
+        self.get(&query.key).map(<[u8]>::to_vec)
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        Kv::snapshot(self)
+    }
+
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        *self = Kv::restore(data).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}

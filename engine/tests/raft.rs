@@ -182,7 +182,8 @@ impl Cluster {
             if self.cut.contains(&(from, to)) || !self.nodes.contains_key(&to) {
                 continue;
             }
-            let _ = self.node(to).step(m);
+            let now = self.now;
+            let _ = self.node(to).step(now, m);
             self.drain(to);
         }
         panic!("messages never settle");
@@ -312,7 +313,7 @@ fn s5_2_one_leader_per_term_and_one_vote_per_term() {
             leadership_transfer: false,
         })
     };
-    n.step(req(2)).unwrap();
+    n.step(Time::ZERO, req(2)).unwrap();
     let rd = n.ready();
     assert_eq!(rd.hard_state, Some(HardState { term: 1, vote: 2 }));
     assert!(
@@ -320,11 +321,11 @@ fn s5_2_one_leader_per_term_and_one_vote_per_term() {
         "a vote never leaves before it is durable"
     );
     assert!(matches!(&rd.persisted_messages[..], [Message::VoteResponse(v)] if v.granted));
-    n.step(req(3)).unwrap();
+    n.step(Time::ZERO, req(3)).unwrap();
     let rd = n.ready();
     assert!(matches!(&rd.messages[..], [Message::VoteResponse(v)] if !v.granted));
     // The same candidate asking again gets the same answer (a retransmission).
-    n.step(req(2)).unwrap();
+    n.step(Time::ZERO, req(2)).unwrap();
     assert!(matches!(&n.ready().persisted_messages[..], [Message::VoteResponse(v)] if v.granted));
 }
 
@@ -384,13 +385,13 @@ fn s5_4_1_voters_refuse_candidates_with_older_logs() {
         })
     };
     // Longer log but older last term: refused.
-    n.step(req(2, 9, 1)).unwrap();
+    n.step(Time::ZERO, req(2, 9, 1)).unwrap();
     let rd = n.ready();
     assert!(matches!(&rd.messages[..], [Message::VoteResponse(v)] if !v.granted));
     // Same last term, shorter: refused. Same term and length: granted.
-    n.step(req(3, 1, 2)).unwrap();
+    n.step(Time::ZERO, req(3, 1, 2)).unwrap();
     assert!(matches!(&n.ready().messages[..], [Message::VoteResponse(v)] if !v.granted));
-    n.step(req(3, 2, 2)).unwrap();
+    n.step(Time::ZERO, req(3, 2, 2)).unwrap();
     assert!(matches!(&n.ready().persisted_messages[..], [Message::VoteResponse(v)] if v.granted));
 }
 
@@ -424,13 +425,14 @@ fn s5_3_consistency_check_truncates_conflicts_and_fast_backoff_converges() {
         })
     };
     // Mismatch at prev: rejected, with a hint.
-    f.step(app(3, 3, vec![entry(4, 3)])).unwrap();
+    f.step(Time::ZERO, app(3, 3, vec![entry(4, 3)])).unwrap();
     let rd = f.ready();
     assert!(
         matches!(&rd.messages[..], [Message::AppendResponse(r)] if !r.success && r.reject_hint_index == 3 && r.reject_hint_term == 2)
     );
     // Match at 2: the conflicting 3@2 is replaced; the ack waits for durability.
-    f.step(app(2, 1, vec![entry(3, 3), entry(4, 3)])).unwrap();
+    f.step(Time::ZERO, app(2, 1, vec![entry(3, 3), entry(4, 3)]))
+        .unwrap();
     let rd = f.ready();
     assert_eq!(rd.entries.first().map(|e| (e.index, e.term)), Some((3, 3)));
     assert!(
@@ -533,7 +535,8 @@ fn s5_4_2_figure8_old_term_entries_commit_only_with_a_current_term_entry() {
             granted: true,
             pre_vote: false,
         });
-        c.node(1).step(m).unwrap();
+        let now = c.now;
+        c.node(1).step(now, m).unwrap();
     }
     c.drain(1);
     assert_eq!(c.node(1).role(), Role::Leader);
@@ -552,7 +555,8 @@ fn s5_4_2_figure8_old_term_entries_commit_only_with_a_current_term_entry() {
             reject_hint_term: 0,
         })
     };
-    c.node(1).step(ack(2, 2)).unwrap();
+    let now = c.now;
+    c.node(1).step(now, ack(2, 2)).unwrap();
     c.drain(1);
     assert_eq!(
         c.node(1).log().committed(),
@@ -560,7 +564,7 @@ fn s5_4_2_figure8_old_term_entries_commit_only_with_a_current_term_entry() {
         "2@2 must not commit by counting replicas (Figure 8)"
     );
     // Once the current term's no-op is on a majority, everything before it commits.
-    c.node(1).step(ack(2, 3)).unwrap();
+    c.node(1).step(now, ack(2, 3)).unwrap();
     c.drain(1);
     assert_eq!(c.node(1).log().committed(), 3);
 }
@@ -927,7 +931,7 @@ fn corrupt_recovered_state_and_misrouted_messages_are_refused() {
         leader_commit: 0,
         entries: vec![],
     });
-    assert_eq!(n.step(m), Err(RaftError::Misrouted));
+    assert_eq!(n.step(Time::ZERO, m), Err(RaftError::Misrouted));
     // Entries of a term whose hard state was torn away raise the term on recovery.
     let torn = Recovered {
         hard_state: HardState { term: 1, vote: 2 },

@@ -312,8 +312,34 @@ impl<R: RngCore> Raft<R> {
         }
     }
 
-    /// Handles one message from a peer.
-    pub fn step(&mut self, msg: Message) -> Result<(), RaftError> {
+    /// The earliest time at which [`Raft::tick`] has something to do: the leader's next
+    /// heartbeat, CheckQuorum check, transfer timeout or snapshot-chunk resend; anyone
+    /// else's election deadline. A driver arms one timer at this time after every input,
+    /// instead of ticking at a fixed period.
+    pub fn deadline(&self) -> Time {
+        if self.role != Role::Leader {
+            return self.election_deadline;
+        }
+        let mut at = self.heartbeat_deadline;
+        if self.cfg.check_quorum {
+            at = at.min(self.check_quorum_deadline);
+        }
+        if let Some((_, t)) = self.transferee {
+            at = at.min(t);
+        }
+        let et = self.et();
+        for p in self.progress.values() {
+            if let Some(s) = &p.snapshot {
+                at = at.min(s.sent_at + et);
+            }
+        }
+        at
+    }
+
+    /// Handles one message from a peer, received at `now` (time only moves forward; no
+    /// timer fires here: that is [`Raft::tick`]'s job).
+    pub fn step(&mut self, now: Time, msg: Message) -> Result<(), RaftError> {
+        self.now = self.now.max(now);
         let h = header_of(&msg).ok_or(RaftError::Misrouted)?;
         if h.group != self.cfg.group || h.to != self.id || h.from == self.id || h.from == 0 {
             return Err(RaftError::Misrouted);

@@ -25,6 +25,7 @@
 //! requests leave only after its vote for itself is durable.
 
 mod core;
+pub mod driver;
 pub mod log;
 pub mod membership;
 pub mod progress;

@@ -6,6 +6,7 @@
 //! Kind codes are part of the wire format: never reuse or renumber one.
 
 pub mod borrowed;
+pub mod client;
 pub mod raft;
 pub mod serf;
 pub mod swim;
@@ -196,4 +197,8 @@ messages! {
     72 => ReadIndexResponse(raft::ReadIndexResponse),
     73 => Heartbeat(raft::Heartbeat),
     74 => HeartbeatResponse(raft::HeartbeatResponse),
+    75 => PeerHello(raft::PeerHello),
+    // Key-value clients
+    96 => ClientRequest(client::ClientRequest),
+    97 => ClientResponse(client::ClientResponse),
 }

@@ -205,3 +205,23 @@ pub struct HeartbeatResponse {
     /// The round being acknowledged.
     pub ctx: u64,
 }
+
+/// The first frame a node sends on a peer link (one TCP connection per shard and peer,
+/// carrying every group's messages from that shard): who connects, and what it expects of
+/// the node it reached. The receiver refuses the link (closes it, and logs why) when any
+/// field disagrees with its own configuration.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct PeerHello {
+    /// The connecting node's id.
+    pub from: u64,
+    /// The node id the connector believes it reached.
+    pub to: u64,
+    /// The shard both ends of the link serve (groups are placed on the same shard on
+    /// every node).
+    pub shard: u32,
+    /// The connector's shard count (every node of a cluster must run the same number).
+    pub shards: u32,
+    /// The connector's group count (every node must host the same groups).
+    pub groups: u64,
+}

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use proptest::collection::vec;
 use proptest::prelude::*;
-use ringleader_wire::msg::{Message, raft, serf, swim};
+use ringleader_wire::msg::{Message, client, raft, serf, swim};
 
 pub fn name() -> impl Strategy<Value = String> {
     "[a-z0-9.-]{0,24}"
@@ -364,12 +364,95 @@ fn raft_message() -> impl Strategy<Value = Message> {
         .into()),
         (header(), any::<u64>())
             .prop_map(|(header, ctx)| raft::HeartbeatResponse { header, ctx }.into()),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>()
+        )
+            .prop_map(|(from, to, shard, shards, groups)| raft::PeerHello {
+                from,
+                to,
+                shard,
+                shards,
+                groups
+            }
+            .into()),
+    ]
+}
+
+fn consistency() -> impl Strategy<Value = client::Consistency> {
+    prop_oneof![
+        Just(client::Consistency::Linearizable),
+        Just(client::Consistency::Lease),
+        Just(client::Consistency::Stale),
+    ]
+}
+
+/// Key-value client requests and responses.
+pub fn client_message() -> impl Strategy<Value = Message> {
+    let op = prop_oneof![
+        (bytes(40), bytes(40)).prop_map(|(key, value)| client::ClientOp::Put { key, value }),
+        (bytes(40), consistency())
+            .prop_map(|(key, consistency)| client::ClientOp::Get { key, consistency }),
+        bytes(40).prop_map(|key| client::ClientOp::Delete { key }),
+        (bytes(40), proptest::option::of(bytes(40)), bytes(40))
+            .prop_map(|(key, expected, new)| client::ClientOp::Cas { key, expected, new }),
+        Just(client::ClientOp::Info),
+    ];
+    let code = prop_oneof![
+        Just(client::ErrorCode::Unavailable),
+        Just(client::ErrorCode::Busy),
+        Just(client::ErrorCode::WrongShard),
+        Just(client::ErrorCode::Unknown),
+    ];
+    let result = prop_oneof![
+        Just(client::ClientResult::Done),
+        proptest::option::of(bytes(40)).prop_map(client::ClientResult::Value),
+        any::<bool>().prop_map(|swapped| client::ClientResult::Cas { swapped }),
+        (any::<u64>(), any::<u64>(), "[a-z0-9.:]{0,20}").prop_map(
+            |(group, leader, leader_addr)| client::ClientResult::NotLeader {
+                group,
+                leader,
+                leader_addr
+            }
+        ),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>(),
+            proptest::collection::vec((any::<u64>(), "[a-z0-9.:]{0,20}"), 0..4)
+        )
+            .prop_map(|(node, groups, shards, nodes)| {
+                client::ClientResult::Info(client::ClusterInfo {
+                    node,
+                    groups,
+                    shards,
+                    nodes: nodes
+                        .into_iter()
+                        .map(|(id, addr)| client::NodeAddr { id, addr })
+                        .collect(),
+                })
+            }),
+        (code, "[ -~]{0,30}")
+            .prop_map(|(code, message)| client::ClientResult::Error { code, message }),
+    ];
+    prop_oneof![
+        (any::<u64>(), op).prop_map(|(id, op)| client::ClientRequest { id, op }.into()),
+        (any::<u64>(), result)
+            .prop_map(|(id, result)| client::ClientResponse { id, result }.into()),
     ]
 }
 
 /// A message of any kind.
 pub fn message() -> impl Strategy<Value = Message> {
-    prop_oneof![swim_message(), serf_message(), raft_message()]
+    prop_oneof![
+        swim_message(),
+        serf_message(),
+        raft_message(),
+        client_message()
+    ]
 }
 
 /// NaN != NaN: compare coordinates bitwise so round trips of any f64 compare equal.

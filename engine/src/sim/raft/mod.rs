@@ -638,7 +638,8 @@ impl Sim {
             Ev::Deliver { to, msg } => {
                 let i = (to - 1) as usize;
                 if let Some(r) = self.nodes[i].raft.as_mut() {
-                    let _ = r.step(msg);
+                    let now = self.sched.now();
+                    let _ = r.step(now, msg);
                     self.process(i);
                 }
             }
