@@ -10,6 +10,7 @@
 pub mod host;
 pub mod kv;
 pub mod log;
+pub mod multiraft;
 pub mod raft;
 pub mod runtime;
 pub mod serf;

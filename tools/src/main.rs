@@ -21,6 +21,8 @@ enum Command {
     WalCrash(cmd::wal_crash::Args),
     /// A single-member node that prints membership events as lines.
     Node(cmd::node::Args),
+    /// One node of the replicated key-value service (multi-raft on the shards).
+    Server(cmd::server::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +32,6 @@ fn main() -> anyhow::Result<()> {
         Command::Flamegraph(a) => cmd::flamegraph::run(a),
         Command::WalCrash(a) => cmd::wal_crash::run(a),
         Command::Node(a) => cmd::node::run(a),
+        Command::Server(a) => cmd::server::run(a),
     }
 }

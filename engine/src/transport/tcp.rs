@@ -166,6 +166,11 @@ impl FrameListener {
         self.listener.local_addr().map_err(io::Error::from)
     }
 
+    /// Accepts the next connection as a bare stream (for a caller that frames it itself).
+    pub async fn accept_stream(&self) -> io::Result<TcpStream> {
+        self.listener.accept().await.map_err(io::Error::from)
+    }
+
     /// Accepts the next connection.
     pub async fn accept(&self) -> io::Result<FrameStream> {
         let s = self.listener.accept().await.map_err(io::Error::from)?;

@@ -3,4 +3,5 @@
 pub mod compare;
 pub mod flamegraph;
 pub mod node;
+pub mod server;
 pub mod wal_crash;

@@ -186,7 +186,7 @@ fn swim_config(args: &Args) -> anyhow::Result<Config> {
 /// Blocks SIGINT and SIGTERM in this thread (and so in every thread started after) and
 /// starts a thread that waits for them; the signal number lands in the returned flag. A
 /// second signal exits at once with [`EXIT_SECOND_SIGNAL`] (peers will see a failure).
-fn catch_signals() -> anyhow::Result<Arc<AtomicI32>> {
+pub(crate) fn catch_signals() -> anyhow::Result<Arc<AtomicI32>> {
     let got = Arc::new(AtomicI32::new(0));
     // SAFETY: `set` is a local sigset_t initialised by sigemptyset before any other use;
     // pthread_sigmask only reads it.
@@ -227,7 +227,7 @@ fn catch_signals() -> anyhow::Result<Arc<AtomicI32>> {
     Ok(got)
 }
 
-fn signal_name(sig: i32) -> &'static str {
+pub(crate) fn signal_name(sig: i32) -> &'static str {
     match sig {
         libc::SIGINT => "SIGINT",
         libc::SIGTERM => "SIGTERM",

@@ -184,6 +184,9 @@ pub struct ClientResponse {
     pub result: ClientResult,
 }
 
+/// Largest frame of the client protocol, either way.
+pub const CLIENT_FRAME_BYTES_MAX: usize = 4 << 20;
+
 /// The group (`1..=groups`) that owns `key`: CRC32C of the key modulo the group count.
 /// Clients and servers must agree on it; it is part of the protocol.
 pub fn group_of_key(key: &[u8], groups: u64) -> u64 {

@@ -1,0 +1,695 @@
+//! One shard of a node: its groups, its storage, its listener, its peer links, and the
+//! loop that ties them together.
+//!
+//! Each turn of the loop: take every peer message and client request the sockets queued,
+//! feed them to their groups (a group's proposals of one turn go in as one batch), fire
+//! due timers, release what became durable, then carry out the groups' outboxes — messages
+//! to the peer links, every group write of the turn in ONE storage append (one group
+//! commit), snapshots to files, replies to the clients — and sleep until the next timer or
+//! wake-up. Nothing here waits on a socket or a sync: those run in their own tasks.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use ringleader_wire::msg::Message;
+use ringleader_wire::msg::client::{
+    ClientOp, ClientRequest, ClientResponse, ClientResult, ClusterInfo, Consistency, ErrorCode,
+    NodeAddr, group_of_key,
+};
+use ringleader_wire::msg::raft::{ConfState, PeerHello};
+
+use super::ServerConfig;
+use super::clients::{Accept, Inbox, InboxStats};
+use super::peers::{LinkStats, PeerLink, run_link};
+use super::storage::{ShardStorage, StorageError, StorageStats};
+use crate::kv::{Command, Get, KEY_BYTES_MAX, Kv, KvError, Output};
+use crate::log::LogError;
+use crate::raft::Role;
+use crate::raft::driver::{DriverCounters, GroupDriver, Outbox, ReadConsistency, Refusal, Reply};
+use crate::runtime::{ShardContext, Timers};
+use crate::time::Time;
+use crate::transport::tcp::FrameListener;
+
+/// Who waits for a reply: a client connection and its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Token {
+    conn: u64,
+    id: u64,
+    group: u64,
+}
+
+type Driver = GroupDriver<SmallRng, Kv, Token>;
+type Out = Outbox<Token, Result<Output, KvError>, Option<Vec<u8>>>;
+
+/// What a shard reports when it stops.
+#[derive(Debug, Clone, Default)]
+pub struct ShardReport {
+    /// The shard.
+    pub shard: usize,
+    /// Groups hosted.
+    pub groups: usize,
+    /// Storage counters.
+    pub storage: StorageStats,
+    /// Inbound counters.
+    pub inbox: InboxStats,
+    /// Per-peer link counters.
+    pub links: Vec<(u64, LinkStats)>,
+    /// The drivers' counters, summed.
+    pub drivers: DriverCounters,
+    /// Messages for a group this shard does not host, or for no group.
+    pub misrouted: u64,
+    /// Turns of the loop.
+    pub turns: u64,
+}
+
+/// A write batch in flight: the LSN that makes it durable and the group writes in it.
+struct InFlight {
+    lsn: u64,
+    writes: Vec<(u64, u64)>,
+}
+
+fn group_of_msg(m: &Message) -> Option<u64> {
+    Some(match m {
+        Message::AppendEntries(x) => x.header.group,
+        Message::AppendResponse(x) => x.header.group,
+        Message::VoteRequest(x) => x.header.group,
+        Message::VoteResponse(x) => x.header.group,
+        Message::InstallSnapshot(x) => x.header.group,
+        Message::SnapshotResponse(x) => x.header.group,
+        Message::TimeoutNow(x) => x.header.group,
+        Message::ReadIndexRequest(x) => x.header.group,
+        Message::ReadIndexResponse(x) => x.header.group,
+        Message::Heartbeat(x) => x.header.group,
+        Message::HeartbeatResponse(x) => x.header.group,
+        _ => return None,
+    })
+}
+
+fn to_of(m: &Message) -> u64 {
+    match m {
+        Message::AppendEntries(x) => x.header.to,
+        Message::AppendResponse(x) => x.header.to,
+        Message::VoteRequest(x) => x.header.to,
+        Message::VoteResponse(x) => x.header.to,
+        Message::InstallSnapshot(x) => x.header.to,
+        Message::SnapshotResponse(x) => x.header.to,
+        Message::TimeoutNow(x) => x.header.to,
+        Message::ReadIndexRequest(x) => x.header.to,
+        Message::ReadIndexResponse(x) => x.header.to,
+        Message::Heartbeat(x) => x.header.to,
+        Message::HeartbeatResponse(x) => x.header.to,
+        _ => 0,
+    }
+}
+
+/// The file in `--dir` that records the shape a node was created with.
+const META_FILE: &str = "ringleader-raft.meta";
+
+/// Refuses to start on a directory made for another node id, group count or shard count.
+pub(super) fn check_meta(cfg: &ServerConfig) -> Result<(), String> {
+    let path = cfg.dir.join(META_FILE);
+    let want = format!(
+        "ringleader-raft 1\nid {}\ngroups {}\nshards {}\n",
+        cfg.id, cfg.groups, cfg.shards
+    );
+    match std::fs::read_to_string(&path) {
+        Ok(have) if have == want => Ok(()),
+        Ok(have) => Err(format!(
+            "{} was made for another node shape:\n{have}this start asks for:\n{want}use the same --id, --groups and shard count, or an empty --dir",
+            path.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, &want)
+                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .and_then(|()| std::fs::File::open(&cfg.dir)?.sync_all())
+                .map_err(|e| format!("writing {}: {e}", path.display()))
+        }
+        Err(e) => Err(format!("reading {}: {e}", path.display())),
+    }
+}
+
+struct Shard {
+    cfg: Arc<ServerConfig>,
+    shard: usize,
+    drivers: BTreeMap<u64, Driver>,
+    storage: ShardStorage,
+    inbox: Rc<Inbox>,
+    links: BTreeMap<u64, Rc<PeerLink>>,
+    timers: Timers<u64>,
+    in_flight: VecDeque<InFlight>,
+    /// Group writes refused by backpressure, to retry.
+    held: Vec<crate::raft::driver::GroupWrite>,
+    out: Out,
+    touched: BTreeSet<u64>,
+    failed: Rc<std::cell::RefCell<Option<String>>>,
+    misrouted: u64,
+    turns: u64,
+    addr_text: HashMap<u64, String>,
+}
+
+/// Runs one shard until the runtime stops.
+pub(super) async fn run(
+    ctx: ShardContext<(), (), ()>,
+    cfg: Arc<ServerConfig>,
+    ready: crossbeam_channel::Sender<Result<(), String>>,
+) -> Result<ShardReport, String> {
+    match start(&ctx, &cfg).await {
+        Ok(mut s) => {
+            let _ = ready.send(Ok(()));
+            let r = s.run(&ctx).await;
+            s.stop();
+            let report = s.report();
+            let closed = s.storage.close().await;
+            r?;
+            closed.map_err(|e| format!("shard {}: closing the log: {e}", report.shard))?;
+            Ok(report)
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e.clone()));
+            Err(e)
+        }
+    }
+}
+
+async fn start(ctx: &ShardContext<(), (), ()>, cfg: &Arc<ServerConfig>) -> Result<Shard, String> {
+    let shard = ctx.id();
+    let groups = cfg.groups_of_shard(shard);
+    let dir = cfg.dir.join(format!("shard-{shard:03}"));
+    let opened = ShardStorage::open(&dir, cfg.log.clone(), &groups)
+        .await
+        .map_err(|e| format!("shard {shard}: {e}"))?;
+    if let Some(t) = &opened.log_report.torn_tail {
+        tracing::warn!(
+            shard,
+            "write-ahead log: dropped a torn tail at {}: {}",
+            t.offset,
+            t.fault
+        );
+    }
+    let voters: Vec<u64> = cfg.peers.keys().copied().collect();
+    let bootstrap = ConfState {
+        voters,
+        learners: vec![],
+        voters_outgoing: vec![],
+    };
+    let now = ctx.now();
+    let seed0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut drivers = BTreeMap::new();
+    let mut timers = Timers::new(groups.len().max(1));
+    for (g, recovered) in opened.groups {
+        let mut rc = cfg.raft.clone();
+        rc.group = g;
+        let rng =
+            SmallRng::seed_from_u64(seed0 ^ (cfg.id << 48) ^ g.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let d = GroupDriver::new(
+            rc,
+            cfg.driver.clone(),
+            cfg.id,
+            bootstrap.clone(),
+            recovered,
+            Kv::new(),
+            rng,
+            now,
+        )
+        .map_err(|e| format!("shard {shard}: group {g} does not restart: {e}"))?;
+        timers
+            .set(g, d.deadline())
+            .map_err(|_| format!("shard {shard}: timer table full"))?;
+        drivers.insert(g, d);
+    }
+    let addr = ServerConfig::shard_addr(cfg.listen, shard);
+    let listener = FrameListener::bind(addr, b"", cfg.peer_frame_bytes_max)
+        .map_err(|e| format!("shard {shard}: cannot listen on {addr}: {e}"))?;
+    let inbox = Rc::new(Inbox::new(ctx.waker().clone()));
+    let acc = Rc::new(Accept {
+        node: cfg.id,
+        shard: shard as u32,
+        shards: cfg.shards as u32,
+        groups: cfg.groups,
+        peers: cfg.peers.keys().copied().collect(),
+        label: cfg.label.clone(),
+        peer_frame_bytes_max: cfg.peer_frame_bytes_max,
+        inbound_queue_max: cfg.inbound_queue_max,
+        client_inflight_max: cfg.client_inflight_max,
+        client_connections_max: cfg.client_connections_max,
+    });
+    {
+        let inbox = Rc::clone(&inbox);
+        glommio::spawn_local(async move {
+            loop {
+                let s = match listener.accept_stream().await {
+                    Ok(s) => s,
+                    Err(_) => {
+                        if inbox.stopping.get() {
+                            return;
+                        }
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                if inbox.stopping.get() {
+                    return;
+                }
+                glommio::spawn_local(super::clients::serve(s, Rc::clone(&inbox), Rc::clone(&acc)))
+                    .detach();
+            }
+        })
+        .detach();
+    }
+    let mut links = BTreeMap::new();
+    for (&node, &base) in &cfg.peers {
+        if node == cfg.id {
+            continue;
+        }
+        let link = Rc::new(PeerLink::new(
+            node,
+            ServerConfig::shard_addr(base, shard),
+            cfg.peer_queue_msgs_max,
+        ));
+        let hello = PeerHello {
+            from: cfg.id,
+            to: node,
+            shard: shard as u32,
+            shards: cfg.shards as u32,
+            groups: cfg.groups,
+        };
+        glommio::spawn_local(run_link(
+            Rc::clone(&link),
+            hello,
+            cfg.label.clone(),
+            cfg.peer_frame_bytes_max,
+            (cfg.reconnect_backoff_ms_min, cfg.reconnect_backoff_ms_max),
+        ))
+        .detach();
+        links.insert(node, link);
+    }
+    let addr_text = cfg
+        .peers
+        .iter()
+        .map(|(&id, a)| (id, a.to_string()))
+        .collect();
+    Ok(Shard {
+        cfg: Arc::clone(cfg),
+        shard,
+        drivers,
+        storage: opened.storage,
+        inbox,
+        links,
+        timers,
+        in_flight: VecDeque::new(),
+        held: Vec::new(),
+        out: Out::default(),
+        touched: BTreeSet::new(),
+        failed: Rc::new(std::cell::RefCell::new(None)),
+        misrouted: 0,
+        turns: 0,
+        addr_text,
+    })
+}
+
+fn consistency(c: Consistency) -> ReadConsistency {
+    match c {
+        Consistency::Linearizable => ReadConsistency::Linearizable,
+        Consistency::Lease => ReadConsistency::Lease,
+        Consistency::Stale => ReadConsistency::Stale,
+    }
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> ClientResult {
+    ClientResult::Error {
+        code,
+        message: message.into(),
+    }
+}
+
+impl Shard {
+    async fn run(&mut self, ctx: &ShardContext<(), (), ()>) -> Result<(), String> {
+        loop {
+            if ctx.stopping() {
+                return Ok(());
+            }
+            if let Some(e) = self.failed.borrow().clone() {
+                return Err(e);
+            }
+            self.turns += 1;
+            let now = ctx.now();
+            self.take_messages(now);
+            self.take_requests(now);
+            self.release_durable(now);
+            while let Some((g, _)) = self.timers.pop_expired(now) {
+                if let Some(d) = self.drivers.get_mut(&g) {
+                    d.tick(now, &mut self.out);
+                    self.touched.insert(g);
+                }
+            }
+            self.carry_out(now)?;
+            if let Some(cut) = self
+                .storage
+                .plan_compaction(self.cfg.log_segments_max)
+                .map_err(|e| format!("shard {}: {e}", self.shard))?
+            {
+                self.storage
+                    .log()
+                    .compact_prefix(cut.saturating_sub(1))
+                    .await
+                    .map_err(|e| format!("shard {}: compacting the log: {e}", self.shard))?;
+            }
+            let more = !self.inbox.messages.borrow().is_empty()
+                || !self.inbox.requests.borrow().is_empty()
+                || self
+                    .in_flight
+                    .front()
+                    .is_some_and(|f| f.lsn <= self.storage.durable_lsn());
+            if more {
+                // Let the socket tasks run before the next turn.
+                glommio::executor().yield_now().await;
+                continue;
+            }
+            let deadline = self.timers.next_deadline();
+            ctx.wait(deadline).await;
+        }
+    }
+
+    fn take_messages(&mut self, now: Time) {
+        let msgs: Vec<Message> = self.inbox.messages.borrow_mut().drain(..).collect();
+        for m in msgs {
+            let Some(g) = group_of_msg(&m) else {
+                self.misrouted += 1;
+                continue;
+            };
+            match self.drivers.get_mut(&g) {
+                Some(d) => {
+                    d.step(now, m, &mut self.out);
+                    self.touched.insert(g);
+                }
+                None => self.misrouted += 1,
+            }
+        }
+    }
+
+    fn not_leader(&self, group: u64, hint: u64) -> ClientResult {
+        if hint == 0 || hint == self.cfg.id {
+            return error(
+                ErrorCode::Unavailable,
+                format!(
+                    "no leader is known for group {group} yet (an election is running): retry shortly"
+                ),
+            );
+        }
+        ClientResult::NotLeader {
+            group,
+            leader: hint,
+            leader_addr: self.addr_text.get(&hint).cloned().unwrap_or_default(),
+        }
+    }
+
+    fn respond(&self, conn: u64, id: u64, result: ClientResult) {
+        if let Some(c) = self.inbox.conns.borrow().get(&conn) {
+            c.respond(ClientResponse { id, result });
+        }
+    }
+
+    fn take_requests(&mut self, now: Time) {
+        let reqs: Vec<(u64, ClientRequest)> = self.inbox.requests.borrow_mut().drain(..).collect();
+        if reqs.is_empty() {
+            return;
+        }
+        let deadline = now + Duration::from_millis(self.cfg.request_timeout_ms);
+        let mut batches: BTreeMap<u64, Vec<(Vec<u8>, Token, Time)>> = BTreeMap::new();
+        let value_max = self
+            .storage
+            .log()
+            .config()
+            .entry_bytes_max()
+            .saturating_sub(64);
+        for (conn, req) in reqs {
+            let id = req.id;
+            let (key, cmd, read) = match req.op {
+                ClientOp::Info => {
+                    let info = ClusterInfo {
+                        node: self.cfg.id,
+                        groups: self.cfg.groups,
+                        shards: self.cfg.shards as u32,
+                        nodes: self
+                            .addr_text
+                            .iter()
+                            .map(|(&id, a)| NodeAddr {
+                                id,
+                                addr: a.clone(),
+                            })
+                            .collect(),
+                    };
+                    self.respond(conn, id, ClientResult::Info(info));
+                    continue;
+                }
+                ClientOp::Put { key, value } => {
+                    if value.len() > value_max {
+                        self.respond(
+                            conn,
+                            id,
+                            error(
+                                ErrorCode::TooLarge,
+                                format!("the value has {} bytes; at most {value_max}", value.len()),
+                            ),
+                        );
+                        continue;
+                    }
+                    (key.clone(), Some(Command::Put { key, value }), None)
+                }
+                ClientOp::Delete { key } => (key.clone(), Some(Command::Delete { key }), None),
+                ClientOp::Cas { key, expected, new } => {
+                    if new.len() > value_max
+                        || expected.as_ref().is_some_and(|e| e.len() > value_max)
+                    {
+                        self.respond(
+                            conn,
+                            id,
+                            error(
+                                ErrorCode::TooLarge,
+                                format!("values are limited to {value_max} bytes"),
+                            ),
+                        );
+                        continue;
+                    }
+                    (key.clone(), Some(Command::Cas { key, expected, new }), None)
+                }
+                ClientOp::Get { key, consistency } => (key, None, Some(consistency)),
+            };
+            if key.is_empty() || key.len() > KEY_BYTES_MAX {
+                self.respond(
+                    conn,
+                    id,
+                    error(
+                        if key.is_empty() {
+                            ErrorCode::Malformed
+                        } else {
+                            ErrorCode::TooLarge
+                        },
+                        format!("keys must have 1 to {KEY_BYTES_MAX} bytes"),
+                    ),
+                );
+                continue;
+            }
+            let group = group_of_key(&key, self.cfg.groups);
+            let Some(d) = self.drivers.get_mut(&group) else {
+                self.respond(
+                    conn,
+                    id,
+                    error(
+                        ErrorCode::WrongShard,
+                        format!(
+                            "group {group} lives on shard {} (port + {}), not on shard {}",
+                            super::shard_of_group(group, self.cfg.shards as u32),
+                            super::shard_of_group(group, self.cfg.shards as u32),
+                            self.shard
+                        ),
+                    ),
+                );
+                continue;
+            };
+            let token = Token { conn, id, group };
+            let is_leader = d.raft().role() == Role::Leader;
+            let hint = d.raft().leader_id();
+            match (cmd, read) {
+                (Some(cmd), _) => {
+                    if !is_leader {
+                        let r = self.not_leader(group, hint);
+                        self.respond(conn, id, r);
+                        continue;
+                    }
+                    batches
+                        .entry(group)
+                        .or_default()
+                        .push((cmd.encode(), token, deadline));
+                }
+                (None, Some(c)) => {
+                    let c = consistency(c);
+                    if c != ReadConsistency::Stale && !is_leader {
+                        let r = self.not_leader(group, hint);
+                        self.respond(conn, id, r);
+                        continue;
+                    }
+                    d.read(now, Get { key }, c, token, deadline, &mut self.out);
+                    self.touched.insert(group);
+                }
+                (None, None) => {}
+            }
+        }
+        for (g, batch) in batches {
+            if let Some(d) = self.drivers.get_mut(&g) {
+                d.propose_batch(now, batch, &mut self.out);
+                self.touched.insert(g);
+            }
+        }
+    }
+
+    fn release_durable(&mut self, now: Time) {
+        let durable = self.storage.durable_lsn();
+        while self.in_flight.front().is_some_and(|f| f.lsn <= durable) {
+            let Some(f) = self.in_flight.pop_front() else {
+                break;
+            };
+            for (g, seq) in f.writes {
+                if let Some(d) = self.drivers.get_mut(&g) {
+                    d.durable(now, seq, &mut self.out);
+                    self.touched.insert(g);
+                }
+            }
+        }
+    }
+
+    /// Carries out the outbox until it is empty (replies can trigger nothing, but a
+    /// durable release inside this turn can trigger more writes).
+    fn carry_out(&mut self, now: Time) -> Result<(), String> {
+        for _ in 0..16 {
+            let sends = std::mem::take(&mut self.out.sends);
+            for m in sends {
+                let to = to_of(&m);
+                match self.links.get(&to) {
+                    Some(l) => l.push(m),
+                    None => self.misrouted += 1,
+                }
+            }
+            let mut writes = std::mem::take(&mut self.held);
+            writes.append(&mut self.out.writes);
+            if !writes.is_empty() {
+                match self.storage.append(&writes) {
+                    Ok(Some((lsn, durable))) => {
+                        self.in_flight.push_back(InFlight {
+                            lsn,
+                            writes: writes.iter().map(|w| (w.group, w.seq)).collect(),
+                        });
+                        let wake = self.inbox.wake.clone();
+                        let failed = Rc::clone(&self.failed);
+                        let shard = self.shard;
+                        glommio::spawn_local(async move {
+                            if let Err(e) = durable.await {
+                                *failed.borrow_mut() =
+                                    Some(format!("shard {shard}: the write-ahead log failed: {e}"));
+                            }
+                            wake.notify();
+                        })
+                        .detach();
+                    }
+                    Ok(None) => {}
+                    Err(StorageError::Log {
+                        source: LogError::Backpressure { .. },
+                        ..
+                    }) => self.held = writes,
+                    Err(e) => return Err(format!("shard {}: {e}", self.shard)),
+                }
+            }
+            for (g, s) in std::mem::take(&mut self.out.snapshots) {
+                self.storage
+                    .store_snapshot(g, &s)
+                    .map_err(|e| format!("shard {}: {e}", self.shard))?;
+            }
+            for (t, r) in std::mem::take(&mut self.out.replies) {
+                let result = match r {
+                    Reply::Applied { output, .. } => match output {
+                        Ok(Output::Done) => ClientResult::Done,
+                        Ok(Output::Cas(swapped)) => ClientResult::Cas { swapped },
+                        Err(e) => error(
+                            ErrorCode::Malformed,
+                            format!("the command was refused: {e}"),
+                        ),
+                    },
+                    Reply::Read(v) => ClientResult::Value(v),
+                    Reply::Refused(Refusal::NotLeader(h)) => self.not_leader(t.group, h),
+                    Reply::Refused(Refusal::Busy) => error(
+                        ErrorCode::Busy,
+                        format!(
+                            "group {} is at a bound (uncommitted entries or pending requests): retry shortly",
+                            t.group
+                        ),
+                    ),
+                    Reply::Refused(Refusal::NotReady) => error(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "group {}'s new leader has not committed yet: retry shortly",
+                            t.group
+                        ),
+                    ),
+                    Reply::Unknown => error(
+                        ErrorCode::Unknown,
+                        "no outcome within the request timeout: the write may or may not have taken effect",
+                    ),
+                };
+                self.respond(t.conn, t.id, result);
+            }
+            // Re-arm the timers of every group touched this turn.
+            for g in std::mem::take(&mut self.touched) {
+                if let Some(d) = self.drivers.get(&g) {
+                    let at = match d.request_deadline() {
+                        Some(r) => r.min(d.deadline()),
+                        None => d.deadline(),
+                    };
+                    let _ = self.timers.set(g, at);
+                }
+            }
+            if self.out.is_empty() {
+                break;
+            }
+            let _ = now;
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        self.inbox.stopping.set(true);
+        for l in self.links.values() {
+            l.stop();
+        }
+    }
+
+    fn report(&self) -> ShardReport {
+        let mut drivers = DriverCounters::default();
+        for d in self.drivers.values() {
+            let c = d.counters();
+            drivers.dropped_misrouted += c.dropped_misrouted;
+            drivers.dropped_malformed += c.dropped_malformed;
+            drivers.snapshot_restore_failures += c.snapshot_restore_failures;
+            drivers.proposals += c.proposals;
+            drivers.reads += c.reads;
+            drivers.snapshots_taken += c.snapshots_taken;
+        }
+        ShardReport {
+            shard: self.shard,
+            groups: self.drivers.len(),
+            storage: self.storage.stats(),
+            inbox: self.inbox.stats(),
+            links: self.links.iter().map(|(&n, l)| (n, l.stats())).collect(),
+            drivers,
+            misrouted: self.misrouted,
+            turns: self.turns,
+        }
+    }
+}
