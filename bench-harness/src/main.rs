@@ -26,6 +26,11 @@ enum Command {
     Transport(scenarios::transport::Args),
     /// A live SWIM cluster on loopback.
     Swim(scenarios::swim::Args),
+    /// A replicated key-value service: separate node processes, real sockets and disks.
+    Raft(scenarios::raft::Args),
+    /// One node of the `raft` scenario's cluster (started by it).
+    #[command(hide = true)]
+    RaftNode(scenarios::raft::NodeArgs),
     /// Deterministic simulations of the protocol cores.
     #[command(subcommand)]
     Sim(SimCommand),
@@ -49,6 +54,8 @@ fn main() -> anyhow::Result<()> {
         Command::Wal(a) => scenarios::wal::run(a),
         Command::Transport(a) => scenarios::transport::run(a),
         Command::Swim(a) => scenarios::swim::run(a),
+        Command::Raft(a) => scenarios::raft::run(a),
+        Command::RaftNode(a) => scenarios::raft::node_main(a),
         Command::Sim(SimCommand::Swim(a)) => scenarios::sim_swim::run(a),
         Command::Sim(SimCommand::Raft(a)) => scenarios::sim_raft::run(a),
         Command::Sim(SimCommand::Serf(a)) => scenarios::sim_serf::run(a),

@@ -2,6 +2,7 @@
 
 pub mod baseline;
 pub mod quick;
+pub mod raft;
 pub mod sim_raft;
 pub mod sim_serf;
 pub mod sim_swim;

@@ -213,6 +213,7 @@ pub enum ServerError {
 pub struct Server {
     runtime: Runtime<(), (), Result<ShardReport, String>>,
     cfg: Arc<ServerConfig>,
+    live: Arc<Vec<Arc<std::sync::Mutex<ShardReport>>>>,
 }
 
 impl Server {
@@ -234,9 +235,15 @@ impl Server {
             ..RuntimeConfig::default()
         };
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(cfg.shards);
+        let live: Arc<Vec<_>> = Arc::new(
+            (0..cfg.shards)
+                .map(|_| Arc::new(std::sync::Mutex::new(ShardReport::default())))
+                .collect(),
+        );
         let c = Arc::clone(&cfg);
+        let l = Arc::clone(&live);
         let runtime = Runtime::start::<(), _, _>(rt_cfg, move |ctx| {
-            shard::run(ctx, Arc::clone(&c), ready_tx.clone())
+            shard::run(ctx, Arc::clone(&c), Arc::clone(&l), ready_tx.clone())
         })?;
         for _ in 0..cfg.shards {
             match ready_rx.recv_timeout(std::time::Duration::from_secs(120)) {
@@ -256,7 +263,15 @@ impl Server {
                 }
             }
         }
-        Ok(Server { runtime, cfg })
+        Ok(Server { runtime, cfg, live })
+    }
+
+    /// Each shard's counters, as published by the shard at most a few ms ago.
+    pub fn stats(&self) -> Vec<ShardReport> {
+        self.live
+            .iter()
+            .map(|l| l.lock().map(|r| r.clone()).unwrap_or_default())
+            .collect()
     }
 
     /// The configuration in force.

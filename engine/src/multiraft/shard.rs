@@ -54,6 +54,8 @@ pub struct ShardReport {
     pub groups: usize,
     /// Storage counters.
     pub storage: StorageStats,
+    /// The write-ahead log's counters (fsyncs, batches, pipelined batches).
+    pub log: crate::log::LogStats,
     /// Inbound counters.
     pub inbox: InboxStats,
     /// Per-peer link counters.
@@ -106,6 +108,9 @@ fn to_of(m: &Message) -> u64 {
     }
 }
 
+/// How often a shard publishes its counters for [`super::Server::stats`].
+const PUBLISH_EVERY_MS: u64 = 20;
+
 /// The file in `--dir` that records the shape a node was created with.
 const META_FILE: &str = "ringleader-raft.meta";
 
@@ -151,15 +156,18 @@ struct Shard {
     misrouted: u64,
     turns: u64,
     addr_text: HashMap<u64, String>,
+    live: Arc<std::sync::Mutex<ShardReport>>,
+    published_at: Time,
 }
 
 /// Runs one shard until the runtime stops.
 pub(super) async fn run(
     ctx: ShardContext<(), (), ()>,
     cfg: Arc<ServerConfig>,
+    live: Arc<Vec<Arc<std::sync::Mutex<ShardReport>>>>,
     ready: crossbeam_channel::Sender<Result<(), String>>,
 ) -> Result<ShardReport, String> {
-    match start(&ctx, &cfg).await {
+    match start(&ctx, &cfg, &live).await {
         Ok(mut s) => {
             let _ = ready.send(Ok(()));
             let r = s.run(&ctx).await;
@@ -177,7 +185,11 @@ pub(super) async fn run(
     }
 }
 
-async fn start(ctx: &ShardContext<(), (), ()>, cfg: &Arc<ServerConfig>) -> Result<Shard, String> {
+async fn start(
+    ctx: &ShardContext<(), (), ()>,
+    cfg: &Arc<ServerConfig>,
+    live: &[Arc<std::sync::Mutex<ShardReport>>],
+) -> Result<Shard, String> {
     let shard = ctx.id();
     let groups = cfg.groups_of_shard(shard);
     let dir = cfg.dir.join(format!("shard-{shard:03}"));
@@ -312,6 +324,8 @@ async fn start(ctx: &ShardContext<(), (), ()>, cfg: &Arc<ServerConfig>) -> Resul
         misrouted: 0,
         turns: 0,
         addr_text,
+        live: Arc::clone(&live[shard]),
+        published_at: Time::ZERO,
     })
 }
 
@@ -372,6 +386,13 @@ impl Shard {
                 // Let the socket tasks run before the next turn.
                 glommio::executor().yield_now().await;
                 continue;
+            }
+            if now >= self.published_at + Duration::from_millis(PUBLISH_EVERY_MS) {
+                self.published_at = now;
+                let r = self.report();
+                if let Ok(mut l) = self.live.lock() {
+                    *l = r;
+                }
             }
             let deadline = self.timers.next_deadline();
             ctx.wait(deadline).await;
@@ -685,6 +706,7 @@ impl Shard {
             shard: self.shard,
             groups: self.drivers.len(),
             storage: self.storage.stats(),
+            log: self.storage.log().stats(),
             inbox: self.inbox.stats(),
             links: self.links.iter().map(|(&n, l)| (n, l.stats())).collect(),
             drivers,

@@ -91,6 +91,8 @@ pub struct StorageStats {
     pub group_writes: u64,
     /// Records appended.
     pub records: u64,
+    /// Raft entries in them.
+    pub entries: u64,
     /// Snapshot files written.
     pub snapshots_saved: u64,
     /// Checkpoint records written to let the log be cut.
@@ -320,6 +322,7 @@ impl ShardStorage {
         self.stats.appends += 1;
         self.stats.group_writes += writes.len() as u64;
         self.stats.records += used as u64;
+        self.stats.entries += writes.iter().map(|w| w.entries.len() as u64).sum::<u64>();
         Ok(Some((next + used as u64 - 1, durable)))
     }
 
