@@ -23,6 +23,9 @@ enum Command {
     Node(cmd::node::Args),
     /// One node of the replicated key-value service (multi-raft on the shards).
     Server(cmd::server::Args),
+    /// Kill -9 nodes of a live 3-node cluster under writes; check nothing acknowledged is
+    /// lost and the history is linearizable.
+    RaftCrash(cmd::raft_crash::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,5 +36,6 @@ fn main() -> anyhow::Result<()> {
         Command::WalCrash(a) => cmd::wal_crash::run(a),
         Command::Node(a) => cmd::node::run(a),
         Command::Server(a) => cmd::server::run(a),
+        Command::RaftCrash(a) => cmd::raft_crash::run(a),
     }
 }

@@ -3,5 +3,6 @@
 pub mod compare;
 pub mod flamegraph;
 pub mod node;
+pub mod raft_crash;
 pub mod server;
 pub mod wal_crash;
