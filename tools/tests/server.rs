@@ -3,7 +3,7 @@
 //! is redirected; malformed client frames get an error or a closed connection while the
 //! node keeps serving others; the leader is killed with SIGKILL, a new one is elected and
 //! every acknowledged write is still there; the killed node restarts on its directory and
-//! serves again.
+//! serves again; a wiped node catches up by snapshot (its report says it restored one).
 //!
 //! Nodes listen on 127.75.0.1..3 on a per-run port (from this test's pid). Every wait has
 //! a generous liveness bound; nothing asserts timing. A guard kills every child when the
@@ -45,6 +45,10 @@ impl Drop for Children {
 }
 
 fn spawn(i: usize, dir: &Path) -> Child {
+    static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let start = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out =
+        std::fs::File::create(dir.join(format!("n{}.{start}.out", i + 1))).expect("stdout file");
     let peers: Vec<String> = (0..NODES)
         .map(|j| format!("{}={}", j + 1, addr(j)))
         .collect();

@@ -66,6 +66,8 @@ pub struct ShardReport {
     pub misrouted: u64,
     /// Turns of the loop.
     pub turns: u64,
+    /// Snapshots received from leaders and restored.
+    pub snapshots_restored: u64,
 }
 
 /// A write batch in flight: the LSN that makes it durable and the group writes in it.
@@ -155,6 +157,7 @@ struct Shard {
     failed: Rc<std::cell::RefCell<Option<String>>>,
     misrouted: u64,
     turns: u64,
+    snapshots_restored: u64,
     addr_text: HashMap<u64, String>,
     live: Arc<std::sync::Mutex<ShardReport>>,
     published_at: Time,
@@ -323,6 +326,7 @@ async fn start(
         failed: Rc::new(std::cell::RefCell::new(None)),
         misrouted: 0,
         turns: 0,
+        snapshots_restored: 0,
         addr_text,
         live: Arc::clone(&live[shard]),
         published_at: Time::ZERO,
@@ -628,6 +632,7 @@ impl Shard {
                     Err(e) => return Err(format!("shard {}: {e}", self.shard)),
                 }
             }
+            self.snapshots_restored += std::mem::take(&mut self.out.snapshots_restored);
             for (g, s) in std::mem::take(&mut self.out.snapshots) {
                 self.storage
                     .store_snapshot(g, &s)
@@ -712,6 +717,7 @@ impl Shard {
             drivers,
             misrouted: self.misrouted,
             turns: self.turns,
+            snapshots_restored: self.snapshots_restored,
         }
     }
 }

@@ -122,7 +122,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     for r in server.join() {
         match r {
             Ok(rep) => println!(
-                "stopped shard {} groups {} appends {} group-writes {} proposals {} reads {} snapshots {} turns {}",
+                "stopped shard {} groups {} appends {} group-writes {} proposals {} reads {} snapshots {} snapshots-restored {} turns {}",
                 rep.shard,
                 rep.groups,
                 rep.storage.appends,
@@ -130,6 +130,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 rep.drivers.proposals,
                 rep.drivers.reads,
                 rep.drivers.snapshots_taken,
+                rep.snapshots_restored,
                 rep.turns
             ),
             Err(e) => {
