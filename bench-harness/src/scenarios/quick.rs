@@ -39,7 +39,7 @@ pub struct Args {
     pub timeout: Duration,
     /// Time limit of the whole of quick: each child's limit is cut to what is left, and the
     /// scenarios after it is spent are listed as skipped.
-    #[arg(long, default_value = "150s", value_parser = parse_duration)]
+    #[arg(long, default_value = "180s", value_parser = parse_duration)]
     pub budget: Duration,
     /// Folder on the filesystem for the WAL scenario (default: a temporary folder under the
     /// current directory, removed afterwards).
@@ -92,6 +92,22 @@ pub const SPECS: &[Spec] = &[
         ],
         needs_dir: true,
         rows: wal_rows,
+    },
+    Spec {
+        id: "raft",
+        args: &[
+            "raft",
+            "--nodes",
+            "3",
+            "--clients",
+            "64",
+            "--value-bytes",
+            "256",
+            "--duration",
+            "3s",
+        ],
+        needs_dir: true,
+        rows: raft_rows,
     },
     Spec {
         id: "transport",
@@ -313,6 +329,28 @@ pub fn wal_rows(v: &Value) -> Vec<Row> {
     ) {
         row.note = format!("raw fdatasync p50 {} us, p99 {} us", si(p50), si(p99));
     }
+    vec![row]
+}
+
+/// Row of `raft`: replicated puts/s of a 3-process cluster; p50 against raw fdatasync p50.
+pub fn raft_rows(v: &Value) -> Vec<Row> {
+    let mut row = Row::new("raft");
+    row.throughput = q(num(v, &["ops_per_s"]), "puts/s");
+    row.p50 = q(num(v, &["latency_us", "p50"]), "us");
+    row.p99 = q(num(v, &["latency_us", "p99"]), "us");
+    row.ratio = q(
+        div(
+            num(v, &["latency_us", "p50"]),
+            num(v, &["fdatasync_us", "p50"]),
+        ),
+        "x p50 vs raw fdatasync p50",
+    );
+    row.note = format!(
+        "{} entries/fsync, {} cores, {} errors",
+        num(v, &["entries_per_fsync"]).map_or("?".into(), si),
+        num(v, &["cpu_cores"]).map_or("?".into(), |c| format!("{c:.2}")),
+        num(v, &["errors"]).map_or("?".into(), si),
+    );
     vec![row]
 }
 
