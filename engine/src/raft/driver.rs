@@ -440,6 +440,31 @@ impl<R: RngCore, S: StateMachine, T> GroupDriver<R, S, T> {
         self.process(now, out);
     }
 
+    /// Proposes a one-server membership change (leader only); returns the index of its
+    /// config entry. It takes effect when that entry is appended (thesis §4.1).
+    pub fn change_membership(
+        &mut self,
+        now: Time,
+        change: super::ConfChange,
+        out: &mut Outbox<T, S::Output, S::ReadOutput>,
+    ) -> Result<u64, RaftError> {
+        let r = self.raft.change_membership(change);
+        self.process(now, out);
+        r
+    }
+
+    /// Starts handing leadership to `to` (leader only).
+    pub fn transfer_leader(
+        &mut self,
+        now: Time,
+        to: u64,
+        out: &mut Outbox<T, S::Output, S::ReadOutput>,
+    ) -> Result<(), RaftError> {
+        let r = self.raft.transfer_leader(to);
+        self.process(now, out);
+        r
+    }
+
     /// Writes up to `seq` are durable.
     pub fn durable(&mut self, now: Time, seq: u64, out: &mut Outbox<T, S::Output, S::ReadOutput>) {
         let mut last = None;
