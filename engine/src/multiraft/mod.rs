@@ -27,6 +27,7 @@
 //! anything a peer, a client or the disk sends.
 
 pub mod clients;
+pub mod machine;
 pub mod peers;
 pub mod record;
 mod shard;
@@ -40,11 +41,13 @@ use std::sync::Arc;
 
 pub use ringleader_wire::msg::client::{group_of_key, shard_of_group};
 
+use crate::kv::Kv;
 use crate::log::LogConfig;
 use crate::raft::driver::DriverConfig;
 use crate::runtime::{Runtime, RuntimeConfig, RuntimeError};
 
-pub use shard::ShardReport;
+pub use machine::{ClientCall, Machine};
+pub use shard::{AppCommand, AppReply, ShardReport};
 
 /// Configuration of a node. Units are in the names.
 #[derive(Debug, Clone)]
@@ -209,18 +212,45 @@ pub enum ServerError {
     },
 }
 
-/// A running node: its shards serve peers and clients until [`Server::shutdown`].
-pub struct Server {
-    runtime: Runtime<(), (), Result<ShardReport, String>>,
+/// A running node: its shards serve peers and clients until [`Server::shutdown`]. `S` is
+/// what its groups replicate: the key-value store by default, or an embedding program's
+/// own [`Machine`] (see [`Server::start_with`]).
+pub struct Server<S: Machine = Kv>
+where
+    S::Output: Send,
+    S::Read: Send,
+    S::ReadOutput: Send,
+{
+    runtime: Runtime<AppCommand<S>, (), Result<ShardReport, String>>,
     cfg: Arc<ServerConfig>,
     live: Arc<Vec<Arc<std::sync::Mutex<ShardReport>>>>,
 }
 
-impl Server {
-    /// Starts the node: opens every shard's storage (recovering what is there), binds the
-    /// shards' listeners, connects to peers. Returns once every shard runs (or the first
-    /// failure).
-    pub fn start(cfg: ServerConfig) -> Result<Server, ServerError> {
+/// A proposal or read handed to a shard; its outcome arrives on the channel.
+pub type Pending<S> = crossbeam_channel::Receiver<AppReply<S>>;
+
+impl Server<Kv> {
+    /// Starts a node of the key-value service: opens every shard's storage (recovering
+    /// what is there), binds the shards' listeners, connects to peers. Returns once every
+    /// shard runs (or the first failure).
+    pub fn start(cfg: ServerConfig) -> Result<Server<Kv>, ServerError> {
+        Server::start_with(cfg, |_| Kv::new())
+    }
+}
+
+impl<S: Machine> Server<S>
+where
+    S::Output: Send,
+    S::Read: Send,
+    S::ReadOutput: Send,
+{
+    /// Starts a node whose groups replicate machines made by `factory(group)` (called on
+    /// the group's shard, once per start; a restart restores each from its snapshot and
+    /// replays its log).
+    pub fn start_with<F>(cfg: ServerConfig, factory: F) -> Result<Server<S>, ServerError>
+    where
+        F: Fn(u64) -> S + Send + Clone + 'static,
+    {
         cfg.validate().map_err(ServerError::Config)?;
         std::fs::create_dir_all(&cfg.dir)
             .map_err(|e| ServerError::Config(format!("--dir {}: {e}", cfg.dir.display())))?;
@@ -243,27 +273,73 @@ impl Server {
         let c = Arc::clone(&cfg);
         let l = Arc::clone(&live);
         let runtime = Runtime::start::<(), _, _>(rt_cfg, move |ctx| {
-            shard::run(ctx, Arc::clone(&c), Arc::clone(&l), ready_tx.clone())
+            shard::run(ctx, factory.clone(), Arc::clone(&c), Arc::clone(&l), ready_tx.clone())
         })?;
         for _ in 0..cfg.shards {
-            match ready_rx.recv_timeout(std::time::Duration::from_secs(120)) {
-                Ok(Ok(())) => {}
-                Ok(Err(what)) => {
-                    runtime.shutdown();
-                    let _ = runtime.join();
-                    return Err(ServerError::Shard { shard: 0, what });
-                }
-                Err(_) => {
-                    runtime.shutdown();
-                    let _ = runtime.join();
-                    return Err(ServerError::Shard {
-                        shard: 0,
-                        what: "a shard did not start within 120 s".into(),
-                    });
-                }
-            }
+            let failed = match ready_rx.recv_timeout(std::time::Duration::from_secs(120)) {
+                Ok(Ok(())) => continue,
+                Ok(Err(what)) => what,
+                Err(_) => "a shard did not start within 120 s".to_string(),
+            };
+            runtime.shutdown();
+            let _ = runtime.join();
+            return Err(ServerError::Shard {
+                shard: 0,
+                what: failed,
+            });
         }
         Ok(Server { runtime, cfg, live })
+    }
+
+    /// Proposes `command` to `group` on this node. The outcome arrives on the returned
+    /// channel: [`crate::raft::driver::Reply::Applied`] once committed and applied here,
+    /// `Refused(NotLeader(hint))` when this node does not lead the group (send it to the
+    /// hinted node instead), `Unknown` past the request timeout.
+    pub fn propose(&self, group: u64, command: Vec<u8>) -> Result<Pending<S>, ServerError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(
+            group,
+            AppCommand::Propose {
+                group,
+                command,
+                reply: tx,
+            },
+        )?;
+        Ok(rx)
+    }
+
+    /// Reads `query` from `group` on this node, served as `consistency` allows.
+    pub fn read(
+        &self,
+        group: u64,
+        query: S::Read,
+        consistency: crate::raft::driver::ReadConsistency,
+    ) -> Result<Pending<S>, ServerError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(
+            group,
+            AppCommand::Read {
+                group,
+                query,
+                consistency,
+                reply: tx,
+            },
+        )?;
+        Ok(rx)
+    }
+
+    fn send(&self, group: u64, cmd: AppCommand<S>) -> Result<(), ServerError> {
+        if group == 0 || group > self.cfg.groups {
+            return Err(ServerError::Config(format!(
+                "group {group} does not exist: groups are numbered 1..={}",
+                self.cfg.groups
+            )));
+        }
+        let shard = shard_of_group(group, self.cfg.shards as u32) as usize;
+        self.runtime.send(shard, cmd).map_err(|_| ServerError::Shard {
+            shard,
+            what: "its command queue is full (or it stopped): retry shortly".into(),
+        })
     }
 
     /// Each shard's counters, as published by the shard at most a few ms ago.

@@ -17,8 +17,8 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use ringleader_wire::msg::Message;
 use ringleader_wire::msg::client::{
-    ClientOp, ClientRequest, ClientResponse, ClientResult, ClusterInfo, Consistency, ErrorCode,
-    NodeAddr, group_of_key,
+    ClientOp, ClientRequest, ClientResponse, ClientResult, ClusterInfo, ErrorCode, NodeAddr,
+    group_of_key,
 };
 use ringleader_wire::msg::raft::{ConfState, PeerHello};
 
@@ -26,24 +26,52 @@ use super::ServerConfig;
 use super::clients::{Accept, Inbox, InboxStats};
 use super::peers::{LinkStats, PeerLink, run_link};
 use super::storage::{ShardStorage, StorageError, StorageStats};
-use crate::kv::{Command, Get, KEY_BYTES_MAX, Kv, KvError, Output};
 use crate::log::LogError;
 use crate::raft::Role;
-use crate::raft::driver::{DriverCounters, GroupDriver, Outbox, ReadConsistency, Refusal, Reply};
+use crate::raft::driver::{
+    DriverCounters, GroupDriver, Outbox, ReadConsistency, Refusal, Reply, StateMachine,
+};
+use super::machine::{ClientCall, Machine};
 use crate::runtime::{ShardContext, Timers};
 use crate::time::Time;
 use crate::transport::tcp::FrameListener;
 
-/// Who waits for a reply: a client connection and its request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Token {
-    conn: u64,
-    id: u64,
-    group: u64,
+/// Who waits for a reply: a client connection's request, or an embedding program.
+enum Token<S: StateMachine> {
+    Client { conn: u64, id: u64, group: u64 },
+    App(crossbeam_channel::Sender<AppReply<S>>),
 }
 
-type Driver = GroupDriver<SmallRng, Kv, Token>;
-type Out = Outbox<Token, Result<Output, KvError>, Option<Vec<u8>>>;
+/// What an embedding program gets back for a proposal or a read.
+pub type AppReply<S> =
+    Reply<<S as StateMachine>::Output, <S as StateMachine>::ReadOutput>;
+
+/// A request from the embedding program to a shard.
+pub enum AppCommand<S: StateMachine> {
+    /// Propose a command to a group.
+    Propose {
+        /// The group.
+        group: u64,
+        /// The entry payload.
+        command: Vec<u8>,
+        /// Where the outcome goes.
+        reply: crossbeam_channel::Sender<AppReply<S>>,
+    },
+    /// Read from a group.
+    Read {
+        /// The group.
+        group: u64,
+        /// The query.
+        query: S::Read,
+        /// How.
+        consistency: ReadConsistency,
+        /// Where the answer goes.
+        reply: crossbeam_channel::Sender<AppReply<S>>,
+    },
+}
+
+type Driver<S> = GroupDriver<SmallRng, S, Token<S>>;
+type Out<S> = Outbox<Token<S>, <S as StateMachine>::Output, <S as StateMachine>::ReadOutput>;
 
 /// What a shard reports when it stops.
 #[derive(Debug, Clone, Default)]
@@ -141,10 +169,15 @@ pub(super) fn check_meta(cfg: &ServerConfig) -> Result<(), String> {
     }
 }
 
-struct Shard {
+struct Shard<S: Machine>
+where
+    S::Output: Send,
+    S::Read: Send,
+    S::ReadOutput: Send,
+{
     cfg: Arc<ServerConfig>,
     shard: usize,
-    drivers: BTreeMap<u64, Driver>,
+    drivers: BTreeMap<u64, Driver<S>>,
     storage: ShardStorage,
     inbox: Rc<Inbox>,
     links: BTreeMap<u64, Rc<PeerLink>>,
@@ -152,7 +185,7 @@ struct Shard {
     in_flight: VecDeque<InFlight>,
     /// Group writes refused by backpressure, to retry.
     held: Vec<crate::raft::driver::GroupWrite>,
-    out: Out,
+    out: Out<S>,
     touched: BTreeSet<u64>,
     failed: Rc<std::cell::RefCell<Option<String>>>,
     misrouted: u64,
@@ -164,13 +197,21 @@ struct Shard {
 }
 
 /// Runs one shard until the runtime stops.
-pub(super) async fn run(
-    ctx: ShardContext<(), (), ()>,
+pub(super) async fn run<S, F>(
+    ctx: ShardContext<AppCommand<S>, (), ()>,
+    factory: F,
     cfg: Arc<ServerConfig>,
     live: Arc<Vec<Arc<std::sync::Mutex<ShardReport>>>>,
     ready: crossbeam_channel::Sender<Result<(), String>>,
-) -> Result<ShardReport, String> {
-    match start(&ctx, &cfg, &live).await {
+) -> Result<ShardReport, String>
+where
+    S: Machine,
+    S::Output: Send,
+    S::Read: Send,
+    S::ReadOutput: Send,
+    F: Fn(u64) -> S,
+{
+    match start(&ctx, &cfg, &live, factory).await {
         Ok(mut s) => {
             let _ = ready.send(Ok(()));
             let r = s.run(&ctx).await;
@@ -188,11 +229,19 @@ pub(super) async fn run(
     }
 }
 
-async fn start(
-    ctx: &ShardContext<(), (), ()>,
+async fn start<S, F>(
+    ctx: &ShardContext<AppCommand<S>, (), ()>,
     cfg: &Arc<ServerConfig>,
     live: &[Arc<std::sync::Mutex<ShardReport>>],
-) -> Result<Shard, String> {
+    factory: F,
+) -> Result<Shard<S>, String>
+where
+    S: Machine,
+    S::Output: Send,
+    S::Read: Send,
+    S::ReadOutput: Send,
+    F: Fn(u64) -> S,
+{
     let shard = ctx.id();
     let groups = cfg.groups_of_shard(shard);
     let dir = cfg.dir.join(format!("shard-{shard:03}"));
@@ -230,7 +279,7 @@ async fn start(
             cfg.id,
             bootstrap.clone(),
             recovered,
-            Kv::new(),
+            factory(g),
             rng,
             now,
         )
@@ -333,14 +382,6 @@ async fn start(
     })
 }
 
-fn consistency(c: Consistency) -> ReadConsistency {
-    match c {
-        Consistency::Linearizable => ReadConsistency::Linearizable,
-        Consistency::Lease => ReadConsistency::Lease,
-        Consistency::Stale => ReadConsistency::Stale,
-    }
-}
-
 fn error(code: ErrorCode, message: impl Into<String>) -> ClientResult {
     ClientResult::Error {
         code,
@@ -348,8 +389,13 @@ fn error(code: ErrorCode, message: impl Into<String>) -> ClientResult {
     }
 }
 
-impl Shard {
-    async fn run(&mut self, ctx: &ShardContext<(), (), ()>) -> Result<(), String> {
+impl<S: Machine> Shard<S>
+where
+    S::Output: Send,
+    S::Read: Send,
+    S::ReadOutput: Send,
+{
+    async fn run(&mut self, ctx: &ShardContext<AppCommand<S>, (), ()>) -> Result<(), String> {
         loop {
             if ctx.stopping() {
                 return Ok(());
@@ -361,6 +407,7 @@ impl Shard {
             let now = ctx.now();
             self.take_messages(now);
             self.take_requests(now);
+            self.take_commands(ctx, now);
             self.release_durable(now);
             while let Some((g, _)) = self.timers.pop_expired(now) {
                 if let Some(d) = self.drivers.get_mut(&g) {
@@ -448,7 +495,7 @@ impl Shard {
             return;
         }
         let deadline = now + Duration::from_millis(self.cfg.request_timeout_ms);
-        let mut batches: BTreeMap<u64, Vec<(Vec<u8>, Token, Time)>> = BTreeMap::new();
+        let mut batches: BTreeMap<u64, Vec<(Vec<u8>, Token<S>, Time)>> = BTreeMap::new();
         let value_max = self
             .storage
             .log()
@@ -457,7 +504,7 @@ impl Shard {
             .saturating_sub(64);
         for (conn, req) in reqs {
             let id = req.id;
-            let (key, cmd, read) = match req.op {
+            let too_large = match &req.op {
                 ClientOp::Info => {
                     let info = ClusterInfo {
                         node: self.cfg.id,
@@ -475,76 +522,54 @@ impl Shard {
                     self.respond(conn, id, ClientResult::Info(info));
                     continue;
                 }
-                ClientOp::Put { key, value } => {
-                    if value.len() > value_max {
-                        self.respond(
-                            conn,
-                            id,
-                            error(
-                                ErrorCode::TooLarge,
-                                format!("the value has {} bytes; at most {value_max}", value.len()),
-                            ),
-                        );
-                        continue;
-                    }
-                    (key.clone(), Some(Command::Put { key, value }), None)
+                ClientOp::Put { value, .. } => value.len() > value_max,
+                ClientOp::Cas { expected, new, .. } => {
+                    new.len() > value_max || expected.as_ref().is_some_and(|e| e.len() > value_max)
                 }
-                ClientOp::Delete { key } => (key.clone(), Some(Command::Delete { key }), None),
-                ClientOp::Cas { key, expected, new } => {
-                    if new.len() > value_max
-                        || expected.as_ref().is_some_and(|e| e.len() > value_max)
-                    {
-                        self.respond(
-                            conn,
-                            id,
-                            error(
-                                ErrorCode::TooLarge,
-                                format!("values are limited to {value_max} bytes"),
-                            ),
-                        );
-                        continue;
-                    }
-                    (key.clone(), Some(Command::Cas { key, expected, new }), None)
-                }
-                ClientOp::Get { key, consistency } => (key, None, Some(consistency)),
+                _ => false,
             };
-            if key.is_empty() || key.len() > KEY_BYTES_MAX {
+            if too_large {
                 self.respond(
                     conn,
                     id,
                     error(
-                        if key.is_empty() {
-                            ErrorCode::Malformed
-                        } else {
-                            ErrorCode::TooLarge
-                        },
-                        format!("keys must have 1 to {KEY_BYTES_MAX} bytes"),
+                        ErrorCode::TooLarge,
+                        format!("values are limited to {value_max} bytes"),
                     ),
                 );
                 continue;
             }
-            let group = group_of_key(&key, self.cfg.groups);
+            let call = match S::client_call(req.op) {
+                Ok(c) => c,
+                Err(r) => {
+                    self.respond(conn, id, r);
+                    continue;
+                }
+            };
+            let key = match &call {
+                ClientCall::Write { key, .. } | ClientCall::Read { key, .. } => key,
+            };
+            let group = group_of_key(key, self.cfg.groups);
             let Some(d) = self.drivers.get_mut(&group) else {
+                let s = super::shard_of_group(group, self.cfg.shards as u32);
                 self.respond(
                     conn,
                     id,
                     error(
                         ErrorCode::WrongShard,
                         format!(
-                            "group {group} lives on shard {} (port + {}), not on shard {}",
-                            super::shard_of_group(group, self.cfg.shards as u32),
-                            super::shard_of_group(group, self.cfg.shards as u32),
+                            "group {group} lives on shard {s} (port + {s}), not on shard {}",
                             self.shard
                         ),
                     ),
                 );
                 continue;
             };
-            let token = Token { conn, id, group };
+            let token = Token::Client { conn, id, group };
             let is_leader = d.raft().role() == Role::Leader;
             let hint = d.raft().leader_id();
-            match (cmd, read) {
-                (Some(cmd), _) => {
+            match call {
+                ClientCall::Write { command, .. } => {
                     if !is_leader {
                         let r = self.not_leader(group, hint);
                         self.respond(conn, id, r);
@@ -553,25 +578,61 @@ impl Shard {
                     batches
                         .entry(group)
                         .or_default()
-                        .push((cmd.encode(), token, deadline));
+                        .push((command, token, deadline));
                 }
-                (None, Some(c)) => {
-                    let c = consistency(c);
-                    if c != ReadConsistency::Stale && !is_leader {
+                ClientCall::Read {
+                    query, consistency, ..
+                } => {
+                    if consistency != ReadConsistency::Stale && !is_leader {
                         let r = self.not_leader(group, hint);
                         self.respond(conn, id, r);
                         continue;
                     }
-                    d.read(now, Get { key }, c, token, deadline, &mut self.out);
+                    d.read(now, query, consistency, token, deadline, &mut self.out);
                     self.touched.insert(group);
                 }
-                (None, None) => {}
             }
         }
         for (g, batch) in batches {
             if let Some(d) = self.drivers.get_mut(&g) {
                 d.propose_batch(now, batch, &mut self.out);
                 self.touched.insert(g);
+            }
+        }
+    }
+
+    /// Proposals and reads of the embedding program.
+    fn take_commands(&mut self, ctx: &ShardContext<AppCommand<S>, (), ()>, now: Time) {
+        let deadline = now + Duration::from_millis(self.cfg.request_timeout_ms);
+        while let Some(cmd) = ctx.try_command() {
+            match cmd {
+                AppCommand::Propose {
+                    group,
+                    command,
+                    reply,
+                } => match self.drivers.get_mut(&group) {
+                    Some(d) => {
+                        d.propose(now, command, Token::App(reply), deadline, &mut self.out);
+                        self.touched.insert(group);
+                    }
+                    None => {
+                        let _ = reply.send(Reply::Refused(Refusal::NotLeader(0)));
+                    }
+                },
+                AppCommand::Read {
+                    group,
+                    query,
+                    consistency,
+                    reply,
+                } => match self.drivers.get_mut(&group) {
+                    Some(d) => {
+                        d.read(now, query, consistency, Token::App(reply), deadline, &mut self.out);
+                        self.touched.insert(group);
+                    }
+                    None => {
+                        let _ = reply.send(Reply::Refused(Refusal::NotLeader(0)));
+                    }
+                },
             }
         }
     }
@@ -639,37 +700,33 @@ impl Shard {
                     .map_err(|e| format!("shard {}: {e}", self.shard))?;
             }
             for (t, r) in std::mem::take(&mut self.out.replies) {
+                let (conn, id, group) = match t {
+                    Token::App(tx) => {
+                        let _ = tx.send(r);
+                        continue;
+                    }
+                    Token::Client { conn, id, group } => (conn, id, group),
+                };
                 let result = match r {
-                    Reply::Applied { output, .. } => match output {
-                        Ok(Output::Done) => ClientResult::Done,
-                        Ok(Output::Cas(swapped)) => ClientResult::Cas { swapped },
-                        Err(e) => error(
-                            ErrorCode::Malformed,
-                            format!("the command was refused: {e}"),
-                        ),
-                    },
-                    Reply::Read(v) => ClientResult::Value(v),
-                    Reply::Refused(Refusal::NotLeader(h)) => self.not_leader(t.group, h),
+                    Reply::Applied { output, .. } => S::client_output(output),
+                    Reply::Read(v) => S::client_read(v),
+                    Reply::Refused(Refusal::NotLeader(h)) => self.not_leader(group, h),
                     Reply::Refused(Refusal::Busy) => error(
                         ErrorCode::Busy,
                         format!(
-                            "group {} is at a bound (uncommitted entries or pending requests): retry shortly",
-                            t.group
+                            "group {group} is at a bound (uncommitted entries or pending requests): retry shortly"
                         ),
                     ),
                     Reply::Refused(Refusal::NotReady) => error(
                         ErrorCode::Unavailable,
-                        format!(
-                            "group {}'s new leader has not committed yet: retry shortly",
-                            t.group
-                        ),
+                        format!("group {group}'s new leader has not committed yet: retry shortly"),
                     ),
                     Reply::Unknown => error(
                         ErrorCode::Unknown,
                         "no outcome within the request timeout: the write may or may not have taken effect",
                     ),
                 };
-                self.respond(t.conn, t.id, result);
+                self.respond(conn, id, result);
             }
             // Re-arm the timers of every group touched this turn.
             for g in std::mem::take(&mut self.touched) {
