@@ -139,6 +139,8 @@ pub struct SeedReport {
     pub ops_acked: u64,
     /// Operations whose outcome stayed unknown.
     pub ops_unknown: u64,
+    /// Requests a driver answered with an unknown outcome (their deadline passed).
+    pub ops_expired: u64,
     /// Invariant violations, described.
     pub violations: Vec<String>,
     /// The linearizability verdict (None when the history was not checked).
@@ -960,7 +962,10 @@ impl Sim {
             R::Read(v) => Reply::Value(value_of(v.as_deref())),
             R::Refused(Refusal::NotLeader(hint)) => Reply::Refused { leader_hint: hint },
             R::Refused(_) => Reply::Refused { leader_hint: 0 },
-            R::Unknown => Reply::Unknown,
+            R::Unknown => {
+                self.report.ops_expired += 1;
+                Reply::Unknown
+            }
         };
         self.reply(client, attempt, reply);
     }
