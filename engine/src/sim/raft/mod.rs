@@ -4,7 +4,9 @@
 //! reordering, delay and partitions, crashes and restarts, and clients that issue key-value
 //! operations and record a history for the linearizability checker ([`check`]). Nodes are
 //! driven by deadlines, as a live shard is: after every input a timer is armed at the
-//! driver's next deadline, and time reaches the driver only when it fires.
+//! driver's next deadline, and time reaches the driver only when it fires. Writes reach a
+//! driver one by one (`propose`) or, in half of the seeds, gathered over a short window
+//! (`propose_batch`), as a shard gathering a poll's requests would.
 //!
 //! After every simulated step the invariants of the Raft paper are checked: election safety,
 //! log matching (on the entries the driver hands out to persist), leader completeness,
@@ -98,6 +100,9 @@ pub struct SimConfig {
     pub request_timeout_ms: u64,
     /// Take a snapshot after this many applied entries.
     pub snapshot_every_entries: u64,
+    /// Half the seeds gather the writes reaching a node for a window of 1 to this many
+    /// milliseconds into one `propose_batch`; the others propose each write alone.
+    pub batch_window_ms_max: u64,
     /// Linearizability search bound per key.
     pub check_step_limit: u64,
     /// Virtual time limit of one seed.
@@ -124,6 +129,7 @@ impl SimConfig {
             op_timeout_ms: 500,
             request_timeout_ms: 400,
             snapshot_every_entries: 40,
+            batch_window_ms_max: 3,
             check_step_limit: 2_000_000,
             time_limit_ms: 120_000,
         }
@@ -212,6 +218,10 @@ enum Ev {
     Partition,
     Heal,
     Reconfig,
+    ProposeBatch {
+        node: u64,
+        incarnation: u64,
+    },
     ClientNext {
         client: usize,
     },
@@ -260,6 +270,8 @@ struct Node {
     unanswered: BTreeMap<Token, Time>,
     /// The driver's snapshot restore failures already reported.
     restore_failures: u64,
+    /// Writes gathered for the next `propose_batch`.
+    batch: Vec<(Vec<u8>, Token, Time)>,
 }
 
 struct ClientState {
@@ -285,6 +297,8 @@ struct Sim {
     loss: f64,
     dup: f64,
     delay_ms_max: u64,
+    /// This seed's write-gathering window (0: none).
+    batch_window_ms: u64,
     faults_on: bool,
     leaders: BTreeMap<u64, u64>,
     /// index -> (term, payload hash, estimated commit term)
@@ -355,6 +369,11 @@ impl Sim {
         } else {
             (0.0, 0.0, 5)
         };
+        let batch_window_ms = if rng.random_bool(0.5) {
+            0
+        } else {
+            rng.random_range(1..=cfg.batch_window_ms_max.max(1))
+        };
         let nodes = (1..=cfg.nodes as u64)
             .map(|id| Node {
                 id,
@@ -366,6 +385,7 @@ impl Sim {
                 stuck_ticks: 0,
                 unanswered: BTreeMap::new(),
                 restore_failures: 0,
+                batch: Vec::new(),
             })
             .collect();
         let clients = (0..cfg.clients)
@@ -389,6 +409,7 @@ impl Sim {
             loss,
             dup,
             delay_ms_max,
+            batch_window_ms,
             faults_on: faults != Faults::None,
             leaders: BTreeMap::new(),
             applied: HashMap::new(),
@@ -462,6 +483,7 @@ impl Sim {
         n.stuck_ticks = 0;
         n.unanswered.clear();
         n.restore_failures = 0;
+        n.batch.clear();
         self.arm(i);
     }
 
@@ -780,6 +802,19 @@ impl Sim {
             Ev::Partition => self.partition(),
             Ev::Heal => self.blocked.clear(),
             Ev::Reconfig => self.reconfig(),
+            Ev::ProposeBatch { node, incarnation } => {
+                let i = (node - 1) as usize;
+                let now = self.sched.now();
+                let n = &mut self.nodes[i];
+                if n.incarnation != incarnation {
+                    return;
+                }
+                let batch = std::mem::take(&mut n.batch);
+                if let Some(d) = n.driver.as_mut() {
+                    d.propose_batch(now, batch, &mut self.out);
+                    self.after_input(i);
+                }
+            }
             Ev::ClientNext { client } => self.client_next(client),
             Ev::ToNode {
                 node,
@@ -1005,6 +1040,7 @@ impl Sim {
                 let node = &mut self.nodes[i];
                 node.driver = None;
                 node.unanswered.clear();
+                node.batch.clear();
                 node.disk.crash(power_loss, &mut self.rng);
                 self.down += 1;
                 self.report.crashes += 1;
@@ -1251,6 +1287,18 @@ impl Sim {
         let token = (client, attempt);
         n.unanswered.insert(token, deadline);
         match req {
+            Req::Write { cmd } if self.batch_window_ms > 0 => {
+                n.batch.push((cmd.encode(), token, deadline));
+                if n.batch.len() == 1 {
+                    let ev = Ev::ProposeBatch {
+                        node: n.id,
+                        incarnation: n.incarnation,
+                    };
+                    self.sched
+                        .schedule_in(Duration::from_millis(self.batch_window_ms), ev);
+                }
+                return;
+            }
             Req::Write { cmd } => d.propose(now, cmd.encode(), token, deadline, &mut self.out),
             Req::Read { key, mode } => {
                 let consistency = match mode {
