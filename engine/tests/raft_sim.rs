@@ -1,6 +1,7 @@
 //! The CI-sized simulation sweep: 1,000 seeds with every fault (crashes with and without
-//! power loss, torn writes, loss, duplication, reordering, delay, partitions), 3- and
-//! 5-node clusters, each checked for Raft's invariants after every step and for
+//! power loss, torn writes, loss, duplication, reordering, delay, partitions, membership
+//! churn), 3- and 5-node clusters whose nodes run the production Ready driver, each checked
+//! for Raft's invariants and the driver's contract after every step and for
 //! linearizability. `RAFT_SIM_SEEDS=N` runs more (or fewer) seeds.
 
 use ringleader_engine::sim::raft::check::CheckResult;
@@ -19,6 +20,9 @@ fn sweep_all_faults_has_no_violation() {
     let mut crashes = 0;
     let mut elections = 0;
     let mut snapshots = 0;
+    let mut snapshots_taken = 0;
+    let mut conf_changes = 0;
+    let mut expired = 0;
     let mut failed = Vec::new();
     for seed in 0..seeds() {
         let nodes = if seed % 2 == 0 { 3 } else { 5 };
@@ -34,6 +38,9 @@ fn sweep_all_faults_has_no_violation() {
         crashes += r.crashes;
         elections += r.elections;
         snapshots += r.snapshots_installed;
+        snapshots_taken += r.snapshots_taken;
+        conf_changes += r.conf_changes;
+        expired += r.ops_expired;
         if !r.violations.is_empty() || r.non_linearizable() {
             failed.push(format!(
                 "seed {seed} ({nodes} nodes, {faults:?}): {:?} {:?} — replay: ringleader-bench sim raft --nodes {nodes} --ops 60 --faults {} --seed {seed}",
@@ -50,6 +57,9 @@ fn sweep_all_faults_has_no_violation() {
     assert!(crashes > seeds() / 2, "crashes {crashes}");
     assert!(elections >= seeds(), "elections {elections}");
     assert!(snapshots > 0, "no snapshot was ever installed");
+    assert!(snapshots_taken > 0, "no node ever took a snapshot");
+    assert!(conf_changes > 0, "the membership never changed");
+    assert!(expired > 0, "no driver ever let a request expire");
 }
 
 #[test]

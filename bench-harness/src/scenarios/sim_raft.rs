@@ -34,6 +34,10 @@ pub struct Args {
     /// Faults: none|net|crash|disk|all.
     #[arg(long, default_value = "all")]
     pub faults: String,
+    /// Virtual time limit of one seed (default: the simulator's); long seeds (many
+    /// `--ops`) need more.
+    #[arg(long)]
+    pub time_limit_ms: Option<u64>,
     /// Worker threads (seeds are independent).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -51,7 +55,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("--nodes must be 3 or 5");
     }
     let faults: Faults = args.faults.parse().map_err(anyhow::Error::msg)?;
-    let cfg = SimConfig::new(args.nodes, args.ops, faults);
+    let mut cfg = SimConfig::new(args.nodes, args.ops, faults);
+    if let Some(t) = args.time_limit_ms {
+        cfg.time_limit_ms = t;
+    }
     let seeds: Vec<u64> = match args.seed {
         Some(s) => vec![s],
         None => (args.first_seed..args.first_seed + args.seeds).collect(),
@@ -60,6 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "nodes": args.nodes, "seeds": seeds.len(), "first_seed": seeds.first(), "ops": args.ops,
         "faults": args.faults, "clients": cfg.clients, "keys": cfg.keys,
         "election_timeout_ms": cfg.raft.election_timeout_ms, "heartbeat_interval_ms": cfg.raft.heartbeat_interval_ms,
+        "time_limit_ms": cfg.time_limit_ms,
     });
     let run = Run::new(
         "sim_raft",
@@ -109,10 +117,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         unfinished += u64::from(!r.finished);
         if args.verbose || bad {
             eprintln!(
-                "seed {}: acked {} unknown {} elections {} crashes {} snapshots {} gap {}ms virtual {}ms lin {:?}",
+                "seed {}: acked {} unknown {} (expired {}) elections {} crashes {} snapshots {} gap {}ms virtual {}ms lin {:?}",
                 r.seed,
                 r.ops_acked,
                 r.ops_unknown,
+                r.ops_expired,
                 r.elections,
                 r.crashes,
                 r.snapshots_installed,
@@ -126,8 +135,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 eprintln!("  violation: {v}");
             }
             eprintln!(
-                "  replay: ringleader-bench sim raft --nodes {} --ops {} --faults {} --seed {}",
-                args.nodes, args.ops, args.faults, r.seed
+                "  replay: ringleader-bench sim raft --nodes {} --ops {} --faults {} --time-limit-ms {} --seed {}",
+                args.nodes, args.ops, args.faults, cfg.time_limit_ms, r.seed
             );
         }
     }
@@ -135,6 +144,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "seeds": reports.len(),
         "ops_acked": reports.iter().map(|r| r.ops_acked).sum::<u64>(),
         "ops_unknown": reports.iter().map(|r| r.ops_unknown).sum::<u64>(),
+        "ops_expired": reports.iter().map(|r| r.ops_expired).sum::<u64>(),
         "violations": violations,
         "non_linearizable": non_linearizable,
         "linearizability_unknown": unknown,
@@ -142,6 +152,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "elections": reports.iter().map(|r| r.elections).sum::<u64>(),
         "crashes": reports.iter().map(|r| r.crashes).sum::<u64>(),
         "snapshots_installed": reports.iter().map(|r| r.snapshots_installed).sum::<u64>(),
+        "snapshots_taken": reports.iter().map(|r| r.snapshots_taken).sum::<u64>(),
         "conf_changes": reports.iter().map(|r| r.conf_changes).sum::<u64>(),
         "max_leader_gap_ms": reports.iter().map(|r| r.max_leader_gap_ms).max().unwrap_or(0),
         "virtual_ms": reports.iter().map(|r| r.virtual_ms).sum::<u64>(),

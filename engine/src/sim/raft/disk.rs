@@ -4,27 +4,31 @@
 //! none — and may tear the write after that prefix (part of its entries reach the platter,
 //! recovery's checksums drop the rest; the hard state and snapshot files are replaced
 //! atomically, so a torn write keeps their old versions).
+//!
+//! Each write carries the driver's sequence number ([`crate::raft::driver::GroupWrite`]'s
+//! `seq`): a completed fsync says which one it covers last, and that is what the node
+//! reports to its driver as durable. The disk never holds messages: the driver keeps those
+//! until it hears the write they follow is durable.
 
 use std::collections::VecDeque;
 
 use rand::Rng;
-use ringleader_wire::msg::Message;
 use ringleader_wire::msg::raft::Entry;
 
 use crate::raft::{HardState, Recovered, Snapshot};
 use crate::sim::SimRng;
 
-/// One write: what a Ready asked to persist, and the messages waiting for it.
+/// One write: what the driver asked to persist.
 #[derive(Debug, Default)]
 pub struct Write {
+    /// The driver's sequence number of this write (increasing per incarnation).
+    pub seq: u64,
     /// New term and vote.
     pub hard: Option<HardState>,
     /// A snapshot received from the leader.
     pub snapshot: Option<Snapshot>,
     /// Entries; the first index replaces the log from there.
     pub entries: Vec<Entry>,
-    /// Messages that may leave once this write is durable.
-    pub messages: Vec<Message>,
 }
 
 /// The durable state.
@@ -124,18 +128,19 @@ impl Disk {
         self.pending.push_back(w);
     }
 
-    /// Completes the fsync in flight: its writes become durable. Returns their messages.
-    pub fn complete_sync(&mut self) -> Vec<Message> {
-        let mut out = Vec::new();
+    /// Completes the fsync in flight: its writes become durable. Returns the sequence
+    /// number of the last one (None if it covered none).
+    pub fn complete_sync(&mut self) -> Option<u64> {
+        let mut last = None;
         for _ in 0..self.syncing {
             let Some(w) = self.pending.pop_front() else {
                 break;
             };
             self.durable.apply(&w, w.entries.len());
-            out.extend(w.messages);
+            last = Some(w.seq);
         }
         self.syncing = 0;
-        out
+        last
     }
 
     /// A crash. `power_loss`: un-synced writes are lost (a random prefix may survive and
@@ -162,10 +167,10 @@ impl Disk {
             && !w.entries.is_empty()
         {
             let torn = Write {
+                seq: w.seq,
                 hard: None,
                 snapshot: None,
                 entries: w.entries.clone(),
-                messages: Vec::new(),
             };
             let n = rng.random_range(0..w.entries.len());
             self.durable.apply(&torn, n);
