@@ -91,7 +91,10 @@ impl Machine for Kv {
                 .encode();
                 (key.clone(), ClientCall::Write { key, command })
             }
-            ClientOp::Get { key, consistency: c } => (
+            ClientOp::Get {
+                key,
+                consistency: c,
+            } => (
                 key.clone(),
                 ClientCall::Read {
                     key: key.clone(),

@@ -273,7 +273,13 @@ where
         let c = Arc::clone(&cfg);
         let l = Arc::clone(&live);
         let runtime = Runtime::start::<(), _, _>(rt_cfg, move |ctx| {
-            shard::run(ctx, factory.clone(), Arc::clone(&c), Arc::clone(&l), ready_tx.clone())
+            shard::run(
+                ctx,
+                factory.clone(),
+                Arc::clone(&c),
+                Arc::clone(&l),
+                ready_tx.clone(),
+            )
         })?;
         for _ in 0..cfg.shards {
             let failed = match ready_rx.recv_timeout(std::time::Duration::from_secs(120)) {
@@ -336,10 +342,12 @@ where
             )));
         }
         let shard = shard_of_group(group, self.cfg.shards as u32) as usize;
-        self.runtime.send(shard, cmd).map_err(|_| ServerError::Shard {
-            shard,
-            what: "its command queue is full (or it stopped): retry shortly".into(),
-        })
+        self.runtime
+            .send(shard, cmd)
+            .map_err(|_| ServerError::Shard {
+                shard,
+                what: "its command queue is full (or it stopped): retry shortly".into(),
+            })
     }
 
     /// Each shard's counters, as published by the shard at most a few ms ago.

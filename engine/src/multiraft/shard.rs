@@ -24,6 +24,7 @@ use ringleader_wire::msg::raft::{ConfState, PeerHello};
 
 use super::ServerConfig;
 use super::clients::{Accept, Inbox, InboxStats};
+use super::machine::{ClientCall, Machine};
 use super::peers::{LinkStats, PeerLink, run_link};
 use super::storage::{ShardStorage, StorageError, StorageStats};
 use crate::log::LogError;
@@ -31,7 +32,6 @@ use crate::raft::Role;
 use crate::raft::driver::{
     DriverCounters, GroupDriver, Outbox, ReadConsistency, Refusal, Reply, StateMachine,
 };
-use super::machine::{ClientCall, Machine};
 use crate::runtime::{ShardContext, Timers};
 use crate::time::Time;
 use crate::transport::tcp::FrameListener;
@@ -43,8 +43,7 @@ enum Token<S: StateMachine> {
 }
 
 /// What an embedding program gets back for a proposal or a read.
-pub type AppReply<S> =
-    Reply<<S as StateMachine>::Output, <S as StateMachine>::ReadOutput>;
+pub type AppReply<S> = Reply<<S as StateMachine>::Output, <S as StateMachine>::ReadOutput>;
 
 /// A request from the embedding program to a shard.
 pub enum AppCommand<S: StateMachine> {
@@ -626,7 +625,14 @@ where
                     reply,
                 } => match self.drivers.get_mut(&group) {
                     Some(d) => {
-                        d.read(now, query, consistency, Token::App(reply), deadline, &mut self.out);
+                        d.read(
+                            now,
+                            query,
+                            consistency,
+                            Token::App(reply),
+                            deadline,
+                            &mut self.out,
+                        );
                         self.touched.insert(group);
                     }
                     None => {

@@ -244,6 +244,7 @@ pub struct GroupDriver<R: RngCore, S: StateMachine, T> {
 impl<R: RngCore, S: StateMachine, T> GroupDriver<R, S, T> {
     /// A group restarting from `recovered` durable state (empty for a new one), with the
     /// state machine restored from `recovered.snapshot` (if any) by this call.
+    #[allow(clippy::too_many_arguments)] // each is one of the core's own inputs
     pub fn new(
         raft_cfg: Config,
         cfg: DriverConfig,
@@ -350,7 +351,7 @@ impl<R: RngCore, S: StateMachine, T> GroupDriver<R, S, T> {
             Ok((index, _)) => {
                 self.counters.proposals += 1;
                 let term = self.raft.term();
-                self.proposals.insert(index, (term, token, deadline));
+                self.track(index, term, token, deadline, out);
             }
             Err(e) => out.replies.push((token, Reply::Refused(Refusal::of(&e)))),
         }
@@ -385,7 +386,7 @@ impl<R: RngCore, S: StateMachine, T> GroupDriver<R, S, T> {
                 let term = self.raft.term();
                 self.counters.proposals += tokens.len() as u64;
                 for (i, (t, d)) in tokens.into_iter().enumerate() {
-                    self.proposals.insert(first + i as u64, (term, t, d));
+                    self.track(first + i as u64, term, t, d, out);
                 }
             }
             Err(e) => {
@@ -396,6 +397,25 @@ impl<R: RngCore, S: StateMachine, T> GroupDriver<R, S, T> {
             }
         }
         self.process(now, out);
+    }
+
+    /// Remembers who waits for the entry at `index`. A proposal still waiting there was
+    /// overwritten (a new leader truncated this node's log, and this node, leading now,
+    /// reused the index): the entry at that index is another one, so the old proposal can
+    /// never commit and is refused.
+    fn track(
+        &mut self,
+        index: u64,
+        term: u64,
+        token: T,
+        deadline: Time,
+        out: &mut Outbox<T, S::Output, S::ReadOutput>,
+    ) {
+        if let Some((_, old, _)) = self.proposals.insert(index, (term, token, deadline)) {
+            let hint = self.raft.leader_id();
+            out.replies
+                .push((old, Reply::Refused(Refusal::NotLeader(hint))));
+        }
     }
 
     /// A read, answered once `consistency` allows (stale reads at once).

@@ -35,7 +35,7 @@ use self::check::{CheckResult, KvOp, KvRet, Operation};
 use self::disk::{Disk, Write};
 use crate::kv::{Command, Get, Kv, KvError, Output, ReadMode};
 use crate::raft::driver::{DriverConfig, GroupDriver, Outbox, ReadConsistency, Refusal};
-use crate::raft::{ConfChange, Config, Raft, RaftError, Role, decode_conf};
+use crate::raft::{ConfChange, Config, Role, decode_conf};
 use crate::sim::{Scheduler, SimRng, sched};
 use crate::time::Time;
 
@@ -1132,7 +1132,7 @@ impl Sim {
             return;
         };
         let now = self.sched.now();
-        if change_membership(d, now, change, &mut self.out).is_ok() {
+        if d.change_membership(now, change, &mut self.out).is_ok() {
             self.report.conf_changes += 1;
         }
         self.after_input(li);
@@ -1404,40 +1404,4 @@ impl Node {
             .as_ref()
             .is_some_and(|d| d.raft().role() == Role::Leader)
     }
-}
-
-/// Proposes a one-server membership change on a leader's driver.
-///
-/// The driver has no membership input (it takes proposals, reads, messages, time and
-/// durability reports), and the simulator's churn needs one. This is the method it lacks —
-/// the core's [`Raft::change_membership`], then the driver's Ready processing — built from
-/// its public API: the core is reached at the address [`GroupDriver::raft`] gives, and
-/// the processing runs through a [`GroupDriver::tick`] at `now` (the core fires no timer
-/// before its deadline, and what is due at `now` is due anyway). Replace it with the
-/// driver's own method once there is one.
-fn change_membership(
-    d: &mut Driver,
-    now: Time,
-    change: ConfChange,
-    out: &mut SimOutbox,
-) -> Result<u64, RaftError> {
-    let core_at = std::ptr::from_ref(d.raft()).addr();
-    let base = std::ptr::from_mut(d);
-    let offset = core_at.wrapping_sub(base.addr());
-    let inside = offset
-        .checked_add(size_of::<Raft<SimRng>>())
-        .is_some_and(|end| end <= size_of::<Driver>());
-    if !inside {
-        return Err(RaftError::BadConfChange);
-    }
-    // SAFETY: `raft()` returned a reference to a core lying within the driver's own bytes
-    // (checked just above: `offset` and the core's size fit in `size_of::<Driver>()`), so
-    // `base + offset` points to that core, with the provenance of `base`, which comes from
-    // the exclusive borrow `d`. The shared borrow `raft()` made ended before `base` was
-    // taken, and nothing else can reach the driver while `d` is borrowed: this is the only
-    // reference to the core during the call.
-    let result =
-        unsafe { (*base.byte_add(offset).cast::<Raft<SimRng>>()).change_membership(change) };
-    d.tick(now, out);
-    result
 }
