@@ -168,6 +168,26 @@ const ENTRIES_PER_CYCLE: u64 = 12;
 /// Entries kept behind the newest by each cycle's compaction (a few segments' worth).
 const ENTRIES_KEPT: u64 = 30;
 
+/// Direct and buffered files in turn.
+fn mode_of(cycle: u64) -> IoMode {
+    if cycle % 2 == 0 {
+        IoMode::Direct
+    } else {
+        IoMode::Buffered
+    }
+}
+
+/// A cycle's entries, from `first` on, all carrying `payload`.
+fn entries(first: u64, payload: &[u8]) -> Vec<Entry<'_>> {
+    (first..first + ENTRIES_PER_CYCLE)
+        .map(|index| Entry {
+            index,
+            term: 1,
+            payload,
+        })
+        .collect()
+}
+
 /// One cycle: open the log in `dir` (recovering its segments), append a segment's worth
 /// and more, read some back, sometimes truncate, compact, close. Every file-opening path
 /// of the log runs: recovery, the spare, rolls, reads, the truncation's rewrite.
@@ -179,15 +199,8 @@ async fn cycle(dir: &Path, cfg: LogConfig, n: u64) -> usize {
     );
     let first = log.next_index();
     let payload = vec![n as u8; ENTRY_BYTES];
-    let entries: Vec<Entry<'_>> = (first..first + ENTRIES_PER_CYCLE)
-        .map(|index| Entry {
-            index,
-            term: 1,
-            payload: &payload,
-        })
-        .collect();
     let durable = log
-        .append(&entries)
+        .append(&entries(first, &payload))
         .expect("append")
         .await
         .expect("durable");
@@ -222,12 +235,7 @@ fn log_open_write_close_a_thousand_times_gives_every_descriptor_back() {
         let rss_before = rss_bytes();
         let mut segments_max = 0;
         for n in WARM_UP_CYCLES..WARM_UP_CYCLES + LOG_CYCLES {
-            let mode = if n % 2 == 0 {
-                IoMode::Direct
-            } else {
-                IoMode::Buffered
-            };
-            segments_max = segments_max.max(cycle(&d, tiny(mode), n).await);
+            segments_max = segments_max.max(cycle(&d, tiny(mode_of(n)), n).await);
             // Right after close, before the executor turns again: nothing may be left to a
             // queued close.
             let now = fds();
@@ -271,12 +279,7 @@ fn log_closed_on_executors_that_stop_right_after_gives_every_descriptor_back() {
     let rss_before = rss_bytes();
     for n in WARM_UP_CYCLES..WARM_UP_CYCLES + LOG_EXECUTOR_CYCLES {
         let d = dir.clone();
-        let mode = if n % 2 == 0 {
-            IoMode::Direct
-        } else {
-            IoMode::Buffered
-        };
-        run(move || async move { cycle(&d, tiny(mode), n).await });
+        run(move || async move { cycle(&d, tiny(mode_of(n)), n).await });
         let started = (n + 1 - WARM_UP_CYCLES) as usize;
         assert_fds_back(&before, started, &format!("executor cycle {n}"));
     }
@@ -298,16 +301,10 @@ fn log_dropped_without_close_fails_its_appends_and_its_files_close_while_the_exe
         let before = fds();
         for n in 1..20 {
             let (log, _) = Log::open(&d, tiny(IoMode::Direct)).await.expect("open");
-            let first = log.next_index();
             let payload = vec![n as u8; ENTRY_BYTES];
-            let entries: Vec<Entry<'_>> = (first..first + ENTRIES_PER_CYCLE)
-                .map(|index| Entry {
-                    index,
-                    term: 1,
-                    payload: &payload,
-                })
-                .collect();
-            let pending = log.append(&entries).expect("append");
+            let pending = log
+                .append(&entries(log.next_index(), &payload))
+                .expect("append");
             drop(log);
             match pending.await {
                 Err(LogError::Closed) | Err(LogError::Poisoned(_)) | Ok(_) => {}
