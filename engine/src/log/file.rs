@@ -4,9 +4,15 @@
 //!
 //! Callers always write whole pages starting at a page boundary (the log rewrites the
 //! partial tail page from memory), so the same call sequence is valid in both modes.
+//!
+//! A [`LogFile`] must be closed with [`LogFile::close`] (or [`close_shared`]) by its owner.
+//! Dropping one only queues a close on the shard's ring, which is never submitted if the
+//! executor stops first: an executor that ends right after dropping files leaks their
+//! descriptors.
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use glommio::io::{BufferedFile, DmaFile, OpenOptions};
 
@@ -54,6 +60,14 @@ impl LogFile {
             IoMode::Direct => LogFile::Direct(o.dma_open(path).await.map_err(io_err)?),
             IoMode::Buffered => LogFile::Buffered(o.buffered_open(path).await.map_err(io_err)?),
         })
+    }
+
+    /// Closes the file through io_uring and waits for the close to complete.
+    pub async fn close(self) -> io::Result<()> {
+        match self {
+            LogFile::Direct(f) => f.close().await.map_err(io_err),
+            LogFile::Buffered(f) => f.close().await.map_err(io_err),
+        }
     }
 
     /// Writes all of `bytes` at `pos`. In direct mode `pos` and `bytes.len()` must be
@@ -201,6 +215,16 @@ impl LogFile {
             LogFile::Direct(f) => f.file_size().await.map_err(io_err),
             LogFile::Buffered(f) => f.file_size().await.map_err(io_err),
         }
+    }
+}
+
+/// Closes a shared file if `f` is its last handle and returns `Ok(None)`; otherwise
+/// gives the handle back (`Ok(Some(f))`): another holder still uses it, and the caller
+/// must keep it and try again once that holder is done.
+pub async fn close_shared(f: Rc<LogFile>) -> io::Result<Option<Rc<LogFile>>> {
+    match Rc::try_unwrap(f) {
+        Ok(f) => f.close().await.map(|()| None),
+        Err(f) => Ok(Some(f)),
     }
 }
 

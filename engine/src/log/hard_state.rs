@@ -81,9 +81,11 @@ impl HardStateFile {
             .await
             .map_err(io("open", &path))?;
         let mut bytes = Vec::with_capacity(slots_bytes as usize);
-        file.read_at(0, slots_bytes as usize, &mut bytes)
-            .await
-            .map_err(io("read", &path))?;
+        if let Err(e) = file.read_at(0, slots_bytes as usize, &mut bytes).await {
+            // The read error is the one to report; a failing close adds nothing to it.
+            let _ = file.close().await;
+            return Err(io("read", &path)(e));
+        }
         bytes.resize(slots_bytes as usize, 0);
         let a = format::decode_hard_state(&bytes[..HARD_STATE_SLOT_BYTES]);
         let b = format::decode_hard_state(&bytes[HARD_STATE_SLOT_BYTES..]);
@@ -104,7 +106,10 @@ impl HardStateFile {
             // acknowledged, so the state before it (the default) is in force.
             (Corrupt, Empty) => (0, HardState::default(), Some(0)),
             (Empty, Corrupt) => (0, HardState::default(), Some(1)),
-            (Corrupt, Corrupt) => return Err(LogError::HardStateCorrupt { path }),
+            (Corrupt, Corrupt) => {
+                let _ = file.close().await;
+                return Err(LogError::HardStateCorrupt { path });
+            }
         };
         let hs = HardStateFile {
             path,
@@ -120,6 +125,16 @@ impl HardStateFile {
                 slot_discarded,
             },
         ))
+    }
+
+    /// Closes the file. A save cannot be running: it borrows the file.
+    pub async fn close(self) -> Result<(), LogError> {
+        let HardStateFile { path, file, .. } = self;
+        file.close().await.map_err(|source| LogError::Io {
+            op: "close",
+            path,
+            source,
+        })
     }
 
     /// The state last saved (or loaded).

@@ -1,5 +1,13 @@
 //! The log itself: open and recover, append with group commit and pipelined `fdatasync`,
 //! read, truncate the suffix, compact the prefix.
+//!
+//! Every file the log opens has one owner that closes it explicitly (see [`file`]): the
+//! segment set owns the segments, the spare task owns the spare until a roll takes it,
+//! files that leave the segment set while a read or sync still holds them wait in
+//! `retired` until they are the last handle, and [`Log::close`] closes what is left. It
+//! must never leave a file to be closed by `Drop`: an executor that stops right after
+//! would leak its descriptor. The exception is a [`Log`] dropped without `close`, which
+//! can only hand its files to glommio's queued close (it cannot wait in `drop`).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -125,6 +133,9 @@ struct State {
     closing: bool,
     exclusive: bool,
     spare: Option<Task<Result<(PathBuf, LogFile), LogError>>>,
+    /// Files that left the segment set (compaction, truncation) while another handle still
+    /// used them; closed once they are the last handle, and at the latest by close.
+    retired: Vec<(PathBuf, Rc<LogFile>)>,
     /// The spare's preparation has finished (successfully or not).
     spare_ready: bool,
     /// An `fdatasync` of the log is in flight.
@@ -139,10 +150,33 @@ struct Shared {
 }
 
 /// A write-ahead log on one shard. See the module docs.
+///
+/// Close it with [`Log::close`]: that closes every file it opened. A log dropped without
+/// closing fails its pending appends with [`LogError::Closed`] and leaves its files to
+/// glommio's queued close, which only happens if the executor keeps running.
 pub struct Log {
     sh: Rc<Shared>,
     hard_state: HardStateFile,
-    flusher: Option<Task<()>>,
+    flusher: Flusher,
+}
+
+/// The flusher task of an open log; dropping it without [`Log::close`] poisons the log.
+struct Flusher {
+    sh: Rc<Shared>,
+    task: Option<Task<()>>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        if self.task.is_some() {
+            // Dropped without close: the flusher is cancelled with the task handle, so no
+            // future may wait for it. The files go now rather than with the last `Durable`
+            // (which holds the shared state): their closes are queued on the ring.
+            self.sh.poison(&LogError::Closed);
+            let files = self.sh.take_files();
+            drop(files);
+        }
+    }
 }
 
 impl std::fmt::Debug for Log {
@@ -231,6 +265,51 @@ impl Shared {
             .map(|p| LogError::Poisoned(p.clone()))
     }
 
+    /// Takes every file out of the state (segments, retired files, the spare task), for
+    /// close or drop; the segment set is empty afterwards.
+    fn take_files(&self) -> Files {
+        let mut st = self.st.borrow_mut();
+        let mut files: Vec<(PathBuf, Rc<LogFile>)> = st
+            .segments
+            .drain(..)
+            .map(|seg| (seg.path, seg.file))
+            .collect();
+        files.append(&mut st.retired);
+        Files {
+            files,
+            spare: st.spare.take(),
+        }
+    }
+
+    /// Moves a file that left the segment set to `retired`, then closes every retired
+    /// file that no read or sync holds any more. A failed close poisons the log.
+    async fn retire(&self, path: PathBuf, f: Rc<LogFile>) -> Result<(), LogError> {
+        let retired = {
+            let mut st = self.st.borrow_mut();
+            st.retired.push((path, f));
+            std::mem::take(&mut st.retired)
+        };
+        let mut first_err = None;
+        let mut kept = Vec::new();
+        for (path, f) in retired {
+            match file::close_shared(f).await {
+                Ok(None) => {}
+                Ok(Some(f)) => kept.push((path, f)),
+                Err(e) => {
+                    first_err.get_or_insert(io_err("close", &path)(e));
+                }
+            }
+        }
+        self.st.borrow_mut().retired.extend(kept);
+        match first_err {
+            Some(e) => {
+                self.poison(&e);
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Marks everything up to `covered` durable and wakes its waiters.
     fn mark_durable(&self, covered: u64) {
         let wakers: Vec<Waker> = {
@@ -258,6 +337,59 @@ impl Shared {
     }
 }
 
+/// Files taken out of a log's state by [`Shared::take_files`].
+struct Files {
+    files: Vec<(PathBuf, Rc<LogFile>)>,
+    spare: Option<Task<Result<(PathBuf, LogFile), LogError>>>,
+}
+
+impl Files {
+    /// Waits for the spare's preparation, then closes every file; returns the first error.
+    /// Called only when nothing else holds the files (the flusher has finished).
+    async fn close(self) -> Result<(), LogError> {
+        let mut first_err = None;
+        if let Some(task) = self.spare {
+            // A spare that failed to prepare closed its own file; its error does not matter
+            // at close (the file is removed at the next open).
+            if let Ok((path, f)) = task.await
+                && let Err(e) = f.close().await
+            {
+                first_err.get_or_insert(io_err("close", &path)(e));
+            }
+        }
+        for (path, f) in self.files {
+            match file::close_shared(f).await {
+                Ok(None) => {}
+                Ok(Some(f)) => {
+                    // Another handle outlived the flusher; the invariant above is broken.
+                    // The file still closes when that handle is dropped (queued on the ring).
+                    debug_assert!(false, "{} still shared at close", path.display());
+                    drop(f);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(io_err("close", &path)(e));
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Runs `step` on `f`; when it fails, closes `f` (whose error is then the lesser one)
+/// before returning the step's error, so that no error path leaves the file to `Drop`.
+async fn or_close<T>(
+    f: LogFile,
+    step: impl AsyncFnOnce(&LogFile) -> Result<T, LogError>,
+) -> Result<(LogFile, T), LogError> {
+    match step(&f).await {
+        Ok(v) => Ok((f, v)),
+        Err(e) => {
+            let _ = f.close().await;
+            Err(e)
+        }
+    }
+}
+
 async fn prepare_spare(dir: PathBuf, cfg: LogConfig) -> Result<(PathBuf, LogFile), LogError> {
     let path = dir.join(SPARE_FILE);
     let f = create_zeroed(&path, &cfg).await?;
@@ -275,16 +407,132 @@ async fn create_zeroed(path: &Path, cfg: &LogConfig) -> Result<LogFile, LogError
     let f = LogFile::open(path, cfg.io_mode, true)
         .await
         .map_err(io_err("create", path))?;
-    f.pre_allocate(cfg.segment_bytes)
-        .await
-        .map_err(io_err("fallocate", path))?;
-    if cfg.segment_zero_fill {
-        f.write_zeros(0, cfg.segment_bytes, ZERO_CHUNK_BYTES)
+    let (f, ()) = or_close(f, async |f: &LogFile| {
+        f.pre_allocate(cfg.segment_bytes)
             .await
-            .map_err(io_err("zero-fill", path))?;
-    }
-    f.fdatasync().await.map_err(io_err("fdatasync", path))?;
+            .map_err(io_err("fallocate", path))?;
+        if cfg.segment_zero_fill {
+            f.write_zeros(0, cfg.segment_bytes, ZERO_CHUNK_BYTES)
+                .await
+                .map_err(io_err("zero-fill", path))?;
+        }
+        f.fdatasync().await.map_err(io_err("fdatasync", path))
+    })
+    .await?;
     Ok(f)
+}
+
+/// Recovers the segments `names` (first indexes, ascending) of the log in `dir` into
+/// `segments`, creating the first segment of a new log; returns the torn tail dropped and
+/// the bytes of the newest segment's partial last page. On failure, `segments` holds every
+/// file opened so far (the caller closes them); a file that failed its own checks is
+/// closed here.
+async fn recover_segments(
+    dir: &Path,
+    cfg: &LogConfig,
+    mut names: Vec<u64>,
+    segments: &mut VecDeque<Segment>,
+) -> Result<(Option<TornTail>, Vec<u8>), LogError> {
+    if names.is_empty() {
+        let path = file::segment_path(dir, 1);
+        let (tmp, f) = prepare_spare(dir.to_path_buf(), cfg.clone()).await?;
+        f.close().await.map_err(io_err("close", &tmp))?;
+        file::rename(&tmp, &path)
+            .await
+            .map_err(io_err("rename", &tmp))?;
+        file::sync_dir(dir)
+            .await
+            .map_err(io_err("fsync dir", dir))?;
+        names.push(1);
+    }
+    let mut torn_tail = None;
+    let mut tail_page = Vec::new();
+    let mut bytes = Vec::new();
+    for (i, &first) in names.iter().enumerate() {
+        let path = file::segment_path(dir, first);
+        if let Some(prev) = segments.back()
+            && prev.next_index != first
+        {
+            if first > prev.next_index {
+                return Err(LogError::MissingSegment {
+                    previous: prev.path.clone(),
+                    expected: prev.next_index,
+                    found: path,
+                });
+            }
+            return Err(LogError::Corrupt {
+                segment: path,
+                offset: 0,
+                reason: format!(
+                    "segment starts at index {first}, inside the previous segment (which ends before {})",
+                    prev.next_index
+                ),
+            });
+        }
+        let is_last = i + 1 == names.len();
+        let f = LogFile::open(&path, cfg.io_mode, false)
+            .await
+            .map_err(io_err("open", &path))?;
+        let (f, scan) = or_close(f, async |f: &LogFile| {
+            let size = f.file_size().await.map_err(io_err("stat", &path))?;
+            if size > u64::from(u32::MAX) {
+                return Err(LogError::Corrupt {
+                    segment: path.clone(),
+                    offset: u64::from(u32::MAX),
+                    reason: "segment larger than 4 GiB".into(),
+                });
+            }
+            f.read_at(0, size as usize, &mut bytes)
+                .await
+                .map_err(io_err("read", &path))?;
+            let (scan, torn) = recovery::scan_segment(
+                &bytes,
+                first,
+                is_last,
+                cfg.batch_bytes_max,
+                cfg.tail_window_bytes(),
+            )
+            .map_err(|e| map_scan(&path, e))?;
+            if let Some(t) = torn {
+                // Zero the dropped bytes so that later appends never sit in front of stale data.
+                let start = page_down(t.offset);
+                let end = page_up(t.garbage_end).min(size.max(page_up(t.garbage_end)));
+                let mut img = vec![0u8; (end - start) as usize];
+                img[..(t.offset - start) as usize]
+                    .copy_from_slice(&bytes[start as usize..t.offset as usize]);
+                f.write_all_at(&img, start)
+                    .await
+                    .map_err(io_err("zero torn tail", &path))?;
+                f.fdatasync().await.map_err(io_err("fdatasync", &path))?;
+                torn_tail = Some(TornTail {
+                    segment: path.clone(),
+                    offset: t.offset,
+                    bytes_dropped: t.garbage_end - t.offset,
+                    entries_dropped: t.entries_dropped,
+                    fault: t.fault,
+                });
+            }
+            if is_last {
+                // What a killed process left in the page cache counts as durable only after
+                // this sync.
+                f.fdatasync().await.map_err(io_err("fdatasync", &path))?;
+                let end = scan.end_offset as usize;
+                tail_page = bytes[page_down(end as u64) as usize..end].to_vec();
+            }
+            Ok(scan)
+        })
+        .await?;
+        segments.push_back(Segment {
+            first_index: first,
+            path,
+            file: Rc::new(f),
+            next_index: scan.next_index,
+            end_offset: scan.end_offset,
+            batch_starts: scan.batch_starts,
+            record_offsets: scan.record_offsets,
+        });
+    }
+    Ok((torn_tail, tail_page))
 }
 
 fn map_scan(path: &Path, e: ScanError) -> LogError {
@@ -327,104 +575,17 @@ impl Log {
         }
         names.sort_unstable();
         let (hard_state, hs_load) = HardStateFile::open(dir, cfg.io_mode).await?;
-
-        if names.is_empty() {
-            let path = file::segment_path(dir, 1);
-            let (tmp, f) = prepare_spare(dir.to_path_buf(), cfg.clone()).await?;
-            drop(f);
-            file::rename(&tmp, &path)
-                .await
-                .map_err(io_err("rename", &tmp))?;
-            file::sync_dir(dir)
-                .await
-                .map_err(io_err("fsync dir", dir))?;
-            names.push(1);
-        }
-
-        let mut segments: VecDeque<Segment> = VecDeque::with_capacity(names.len());
-        let mut torn_tail = None;
-        let mut tail_page = Vec::new();
-        let mut bytes = Vec::new();
-        for (i, &first) in names.iter().enumerate() {
-            let path = file::segment_path(dir, first);
-            if let Some(prev) = segments.back()
-                && prev.next_index != first
-            {
-                if first > prev.next_index {
-                    return Err(LogError::MissingSegment {
-                        previous: prev.path.clone(),
-                        expected: prev.next_index,
-                        found: path,
-                    });
-                }
-                return Err(LogError::Corrupt {
-                    segment: path,
-                    offset: 0,
-                    reason: format!(
-                        "segment starts at index {first}, inside the previous segment (which ends before {})",
-                        prev.next_index
-                    ),
-                });
+        let mut segments: VecDeque<Segment> = VecDeque::with_capacity(names.len().max(1));
+        let (torn_tail, tail_page) = match recover_segments(dir, &cfg, names, &mut segments).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Close what recovery opened before it failed; its error is the one to report.
+                let files = segments.into_iter().map(|s| (s.path, s.file)).collect();
+                let _ = Files { files, spare: None }.close().await;
+                let _ = hard_state.close().await;
+                return Err(e);
             }
-            let is_last = i + 1 == names.len();
-            let f = LogFile::open(&path, cfg.io_mode, false)
-                .await
-                .map_err(io_err("open", &path))?;
-            let size = f.file_size().await.map_err(io_err("stat", &path))?;
-            if size > u64::from(u32::MAX) {
-                return Err(LogError::Corrupt {
-                    segment: path,
-                    offset: u64::from(u32::MAX),
-                    reason: "segment larger than 4 GiB".into(),
-                });
-            }
-            f.read_at(0, size as usize, &mut bytes)
-                .await
-                .map_err(io_err("read", &path))?;
-            let (scan, torn) = recovery::scan_segment(
-                &bytes,
-                first,
-                is_last,
-                cfg.batch_bytes_max,
-                cfg.tail_window_bytes(),
-            )
-            .map_err(|e| map_scan(&path, e))?;
-            if let Some(t) = torn {
-                // Zero the dropped bytes so that later appends never sit in front of stale data.
-                let start = page_down(t.offset);
-                let end = page_up(t.garbage_end).min(size.max(page_up(t.garbage_end)));
-                let mut img = vec![0u8; (end - start) as usize];
-                img[..(t.offset - start) as usize]
-                    .copy_from_slice(&bytes[start as usize..t.offset as usize]);
-                f.write_all_at(&img, start)
-                    .await
-                    .map_err(io_err("zero torn tail", &path))?;
-                f.fdatasync().await.map_err(io_err("fdatasync", &path))?;
-                torn_tail = Some(TornTail {
-                    segment: path.clone(),
-                    offset: t.offset,
-                    bytes_dropped: t.garbage_end - t.offset,
-                    entries_dropped: t.entries_dropped,
-                    fault: t.fault,
-                });
-            }
-            if is_last {
-                // What a killed process left in the page cache counts as durable only after
-                // this sync.
-                f.fdatasync().await.map_err(io_err("fdatasync", &path))?;
-                let end = scan.end_offset as usize;
-                tail_page = bytes[page_down(end as u64) as usize..end].to_vec();
-            }
-            segments.push_back(Segment {
-                first_index: first,
-                path,
-                file: Rc::new(f),
-                next_index: scan.next_index,
-                end_offset: scan.end_offset,
-                batch_starts: scan.batch_starts,
-                record_offsets: scan.record_offsets,
-            });
-        }
+        };
         let first_index = segments.front().map_or(1, |s| s.first_index);
         let next_index = segments.back().map_or(1, |s| s.next_index);
         let report = RecoveryReport {
@@ -452,6 +613,7 @@ impl Log {
             closing: false,
             exclusive: false,
             spare: None,
+            retired: Vec::new(),
             spare_ready: false,
             sync_in_flight: false,
             stats: LogStats::default(),
@@ -465,9 +627,12 @@ impl Log {
         let flusher = glommio::spawn_local(flusher(sh.clone()));
         Ok((
             Log {
-                sh,
+                sh: sh.clone(),
                 hard_state,
-                flusher: Some(flusher),
+                flusher: Flusher {
+                    sh,
+                    task: Some(flusher),
+                },
             },
             report,
         ))
@@ -774,9 +939,9 @@ impl Log {
                 }
             };
             let Some(seg) = victim else { break };
-            file::remove(&seg.path)
-                .await
-                .map_err(io_err("remove", &seg.path))?;
+            let removal = file::remove(&seg.path).await;
+            sh.retire(seg.path.clone(), seg.file).await?;
+            removal.map_err(io_err("remove", &seg.path))?;
             removed = true;
         }
         if removed {
@@ -849,28 +1014,44 @@ impl Log {
                     },
                 )
                 .await?;
-                nf.write_all_at(&img, 0)
-                    .await
-                    .map_err(io_err("write", &tmp))?;
-                nf.fdatasync().await.map_err(io_err("fdatasync", &tmp))?;
-                file::rename(&tmp, &path)
-                    .await
-                    .map_err(io_err("rename", &tmp))?;
-                file::sync_dir(dir)
-                    .await
-                    .map_err(io_err("fsync dir", dir))?;
-                let mut st = sh.st.borrow_mut();
-                let st = &mut *st;
-                let Some(seg) = st.segments.back_mut() else {
-                    return Err(LogError::Closed);
+                let (nf, ()) = or_close(nf, async |nf: &LogFile| {
+                    nf.write_all_at(&img, 0)
+                        .await
+                        .map_err(io_err("write", &tmp))?;
+                    nf.fdatasync().await.map_err(io_err("fdatasync", &tmp))?;
+                    file::rename(&tmp, &path)
+                        .await
+                        .map_err(io_err("rename", &tmp))?;
+                    file::sync_dir(dir).await.map_err(io_err("fsync dir", dir))
+                })
+                .await?;
+                let replaced = {
+                    let mut st = sh.st.borrow_mut();
+                    let st = &mut *st;
+                    match st.segments.back_mut() {
+                        Some(seg) => {
+                            let old = std::mem::replace(&mut seg.file, Rc::new(nf));
+                            seg.batch_starts
+                                .truncate(batch_idx + usize::from(!kept.is_empty()));
+                            seg.record_offsets.truncate((cut - seg_first) as usize);
+                            seg.end_offset = new_end;
+                            seg.next_index = cut;
+                            st.tail_page =
+                                img[page_down(new_end) as usize..new_end as usize].to_vec();
+                            Ok(old)
+                        }
+                        // Unreachable while the log is open (this runs under `exclusive`),
+                        // but the new file must not be left to `Drop` either way.
+                        None => Err(nf),
+                    }
                 };
-                seg.file = Rc::new(nf);
-                seg.batch_starts
-                    .truncate(batch_idx + usize::from(!kept.is_empty()));
-                seg.record_offsets.truncate((cut - seg_first) as usize);
-                seg.end_offset = new_end;
-                seg.next_index = cut;
-                st.tail_page = img[page_down(new_end) as usize..new_end as usize].to_vec();
+                match replaced {
+                    Ok(old) => sh.retire(path.clone(), old).await?,
+                    Err(nf) => {
+                        let _ = nf.close().await;
+                        return Err(LogError::Closed);
+                    }
+                }
             }
         }
         let wakers: Vec<Waker> = {
@@ -910,7 +1091,10 @@ impl Log {
                 }
             };
             let Some(seg) = victim else { break };
-            if let Err(e) = file::remove(&seg.path).await {
+            let removal = file::remove(&seg.path).await;
+            // The segment left the set either way: its file is closed (or retired) now.
+            self.sh.retire(seg.path.clone(), seg.file).await?;
+            if let Err(e) = removal {
                 let e = io_err("remove", &seg.path)(e);
                 self.sh.poison(&e);
                 return Err(e);
@@ -925,28 +1109,39 @@ impl Log {
         Ok(self.first_index())
     }
 
-    /// Writes and syncs everything queued, stops the flusher, and returns the counters.
-    pub async fn close(mut self) -> Result<LogStats, LogError> {
+    /// Writes and syncs everything queued, stops the flusher, closes every file the log
+    /// opened (segments, the spare being prepared, the hard-state file), and returns the
+    /// counters. The files are closed even when the log failed earlier; the first error
+    /// (the failure, else a failed close) is returned.
+    pub async fn close(self) -> Result<LogStats, LogError> {
+        let Log {
+            sh,
+            hard_state,
+            mut flusher,
+        } = self;
         let wake = {
-            let mut st = self.sh.st.borrow_mut();
+            let mut st = sh.st.borrow_mut();
             st.closing = true;
             st.flusher_waker.take()
         };
         if let Some(w) = wake {
             w.wake();
         }
-        if let Some(f) = self.flusher.take() {
+        if let Some(f) = flusher.task.take() {
             f.await;
         }
-        let spare = self.sh.st.borrow_mut().spare.take();
-        if let Some(s) = spare {
-            // A spare that failed to prepare is harmless at close; it is removed at open.
-            let _ = s.await;
-        }
-        if let Some(e) = self.sh.poisoned() {
+        drop(flusher);
+        // The flusher (and the sync task it awaits) held the only other file handles; a
+        // `Durable` still alive holds the shared state, never a file.
+        let closed = sh.take_files().close().await;
+        let hs_closed = hard_state.close().await;
+        if let Some(e) = sh.poisoned() {
             return Err(e);
         }
-        Ok(self.stats())
+        closed?;
+        hs_closed?;
+        let stats = sh.st.borrow().stats;
+        Ok(stats)
     }
 
     /// Whether the next segment file is prepared (zero-filled) already. A benchmark waits
@@ -963,16 +1158,6 @@ impl Log {
     /// The hard-state file's path.
     pub fn hard_state_path(&self) -> PathBuf {
         self.sh.dir.join(HARD_STATE_FILE)
-    }
-}
-
-impl Drop for Log {
-    fn drop(&mut self) {
-        if self.flusher.is_some() {
-            // Dropped without close: the flusher is cancelled with the task handle, so no
-            // future may wait for it.
-            self.sh.poison(&LogError::Closed);
-        }
     }
 }
 
@@ -1082,12 +1267,15 @@ async fn roll(sh: &Rc<Shared>, first_index: u64) -> Result<(), LogError> {
         None => prepare_spare(sh.dir.clone(), sh.cfg.clone()).await?,
     };
     let path = file::segment_path(&sh.dir, first_index);
-    file::rename(&tmp, &path)
-        .await
-        .map_err(io_err("rename", &tmp))?;
-    file::sync_dir(&sh.dir)
-        .await
-        .map_err(io_err("fsync dir", &sh.dir))?;
+    let (f, ()) = or_close(f, async |_: &LogFile| {
+        file::rename(&tmp, &path)
+            .await
+            .map_err(io_err("rename", &tmp))?;
+        file::sync_dir(&sh.dir)
+            .await
+            .map_err(io_err("fsync dir", &sh.dir))
+    })
+    .await?;
     {
         let mut st = sh.st.borrow_mut();
         st.segments.push_back(Segment {
