@@ -1012,14 +1012,23 @@ impl Cluster {
     /// Moves time to the earliest `deadline()` of any node and ticks exactly the nodes
     /// due then, after checking that a tick just before its deadline does nothing.
     fn tick_to_next_deadline(&mut self) {
-        let next = self.nodes.values().map(|r| r.deadline()).min().expect("nodes");
+        let next = self
+            .nodes
+            .values()
+            .map(|r| r.deadline())
+            .min()
+            .expect("nodes");
         assert!(next > self.now, "a deadline in the past was left unticked");
         let just_before = Time::from_nanos(next.as_nanos() - 1);
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for &id in &ids {
             let before = seen(self.node(id));
             self.node(id).tick(just_before);
-            assert_eq!(seen(self.node(id)), before, "node {id} acted before its deadline");
+            assert_eq!(
+                seen(self.node(id)),
+                before,
+                "node {id} acted before its deadline"
+            );
         }
         self.now = next;
         for id in ids {
@@ -1047,9 +1056,17 @@ fn a_cluster_driven_only_by_deadlines_elects_and_replicates() {
     for _ in 0..20 {
         c.tick_to_next_deadline();
     }
-    assert_eq!(c.leader(), Some(l), "heartbeats at the deadline keep the leader");
+    assert_eq!(
+        c.leader(),
+        Some(l),
+        "heartbeats at the deadline keep the leader"
+    );
     for id in 1..=3 {
-        assert_eq!(c.applied[&id].len(), 4, "node {id} applied the no-op and 3 entries");
+        assert_eq!(
+            c.applied[&id].len(),
+            4,
+            "node {id} applied the no-op and 3 entries"
+        );
     }
     c.assert_applied_agree();
 }
@@ -1077,7 +1094,14 @@ fn follower() -> Raft<SimRng> {
     n
 }
 
-fn append(from: u64, term: u64, prev: u64, prev_term: u64, commit: u64, entries: Vec<Entry>) -> Message {
+fn append(
+    from: u64,
+    term: u64,
+    prev: u64,
+    prev_term: u64,
+    commit: u64,
+    entries: Vec<Entry>,
+) -> Message {
     Message::AppendEntries(AppendEntries {
         header: hdr(from, 1, term),
         prev_log_index: prev,
@@ -1102,9 +1126,18 @@ fn refused(n: &mut Raft<SimRng>, m: Message) {
 fn append_entries_that_do_not_follow_prev_log_index_are_refused() {
     let mut n = follower();
     refused(&mut n, append(2, 2, 3, 2, 2, vec![entry(5, 2)])); // a gap after prev
-    refused(&mut n, append(2, 2, 3, 2, 2, vec![entry(4, 2), entry(6, 2)])); // a gap inside
-    refused(&mut n, append(2, 2, 3, 2, 2, vec![entry(4, 2), entry(3, 2)])); // decreasing
-    refused(&mut n, append(2, 2, 3, 2, 2, vec![entry(4, 2), entry(4, 2)])); // repeated
+    refused(
+        &mut n,
+        append(2, 2, 3, 2, 2, vec![entry(4, 2), entry(6, 2)]),
+    ); // a gap inside
+    refused(
+        &mut n,
+        append(2, 2, 3, 2, 2, vec![entry(4, 2), entry(3, 2)]),
+    ); // decreasing
+    refused(
+        &mut n,
+        append(2, 2, 3, 2, 2, vec![entry(4, 2), entry(4, 2)]),
+    ); // repeated
     refused(&mut n, append(2, 2, 1, 1, 2, vec![entry(1, 1)])); // before prev
 }
 
@@ -1112,7 +1145,10 @@ fn append_entries_that_do_not_follow_prev_log_index_are_refused() {
 fn append_entries_whose_terms_decrease_or_pass_the_leaders_are_refused() {
     let mut n = follower();
     refused(&mut n, append(2, 2, 3, 2, 2, vec![entry(4, 1)])); // below prev_log_term
-    refused(&mut n, append(2, 2, 2, 2, 2, vec![entry(3, 2), entry(4, 1)])); // decreasing
+    refused(
+        &mut n,
+        append(2, 2, 2, 2, 2, vec![entry(3, 2), entry(4, 1)]),
+    ); // decreasing
     refused(&mut n, append(2, 2, 3, 2, 2, vec![entry(4, 3)])); // above the message's term
     refused(&mut n, append(2, 2, 3, 3, 2, vec![])); // prev_log_term above it
     refused(&mut n, append(2, 2, 0, 1, 2, vec![])); // index 0 has term 0
@@ -1133,9 +1169,15 @@ fn indexes_near_u64_max_are_refused() {
     };
     // prev + len overflows.
     refused(&mut n, append(2, 2, u64::MAX, 2, 2, vec![e(0)]));
-    refused(&mut n, append(2, 2, u64::MAX - 1, 2, 2, vec![e(u64::MAX), e(0)]));
+    refused(
+        &mut n,
+        append(2, 2, u64::MAX - 1, 2, 2, vec![e(u64::MAX), e(0)]),
+    );
     // Within u64 but past INDEX_MAX.
-    refused(&mut n, append(2, 2, INDEX_MAX, 2, 2, vec![e(INDEX_MAX + 1)]));
+    refused(
+        &mut n,
+        append(2, 2, INDEX_MAX, 2, 2, vec![e(INDEX_MAX + 1)]),
+    );
     refused(&mut n, append(2, 2, u64::MAX, 2, 2, vec![]));
     refused(&mut n, append(2, 2, 3, 2, u64::MAX, vec![]));
     refused(
@@ -1186,7 +1228,8 @@ fn terms_past_term_max_are_never_adopted_and_term_max_is_never_passed() {
         }),
     );
     // TERM_MAX itself is a term like another, but no node campaigns past it.
-    n.step(Time::from_millis(1), append(3, TERM_MAX, 3, 2, 2, vec![])).unwrap();
+    n.step(Time::from_millis(1), append(3, TERM_MAX, 3, 2, 2, vec![]))
+        .unwrap();
     assert_eq!((n.term(), n.leader_id()), (TERM_MAX, 3));
     let _ = n.ready();
     for ms in (100..2000).step_by(100) {
@@ -1263,15 +1306,27 @@ fn snapshot_chunks_that_overflow_or_lie_are_refused() {
         })
     };
     let ok = voters(3);
-    refused(&mut n, snap(5, 2, u64::MAX - 1, u64::MAX, vec![1; 4], true, ok.clone())); // offset + len overflows
+    refused(
+        &mut n,
+        snap(5, 2, u64::MAX - 1, u64::MAX, vec![1; 4], true, ok.clone()),
+    ); // offset + len overflows
     refused(&mut n, snap(5, 2, 8, 10, vec![1; 4], true, ok.clone())); // past total_bytes
     refused(&mut n, snap(5, 2, 0, 10, vec![1; 4], true, ok.clone())); // `done` mid-way
     refused(&mut n, snap(5, 2, 0, 4, vec![1; 4], false, ok.clone())); // not `done` at the end
-    refused(&mut n, snap(u64::MAX, 2, 0, 4, vec![1; 4], true, ok.clone()));
-    refused(&mut n, snap(INDEX_MAX + 1, 2, 0, 4, vec![1; 4], true, ok.clone()));
+    refused(
+        &mut n,
+        snap(u64::MAX, 2, 0, 4, vec![1; 4], true, ok.clone()),
+    );
+    refused(
+        &mut n,
+        snap(INDEX_MAX + 1, 2, 0, 4, vec![1; 4], true, ok.clone()),
+    );
     refused(&mut n, snap(0, 0, 0, 4, vec![1; 4], true, ok.clone()));
     refused(&mut n, snap(5, 3, 0, 4, vec![1; 4], true, ok)); // term past the leader's
-    refused(&mut n, snap(5, 2, 0, 4, vec![1; 4], true, ConfState::default()));
+    refused(
+        &mut n,
+        snap(5, 2, 0, 4, vec![1; 4], true, ConfState::default()),
+    );
     let with_zero = ConfState {
         voters: vec![0, 1, 2],
         ..ConfState::default()
@@ -1331,8 +1386,10 @@ fn an_acknowledgement_of_entries_replaced_before_the_write_never_leaves() {
     let mut n = follower();
     // Acknowledged (held until the write), then replaced by a newer leader before any
     // Ready: the old acknowledgement must not leave, it no longer describes the disk.
-    n.step(Time::ZERO, append(2, 2, 3, 2, 2, vec![entry(4, 2)])).unwrap();
-    n.step(Time::ZERO, append(3, 3, 2, 2, 2, vec![entry(3, 3)])).unwrap();
+    n.step(Time::ZERO, append(2, 2, 3, 2, 2, vec![entry(4, 2)]))
+        .unwrap();
+    n.step(Time::ZERO, append(3, 3, 2, 2, 2, vec![entry(3, 3)]))
+        .unwrap();
     let rd = n.ready();
     assert_eq!(n.log().last_index(), 3);
     let acks: Vec<(u64, u64)> = rd

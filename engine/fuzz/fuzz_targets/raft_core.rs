@@ -28,8 +28,8 @@ use ringleader_engine::sim::{SimRng, sched};
 use ringleader_wire::msg::Message;
 use ringleader_wire::msg::raft::{
     AppendEntries, AppendResponse, ConfState, Entry, EntryKind, Heartbeat, HeartbeatResponse,
-    InstallSnapshot, RaftHeader, ReadIndexRequest, ReadIndexResponse, SnapshotResponse,
-    TimeoutNow, VoteRequest, VoteResponse,
+    InstallSnapshot, RaftHeader, ReadIndexRequest, ReadIndexResponse, SnapshotResponse, TimeoutNow,
+    VoteRequest, VoteResponse,
 };
 
 const ME: u64 = 1;
@@ -535,7 +535,11 @@ impl Harness {
                 let (i, t) = (self.index(i), self.term(t));
                 // Only values the harness never handed out: a lie about a pending write is
                 // indistinguishable from the truth.
-                if !self.pending.iter().any(|w| w.is_some_and(|(pi, _)| pi >= i)) {
+                if !self
+                    .pending
+                    .iter()
+                    .any(|w| w.is_some_and(|(pi, _)| pi >= i))
+                {
                     self.raft.persisted(i, t);
                 }
             }
@@ -668,7 +672,8 @@ impl Harness {
                     // voting again in this one).
                     let hs = self.written_hard;
                     assert!(
-                        hs.term > v.header.term || (hs.term, hs.vote) == (v.header.term, v.header.to),
+                        hs.term > v.header.term
+                            || (hs.term, hs.vote) == (v.header.term, v.header.to),
                         "a granted vote whose hard state was not written"
                     );
                     self.record_vote(v.header.term, v.header.to);

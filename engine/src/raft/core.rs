@@ -133,7 +133,9 @@ impl<R: RngCore> Raft<R> {
             prev = (e.index, e.term);
         }
         if prev.0 > INDEX_MAX || prev.1 > TERM_MAX || hard_state.term > TERM_MAX {
-            return Err(RaftError::Corrupt("term or index beyond TERM_MAX / INDEX_MAX"));
+            return Err(RaftError::Corrupt(
+                "term or index beyond TERM_MAX / INDEX_MAX",
+            ));
         }
         // A torn write may keep entries of a term whose hard state was lost: the term moves
         // up to the log's and the vote (never announced: votes leave after durability) is
@@ -291,8 +293,8 @@ impl<R: RngCore> Raft<R> {
         let leading = current && self.role == Role::Leader;
         // In one term there is one leader: once this node leads or follows someone in `h`'s
         // term, leader-only messages from anyone else are forged.
-        let other_leader = current
-            && (self.role == Role::Leader || (self.leader != 0 && self.leader != h.from));
+        let other_leader =
+            current && (self.role == Role::Leader || (self.leader != 0 && self.leader != h.from));
         match msg {
             Message::AppendEntries(a) => {
                 if other_leader {
@@ -1485,11 +1487,10 @@ impl<R: RngCore> Raft<R> {
         if quorum_round > self.lease_round {
             self.lease_round = quorum_round;
             if let Some(&(_, sent)) = self.round_sent.iter().find(|(r, _)| *r == quorum_round) {
-                let ms = self
-                    .cfg
-                    .election_timeout_ms
-                    .saturating_mul(1000u64.saturating_sub(self.cfg.lease_clock_drift_permille))
-                    / 1000;
+                let ms =
+                    self.cfg.election_timeout_ms.saturating_mul(
+                        1000u64.saturating_sub(self.cfg.lease_clock_drift_permille),
+                    ) / 1000;
                 self.lease_until = self.lease_until.max(sent + Duration::from_millis(ms));
             }
         }
@@ -1581,7 +1582,9 @@ fn check_snapshot(s: &InstallSnapshot) -> Result<(), RaftError> {
         .filter(|&end| end <= s.total_bytes)
         .ok_or(Malformed("snapshot chunk beyond total_bytes"))?;
     if s.done != (end == s.total_bytes) {
-        return Err(Malformed("snapshot done flag disagrees with the chunk's end"));
+        return Err(Malformed(
+            "snapshot done flag disagrees with the chunk's end",
+        ));
     }
     check_conf(&s.conf)
 }
@@ -1592,7 +1595,9 @@ fn check_conf(c: &ConfState) -> Result<(), RaftError> {
     use RaftError::Malformed;
     let lists = [&c.voters, &c.learners, &c.voters_outgoing];
     if lists.iter().any(|l| l.len() > MEMBERS_MAX) {
-        return Err(Malformed("configuration lists more than MEMBERS_MAX members"));
+        return Err(Malformed(
+            "configuration lists more than MEMBERS_MAX members",
+        ));
     }
     if c.voters.is_empty() {
         return Err(Malformed("configuration without voters"));

@@ -240,9 +240,10 @@ impl RaftLog {
 
     /// Takes up to `max` committed entries not yet handed out to apply.
     pub fn take_committed(&mut self, max: usize) -> Vec<Entry> {
-        let hi = self
-            .committed
-            .min(self.applying.saturating_add(u64::try_from(max).unwrap_or(u64::MAX)));
+        let hi = self.committed.min(
+            self.applying
+                .saturating_add(u64::try_from(max).unwrap_or(u64::MAX)),
+        );
         let out: Vec<Entry> = (self.applying + 1..=hi)
             .filter_map(|i| self.get(i).cloned())
             .collect();
