@@ -341,10 +341,8 @@ impl<R: RngCore> Raft<R> {
                     return Err(Malformed("answers an index this leader never sent"));
                 }
             }
-            Message::HeartbeatResponse(r) => {
-                if leading && r.ctx > self.round {
-                    return Err(Malformed("acknowledges a heartbeat round never sent"));
-                }
+            Message::HeartbeatResponse(r) if leading && r.ctx > self.round => {
+                return Err(Malformed("acknowledges a heartbeat round never sent"));
             }
             Message::TimeoutNow(_) => {
                 // The leader sends it once this node acknowledged all its log in its term,

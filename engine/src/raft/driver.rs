@@ -244,6 +244,7 @@ pub struct GroupDriver<R: RngCore, S: StateMachine, T> {
 impl<R: RngCore, S: StateMachine, T> GroupDriver<R, S, T> {
     /// A group restarting from `recovered` durable state (empty for a new one), with the
     /// state machine restored from `recovered.snapshot` (if any) by this call.
+    #[allow(clippy::too_many_arguments)] // each argument is one of the group's parts
     pub fn new(
         raft_cfg: Config,
         cfg: DriverConfig,
