@@ -70,6 +70,8 @@ pub enum AppCommand<S: StateMachine> {
 }
 
 type Driver<S> = GroupDriver<SmallRng, S, Token<S>>;
+/// The proposals of one turn, by group: (command, who waits, deadline).
+type Batches<S> = BTreeMap<u64, Vec<(Vec<u8>, Token<S>, Time)>>;
 type Out<S> = Outbox<Token<S>, <S as StateMachine>::Output, <S as StateMachine>::ReadOutput>;
 
 /// What a shard reports when it stops.
@@ -494,7 +496,7 @@ where
             return;
         }
         let deadline = now + Duration::from_millis(self.cfg.request_timeout_ms);
-        let mut batches: BTreeMap<u64, Vec<(Vec<u8>, Token<S>, Time)>> = BTreeMap::new();
+        let mut batches: Batches<S> = BTreeMap::new();
         let value_max = self
             .storage
             .log()

@@ -14,10 +14,11 @@ use ringleader_wire::msg::raft::{
 };
 
 use super::log::{RaftLog, entry_bytes};
-use super::membership::{Membership, VoteResult, decode_conf, encode_conf};
+use super::membership::{MEMBERS_MAX, Membership, VoteResult, decode_conf, encode_conf};
 use super::progress::{Progress, ProgressState, SnapshotSend};
 use super::{
-    ConfChange, Config, HardState, RaftError, ReadState, Ready, Recovered, Role, Snapshot,
+    ConfChange, Config, HardState, INDEX_MAX, RaftError, ReadState, Ready, Recovered, Role,
+    Snapshot, TERM_MAX,
 };
 use crate::time::Time;
 
@@ -130,6 +131,11 @@ impl<R: RngCore> Raft<R> {
                 return Err(RaftError::Corrupt("log terms decrease"));
             }
             prev = (e.index, e.term);
+        }
+        if prev.0 > INDEX_MAX || prev.1 > TERM_MAX || hard_state.term > TERM_MAX {
+            return Err(RaftError::Corrupt(
+                "term or index beyond TERM_MAX / INDEX_MAX",
+            ));
         }
         // A torn write may keep entries of a term whose hard state was lost: the term moves
         // up to the log's and the vote (never announced: votes leave after durability) is
@@ -258,8 +264,107 @@ impl<R: RngCore> Raft<R> {
 
     fn reset_election_deadline(&mut self) {
         let et = self.cfg.election_timeout_ms.max(1);
-        let ms = et + self.rng.random_range(0..et);
+        let ms = et.saturating_add(self.rng.random_range(0..et));
         self.election_deadline = self.now + Duration::from_millis(ms);
+    }
+
+    // ----- validation -----
+
+    /// Refuses what no correct peer sends, before anything changes: every check here is a
+    /// pure function of the message and this node's state. Returns the header. What may be
+    /// legitimate is let through: a leader or candidate this node has not heard of (a
+    /// learner being added knows no one yet); responses from non-members are ignored later.
+    fn check(&self, msg: &Message) -> Result<RaftHeader, RaftError> {
+        use RaftError::Malformed;
+        let h = header_of(msg).ok_or(RaftError::Misrouted)?;
+        if h.group != self.cfg.group || h.to != self.id {
+            return Err(RaftError::Misrouted);
+        }
+        if h.from == 0 {
+            return Err(Malformed("sender is node 0"));
+        }
+        if h.from == self.id {
+            return Err(Malformed("sender is this node"));
+        }
+        if h.term > TERM_MAX {
+            return Err(Malformed("term beyond TERM_MAX"));
+        }
+        let current = h.term == self.term;
+        let leading = current && self.role == Role::Leader;
+        // In one term there is one leader: once this node leads or follows someone in `h`'s
+        // term, leader-only messages from anyone else are forged.
+        let other_leader =
+            current && (self.role == Role::Leader || (self.leader != 0 && self.leader != h.from));
+        match msg {
+            Message::AppendEntries(a) => {
+                if other_leader {
+                    return Err(Malformed("a second leader in one term"));
+                }
+                check_append(a)?;
+            }
+            Message::Heartbeat(hb) => {
+                if other_leader {
+                    return Err(Malformed("a second leader in one term"));
+                }
+                // The leader sends at most what this node acknowledged, which it still holds.
+                if hb.commit > self.log.last_index() {
+                    return Err(Malformed("heartbeat commit beyond this node's log"));
+                }
+            }
+            Message::InstallSnapshot(s) => {
+                if other_leader {
+                    return Err(Malformed("a second leader in one term"));
+                }
+                check_snapshot(s)?;
+            }
+            Message::VoteRequest(v) => {
+                if v.last_log_index > INDEX_MAX {
+                    return Err(Malformed("last_log_index beyond INDEX_MAX"));
+                }
+                if v.last_log_term > h.term {
+                    return Err(Malformed("last_log_term above the candidate's term"));
+                }
+            }
+            Message::AppendResponse(r) => {
+                if r.match_index > INDEX_MAX {
+                    return Err(Malformed("match_index beyond INDEX_MAX"));
+                }
+                // The hint is the follower's entry at or before the rejected index, of a term
+                // no later than the follower's own.
+                if !r.success
+                    && (r.reject_hint_index > r.match_index || r.reject_hint_term > h.term)
+                {
+                    return Err(Malformed("reject hint beyond the rejected index or term"));
+                }
+                // A leader's log only grows in its term: nothing past its end was ever sent.
+                if leading && r.match_index > self.log.last_index() {
+                    return Err(Malformed("answers an index this leader never sent"));
+                }
+            }
+            Message::HeartbeatResponse(r) if leading && r.ctx > self.round => {
+                return Err(Malformed("acknowledges a heartbeat round never sent"));
+            }
+            Message::TimeoutNow(_) => {
+                // The leader sends it once this node acknowledged all its log in its term,
+                // and that acknowledgement left only once the term was durable here.
+                if h.term > self.term {
+                    return Err(Malformed("TimeoutNow from a term this node never had"));
+                }
+                if other_leader {
+                    return Err(Malformed("TimeoutNow from a node that is not the leader"));
+                }
+            }
+            Message::ReadIndexResponse(r) => {
+                if r.index > INDEX_MAX {
+                    return Err(Malformed("read index beyond INDEX_MAX"));
+                }
+                if other_leader {
+                    return Err(Malformed("read index from a node that is not the leader"));
+                }
+            }
+            _ => {}
+        }
+        Ok(h)
     }
 
     // ----- inputs -----
@@ -337,13 +442,11 @@ impl<R: RngCore> Raft<R> {
     }
 
     /// Handles one message from a peer, received at `now` (time only moves forward; no
-    /// timer fires here: that is [`Raft::tick`]'s job).
+    /// timer fires here: that is [`Raft::tick`]'s job). A message no correct peer sends is
+    /// refused with [`RaftError::Malformed`] and changes nothing, not even the clock.
     pub fn step(&mut self, now: Time, msg: Message) -> Result<(), RaftError> {
+        let h = self.check(&msg)?;
         self.now = self.now.max(now);
-        let h = header_of(&msg).ok_or(RaftError::Misrouted)?;
-        if h.group != self.cfg.group || h.to != self.id || h.from == self.id || h.from == 0 {
-            return Err(RaftError::Misrouted);
-        }
         if h.term > self.term {
             match &msg {
                 Message::VoteRequest(v) => {
@@ -394,10 +497,10 @@ impl<R: RngCore> Raft<R> {
             Message::VoteResponse(v) => self.handle_vote_response(v),
             Message::AppendEntries(a) => {
                 if self.role == Role::Leader {
-                    return Ok(()); // impossible by election safety; never trust it
+                    return Ok(()); // `check` refuses it: one leader per term
                 }
                 self.follow(h.from);
-                self.handle_append(a);
+                self.handle_append(a)?;
             }
             Message::Heartbeat(hb) => {
                 if self.role == Role::Leader {
@@ -460,8 +563,11 @@ impl<R: RngCore> Raft<R> {
         if self.transferee.is_some() {
             return Err(RaftError::Transferring);
         }
-        let n = batch.len() as u64;
-        if self.log.last_index() - self.log.committed() + n > self.cfg.uncommitted_entries_max {
+        let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+        let uncommitted = self.log.last_index().saturating_sub(self.log.committed());
+        if uncommitted.saturating_add(n) > self.cfg.uncommitted_entries_max
+            || self.log.last_index().saturating_add(n) > INDEX_MAX
+        {
             return Err(RaftError::Backpressure);
         }
         let first = self.log.last_index() + 1;
@@ -689,6 +795,11 @@ impl<R: RngCore> Raft<R> {
         if term > self.term {
             self.term = term;
             self.vote = 0;
+            // What waits for the write and promises something in an older term goes: an
+            // acknowledgement the new leader's entries may already have overwritten, a vote
+            // whose hard state will never be written (the new term replaces it).
+            self.msgs_persisted
+                .retain(|m| header_of(m).is_some_and(|h| h.term >= term));
         }
         self.role = Role::Follower;
         self.leader = leader;
@@ -701,6 +812,11 @@ impl<R: RngCore> Raft<R> {
     }
 
     fn campaign(&mut self, pre: bool, transfer: bool) {
+        if self.term >= TERM_MAX {
+            // No term past the bound exists (see TERM_MAX): wait for a leader of this one.
+            self.reset_election_deadline();
+            return;
+        }
         self.votes.clear();
         self.votes.insert(self.id, true);
         self.leader = 0;
@@ -891,7 +1007,9 @@ impl<R: RngCore> Raft<R> {
 
     fn handle_vote_response(&mut self, v: VoteResponse) {
         let counts = match self.role {
-            Role::PreCandidate => v.pre_vote && (v.header.term == self.term + 1 || !v.granted),
+            Role::PreCandidate => {
+                v.pre_vote && (v.header.term == self.term.saturating_add(1) || !v.granted)
+            }
             Role::Candidate => !v.pre_vote && v.header.term == self.term,
             _ => false,
         };
@@ -903,7 +1021,7 @@ impl<R: RngCore> Raft<R> {
 
     // ----- follower side -----
 
-    fn handle_append(&mut self, a: AppendEntries) {
+    fn handle_append(&mut self, a: AppendEntries) -> Result<(), RaftError> {
         let from = a.header.from;
         let committed = self.log.committed();
         let (mut prev, mut prev_term, mut entries) = (a.prev_log_index, a.prev_log_term, a.entries);
@@ -921,8 +1039,12 @@ impl<R: RngCore> Raft<R> {
         let touches_conf =
             entries.iter().any(|e| e.kind == EntryKind::Config) || self.conf_index > prev;
         let n = entries.len();
-        match self.log.maybe_append(prev, prev_term, entries) {
+        let conflict = self.log.first_conflict(&entries);
+        match self.log.maybe_append(prev, prev_term, entries)? {
             Some(last_new) => {
+                if let Some(at) = conflict {
+                    self.drop_acks_from(at);
+                }
                 self.log.commit_to(a.leader_commit.min(last_new));
                 if touches_conf && n > 0 {
                     self.recompute_conf();
@@ -950,6 +1072,15 @@ impl<R: RngCore> Raft<R> {
                 }));
             }
         }
+        Ok(())
+    }
+
+    /// Acknowledgements still waiting for the write that name entries from `index` on,
+    /// which were just replaced: they would promise what the disk will not hold.
+    fn drop_acks_from(&mut self, index: u64) {
+        self.msgs_persisted.retain(
+            |m| !matches!(m, Message::AppendResponse(r) if r.success && r.match_index >= index),
+        );
     }
 
     fn handle_install_snapshot(&mut self, s: InstallSnapshot) {
@@ -1016,6 +1147,9 @@ impl<R: RngCore> Raft<R> {
             conf: inc.conf,
             data: inc.buf.into(),
         };
+        if self.log.term(snap.index) != Some(snap.term) {
+            self.drop_acks_from(snap.index.saturating_add(1)); // the log goes with them
+        }
         self.log.restore(snap.index, snap.term);
         self.conf_at_offset = snap.conf.clone();
         self.snapshot = Some(snap.clone());
@@ -1279,7 +1413,7 @@ impl<R: RngCore> Raft<R> {
         };
         let len = s.data.len();
         let start = (s.offset as usize).min(len);
-        let end = (start + chunk).min(len);
+        let end = start.saturating_add(chunk).min(len);
         s.sent_at = now;
         self.msgs.push(Message::InstallSnapshot(InstallSnapshot {
             header,
@@ -1351,9 +1485,10 @@ impl<R: RngCore> Raft<R> {
         if quorum_round > self.lease_round {
             self.lease_round = quorum_round;
             if let Some(&(_, sent)) = self.round_sent.iter().find(|(r, _)| *r == quorum_round) {
-                let ms = self.cfg.election_timeout_ms
-                    * 1000u64.saturating_sub(self.cfg.lease_clock_drift_permille)
-                    / 1000;
+                let ms =
+                    self.cfg.election_timeout_ms.saturating_mul(
+                        1000u64.saturating_sub(self.cfg.lease_clock_drift_permille),
+                    ) / 1000;
                 self.lease_until = self.lease_until.max(sent + Duration::from_millis(ms));
             }
         }
@@ -1390,4 +1525,83 @@ fn empty_append(header: RaftHeader, prev: u64, prev_term: u64, commit: u64) -> M
         leader_commit: commit,
         entries: Vec::new(),
     })
+}
+
+/// The shape of an AppendEntries, whoever this node is: entries numbered one by one after
+/// `prev_log_index`, terms never decreasing from `prev_log_term` and never above the
+/// leader's, indexes within [`INDEX_MAX`], configuration entries that decode.
+fn check_append(a: &AppendEntries) -> Result<(), RaftError> {
+    use RaftError::Malformed;
+    let term = a.header.term;
+    if a.prev_log_index > INDEX_MAX || a.leader_commit > INDEX_MAX {
+        return Err(Malformed("index beyond INDEX_MAX"));
+    }
+    if a.prev_log_term > term {
+        return Err(Malformed("prev_log_term above the leader's term"));
+    }
+    if a.prev_log_index == 0 && a.prev_log_term != 0 {
+        return Err(Malformed("prev_log_term of index 0 is not 0"));
+    }
+    let (mut index, mut last_term) = (a.prev_log_index, a.prev_log_term);
+    for e in &a.entries {
+        if index >= INDEX_MAX || e.index != index + 1 {
+            return Err(Malformed("entries do not follow prev_log_index"));
+        }
+        if e.term < last_term {
+            return Err(Malformed("entry terms decrease"));
+        }
+        if e.term > term {
+            return Err(Malformed("entry term above the leader's term"));
+        }
+        if e.kind == EntryKind::Config {
+            let conf = decode_conf(&e.payload)
+                .map_err(|_| Malformed("configuration entry does not decode"))?;
+            check_conf(&conf)?;
+        }
+        (index, last_term) = (e.index, e.term);
+    }
+    Ok(())
+}
+
+/// The shape of an InstallSnapshot chunk: an index within [`INDEX_MAX`] of a term no later
+/// than the leader's, a chunk that lies inside `total_bytes` (`done` on the last one only),
+/// and a configuration a group can have.
+fn check_snapshot(s: &InstallSnapshot) -> Result<(), RaftError> {
+    use RaftError::Malformed;
+    if s.last_included_index == 0 || s.last_included_index > INDEX_MAX {
+        return Err(Malformed("snapshot index 0 or beyond INDEX_MAX"));
+    }
+    if s.last_included_term > s.header.term {
+        return Err(Malformed("snapshot term above the leader's term"));
+    }
+    let end = u64::try_from(s.data.len())
+        .ok()
+        .and_then(|len| s.offset.checked_add(len))
+        .filter(|&end| end <= s.total_bytes)
+        .ok_or(Malformed("snapshot chunk beyond total_bytes"))?;
+    if s.done != (end == s.total_bytes) {
+        return Err(Malformed(
+            "snapshot done flag disagrees with the chunk's end",
+        ));
+    }
+    check_conf(&s.conf)
+}
+
+/// A configuration a group can have: at least one voter, no node 0, lists within
+/// [`MEMBERS_MAX`].
+fn check_conf(c: &ConfState) -> Result<(), RaftError> {
+    use RaftError::Malformed;
+    let lists = [&c.voters, &c.learners, &c.voters_outgoing];
+    if lists.iter().any(|l| l.len() > MEMBERS_MAX) {
+        return Err(Malformed(
+            "configuration lists more than MEMBERS_MAX members",
+        ));
+    }
+    if c.voters.is_empty() {
+        return Err(Malformed("configuration without voters"));
+    }
+    if lists.iter().any(|l| l.contains(&0)) {
+        return Err(Malformed("configuration names node 0"));
+    }
+    Ok(())
 }

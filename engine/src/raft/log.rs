@@ -8,6 +8,8 @@ use std::collections::VecDeque;
 
 use ringleader_wire::msg::raft::Entry;
 
+use super::RaftError;
+
 /// Bytes an entry counts for in flow control: its payload plus index, term and kind.
 pub fn entry_bytes(e: &Entry) -> u64 {
     e.payload.len() as u64 + 24
@@ -83,7 +85,8 @@ impl RaftLog {
         if index <= self.offset {
             return None;
         }
-        self.entries.get((index - self.offset - 1) as usize)
+        let at = usize::try_from(index - self.offset - 1).ok()?;
+        self.entries.get(at)
     }
 
     /// Highest durable index.
@@ -127,17 +130,29 @@ impl RaftLog {
 
     /// Follower append (§5.3): if the entry at `prev_index` has `prev_term`, drops any
     /// conflicting suffix, appends what is new and returns the index of the last entry of
-    /// the message. `None` when the log does not match at `prev_index`.
+    /// the message; `Ok(None)` when the log does not match at `prev_index`. Entries that do
+    /// not follow `prev_index` one by one, or that contradict a committed entry, are refused
+    /// with [`RaftError::Malformed`] and leave the log as it was.
     pub fn maybe_append(
         &mut self,
         prev_index: u64,
         prev_term: u64,
         entries: Vec<Entry>,
-    ) -> Option<u64> {
-        if self.term(prev_index) != Some(prev_term) {
-            return None;
+    ) -> Result<Option<u64>, RaftError> {
+        let mut expect = prev_index;
+        for e in &entries {
+            expect = expect
+                .checked_add(1)
+                .filter(|&i| i == e.index)
+                .ok_or(RaftError::Malformed("entries do not follow prev_log_index"))?;
+            if e.index <= self.committed && self.term(e.index).is_some_and(|t| t != e.term) {
+                return Err(RaftError::Malformed("entries contradict a committed entry"));
+            }
         }
-        let last_new = prev_index + entries.len() as u64;
+        if self.term(prev_index) != Some(prev_term) {
+            return Ok(None);
+        }
+        let last_new = expect;
         for e in entries {
             if e.index <= self.offset {
                 continue;
@@ -145,23 +160,22 @@ impl RaftLog {
             match self.term(e.index) {
                 Some(t) if t == e.term => continue,
                 Some(_) => {
-                    assert!(
-                        e.index > self.committed,
-                        "a committed entry never conflicts"
-                    );
                     self.truncate_from(e.index);
                     self.entries.push_back(e);
                 }
-                None => {
-                    if e.index != self.last_index() + 1 {
-                        // Not contiguous: a malformed message. Keep what matched so far.
-                        break;
-                    }
-                    self.entries.push_back(e);
-                }
+                None => self.entries.push_back(e),
             }
         }
-        Some(last_new.min(self.last_index()))
+        Ok(Some(last_new.min(self.last_index())))
+    }
+
+    /// The index of the first of `entries` whose term differs from the entry held there
+    /// (what a matching [`RaftLog::maybe_append`] would truncate from).
+    pub fn first_conflict(&self, entries: &[Entry]) -> Option<u64> {
+        entries
+            .iter()
+            .find(|e| self.term(e.index).is_some_and(|t| t != e.term))
+            .map(|e| e.index)
     }
 
     /// Drops every entry from `index` on, rewinding the durable and unstable cursors.
@@ -170,7 +184,7 @@ impl RaftLog {
             index > self.offset,
             "cannot truncate below the compaction point"
         );
-        let keep = (index - self.offset - 1) as usize;
+        let keep = usize::try_from(index - self.offset - 1).unwrap_or(usize::MAX);
         self.entries.truncate(keep);
         self.persisted = self.persisted.min(index - 1);
         self.unstable_from = self.unstable_from.min(index);
@@ -215,7 +229,7 @@ impl RaftLog {
         let out: Vec<Entry> = (from..=self.last_index())
             .filter_map(|i| self.get(i).cloned())
             .collect();
-        self.unstable_from = self.last_index() + 1;
+        self.unstable_from = self.last_index().saturating_add(1);
         out
     }
 
@@ -226,7 +240,10 @@ impl RaftLog {
 
     /// Takes up to `max` committed entries not yet handed out to apply.
     pub fn take_committed(&mut self, max: usize) -> Vec<Entry> {
-        let hi = self.committed.min(self.applying + max as u64);
+        let hi = self.committed.min(
+            self.applying
+                .saturating_add(u64::try_from(max).unwrap_or(u64::MAX)),
+        );
         let out: Vec<Entry> = (self.applying + 1..=hi)
             .filter_map(|i| self.get(i).cloned())
             .collect();
@@ -275,7 +292,7 @@ impl RaftLog {
             "compact only applied, durable entries"
         );
         let term = self.term(index).unwrap_or(self.offset_term);
-        let n = (index - self.offset) as usize;
+        let n = usize::try_from(index - self.offset).unwrap_or(usize::MAX);
         self.entries.drain(..n.min(self.entries.len()));
         self.offset = index;
         self.offset_term = term;
@@ -286,17 +303,17 @@ impl RaftLog {
     /// committed and applied (the application restores its state from the snapshot).
     pub fn restore(&mut self, index: u64, term: u64) {
         if self.term(index) == Some(term) && index >= self.offset {
-            let n = (index - self.offset) as usize;
+            let n = usize::try_from(index - self.offset).unwrap_or(usize::MAX);
             self.entries.drain(..n.min(self.entries.len()));
             self.persisted = self.persisted.min(index);
         } else {
             self.entries.clear();
             self.persisted = 0;
-            self.unstable_from = index + 1;
+            self.unstable_from = index.saturating_add(1);
         }
         self.offset = index;
         self.offset_term = term;
-        self.unstable_from = self.unstable_from.max(index + 1);
+        self.unstable_from = self.unstable_from.max(index.saturating_add(1));
         self.committed = self.committed.max(index);
         self.applying = self.applying.max(index);
         self.applied = self.applied.max(index);
@@ -327,13 +344,13 @@ mod tests {
         let mut log = RaftLog::new(0, 0, vec![e(1, 1), e(2, 1), e(3, 2)]);
         assert_eq!(
             log.maybe_append(1, 1, vec![e(2, 1), e(3, 3), e(4, 3)]),
-            Some(4)
+            Ok(Some(4))
         );
         assert_eq!(log.term(3), Some(3));
         assert_eq!(log.persisted(), 2);
-        assert_eq!(log.maybe_append(4, 2, vec![]), None);
+        assert_eq!(log.maybe_append(4, 2, vec![]), Ok(None));
         // A stale, shorter message does not truncate matching entries.
-        assert_eq!(log.maybe_append(1, 1, vec![e(2, 1)]), Some(2));
+        assert_eq!(log.maybe_append(1, 1, vec![e(2, 1)]), Ok(Some(2)));
         assert_eq!(log.last_index(), 4);
         assert_eq!(log.find_conflict_by_term(4, 2), (2, 1));
     }
@@ -343,10 +360,29 @@ mod tests {
         let mut log = RaftLog::new(0, 0, vec![]);
         log.append([e(1, 1), e(2, 1)]);
         let _ = log.take_unstable();
-        assert!(log.maybe_append(1, 1, vec![e(2, 2)]).is_some());
+        assert!(matches!(log.maybe_append(1, 1, vec![e(2, 2)]), Ok(Some(_))));
         let _ = log.take_unstable();
         assert!(!log.persisted_to(2, 1));
         assert!(log.persisted_to(2, 2));
         assert_eq!(log.persisted(), 2);
+    }
+
+    #[test]
+    fn follower_append_refuses_gaps_and_committed_conflicts_unchanged() {
+        let mut log = RaftLog::new(0, 0, vec![e(1, 1), e(2, 1), e(3, 2)]);
+        log.commit_to(2);
+        let before = (log.last_index(), log.last_term(), log.committed());
+        for (prev, prev_term, entries) in [
+            (1, 1, vec![e(3, 2)]),          // a gap after prev
+            (1, 1, vec![e(2, 1), e(2, 1)]), // an index repeated
+            (u64::MAX, 1, vec![e(0, 1)]),   // prev + 1 overflows
+            (0, 0, vec![e(1, 1), e(2, 5)]), // rewrites committed 2@1
+        ] {
+            assert!(matches!(
+                log.maybe_append(prev, prev_term, entries),
+                Err(RaftError::Malformed(_))
+            ));
+            assert_eq!((log.last_index(), log.last_term(), log.committed()), before);
+        }
     }
 }

@@ -23,6 +23,15 @@
 //! The leader counts itself in a quorum only up to its own durable index, votes and
 //! acknowledgements leave only after the state they promise is durable, and a candidate's
 //! requests leave only after its vote for itself is durable.
+//!
+//! Time: every input carries `now` (it only moves forward), and [`Raft::deadline`] says when
+//! [`Raft::tick`] next has work, so a driver arms one timer instead of ticking at a period.
+//!
+//! Untrusted input: nothing a peer sends can make the core panic. A message that no correct
+//! peer could have sent (entries that do not follow `prev_log_index`, terms or indexes past
+//! [`TERM_MAX`] / [`INDEX_MAX`], acknowledgements of entries never sent, a second leader in
+//! one term, ...) is refused with [`RaftError::Malformed`] before anything changes, not
+//! even the clock. Assertions in the core guard only this node's own invariants.
 
 mod core;
 pub mod driver;
@@ -38,6 +47,22 @@ use ringleader_wire::msg::raft::{ConfState, Entry};
 pub use self::core::Raft;
 pub use self::membership::{ConfDecodeError, Membership, VoteResult, decode_conf, encode_conf};
 pub use self::progress::{Progress, ProgressState};
+
+/// Highest term a node adopts or campaigns in: a message carrying a larger term is refused
+/// as [`RaftError::Malformed`] and never adopted, and a node whose term reached the bound
+/// stays a follower instead of campaigning past it. Unbounded, one message with term
+/// `u64::MAX` would leave its receiver in a term it could never campaign past, and every
+/// `term + 1` could overflow. Honest groups never reach the bound (2^63 - 1 elections at
+/// one per millisecond take 292 million years); a lying peer still can push a group to it,
+/// as it can to any term (a term cannot be checked against anything), which then costs
+/// liveness, never safety. A constant, not a [`Config`] field: every node of a group must
+/// agree on it.
+pub const TERM_MAX: u64 = i64::MAX as u64;
+
+/// Highest log index a node accepts from a peer or appends itself (proposals past it are
+/// refused with [`RaftError::Backpressure`]). Any index a node holds can be incremented, or
+/// have a batch length added, without overflow.
+pub const INDEX_MAX: u64 = i64::MAX as u64;
 
 /// Tunables of one Raft group. Every bound is here, with its unit in its name.
 #[derive(Debug, Clone)]
@@ -223,4 +248,8 @@ pub enum RaftError {
     /// The snapshot index is not applied or not durable yet.
     #[error("snapshot index not applied and durable")]
     SnapshotAhead,
+    /// A peer's message that no correct peer sends (says what is wrong). The node's state,
+    /// clock included, is exactly as before.
+    #[error("malformed message: {0}")]
+    Malformed(&'static str),
 }
