@@ -475,9 +475,9 @@ impl Shared {
             Err(ClientError::Unknown { .. }) => bump(&self.counters.unknown_outcomes),
             _ => {}
         }
-        if call.slot.complete(outcome) {
+        call.slot.complete(outcome, || {
             self.pending.fetch_sub(1, Ordering::AcqRel);
-        }
+        });
     }
 
     /// Sends `call` on its next attempt, or ends it if its time is up.

@@ -39,7 +39,8 @@ impl Slot {
     }
 
     /// Sets the outcome unless one is set already; returns whether this call set it.
-    pub(crate) fn complete(&self, outcome: Outcome) -> bool {
+    /// `on_set` runs once the outcome is set and before any waiter can see it.
+    pub(crate) fn complete(&self, outcome: Outcome, on_set: impl FnOnce()) -> bool {
         let waker = {
             let mut s = self.lock();
             if s.done {
@@ -47,6 +48,7 @@ impl Slot {
             }
             s.done = true;
             s.outcome = Some(outcome);
+            on_set();
             s.waker.take()
         };
         self.ready.notify_all();
@@ -84,7 +86,7 @@ impl Pending {
     /// A request that failed before it was sent.
     pub(crate) fn failed(err: ClientError) -> Pending {
         let slot = Arc::new(Slot::default());
-        slot.complete(Err(err));
+        slot.complete(Err(err), || {});
         Pending { slot }
     }
 
