@@ -1,4 +1,5 @@
-//! `ringleader-tools`: histogram compare and plots, flamegraphs, WAL crash tests, node agent.
+//! `ringleader-tools`: histogram compare and plots, flamegraphs, WAL crash tests, node agent,
+//! key-value client.
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +22,8 @@ enum Command {
     WalCrash(cmd::wal_crash::Args),
     /// A single-member node that prints membership events as lines.
     Node(cmd::node::Args),
+    /// One request to the replicated key-value service: put, get, del, cas or info.
+    Kv(cmd::kv::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +33,6 @@ fn main() -> anyhow::Result<()> {
         Command::Flamegraph(a) => cmd::flamegraph::run(a),
         Command::WalCrash(a) => cmd::wal_crash::run(a),
         Command::Node(a) => cmd::node::run(a),
+        Command::Kv(a) => cmd::kv::run(a),
     }
 }

@@ -672,7 +672,9 @@ impl Shared {
             (ClientOp::Get { .. }, ClientResult::Value(v)) => Reply::Value(v),
             (ClientOp::Cas { .. }, ClientResult::Cas { swapped }) => Reply::Cas { swapped },
             (ClientOp::Info, ClientResult::Info(info)) => {
-                if let Err(e) = self.topology_mut().apply(&info) {
+                // The guard must be gone before `finish` runs a waker.
+                let applied = self.topology_mut().apply(&info);
+                if let Err(e) = applied {
                     self.finish(call, Err(ClientError::Protocol(e)));
                     return;
                 }

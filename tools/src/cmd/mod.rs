@@ -2,5 +2,6 @@
 
 pub mod compare;
 pub mod flamegraph;
+pub mod kv;
 pub mod node;
 pub mod wal_crash;
