@@ -415,6 +415,14 @@ fn config(timeout_ms: u64) -> ClientConfig {
     }
 }
 
+/// A fake cluster with every group led (see [`Fake::spread_leaders`]) and a client of it.
+fn led_cluster(nodes: u64, groups: u64, shards: u32, timeout_ms: u64) -> (Fake, KvClient) {
+    let fake = Fake::start(nodes, groups, shards);
+    fake.spread_leaders();
+    let client = KvClient::connect(&fake.seeds(), config(timeout_ms)).unwrap();
+    (fake, client)
+}
+
 fn key_in_group(group: u64, groups: u64) -> Vec<u8> {
     (0u32..)
         .map(|i| format!("key-{i}").into_bytes())
@@ -425,9 +433,7 @@ fn key_in_group(group: u64, groups: u64) -> Vec<u8> {
 #[test]
 fn requests_reach_the_leader_on_the_groups_shard() {
     let _s = shared_run();
-    let fake = Fake::start(3, 6, 3);
-    fake.spread_leaders();
-    let client = KvClient::connect(&fake.seeds(), config(10_000)).unwrap();
+    let (fake, client) = led_cluster(3, 6, 3, 10_000);
     let info = client.info().unwrap();
     assert_eq!((info.groups, info.shards, info.nodes.len()), (6, 3, 3));
     let keys: Vec<Vec<u8>> = (1..=6).map(|g| key_in_group(g, 6)).collect();
@@ -577,9 +583,7 @@ fn many_requests_in_flight_on_one_connection_answered_out_of_order() {
 #[test]
 fn the_deadline_ends_requests_nobody_answers() {
     let _s = shared_run();
-    let fake = Fake::start(1, 1, 1);
-    fake.spread_leaders();
-    let client = KvClient::connect(&fake.seeds(), config(200)).unwrap();
+    let (fake, client) = led_cluster(1, 1, 1, 200);
     fake.world().silent = true;
     match client.put(b"k", b"v") {
         Err(ClientError::Timeout {
@@ -633,29 +637,14 @@ fn garbage_frames() -> Vec<Vec<u8>> {
         )
         .unwrap()
         .to_vec();
-    let mut oversized = enc
-        .encode(
-            &ClientResponse {
-                id: 1,
-                result: ClientResult::Done,
-            },
-            None,
-            1 << 20,
-        )
-        .unwrap()
-        .to_vec();
+    let done = ClientResponse {
+        id: 1,
+        result: ClientResult::Done,
+    };
+    let done = enc.encode(&done, None, 1 << 20).unwrap().to_vec();
+    let mut oversized = done.clone();
     oversized[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
-    let mut corrupt = enc
-        .encode(
-            &ClientResponse {
-                id: 1,
-                result: ClientResult::Done,
-            },
-            None,
-            1 << 20,
-        )
-        .unwrap()
-        .to_vec();
+    let mut corrupt = done;
     let last = corrupt.len() - 1;
     corrupt[last] ^= 0xff;
     vec![
@@ -669,9 +658,7 @@ fn garbage_frames() -> Vec<Vec<u8>> {
 #[test]
 fn garbage_from_the_server_closes_the_connection_and_the_client_reconnects() {
     let _s = shared_run();
-    let fake = Fake::start(1, 1, 1);
-    fake.spread_leaders();
-    let client = KvClient::connect(&fake.seeds(), config(10_000)).unwrap();
+    let (fake, client) = led_cluster(1, 1, 1, 10_000);
     let frames = garbage_frames();
     let kinds = frames.len();
     for frame in frames {
@@ -707,9 +694,7 @@ fn garbage_from_the_server_closes_the_connection_and_the_client_reconnects() {
 #[test]
 fn a_connection_closed_mid_request_makes_writes_unknown_and_retries_reads() {
     let _s = shared_run();
-    let fake = Fake::start(1, 1, 1);
-    fake.spread_leaders();
-    let client = KvClient::connect(&fake.seeds(), config(10_000)).unwrap();
+    let (fake, client) = led_cluster(1, 1, 1, 10_000);
     fake.world().close_next = 1;
     match client.put(b"k", b"v") {
         Err(ClientError::Unknown { op: "put", .. }) => {}
@@ -743,9 +728,7 @@ fn a_connection_closed_mid_request_makes_writes_unknown_and_retries_reads() {
 #[test]
 fn server_rejections_are_final() {
     let _s = shared_run();
-    let fake = Fake::start(1, 1, 1);
-    fake.spread_leaders();
-    let client = KvClient::connect(&fake.seeds(), config(10_000)).unwrap();
+    let (fake, client) = led_cluster(1, 1, 1, 10_000);
     // Bigger than a frame: refused before it is sent.
     let huge = vec![0u8; ringleader_wire::msg::client::CLIENT_FRAME_BYTES_MAX];
     match client.put(b"k", &huge) {
@@ -798,9 +781,7 @@ impl Wake for ThreadWaker {
 #[test]
 fn pending_is_a_future_woken_when_the_answer_comes() {
     let _s = shared_run();
-    let fake = Fake::start(1, 1, 1);
-    fake.spread_leaders();
-    let client = KvClient::connect(&fake.seeds(), config(10_000)).unwrap();
+    let (fake, client) = led_cluster(1, 1, 1, 10_000);
     fake.world().hold = 2;
     let w = Arc::new(ThreadWaker {
         thread: std::thread::current(),

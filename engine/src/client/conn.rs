@@ -104,14 +104,14 @@ impl Conn {
         self.lock().dead
     }
 
-    /// Queues `call` for the writer, under a fresh id.
-    pub fn enqueue(&self, mut call: Call, inflight_max: usize) -> Result<(), (Call, Refused)> {
+    /// Queues `call` for the writer, under a fresh id; gives it back if refused.
+    pub fn enqueue(&self, mut call: Call, inflight_max: usize) -> Result<(), Box<(Call, Refused)>> {
         let mut s = self.lock();
         if s.dead {
-            return Err((call, Refused::Dead));
+            return Err(Box::new((call, Refused::Dead)));
         }
         if s.entries.len() >= inflight_max {
-            return Err((call, Refused::Full));
+            return Err(Box::new((call, Refused::Full)));
         }
         let id = s.next_id;
         s.next_id = s.next_id.wrapping_add(1).max(1);

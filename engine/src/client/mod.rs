@@ -507,10 +507,12 @@ impl Shared {
                 return;
             }
         };
-        match conn.enqueue(call, self.config.inflight_max) {
-            Ok(()) => {}
-            Err((call, Refused::Dead)) => self.schedule(call, Duration::ZERO),
-            Err((mut call, Refused::Full)) => {
+        let Err(refused) = conn.enqueue(call, self.config.inflight_max) else {
+            return;
+        };
+        match *refused {
+            (call, Refused::Dead) => self.schedule(call, Duration::ZERO),
+            (mut call, Refused::Full) => {
                 call.last_failure = Some(Failure::Busy);
                 self.retry(call);
             }

@@ -272,29 +272,18 @@ mod tests {
         assert!(parse(&["--cluster", "h:1", "get", "k", "--consistency", "eventual"]).is_err());
         assert!(parse(&["get", "k"]).is_err(), "--cluster is required");
 
-        let a = parse(&["--cluster", "h:1", "cas", "k", "old", "new"]).unwrap();
-        let Request::Cas {
-            values,
-            expect_absent,
-            ..
-        } = a.request
-        else {
-            panic!("not a cas");
+        let cas = |line: &[&str]| match parse(line).unwrap().request {
+            Request::Cas {
+                values,
+                expect_absent,
+                ..
+            } => (values, expect_absent),
+            other => panic!("not a cas: {other:?}"),
         };
-        assert_eq!(
-            cas_values(&values, expect_absent).unwrap(),
-            (Some("old"), "new")
-        );
-        let a = parse(&["--cluster", "h:1", "cas", "k", "--expect-absent", "new"]).unwrap();
-        let Request::Cas {
-            values,
-            expect_absent,
-            ..
-        } = a.request
-        else {
-            panic!("not a cas");
-        };
-        assert_eq!(cas_values(&values, expect_absent).unwrap(), (None, "new"));
+        let (values, absent) = cas(&["--cluster", "h:1", "cas", "k", "old", "new"]);
+        assert_eq!(cas_values(&values, absent).unwrap(), (Some("old"), "new"));
+        let (values, absent) = cas(&["--cluster", "h:1", "cas", "k", "--expect-absent", "new"]);
+        assert_eq!(cas_values(&values, absent).unwrap(), (None, "new"));
         assert!(cas_values(&["a".into(), "b".into()], true).is_err());
         assert!(cas_values(&["a".into()], false).is_err());
     }
