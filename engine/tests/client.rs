@@ -78,6 +78,8 @@ struct World {
     close_next: usize,
     seen: Vec<Seen>,
     accepted: usize,
+    /// Most answers held at once on one connection (requests in flight together).
+    held_max: usize,
 }
 
 enum Action {
@@ -393,7 +395,11 @@ fn serve(world: Arc<Mutex<World>>, node: u64, shard: u32, mut stream: TcpStream)
                 Action::Close => return,
             }
         }
-        let hold = lock(&world).hold.max(1);
+        let hold = {
+            let mut w = lock(&world);
+            w.held_max = w.held_max.max(held.len());
+            w.hold.max(1)
+        };
         if held.len() >= hold {
             held.reverse();
             let mut out = Vec::new();
@@ -416,10 +422,10 @@ fn config(timeout_ms: u64) -> ClientConfig {
 }
 
 /// A fake cluster with every group led (see [`Fake::spread_leaders`]) and a client of it.
-fn led_cluster(nodes: u64, groups: u64, shards: u32, timeout_ms: u64) -> (Fake, KvClient) {
+fn led_cluster(nodes: u64, groups: u64, shards: u32, config: ClientConfig) -> (Fake, KvClient) {
     let fake = Fake::start(nodes, groups, shards);
     fake.spread_leaders();
-    let client = KvClient::connect(&fake.seeds(), config(timeout_ms)).unwrap();
+    let client = KvClient::connect(&fake.seeds(), config).unwrap();
     (fake, client)
 }
 
@@ -433,7 +439,7 @@ fn key_in_group(group: u64, groups: u64) -> Vec<u8> {
 #[test]
 fn requests_reach_the_leader_on_the_groups_shard() {
     let _s = shared_run();
-    let (fake, client) = led_cluster(3, 6, 3, 10_000);
+    let (fake, client) = led_cluster(3, 6, 3, config(10_000));
     let info = client.info().unwrap();
     assert_eq!((info.groups, info.shards, info.nodes.len()), (6, 3, 3));
     let keys: Vec<Vec<u8>> = (1..=6).map(|g| key_in_group(g, 6)).collect();
@@ -583,7 +589,7 @@ fn many_requests_in_flight_on_one_connection_answered_out_of_order() {
 #[test]
 fn the_deadline_ends_requests_nobody_answers() {
     let _s = shared_run();
-    let (fake, client) = led_cluster(1, 1, 1, 200);
+    let (fake, client) = led_cluster(1, 1, 1, config(200));
     fake.world().silent = true;
     match client.put(b"k", b"v") {
         Err(ClientError::Timeout {
@@ -658,7 +664,7 @@ fn garbage_frames() -> Vec<Vec<u8>> {
 #[test]
 fn garbage_from_the_server_closes_the_connection_and_the_client_reconnects() {
     let _s = shared_run();
-    let (fake, client) = led_cluster(1, 1, 1, 10_000);
+    let (fake, client) = led_cluster(1, 1, 1, config(10_000));
     let frames = garbage_frames();
     let kinds = frames.len();
     for frame in frames {
@@ -694,7 +700,7 @@ fn garbage_from_the_server_closes_the_connection_and_the_client_reconnects() {
 #[test]
 fn a_connection_closed_mid_request_makes_writes_unknown_and_retries_reads() {
     let _s = shared_run();
-    let (fake, client) = led_cluster(1, 1, 1, 10_000);
+    let (fake, client) = led_cluster(1, 1, 1, config(10_000));
     fake.world().close_next = 1;
     match client.put(b"k", b"v") {
         Err(ClientError::Unknown { op: "put", .. }) => {}
@@ -728,7 +734,7 @@ fn a_connection_closed_mid_request_makes_writes_unknown_and_retries_reads() {
 #[test]
 fn server_rejections_are_final() {
     let _s = shared_run();
-    let (fake, client) = led_cluster(1, 1, 1, 10_000);
+    let (fake, client) = led_cluster(1, 1, 1, config(10_000));
     // Bigger than a frame: refused before it is sent.
     let huge = vec![0u8; ringleader_wire::msg::client::CLIENT_FRAME_BYTES_MAX];
     match client.put(b"k", &huge) {
@@ -744,16 +750,11 @@ fn server_rejections_are_final() {
 #[test]
 fn pending_beyond_the_bound_fails_at_once() {
     let _s = shared_run();
-    let fake = Fake::start(1, 1, 1);
-    fake.spread_leaders();
-    let client = KvClient::connect(
-        &fake.seeds(),
-        ClientConfig {
-            pending_max: 2,
-            ..config(10_000)
-        },
-    )
-    .unwrap();
+    let config = ClientConfig {
+        pending_max: 2,
+        ..config(10_000)
+    };
+    let (fake, client) = led_cluster(1, 1, 1, config);
     fake.world().hold = 2;
     let a = client.submit(ClientOp::Info);
     let b = client.submit(ClientOp::Info);
@@ -763,6 +764,27 @@ fn pending_beyond_the_bound_fails_at_once() {
         Err(ClientError::Busy { pending_max: 2 })
     ));
     assert!(a.wait().is_ok() && b.wait().is_ok());
+}
+
+#[test]
+fn a_full_connection_holds_requests_back_until_answers_free_room() {
+    let _s = shared_run();
+    let config = ClientConfig {
+        inflight_max: 2,
+        ..config(10_000)
+    };
+    let (fake, client) = led_cluster(1, 1, 1, config);
+    fake.world().hold = 2;
+    let pending: Vec<_> = (0..6).map(|_| client.submit(ClientOp::Info)).collect();
+    for p in pending {
+        assert!(matches!(p.wait(), Ok(Reply::Info(_))));
+    }
+    assert_eq!(
+        fake.world().held_max,
+        2,
+        "never more than inflight_max at once"
+    );
+    assert!(client.stats().retries >= 1, "some waited for room");
 }
 
 /// Wakes by unparking the thread that polls.
@@ -781,7 +803,7 @@ impl Wake for ThreadWaker {
 #[test]
 fn pending_is_a_future_woken_when_the_answer_comes() {
     let _s = shared_run();
-    let (fake, client) = led_cluster(1, 1, 1, 10_000);
+    let (fake, client) = led_cluster(1, 1, 1, config(10_000));
     fake.world().hold = 2;
     let w = Arc::new(ThreadWaker {
         thread: std::thread::current(),
