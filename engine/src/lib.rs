@@ -7,6 +7,7 @@
 //! virtual clock; [`runtime`] and [`transport`] drive it on real cores and sockets.
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod host;
 pub mod kv;
 pub mod log;

@@ -1,4 +1,5 @@
-//! `ringleader-tools`: histogram compare and plots, flamegraphs, WAL crash tests, node agent.
+//! `ringleader-tools`: histogram compare and plots, flamegraphs, WAL crash tests, node agent,
+//! key-value client.
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +27,8 @@ enum Command {
     /// Kill -9 nodes of a live 3-node cluster under writes; check nothing acknowledged is
     /// lost and the history is linearizable.
     RaftCrash(cmd::raft_crash::Args),
+    /// One request to the replicated key-value service: put, get, del, cas or info.
+    Kv(cmd::kv::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,5 +40,6 @@ fn main() -> anyhow::Result<()> {
         Command::Node(a) => cmd::node::run(a),
         Command::Server(a) => cmd::server::run(a),
         Command::RaftCrash(a) => cmd::raft_crash::run(a),
+        Command::Kv(a) => cmd::kv::run(a),
     }
 }

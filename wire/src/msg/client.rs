@@ -18,6 +18,63 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::error::DecodeError;
+use crate::frame::{Decoder, HEADER_LEN, Header};
+
+/// The largest client frame, header included, in either direction. Clients and servers
+/// both refuse (and close the connection on) a frame whose header claims more, before
+/// reserving any memory for it.
+pub const CLIENT_FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// The largest body of a client frame (the frame limit less the fixed header).
+pub const CLIENT_BODY_BYTES_MAX: usize = CLIENT_FRAME_BYTES_MAX - HEADER_LEN;
+
+/// Client frames carry no cluster label (clients do not know it) and no keyring.
+pub const CLIENT_LABEL: &[u8] = b"";
+
+/// Checks the first [`HEADER_LEN`] bytes of a client frame read from a stream, against
+/// [`CLIENT_BODY_BYTES_MAX`]; the caller then reads `frame_len() - HEADER_LEN` more bytes.
+pub fn parse_client_header(bytes: &[u8]) -> Result<Header, DecodeError> {
+    Header::parse(bytes, CLIENT_BODY_BYTES_MAX)
+}
+
+/// The decoder of client frames: empty label, [`CLIENT_BODY_BYTES_MAX`].
+pub fn client_decoder() -> Decoder {
+    Decoder::new(CLIENT_LABEL, CLIENT_BODY_BYTES_MAX)
+}
+
+impl ClientOp {
+    /// The key the operation addresses (`None` for [`ClientOp::Info`]).
+    pub fn key(&self) -> Option<&[u8]> {
+        match self {
+            ClientOp::Put { key, .. }
+            | ClientOp::Get { key, .. }
+            | ClientOp::Delete { key }
+            | ClientOp::Cas { key, .. } => Some(key),
+            ClientOp::Info => None,
+        }
+    }
+
+    /// Whether the operation changes state (so an interrupted one has an unknown outcome).
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            ClientOp::Put { .. } | ClientOp::Delete { .. } | ClientOp::Cas { .. }
+        )
+    }
+
+    /// The operation's name, for messages and counters.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientOp::Put { .. } => "put",
+            ClientOp::Get { .. } => "get",
+            ClientOp::Delete { .. } => "delete",
+            ClientOp::Cas { .. } => "cas",
+            ClientOp::Info => "info",
+        }
+    }
+}
+
 /// How a read is served.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[rkyv(derive(Debug, PartialEq, Eq))]
@@ -184,9 +241,6 @@ pub struct ClientResponse {
     pub result: ClientResult,
 }
 
-/// Largest frame of the client protocol, either way.
-pub const CLIENT_FRAME_BYTES_MAX: usize = 4 << 20;
-
 /// The group (`1..=groups`) that owns `key`: CRC32C of the key modulo the group count.
 /// Clients and servers must agree on it; it is part of the protocol.
 pub fn group_of_key(key: &[u8], groups: u64) -> u64 {
@@ -202,6 +256,42 @@ pub fn shard_of_group(group: u64, shards: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_frames_round_trip_under_the_limit() {
+        let req = ClientRequest {
+            id: 7,
+            op: ClientOp::Cas {
+                key: b"k".to_vec(),
+                expected: None,
+                new: b"v".to_vec(),
+            },
+        };
+        assert_eq!(req.op.key(), Some(&b"k"[..]));
+        assert!(req.op.is_write());
+        assert!(!ClientOp::Info.is_write());
+        let mut enc = crate::Encoder::new(CLIENT_LABEL);
+        let mut batch = enc.batch(None, CLIENT_FRAME_BYTES_MAX);
+        assert!(batch.push(&req).unwrap());
+        let frame = batch.finish().unwrap();
+        let header = parse_client_header(frame).unwrap();
+        assert_eq!(header.frame_len(), frame.len());
+        let mut buf = rkyv::util::AlignedVec::<16>::new();
+        buf.extend_from_slice(frame);
+        let decoded = client_decoder().decode(&mut buf, None).unwrap();
+        let got: Vec<_> = decoded
+            .messages()
+            .map(|m| m.unwrap().to_owned().unwrap())
+            .collect();
+        assert_eq!(got, vec![crate::Message::ClientRequest(req)]);
+        // A header claiming more than the limit is refused before anything is read.
+        let mut big = frame[..HEADER_LEN].to_vec();
+        big[16..20].copy_from_slice(&(CLIENT_BODY_BYTES_MAX as u32 + 1).to_le_bytes());
+        assert!(matches!(
+            parse_client_header(&big),
+            Err(DecodeError::Oversized { .. })
+        ));
+    }
 
     #[test]
     fn groups_and_shards_are_in_range() {
