@@ -1275,17 +1275,37 @@ fn answers_beyond_anything_the_leader_sent_are_refused() {
     refused(&mut leader, forged);
 }
 
+/// A heartbeat's commit is at most what this node acknowledged; one past its log means the
+/// node lost acknowledged entries (wiped storage): it commits nothing on that word and
+/// answers with a rejection naming where its log really ends, so the leader probes (and
+/// sends a snapshot) from there.
 #[test]
-fn heartbeat_commit_beyond_the_log_is_refused() {
+fn heartbeat_commit_beyond_the_log_commits_nothing_and_says_where_the_log_ends() {
     let mut n = follower();
-    for commit in [4, u64::MAX] {
-        refused(
-            &mut n,
+    let _ = n.ready();
+    let (last, committed) = (n.log().last_index(), n.log().committed());
+    for commit in [last + 1, last + 100] {
+        n.step(
+            Time::ZERO,
             Message::Heartbeat(Heartbeat {
                 header: hdr(2, 1, 2),
                 commit,
                 ctx: 1,
             }),
+        )
+        .unwrap();
+        assert_eq!(
+            n.log().committed(),
+            committed,
+            "nothing commits on that word"
+        );
+        let rd = n.ready();
+        assert!(
+            rd.messages.iter().any(|m| matches!(m,
+                Message::AppendResponse(r)
+                    if !r.success && r.match_index == commit && r.reject_hint_index == last)),
+            "the node says where its log ends: {:?}",
+            rd.messages
         );
     }
 }

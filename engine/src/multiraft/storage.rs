@@ -229,7 +229,7 @@ impl ShardStorage {
 
     /// Writes every group write in `writes` with one log append: received snapshots first
     /// (their files, synchronously), then one record per write (more when its entries do
-    /// not fit one). Returns the LSN whose durability makes all of them durable, and the
+    /// not fit one; an empty one for a write that only carried a snapshot). Returns the LSN whose durability makes all of them durable, and the
     /// future that resolves then. `Ok(None)` when there was nothing to append. On
     /// [`LogError::Backpressure`] nothing was appended: retry once earlier appends are
     /// durable.
@@ -250,6 +250,10 @@ impl ShardStorage {
         for w in writes {
             let mut rest: &[ringleader_wire::msg::raft::Entry] = &w.entries;
             let mut hs = w.hard_state;
+            // Every write gets at least one record, even one that only carried a snapshot
+            // (its file is written above): its durability is reported in log order with
+            // the group's other writes, through the LSN of that record.
+            let mut first = true;
             loop {
                 // As many entries as fit one record (always at least one).
                 let mut bytes = record::WRITE_HEADER_BYTES;
@@ -262,9 +266,10 @@ impl ShardStorage {
                     bytes += b;
                     n += 1;
                 }
-                if n == 0 && hs.is_none() {
+                if n == 0 && hs.is_none() && !first {
                     break;
                 }
+                first = false;
                 if used == payloads.len() {
                     payloads.push(Vec::new());
                 }

@@ -306,10 +306,6 @@ impl<R: RngCore> Raft<R> {
                 if other_leader {
                     return Err(Malformed("a second leader in one term"));
                 }
-                // The leader sends at most what this node acknowledged, which it still holds.
-                if hb.commit > self.log.last_index() {
-                    return Err(Malformed("heartbeat commit beyond this node's log"));
-                }
             }
             Message::InstallSnapshot(s) => {
                 if other_leader {
@@ -507,7 +503,22 @@ impl<R: RngCore> Raft<R> {
                     return Ok(());
                 }
                 self.follow(h.from);
-                self.log.commit_to(hb.commit);
+                if hb.commit > self.log.last_index() {
+                    // The leader sends at most what this node acknowledged: this node lost
+                    // entries it had acknowledged (its storage was wiped or replaced). Commit
+                    // nothing on that word, and tell the leader where this log really ends
+                    // so it probes (and sends a snapshot) from there.
+                    let (last, last_term) = (self.log.last_index(), self.log.last_term());
+                    self.msgs.push(Message::AppendResponse(AppendResponse {
+                        header: self.hdr(h.from, self.term),
+                        success: false,
+                        match_index: hb.commit,
+                        reject_hint_index: last,
+                        reject_hint_term: last_term,
+                    }));
+                } else {
+                    self.log.commit_to(hb.commit);
+                }
                 self.msgs
                     .push(Message::HeartbeatResponse(HeartbeatResponse {
                         header: self.hdr(h.from, self.term),
@@ -1200,6 +1211,18 @@ impl<R: RngCore> Raft<R> {
         };
         pr.recent_active = true;
         if !r.success {
+            if r.reject_hint_index < pr.match_index && pr.state != ProgressState::Snapshot {
+                // The follower's log now ends before what it acknowledged: its storage was
+                // wiped or replaced (or this rejection is older than those
+                // acknowledgements). Probe again from where it says its log ends; what is
+                // committed stays committed (the commit index never moves back), only
+                // where to send from changes.
+                pr.match_index = r.reject_hint_index;
+                pr.become_probe();
+                pr.next_index = retry_from.clamp(1, pr.match_index + 1);
+                self.dirty.insert(from);
+                return;
+            }
             if pr.maybe_decrease(r.match_index, retry_from) {
                 self.dirty.insert(from);
             }
