@@ -21,7 +21,7 @@ use crate::log::{Durable, Entry as LogEntry, Log, LogConfig, LogError, RecoveryR
 use crate::raft::driver::GroupWrite;
 use crate::raft::{HardState, Recovered, Snapshot};
 
-use super::record::{self, Replay, ReplayError, entry_record_bytes, truncate_records};
+use super::record::{self, Replay, ReplayError, entry_record_bytes};
 use super::snapshot::{self, SnapshotFileError};
 
 /// What can go wrong in a shard's storage.
@@ -313,9 +313,14 @@ impl ShardStorage {
                 t.hard_state_lsn = lsn;
             }
             if first > 0 {
-                let mut v: Vec<_> = t.records.drain(..).collect();
-                truncate_records(&mut v, first);
-                t.records = v.into();
+                // Records hold consecutive, increasing index ranges: what `first` replaces
+                // is at the tail.
+                while t.records.back().is_some_and(|r| r.1 >= first) {
+                    t.records.pop_back();
+                }
+                if let Some(r) = t.records.back_mut() {
+                    r.2 = r.2.min(first - 1);
+                }
                 t.records.push_back((lsn, first, last));
             }
         }

@@ -302,7 +302,7 @@ impl<R: RngCore> Raft<R> {
                 }
                 check_append(a)?;
             }
-            Message::Heartbeat(hb) => {
+            Message::Heartbeat(_) => {
                 if other_leader {
                     return Err(Malformed("a second leader in one term"));
                 }
