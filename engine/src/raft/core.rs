@@ -302,10 +302,8 @@ impl<R: RngCore> Raft<R> {
                 }
                 check_append(a)?;
             }
-            Message::Heartbeat(_) => {
-                if other_leader {
-                    return Err(Malformed("a second leader in one term"));
-                }
+            Message::Heartbeat(_) if other_leader => {
+                return Err(Malformed("a second leader in one term"));
             }
             Message::InstallSnapshot(s) => {
                 if other_leader {
