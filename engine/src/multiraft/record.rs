@@ -430,7 +430,8 @@ mod tests {
         let g1 = r.finish_group(1, Some((2, 1))).unwrap();
         assert_eq!(g1.entries, vec![e(3, 2), e(4, 2)]);
         assert_eq!(g1.hard_state, HardState { term: 1, vote: 1 });
-        assert_eq!(g1.records, vec![(1, 1, 2), (2, 3, 4)]);
+        // Record 1 holds only entries the snapshot covers: reclaimable.
+        assert_eq!(g1.records, vec![(2, 3, 4)]);
         // A snapshot from another history: the log after it is dropped.
         let mut r2 = Replay::default();
         r2.apply(1, decode(&b1).unwrap()).unwrap();

@@ -8,7 +8,7 @@
 //! commit), snapshots to files, replies to the clients — and sleep until the next timer or
 //! wake-up. Nothing here waits on a socket or a sync: those run in their own tasks.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,40 +105,6 @@ struct InFlight {
     writes: Vec<(u64, u64)>,
 }
 
-fn group_of_msg(m: &Message) -> Option<u64> {
-    Some(match m {
-        Message::AppendEntries(x) => x.header.group,
-        Message::AppendResponse(x) => x.header.group,
-        Message::VoteRequest(x) => x.header.group,
-        Message::VoteResponse(x) => x.header.group,
-        Message::InstallSnapshot(x) => x.header.group,
-        Message::SnapshotResponse(x) => x.header.group,
-        Message::TimeoutNow(x) => x.header.group,
-        Message::ReadIndexRequest(x) => x.header.group,
-        Message::ReadIndexResponse(x) => x.header.group,
-        Message::Heartbeat(x) => x.header.group,
-        Message::HeartbeatResponse(x) => x.header.group,
-        _ => return None,
-    })
-}
-
-fn to_of(m: &Message) -> u64 {
-    match m {
-        Message::AppendEntries(x) => x.header.to,
-        Message::AppendResponse(x) => x.header.to,
-        Message::VoteRequest(x) => x.header.to,
-        Message::VoteResponse(x) => x.header.to,
-        Message::InstallSnapshot(x) => x.header.to,
-        Message::SnapshotResponse(x) => x.header.to,
-        Message::TimeoutNow(x) => x.header.to,
-        Message::ReadIndexRequest(x) => x.header.to,
-        Message::ReadIndexResponse(x) => x.header.to,
-        Message::Heartbeat(x) => x.header.to,
-        Message::HeartbeatResponse(x) => x.header.to,
-        _ => 0,
-    }
-}
-
 /// How often a shard publishes its counters for [`super::Server::stats`].
 const PUBLISH_EVERY_MS: u64 = 20;
 
@@ -192,7 +158,7 @@ where
     misrouted: u64,
     turns: u64,
     snapshots_restored: u64,
-    addr_text: HashMap<u64, String>,
+    addr_text: BTreeMap<u64, String>,
     live: Arc<std::sync::Mutex<ShardReport>>,
     published_at: Time,
 }
@@ -454,7 +420,7 @@ where
     fn take_messages(&mut self, now: Time) {
         let msgs: Vec<Message> = self.inbox.messages.borrow_mut().drain(..).collect();
         for m in msgs {
-            let Some(g) = group_of_msg(&m) else {
+            let Some(g) = crate::raft::header_of(&m).map(|h| h.group) else {
                 self.misrouted += 1;
                 continue;
             };
@@ -666,7 +632,7 @@ where
         for _ in 0..16 {
             let sends = std::mem::take(&mut self.out.sends);
             for m in sends {
-                let to = to_of(&m);
+                let to = crate::raft::header_of(&m).map_or(0, |h| h.to);
                 match self.links.get(&to) {
                     Some(l) => l.push(m),
                     None => self.misrouted += 1,

@@ -115,6 +115,21 @@ pub struct ShardStorage {
     stats: StorageStats,
 }
 
+/// Appends one log record per payload, numbered from the log's next LSN.
+fn append_records(log: &Log, payloads: &[Vec<u8>]) -> Result<Durable, LogError> {
+    let next = log.next_index();
+    let entries: Vec<LogEntry<'_>> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| LogEntry {
+            index: next + i as u64,
+            term: 0,
+            payload: p,
+        })
+        .collect();
+    log.append(&entries)
+}
+
 fn log_err(dir: &Path) -> impl FnOnce(LogError) -> StorageError {
     let dir = dir.to_path_buf();
     move |source| StorageError::Log { dir, source }
@@ -293,17 +308,7 @@ impl ShardStorage {
             self.scratch = payloads;
             return Ok(None);
         }
-        let entries: Vec<LogEntry<'_>> = payloads[..used]
-            .iter()
-            .enumerate()
-            .map(|(i, p)| LogEntry {
-                index: next + i as u64,
-                term: 0,
-                payload: p,
-            })
-            .collect();
-        let res = self.log.append(&entries);
-        drop(entries);
+        let res = append_records(&self.log, &payloads[..used]);
         self.scratch = payloads;
         let durable = res.map_err(log_err(&self.wal_dir))?;
         for (pos, group, has_hs, first, last) in placed {
@@ -405,16 +410,7 @@ impl ShardStorage {
                 record::encode_hard_state(g, hs, &mut b);
                 payloads.push(b);
             }
-            let entries: Vec<LogEntry<'_>> = payloads
-                .iter()
-                .enumerate()
-                .map(|(i, p)| LogEntry {
-                    index: next + i as u64,
-                    term: 0,
-                    payload: p,
-                })
-                .collect();
-            match self.log.append(&entries) {
+            match append_records(&self.log, &payloads) {
                 Ok(durable) => drop(durable), // its durability is read from the log
                 Err(LogError::Backpressure { .. }) => return Ok(None),
                 Err(e) => return Err(log_err(&self.wal_dir)(e)),

@@ -18,7 +18,7 @@ use super::membership::{MEMBERS_MAX, Membership, VoteResult, decode_conf, encode
 use super::progress::{Progress, ProgressState, SnapshotSend};
 use super::{
     ConfChange, Config, HardState, INDEX_MAX, RaftError, ReadState, Ready, Recovered, Role,
-    Snapshot, TERM_MAX,
+    Snapshot, TERM_MAX, header_of,
 };
 use crate::time::Time;
 
@@ -79,23 +79,6 @@ pub struct Raft<R: RngCore> {
     msgs_persisted: Vec<Message>,
     read_states: Vec<ReadState>,
     snapshot_to_install: Option<Snapshot>,
-}
-
-fn header_of(m: &Message) -> Option<RaftHeader> {
-    Some(match m {
-        Message::AppendEntries(x) => x.header,
-        Message::AppendResponse(x) => x.header,
-        Message::VoteRequest(x) => x.header,
-        Message::VoteResponse(x) => x.header,
-        Message::InstallSnapshot(x) => x.header,
-        Message::SnapshotResponse(x) => x.header,
-        Message::TimeoutNow(x) => x.header,
-        Message::ReadIndexRequest(x) => x.header,
-        Message::ReadIndexResponse(x) => x.header,
-        Message::Heartbeat(x) => x.header,
-        Message::HeartbeatResponse(x) => x.header,
-        _ => return None,
-    })
 }
 
 impl<R: RngCore> Raft<R> {

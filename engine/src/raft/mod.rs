@@ -64,6 +64,25 @@ pub const TERM_MAX: u64 = i64::MAX as u64;
 /// have a batch length added, without overflow.
 pub const INDEX_MAX: u64 = i64::MAX as u64;
 
+/// The routing header of a Raft message (group, sender, receiver, term); `None` for a
+/// message that is not Raft's.
+pub fn header_of(m: &Message) -> Option<ringleader_wire::msg::raft::RaftHeader> {
+    Some(match m {
+        Message::AppendEntries(x) => x.header,
+        Message::AppendResponse(x) => x.header,
+        Message::VoteRequest(x) => x.header,
+        Message::VoteResponse(x) => x.header,
+        Message::InstallSnapshot(x) => x.header,
+        Message::SnapshotResponse(x) => x.header,
+        Message::TimeoutNow(x) => x.header,
+        Message::ReadIndexRequest(x) => x.header,
+        Message::ReadIndexResponse(x) => x.header,
+        Message::Heartbeat(x) => x.header,
+        Message::HeartbeatResponse(x) => x.header,
+        _ => return None,
+    })
+}
+
 /// Tunables of one Raft group. Every bound is here, with its unit in its name.
 #[derive(Debug, Clone)]
 pub struct Config {

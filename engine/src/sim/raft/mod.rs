@@ -332,23 +332,6 @@ fn value_of(b: Option<&[u8]>) -> Option<u64> {
     b.map(|b| b.try_into().map(u64::from_le_bytes).unwrap_or(u64::MAX))
 }
 
-fn header_of(m: &Message) -> (u64, u64) {
-    match m {
-        Message::AppendEntries(x) => (x.header.from, x.header.to),
-        Message::AppendResponse(x) => (x.header.from, x.header.to),
-        Message::VoteRequest(x) => (x.header.from, x.header.to),
-        Message::VoteResponse(x) => (x.header.from, x.header.to),
-        Message::InstallSnapshot(x) => (x.header.from, x.header.to),
-        Message::SnapshotResponse(x) => (x.header.from, x.header.to),
-        Message::TimeoutNow(x) => (x.header.from, x.header.to),
-        Message::ReadIndexRequest(x) => (x.header.from, x.header.to),
-        Message::ReadIndexResponse(x) => (x.header.from, x.header.to),
-        Message::Heartbeat(x) => (x.header.from, x.header.to),
-        Message::HeartbeatResponse(x) => (x.header.from, x.header.to),
-        _ => (0, 0),
-    }
-}
-
 /// Runs one seed.
 pub fn run_seed(cfg: &SimConfig, seed: u64) -> SeedReport {
     let mut sim = Sim::new(cfg.clone(), seed);
@@ -837,7 +820,7 @@ impl Sim {
     }
 
     fn send(&mut self, m: Message) {
-        let (from, to) = header_of(&m);
+        let (from, to) = crate::raft::header_of(&m).map_or((0, 0), |h| (h.from, h.to));
         if to == 0 || to as usize > self.nodes.len() || self.blocked.contains(&(from, to)) {
             return;
         }
