@@ -755,7 +755,9 @@ fn pending_beyond_the_bound_fails_at_once() {
         ..config(10_000)
     };
     let (fake, client) = led_cluster(1, 1, 1, config);
-    fake.world().hold = 2;
+    // Nothing is answered, so the first two stay pending however the threads are
+    // scheduled (answering them could free room before the third is submitted).
+    fake.world().hold = usize::MAX;
     let a = client.submit(ClientOp::Info);
     let b = client.submit(ClientOp::Info);
     let c = client.submit(ClientOp::Info);
@@ -763,7 +765,9 @@ fn pending_beyond_the_bound_fails_at_once() {
         c.wait(),
         Err(ClientError::Busy { pending_max: 2 })
     ));
-    assert!(a.wait().is_ok() && b.wait().is_ok());
+    // Closing the client ends the two that were held.
+    drop(client);
+    assert!(a.wait().is_err() && b.wait().is_err());
 }
 
 #[test]
