@@ -586,6 +586,23 @@ struct Outcome {
     error_kinds: BTreeMap<String, u64>,
 }
 
+impl Outcome {
+    fn new() -> Outcome {
+        Outcome {
+            latency: Recorder::new("raft_put_us"),
+            ok: 0,
+            errors: 0,
+            error_kinds: BTreeMap::new(),
+        }
+    }
+
+    /// Counts one error of kind `k`.
+    fn error(&mut self, k: String) {
+        self.errors += 1;
+        *self.error_kinds.entry(k).or_default() += 1;
+    }
+}
+
 /// The clients: assigned to groups round-robin, grouped by their group's leader.
 struct Load {
     /// (leader address, keys per client of this connection) per connection.
@@ -660,12 +677,7 @@ impl Load {
             std::thread::sleep(Duration::from_millis(200));
             progress.tick(start.elapsed());
         }
-        let mut out = Outcome {
-            latency: Recorder::new("raft_put_us"),
-            ok: 0,
-            errors: 0,
-            error_kinds: BTreeMap::new(),
-        };
+        let mut out = Outcome::new();
         for t in threads {
             match t.join() {
                 Ok(o) => {
@@ -676,12 +688,7 @@ impl Load {
                         *out.error_kinds.entry(k).or_default() += v;
                     }
                 }
-                Err(_) => {
-                    out.errors += 1;
-                    *out.error_kinds
-                        .entry("load thread panicked".into())
-                        .or_default() += 1;
-                }
+                Err(_) => out.error("load thread panicked".into()),
             }
         }
         out
@@ -717,20 +724,11 @@ fn closed_loop(
     end: Instant,
     done: &AtomicU64,
 ) -> Outcome {
-    let mut out = Outcome {
-        latency: Recorder::new("raft_put_us"),
-        ok: 0,
-        errors: 0,
-        error_kinds: BTreeMap::new(),
-    };
-    let err = |out: &mut Outcome, k: String| {
-        out.errors += 1;
-        *out.error_kinds.entry(k).or_default() += 1;
-    };
+    let mut out = Outcome::new();
     let mut conn = match Conn::open(addr) {
         Ok(c) => c,
         Err(e) => {
-            err(&mut out, format!("connect: {e}"));
+            out.error(format!("connect: {e}"));
             return out;
         }
     };
@@ -768,7 +766,7 @@ fn closed_loop(
         if !reqs.is_empty()
             && let Err(e) = conn.send(&reqs)
         {
-            err(&mut out, format!("send: {e}"));
+            out.error(format!("send: {e}"));
             return out;
         }
         if ids.is_empty() {
@@ -776,7 +774,7 @@ fn closed_loop(
         }
         resps.clear();
         if let Err(e) = conn.recv(&mut resps) {
-            err(&mut out, format!("recv: {e}"));
+            out.error(format!("recv: {e}"));
             return out;
         }
         let now = Instant::now();
@@ -793,7 +791,7 @@ fn closed_loop(
                 }
                 Some(k) => {
                     if in_window {
-                        err(&mut out, k);
+                        out.error(k);
                     }
                 }
             }
@@ -811,17 +809,11 @@ fn open_loop(
     rate: f64,
     done: &AtomicU64,
 ) -> Outcome {
-    let mut out = Outcome {
-        latency: Recorder::new("raft_put_us"),
-        ok: 0,
-        errors: 0,
-        error_kinds: BTreeMap::new(),
-    };
+    let mut out = Outcome::new();
     let conn = match Conn::open(addr) {
         Ok(c) => c,
         Err(e) => {
-            out.errors += 1;
-            out.error_kinds.insert(format!("connect: {e}"), 1);
+            out.error(format!("connect: {e}"));
             return out;
         }
     };
@@ -829,7 +821,7 @@ fn open_loop(
     let intended: Arc<Mutex<HashMap<u64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
     let reader = {
         let Ok(s) = conn.s.try_clone() else {
-            out.errors += 1;
+            out.error("cloning the socket for the reader".into());
             return out;
         };
         let intended = Arc::clone(&intended);
@@ -841,12 +833,7 @@ fn open_loop(
             buf: rkyv::util::AlignedVec::new(),
         };
         std::thread::spawn(move || {
-            let mut o = Outcome {
-                latency: Recorder::new("raft_put_us"),
-                ok: 0,
-                errors: 0,
-                error_kinds: BTreeMap::new(),
-            };
+            let mut o = Outcome::new();
             let mut resps = Vec::new();
             let grace = end + Duration::from_secs(5);
             loop {
@@ -870,10 +857,7 @@ fn open_loop(
                             o.latency.record_duration_at(now, now - t);
                             o.ok += 1;
                         }
-                        Some(k) => {
-                            o.errors += 1;
-                            *o.error_kinds.entry(k).or_default() += 1;
-                        }
+                        Some(k) => o.error(k),
                     }
                 }
                 if Instant::now() > end && intended.lock().map(|m| m.is_empty()).unwrap_or(true) {
@@ -916,11 +900,10 @@ fn open_loop(
         }
         done.fetch_add(reqs.len() as u64, Ordering::Relaxed);
     }
-    let o = reader.join().unwrap_or_else(|_| Outcome {
-        latency: Recorder::new("raft_put_us"),
-        ok: 0,
-        errors: 1,
-        error_kinds: BTreeMap::new(),
+    let o = reader.join().unwrap_or_else(|_| {
+        let mut o = Outcome::new();
+        o.error("reader thread panicked".into());
+        o
     });
     // Requests never answered within the window's grace count as errors.
     let lost = intended

@@ -22,61 +22,11 @@
 //!
 //! This scenario only observes: it never touches a member's state except by the kills.
 //!
-//! What it showed on the shared 2-core host (2 shards, unpinned; 2026-11-25):
-//! - 1,000 members, `--config lan --duration 60s --kill 5`: converged in ~32 s (the last
-//!   joiners are learned by gossip and periodic push-pull), 0 false positives, detection
-//!   p50 ~13.7 s, p99 14-17 s, ~0.10-0.13 ms of CPU per member per second (0.1 core for
-//!   the cluster), 2.0 datagrams and ~370 B per member per second, 72 MB RSS.
-//! - 2,000 members paced at 50/s: not converged 120 s after the last add (1,369 of 2,000;
-//!   1,985 after 120 s more), 0 false positives, detection p99 ~17.6 s, 0.14 ms CPU per
-//!   member per second, 188 MB RSS (~47 B per (member, known member) pair).
-//! - ~3,000 members started back to back, before the host's loop yielded to glommio when
-//!   busy: the shards saturated, send slots ran out (`send_queue_full`), probes failed,
-//!   suspicions cascaded into false positives, and outbound stream sockets piled up
-//!   unconnected until EMFILE. With that fix (commit 7d28683): 3,000 back to back converged
-//!   in 40.5 s, 0 false positives, detection p99 17.7 s, 82 µs CPU per member per second,
-//!   359 MB RSS, ~2 descriptors per member.
-//! - 9,000 members (the most the descriptor limit below allowed with a listener per
-//!   member): adds slowed to ~60 per minute past ~6,500 with both cores saturated in
-//!   push-pull merging and RSS at 8 GB; stopped.
-//! - 2026-11-26, after push-pull went zero-copy and the Fx hasher got a finalizer (names
-//!   had fallen into 64 of 16,384 buckets): 5,000 members at `--add-rate 50`, 5 minutes
-//!   steady: 0 false positives and 0 false suspicions over the whole run, 4,961 of 5,000
-//!   converged after the steady state (damped join rumors leave the rest to push-pull,
-//!   every ~270 s at this size), detection p99 19.1 s, 0.11 ms CPU per member per second,
-//!   2.0 datagrams and 381 B per member per second, 982 MB RSS, 10,035 descriptors.
-//! - 10,000 members (`--listeners shard`: one descriptor per member): every start so far
-//!   saturated both cores between ~8,500 and ~9,900 members and ended in a suspicion
-//!   cascade (back to back, or paced at 12-25 per second, with or without
-//!   `--join-via-one`). perf at 5,900 members: 44 % of the CPU interning received push-pull
-//!   states (memory-bound, ~1.3 µs per entry); periodic push-pull at 10,000 alone is
-//!   ~670,000 entries per second for the whole process.
-//! - 2026-11-26, later: 3,000 members at `--add-rate 25` were not converged 400 s after
-//!   the last add (2,950 of 3,000): damped join rumors miss about a fifth of the members,
-//!   and random push-pulls (every 240 s at this size) spread the last joiners slowly.
-//!   With `seed_catch_up` (a member's periodic push-pull, and the push-pull a probe from an
-//!   unknown member triggers, go to a seed while push-pulls keep bringing members no rumor
-//!   had): converged 240 s after the last add, one scaled push-pull interval, with 0 false
-//!   positives and 0 false suspicions. Join rumors with their own gossip rounds
-//!   (`--set join_rumor_gossip_nodes=1`, damping 4, 24 per datagram) disseminated within
-//!   seconds but took the process to 1.4 cores at 2,500 members (queue scans, sends); not
-//!   the default.
-//! - **10,000 members**, `--config lan --duration 300s --kill 5 --add-rate 25
-//!   --converge-timeout 480s` (`auto` picked shared listeners): all added in 400 s (1.3-1.8
-//!   cores busy near the end), **converged** 700 s after the first add (300 s after the
-//!   last, one scaled push-pull interval), **0 false positives and 0 false suspicions**
-//!   over the whole run including 5 minutes steady; steady state 0.078 ms of CPU per member
-//!   per second (0.78 cores for the cluster), 2.0 datagrams and 355 B per member per
-//!   second plus 4.3 KB of push-pull streams, 3.6 GB RSS, 10,031 descriptors; detection
-//!   p50/p99/max 18.2 / 21.4 / 21.8 s, none undetected. A second run with `--seed 2`:
-//!   converged at 700 s, 0 false positives, 0 false suspicions, 0.076 ms CPU per member
-//!   per second, detection p99 24.4 s. Before the directory's inline
-//!   names and packed name buffer, and before seed catch-up, every 10,000 start
-//!   saturated both cores between 8,500 and 9,900 members.
-//! - Once in ~4 runs of 1,000-2,000 members both shards spun forever in
-//!   `UdpRing::poll` (io_uring_enter with nothing to submit and no completions: a stale
-//!   IORING_SQ_TASKRUN flag) and the census timed out; the report says so and the host is
-//!   left to the process exit ([`SHUTDOWN_WAIT_MAX`]).
+//! What it measured, with the commands, is in `docs/BENCHMARKS.md`.
+//!
+//! If a census times out at shutdown (seen once in ~4 runs of 1,000-2,000 members: both
+//! shards spinning in `UdpRing::poll` on a stale IORING_SQ_TASKRUN flag), the report says
+//! so and the host is left to the process exit ([`SHUTDOWN_WAIT_MAX`]).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
