@@ -131,6 +131,11 @@ fn round_trip_buffered() {
 }
 
 #[test]
+fn round_trip_direct_sync() {
+    round_trip(IoMode::DirectSync);
+}
+
+#[test]
 fn concurrent_appends_share_fsyncs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_path_buf();

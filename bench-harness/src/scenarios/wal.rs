@@ -59,13 +59,7 @@ pub struct Args {
 
 /// Parses `direct` or `buffered`.
 pub fn parse_io_mode(s: &str) -> Result<IoMode, String> {
-    match s {
-        "direct" => Ok(IoMode::Direct),
-        "buffered" => Ok(IoMode::Buffered),
-        other => Err(format!(
-            "io mode must be `direct` or `buffered`, not {other:?}"
-        )),
-    }
+    s.parse()
 }
 
 /// The most writers one run may have (each is a task holding one entry buffer).
@@ -98,10 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "--writers must be in 1..={WRITERS_MAX}"
     );
     let common = &args.common;
-    let io_mode = match args.io_mode {
-        IoMode::Direct => "direct",
-        IoMode::Buffered => "buffered",
-    };
+    let io_mode = args.io_mode.name();
     let config = json!({
         "writers": args.writers,
         "entry_bytes": args.entry_bytes,

@@ -1,7 +1,8 @@
-//! Write-ahead log on io_uring: segments, group commit with pipelined `fdatasync`,
-//! crash-safe recovery. Raft groups hand it entries and learn when they are durable.
+//! Write-ahead log on io_uring: segments, group commit, crash-safe recovery. Raft groups
+//! hand it entries and learn when they are durable.
 //!
-//! It must never acknowledge an entry before an `fdatasync` that covers it has completed,
+//! It must never acknowledge an entry before a sync that covers it has completed (an
+//! O_DSYNC write or an `fdatasync`),
 //! and never open a log whose middle is corrupt: recovery drops only a torn tail (what was
 //! never acknowledged) and reports exactly what it dropped; invalid bytes anywhere else
 //! make [`Log::open`] fail with an error that names the segment and the offset.
@@ -10,24 +11,25 @@
 //! - A directory holds segments named by their first index (`00000000000000000001.seg`),
 //!   each preallocated to [`LogConfig::segment_bytes`] (zero-filled by a background task
 //!   ahead of need), and `hardstate` (two checksummed slots written alternately).
-//! - Appends go into the open batch. One flusher task per log writes a batch, then starts
-//!   its `fdatasync` as soon as the previous sync completes; the appends that arrive
-//!   meanwhile form the next batch, whose write is submitted while that sync is in flight
-//!   (pipelining). Each append's [`Durable`] future resolves when the sync covering its last
-//!   entry completes. Batches are bounded by [`LogConfig::batch_bytes_max`] and
+//! - Appends go into the open batch. One flusher task per log writes one batch at a time;
+//!   the appends that arrive meanwhile form the next batch. Each append's [`Durable`]
+//!   future resolves when the write (O_DSYNC) or `fdatasync` covering its last entry
+//!   completes. Batches are bounded by [`LogConfig::batch_bytes_max`] and
 //!   [`LogConfig::batch_entries_max`]; at most [`LogConfig::batches_queued_max`] wait.
 //! - Format: see [`format`]. Every batch ends with a commit marker holding a checksum of
 //!   the whole batch; every record has its own CRC32C too, checked on every read.
 //!
-//! # Why no linked write→fdatasync SQE
-//! glommio has no API for linked SQEs, and with pipelining a link would buy nothing: the
-//! next batch's write has already completed when the sync in flight finishes, so its sync
-//! is submitted in the same reactor turn. The log therefore uses glommio's own
-//! `DmaFile`/`BufferedFile` ops (all io_uring) and needs no second ring.
-//!
-//! # O_DIRECT or buffered: measured
-//! See [`IoMode`] and [`LogConfig::io_mode`]; the numbers behind the default are in the
-//! doc comment of [`DEFAULT_IO_MODE`].
+//! # Durability: O_DSYNC writes by default
+//! The default mode ([`IoMode::DirectSync`]) opens segments with O_DIRECT | O_DSYNC: a
+//! batch is one io_uring write that completes once the data is on stable storage, so the
+//! flusher marks the batch durable on the write's completion. With [`IoMode::Direct`] or
+//! [`IoMode::Buffered`] the flusher writes a batch, then starts its `fdatasync` as soon as
+//! the previous sync completes, and the next batch's write overlaps that sync. The O_DSYNC
+//! write saves a whole round trip per batch: io_uring always hands an `fdatasync` to a
+//! worker thread, and the sync can only be submitted once the write completed. Segments are
+//! zero-filled ahead of use, so neither mode changes file metadata on an append and the
+//! kernel's sync is a device cache flush, not a journal commit. The comparison is in
+//! `docs/BENCHMARKS.md` (`ringleader-bench wal --io-mode`).
 //!
 //! # Threading
 //! A [`Log`] lives on one glommio executor (shard) and is `!Send`. Build executors with
@@ -46,29 +48,9 @@ pub use file::IoMode;
 pub use format::HardState;
 pub use wal::{Durable, Entry, Log, LogStats, OwnedEntry, RecoveryReport, TornTail};
 
-/// The io mode used unless configured otherwise: O_DIRECT into zero-filled segments.
-///
-/// Decided by measurement on this machine (ext4 on a virtio disk; `/work` and `/tmp` are the
-/// same filesystem; 2 cores shared with other builds, so every figure is noisy and only
-/// medians of alternating runs were compared):
-///
-/// 1. Raw `pwrite + fdatasync`, 400 sequential appends each (a throwaway probe): p50 ≈ 150 µs
-///    for O_DIRECT into a zero-filled file, ≈ 150–170 µs buffered into a zero-filled file,
-///    ≈ 230–260 µs for either into a file that was only `fallocate`d (converting unwritten
-///    extents costs a journal commit per sync), and 200 µs–3 ms appending to a growing file.
-///    Hence segments are zero-filled ahead of use by a background task.
-/// 2. The log itself, 64 writers × 256 B, 3 alternating rounds of
-///    `ringleader-bench wal --writers 64 --entry-bytes 256 --duration 2s --warmup 500ms
-///    --no-baselines --io-mode M --zero-fill Z`, appends/s (median of 3):
-///    direct + zero-fill 31.5 k (46.5 k, 22.8 k, 31.5 k; p50 324–539 µs);
-///    buffered + zero-fill 13.5 k (13.5 k, 11.1 k, 35.6 k); direct + fallocate only
-///    14.6 k; buffered + fallocate only 15.9 k. An earlier pair of rounds during heavier
-///    load gave direct+zero 31 k/46 k and buffered+zero 72 k/55 k, so the two zero-filled
-///    modes are within the noise of each other; O_DIRECT is kept because it also skips the
-///    page-cache copy and write-back reordering, and its writes complete on the device
-///    while the previous sync is in flight (pipelining), where a buffered write completes
-///    at memory speed and leaves all the device work to the sync.
-pub const DEFAULT_IO_MODE: IoMode = IoMode::Direct;
+/// The io mode used unless configured otherwise: O_DIRECT | O_DSYNC into zero-filled
+/// segments (see the module docs for why).
+pub const DEFAULT_IO_MODE: IoMode = IoMode::DirectSync;
 
 /// Bounds and knobs of a log. Units are in the names.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use super::file::{self, LogFile, PAGE_BYTES, page_down, page_up};
 use super::format::{self, BatchBuilder, HardState};
 use super::hard_state::{HARD_STATE_FILE, HardStateFile};
 use super::recovery::{self, ScanError};
-use super::{IoMode, LogConfig, LogError};
+use super::{LogConfig, LogError};
 
 const SPARE_FILE: &str = "spare.tmp";
 const TRUNCATE_FILE: &str = "truncate.tmp";
@@ -60,14 +60,16 @@ pub struct LogStats {
     pub entries: u64,
     /// Batches written.
     pub batches: u64,
-    /// `fdatasync` calls that completed on segments.
+    /// Syncs that completed on segments: `fdatasync` calls, or O_DSYNC batch writes
+    /// ([`super::IoMode::DirectSync`]), each one a device cache flush.
     pub fsyncs: u64,
     /// Bytes of batches written (without page padding).
     pub batch_bytes: u64,
     /// Bytes submitted to the device or page cache (with tail-page rewrites and padding).
     pub bytes_written: u64,
     /// Batches whose write completed while the previous batch's `fdatasync` was still in
-    /// flight (the pipelining at work; zero when every append waits for the same sync).
+    /// flight (the pipelining at work; zero when every append waits for the same sync, and
+    /// always zero with O_DSYNC writes, where the write is the sync).
     pub batches_pipelined: u64,
 }
 
@@ -1209,6 +1211,11 @@ async fn flusher(sh: Rc<Shared>) {
                 break;
             }
         };
+        if sh.cfg.io_mode.syncs_on_write() {
+            // The write itself was the sync (O_DSYNC).
+            sh.mark_durable(last);
+            continue;
+        }
         // One sync in flight at a time, completing in order.
         if let Some(t) = sync_task.take() {
             t.await;
@@ -1321,7 +1328,7 @@ async fn write_batch(
     }
     let (first, last) = (batch.first_index(), batch.last_index());
     let bytes = batch.seal();
-    let direct = sh.cfg.io_mode == IoMode::Direct;
+    let direct = sh.cfg.io_mode.is_direct();
     let (f, path, end, pos, buf) = {
         let mut st = sh.st.borrow_mut();
         let st = &mut *st;
