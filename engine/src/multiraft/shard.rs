@@ -28,10 +28,10 @@ use super::machine::{ClientCall, Machine};
 use super::peers::{LinkStats, PeerLink, run_link};
 use super::storage::{ShardStorage, StorageError, StorageStats};
 use crate::log::LogError;
-use crate::raft::Role;
 use crate::raft::driver::{
-    DriverCounters, GroupDriver, Outbox, ReadConsistency, Refusal, Reply, StateMachine,
+    DriverCounters, GroupDriver, GroupWrite, Outbox, ReadConsistency, Refusal, Reply, StateMachine,
 };
+use crate::raft::{Role, Snapshot};
 use crate::runtime::{ShardContext, Timers};
 use crate::time::Time;
 use crate::transport::tcp::FrameListener;
@@ -105,6 +105,24 @@ struct InFlight {
     writes: Vec<(u64, u64)>,
 }
 
+/// A group's snapshot file: one save at a time on the blocking pool, the newest snapshot
+/// waiting behind it.
+#[derive(Default)]
+struct SnapFile {
+    /// A save is running.
+    saving: bool,
+    /// The snapshot to save next (the newest wins) and whether it stands for one received
+    /// from a leader (held writes wait for it).
+    next: Option<(Snapshot, bool)>,
+    /// A received snapshot is saving or waiting: the group's writes wait in `held`.
+    holding: bool,
+    /// The group's writes, in order, waiting for a received snapshot's file.
+    held: Vec<GroupWrite>,
+}
+
+/// A finished snapshot save: (group, index, received from a leader, outcome).
+type SnapDone = (u64, u64, bool, Result<(), String>);
+
 /// How often a shard publishes its counters for [`super::Server::stats`].
 const PUBLISH_EVERY_MS: u64 = 20;
 
@@ -151,7 +169,11 @@ where
     timers: Timers<u64>,
     in_flight: VecDeque<InFlight>,
     /// Group writes refused by backpressure, to retry.
-    held: Vec<crate::raft::driver::GroupWrite>,
+    held: Vec<GroupWrite>,
+    /// Snapshot files by group.
+    snap_files: BTreeMap<u64, SnapFile>,
+    /// Saves finished on the blocking pool, for the loop to take.
+    snap_done: Rc<std::cell::RefCell<Vec<SnapDone>>>,
     out: Out<S>,
     touched: BTreeSet<u64>,
     failed: Rc<std::cell::RefCell<Option<String>>>,
@@ -337,6 +359,8 @@ where
         timers,
         in_flight: VecDeque::new(),
         held: Vec::new(),
+        snap_files: BTreeMap::new(),
+        snap_done: Rc::new(std::cell::RefCell::new(Vec::new())),
         out: Out::default(),
         touched: BTreeSet::new(),
         failed: Rc::new(std::cell::RefCell::new(None)),
@@ -375,6 +399,7 @@ where
             self.take_messages(now);
             self.take_requests(now);
             self.take_commands(ctx, now);
+            self.take_snapshot_saves()?;
             self.release_durable(now);
             while let Some((g, _)) = self.timers.pop_expired(now) {
                 if let Some(d) = self.drivers.get_mut(&g) {
@@ -396,6 +421,7 @@ where
             }
             let more = !self.inbox.messages.borrow().is_empty()
                 || !self.inbox.requests.borrow().is_empty()
+                || !self.snap_done.borrow().is_empty()
                 || self
                     .in_flight
                     .front()
@@ -639,7 +665,8 @@ where
                 }
             }
             let mut writes = std::mem::take(&mut self.held);
-            writes.append(&mut self.out.writes);
+            let fresh = std::mem::take(&mut self.out.writes);
+            self.route_writes(fresh, &mut writes);
             if !writes.is_empty() {
                 match self.storage.append(&writes) {
                     Ok(Some((lsn, durable))) => {
@@ -669,9 +696,7 @@ where
             }
             self.snapshots_restored += std::mem::take(&mut self.out.snapshots_restored);
             for (g, s) in std::mem::take(&mut self.out.snapshots) {
-                self.storage
-                    .store_snapshot(g, &s)
-                    .map_err(|e| format!("shard {}: {e}", self.shard))?;
+                self.save_snapshot(g, s, false);
             }
             for (t, r) in std::mem::take(&mut self.out.replies) {
                 let (conn, id, group) = match t {
@@ -716,6 +741,88 @@ where
                 break;
             }
             let _ = now;
+        }
+        Ok(())
+    }
+
+    /// Moves `fresh` writes into `ready` (to append now), except a write that received a
+    /// snapshot and every later write of its group: those wait until the snapshot's file is
+    /// durable, so that the log never holds entries that follow a snapshot recovery cannot
+    /// find.
+    fn route_writes(&mut self, fresh: Vec<GroupWrite>, ready: &mut Vec<GroupWrite>) {
+        for mut w in fresh {
+            let g = w.group;
+            if self.snap_files.get(&g).is_some_and(|f| f.holding) {
+                if let Some(f) = self.snap_files.get_mut(&g) {
+                    f.held.push(w);
+                }
+                continue;
+            }
+            let Some(snap) = w.snapshot.take() else {
+                ready.push(w);
+                continue;
+            };
+            self.save_snapshot(g, snap, true);
+            let f = self.snap_files.entry(g).or_default();
+            f.holding = true;
+            f.held.push(w);
+        }
+    }
+
+    /// Saves `s` as `group`'s snapshot file on the blocking pool (after the save running
+    /// for the group, if any: the newest snapshot waiting then wins).
+    fn save_snapshot(&mut self, group: u64, s: Snapshot, received: bool) {
+        let f = self.snap_files.entry(group).or_default();
+        if f.saving {
+            let received = received || f.next.as_ref().is_some_and(|(_, r)| *r);
+            let newer = f.next.as_ref().is_none_or(|(n, _)| n.index <= s.index);
+            if newer {
+                f.next = Some((s, received));
+            } else if let Some(n) = f.next.as_mut() {
+                n.1 = received;
+            }
+            return;
+        }
+        f.saving = true;
+        let dir = self.storage.snapshot_dir().to_path_buf();
+        let done = Rc::clone(&self.snap_done);
+        let wake = self.inbox.wake.clone();
+        glommio::spawn_local(async move {
+            let index = s.index;
+            let r = glommio::executor()
+                .spawn_blocking(move || {
+                    super::snapshot::save(&dir, group, &s).map_err(|e| e.to_string())
+                })
+                .await;
+            done.borrow_mut().push((group, index, received, r));
+            wake.notify();
+        })
+        .detach();
+    }
+
+    /// Takes the finished snapshot saves: their log records become reclaimable, the writes
+    /// held behind a received snapshot go to the next append, and the next save starts.
+    fn take_snapshot_saves(&mut self) -> Result<(), String> {
+        let done: Vec<SnapDone> = std::mem::take(&mut *self.snap_done.borrow_mut());
+        for (g, index, received, r) in done {
+            r.map_err(|e| format!("shard {}: group {g}: {e}", self.shard))?;
+            self.storage.snapshot_stored(g, index);
+            let Some(f) = self.snap_files.get_mut(&g) else {
+                continue;
+            };
+            f.saving = false;
+            let held = if received {
+                f.holding = false;
+                std::mem::take(&mut f.held)
+            } else {
+                Vec::new()
+            };
+            if let Some((s, r)) = f.next.take() {
+                self.save_snapshot(g, s, r);
+            }
+            let mut ready = std::mem::take(&mut self.held);
+            self.route_writes(held, &mut ready);
+            self.held = ready;
         }
         Ok(())
     }

@@ -5,8 +5,9 @@
 //! Format (little-endian): `b"RLSNAP01" | u64 group | u64 index | u64 term | u32 conf_len |
 //! conf (raft::encode_conf) | u64 data_len | data | u32 crc32c of everything before`.
 //!
-//! Files are written with blocking calls on the shard: snapshots are rare and each is one
-//! sequential write. Loading treats the file as untrusted: a file that fails its checksum
+//! Files are written with blocking calls, never on a shard's executor: the shard hands
+//! [`save`] to its executor's blocking-thread pool and carries on. Loading (at start, before
+//! the shard serves) treats the file as untrusted: a file that fails its checksum
 //! or does not decode is refused with the path and the reason.
 
 use std::fs;

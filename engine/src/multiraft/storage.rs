@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use crate::log::{Durable, Entry as LogEntry, Log, LogConfig, LogError, RecoveryReport};
 use crate::raft::driver::GroupWrite;
-use crate::raft::{HardState, Recovered, Snapshot};
+use crate::raft::{HardState, Recovered};
 
 use super::record::{self, Replay, ReplayError, entry_record_bytes};
 use super::snapshot::{self, SnapshotFileError};
@@ -48,6 +48,13 @@ pub enum StorageError {
     /// A snapshot file failed.
     #[error(transparent)]
     Snapshot(#[from] SnapshotFileError),
+    /// A group write still carries a received snapshot: its file must be stored (and
+    /// [`ShardStorage::snapshot_stored`] called) before the write is appended.
+    #[error("group {group}'s write carries a snapshot whose file was not stored first")]
+    SnapshotNotStored {
+        /// The group.
+        group: u64,
+    },
     /// The log holds groups this shard does not host.
     #[error(
         "write-ahead log {dir} holds group {group}, which this node does not host on this shard: start it with the same --groups and shard count as before, or with an empty --dir"
@@ -242,20 +249,21 @@ impl ShardStorage {
         self.log.durable_index()
     }
 
-    /// Writes every group write in `writes` with one log append: received snapshots first
-    /// (their files, synchronously), then one record per write (more when its entries do
-    /// not fit one; an empty one for a write that only carried a snapshot). Returns the LSN whose durability makes all of them durable, and the
-    /// future that resolves then. `Ok(None)` when there was nothing to append. On
+    /// Writes every group write in `writes` with one log append: one record per write (more
+    /// when its entries do not fit one; an empty one for a write that only carried a
+    /// snapshot). A write that received a snapshot may come here only once the snapshot's
+    /// file is durable ([`snapshot::save`], then [`ShardStorage::snapshot_stored`]) and its
+    /// `snapshot` field is taken, so that recovery never finds the entries after a snapshot
+    /// without the snapshot. Returns the LSN whose durability makes all of them durable, and
+    /// the future that resolves then. `Ok(None)` when there was nothing to append. On
     /// [`LogError::Backpressure`] nothing was appended: retry once earlier appends are
     /// durable.
     pub fn append(
         &mut self,
         writes: &[GroupWrite],
     ) -> Result<Option<(u64, Durable)>, StorageError> {
-        for w in writes {
-            if let Some(s) = &w.snapshot {
-                self.store_snapshot(w.group, s)?;
-            }
+        if let Some(w) = writes.iter().find(|w| w.snapshot.is_some()) {
+            return Err(StorageError::SnapshotNotStored { group: w.group });
         }
         let next = self.log.next_index();
         let mut payloads = std::mem::take(&mut self.scratch);
@@ -341,18 +349,21 @@ impl ShardStorage {
         Ok(Some((next + used as u64 - 1, durable)))
     }
 
-    /// Stores a snapshot of `group` durably (its own, or one received from a leader): the
-    /// log records it covers become reclaimable.
-    pub fn store_snapshot(&mut self, group: u64, s: &Snapshot) -> Result<(), StorageError> {
-        snapshot::save(&self.snap_dir, group, s)?;
+    /// Records that a snapshot of `group` up to `index` is durable in its file (its own,
+    /// or one received from a leader): the log records it covers become reclaimable.
+    pub fn snapshot_stored(&mut self, group: u64, index: u64) {
         self.stats.snapshots_saved += 1;
         let t = self.groups.entry(group).or_default();
-        t.snapshot_index = t.snapshot_index.max(s.index);
+        t.snapshot_index = t.snapshot_index.max(index);
         let si = t.snapshot_index;
         while t.records.front().is_some_and(|r| r.2 <= si) {
             t.records.pop_front();
         }
-        Ok(())
+    }
+
+    /// The directory of the shard's snapshot files.
+    pub fn snapshot_dir(&self) -> &Path {
+        &self.snap_dir
     }
 
     /// The oldest LSN some group still needs (records below it can go).
