@@ -10,7 +10,7 @@ use ringleader_engine::raft::{
     ConfChange, Config, HardState, INDEX_MAX, Raft, RaftError, Recovered, Role, TERM_MAX,
     encode_conf,
 };
-use ringleader_engine::sim::{SimRng, sched};
+use ringleader_sim::{SimRng, sched};
 use ringleader_wire::msg::Message;
 use ringleader_wire::msg::raft::{
     AppendEntries, AppendResponse, ConfState, Entry, EntryKind, Heartbeat, HeartbeatResponse,

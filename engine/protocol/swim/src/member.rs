@@ -14,6 +14,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use rand::Rng;
+use ringleader_time::Time;
 use ringleader_wire::Message;
 use ringleader_wire::msg::swim::{Coordinate, MemberState};
 
@@ -25,7 +26,6 @@ use super::hash::FxHashMap;
 use super::item::{InfoId, Item, NodeId, NodeState, PushPullState, StreamRequest, StreamResponse};
 use super::queue::BroadcastQueue;
 use super::suspicion::Suspicion;
-use crate::time::Time;
 
 const NONE: u32 = u32::MAX;
 const CHANGED_S_MAX: u32 = (1 << 29) - 1;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{Rng, RngCore};
+use ringleader_time::Time;
 use ringleader_wire::msg::Message;
 use ringleader_wire::msg::raft::{
     AppendEntries, AppendResponse, ConfState, Entry, EntryKind, Heartbeat, HeartbeatResponse,
@@ -20,7 +21,6 @@ use super::{
     ConfChange, Config, HardState, INDEX_MAX, RaftError, ReadState, Ready, Recovered, Role,
     Snapshot, TERM_MAX, header_of,
 };
-use crate::time::Time;
 
 /// Heartbeat rounds whose send time is remembered (for the lease).
 const ROUND_HISTORY_MAX: usize = 256;

@@ -2,9 +2,9 @@
 //! Vivaldi coordinates, key management and a snapshot for rejoining.
 //!
 //! What it is for: what HashiCorp Serf adds on top of memberlist, as another sans-IO layer.
-//! A [`Serf`] sits beside one [`swim::Member`](crate::swim::Member): the driver hands it
-//! every member [`Event`](crate::swim::Event) and a tick; it answers by queueing broadcasts
-//! and sends on the member, and by emitting [`SerfEvent`]s for the application.
+//! A [`Serf`] sits beside one [`swim::Member`](ringleader_swim::Member): the driver hands it
+//! every member [`Event`] and a tick; it answers by queueing broadcasts and sends on the
+//! member, and by emitting [`SerfEvent`]s for the application.
 //!
 //! What it must never do: read a clock or draw randomness from anywhere but its seeded RNG,
 //! trust a peer's message (sizes are bounded, stale times are refused, coordinates are
@@ -27,6 +27,9 @@
 //!   keyring; or pass the key at start), or keep the old key installed cluster-wide until
 //!   every member has rotated — see [`Serf::install_key`].
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod clock;
 pub mod snapshot;
 pub mod vivaldi;
@@ -36,12 +39,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
+use ringleader_swim::{Event, Member, MemberState};
+use ringleader_time::Time;
 use ringleader_wire::msg::serf as wire;
 use ringleader_wire::msg::swim::Coordinate;
 use ringleader_wire::{Decoder, Encoder, Keyring, Message, MessageRef};
-
-use crate::swim::{Event, Member, MemberState};
-use crate::time::Time;
 
 pub use clock::LamportClock;
 pub use vivaldi::{Vivaldi, VivaldiConfig};

@@ -10,14 +10,14 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use rand::{Rng, RngCore};
-
-use super::net::{LinkModel, Net, NodeIx};
-use super::sched::{Scheduler, SimRng, rng};
-use crate::swim::{
+use ringleader_swim::{
     Config, Directory, Event, Item, Member, Output, SharedDirectory, StreamError, StreamRequest,
     StreamResponse,
 };
-use crate::time::Time;
+use ringleader_time::Time;
+
+use super::net::{LinkModel, Net, NodeIx};
+use super::sched::{Scheduler, SimRng, rng};
 
 /// The address of simulated node `i`.
 pub fn addr_of(i: NodeIx) -> SocketAddr {
@@ -670,7 +670,7 @@ impl Scenario {
             if report.converge_ms.is_none() && kill_at.is_none() {
                 let all = (0..n as NodeIx).all(|i| {
                     c.member(i)
-                        .is_some_and(|m| m.count(crate::swim::MemberState::Alive) == n)
+                        .is_some_and(|m| m.count(ringleader_swim::MemberState::Alive) == n)
                 });
                 if all {
                     report.converge_ms = Some(t.as_millis());

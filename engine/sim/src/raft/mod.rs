@@ -1,9 +1,9 @@
 //! Raft clusters in the simulator. Every node runs the production Ready driver
-//! ([`GroupDriver`]) around the real core with the [`crate::kv`] state machine — the code a
-//! live shard runs — on a simulated disk ([`disk`]), with a network with loss, duplication,
-//! reordering, delay and partitions, crashes and restarts, and clients that issue key-value
-//! operations and record a history for the linearizability checker ([`check`]). Nodes are
-//! driven by deadlines, as a live shard is: after every input a timer is armed at the
+//! ([`GroupDriver`]) around the real core with the [`ringleader_raft::kv`] state machine — the
+//! code a live shard runs — on a simulated disk ([`disk`]), with a network with loss,
+//! duplication, reordering, delay and partitions, crashes and restarts, and clients that issue
+//! key-value operations and record a history for the linearizability checker ([`check`]). Nodes
+//! are driven by deadlines, as a live shard is: after every input a timer is armed at the
 //! driver's next deadline, and time reaches the driver only when it fires. Writes reach a
 //! driver one by one (`propose`) or, in half of the seeds, gathered over a short window
 //! (`propose_batch`), as a shard gathering a poll's requests would.
@@ -18,7 +18,8 @@
 //!
 //! The simulator must never hand a node an input that bypasses the driver, nor keep Raft
 //! bookkeeping of its own that the driver keeps: a bug of the driver must be findable by a
-//! seed. The one input the driver lacks, a membership change, is [`change_membership`].
+//! seed. Membership changes go through the driver too
+//! ([`GroupDriver::change_membership`]).
 
 pub mod check;
 pub mod disk;
@@ -28,16 +29,16 @@ use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use rand::Rng;
+use ringleader_raft::driver::{DriverConfig, GroupDriver, Outbox, ReadConsistency, Refusal};
+use ringleader_raft::kv::{Command, Get, Kv, KvError, Output, ReadMode};
+use ringleader_raft::{ConfChange, Config, Role, decode_conf};
+use ringleader_time::Time;
 use ringleader_wire::msg::Message;
 use ringleader_wire::msg::raft::{ConfState, Entry, EntryKind};
 
 use self::check::{CheckResult, KvOp, KvRet, Operation};
 use self::disk::{Disk, Write};
-use crate::kv::{Command, Get, Kv, KvError, Output, ReadMode};
-use crate::raft::driver::{DriverConfig, GroupDriver, Outbox, ReadConsistency, Refusal};
-use crate::raft::{ConfChange, Config, Role, decode_conf};
-use crate::sim::{Scheduler, SimRng, sched};
-use crate::time::Time;
+use crate::{Scheduler, SimRng, sched};
 
 /// Which faults a run injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -820,7 +821,7 @@ impl Sim {
     }
 
     fn send(&mut self, m: Message) {
-        let (from, to) = crate::raft::header_of(&m).map_or((0, 0), |h| (h.from, h.to));
+        let (from, to) = ringleader_raft::header_of(&m).map_or((0, 0), |h| (h.from, h.to));
         if to == 0 || to as usize > self.nodes.len() || self.blocked.contains(&(from, to)) {
             return;
         }
@@ -944,9 +945,9 @@ impl Sim {
         &mut self,
         i: usize,
         (client, attempt): Token,
-        reply: crate::raft::driver::Reply<Result<Output, KvError>, Option<Vec<u8>>>,
+        reply: ringleader_raft::driver::Reply<Result<Output, KvError>, Option<Vec<u8>>>,
     ) {
-        use crate::raft::driver::Reply as R;
+        use ringleader_raft::driver::Reply as R;
         let id = self.nodes[i].id;
         if self.nodes[i]
             .unanswered

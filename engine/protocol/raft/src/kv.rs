@@ -340,7 +340,7 @@ pub struct Get {
     pub key: Vec<u8>,
 }
 
-impl crate::raft::driver::StateMachine for Kv {
+impl crate::driver::StateMachine for Kv {
     type Output = Result<Output, KvError>;
     type Read = Get;
     type ReadOutput = Option<Vec<u8>>;

@@ -9,12 +9,12 @@
 use std::time::Duration;
 
 use rand::Rng;
+use ringleader_serf::{Serf, SerfConfig, SerfEvent, vivaldi};
+use ringleader_swim::{Config, Event};
+use ringleader_time::Time;
 
 use super::net::{Latency, LinkModel, NodeIx};
 use super::swim::{Cluster, addr_of, name_of};
-use crate::serf::{Serf, SerfConfig, SerfEvent, vivaldi};
-use crate::swim::{Config, Event};
-use crate::time::Time;
 
 /// A Serf experiment: everyone joins, `events` user events are fired from random members,
 /// `queries` queries are issued, and Vivaldi is compared with the true latencies.
@@ -124,7 +124,7 @@ pub struct SerfCluster {
     /// and at leave; it survives a crash, as a file on disk would.
     snapshots: Vec<Option<Vec<u8>>>,
     /// The decoded snapshot a restarted node restores from when its Serf starts.
-    restore_pending: Vec<Option<crate::serf::snapshot::SnapshotState>>,
+    restore_pending: Vec<Option<ringleader_serf::snapshot::SnapshotState>>,
     /// How often every Serf writes its snapshot.
     pub snapshot_interval: Duration,
     last_snapshot: Time,
@@ -174,7 +174,7 @@ impl SerfCluster {
 
     fn write_snapshot(&mut self, i: usize) {
         if let (Some(s), Some(m)) = (self.serfs[i].as_ref(), self.swim.member(i as NodeIx)) {
-            self.snapshots[i] = Some(crate::serf::snapshot::encode(&s.snapshot_state(m)));
+            self.snapshots[i] = Some(ringleader_serf::snapshot::encode(&s.snapshot_state(m)));
         }
     }
 
@@ -187,10 +187,10 @@ impl SerfCluster {
     /// Restarts crashed node `i` from its snapshot: it rejoins the members it knew and does
     /// not replay events it had seen. A corrupt snapshot is reported (returned) and ignored:
     /// the node then starts fresh, joining through node 0. Returns the snapshot error, if any.
-    pub fn restart(&mut self, i: NodeIx) -> Option<crate::serf::snapshot::SnapshotError> {
+    pub fn restart(&mut self, i: NodeIx) -> Option<ringleader_serf::snapshot::SnapshotError> {
         let decoded = self.snapshots[i as usize]
             .as_deref()
-            .map(crate::serf::snapshot::decode);
+            .map(ringleader_serf::snapshot::decode);
         let (seeds, err) = match decoded {
             Some(Ok(snap)) => {
                 let mut seeds: Vec<NodeIx> = snap
@@ -244,7 +244,7 @@ impl SerfCluster {
     pub fn with<T>(
         &mut self,
         i: NodeIx,
-        f: impl FnOnce(Time, &mut Serf, &mut crate::swim::Member<super::SimRng>) -> T,
+        f: impl FnOnce(Time, &mut Serf, &mut ringleader_swim::Member<super::SimRng>) -> T,
     ) -> Option<T> {
         let now = self.swim.now();
         let s = self.serfs.get_mut(i as usize)?.as_mut()?;

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::time::Time;
+use ringleader_time::Time;
 
 /// How the leader replicates to a follower.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

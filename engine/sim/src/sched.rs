@@ -6,7 +6,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use crate::time::Time;
+use ringleader_time::Time;
 
 /// The simulator's RNG: ChaCha8, portable and reproducible across platforms and builds.
 pub type SimRng = rand_chacha::ChaCha8Rng;

@@ -9,8 +9,7 @@
 use std::time::Duration;
 
 use rand::Rng;
-
-use crate::swim::FxHashMap;
+use ringleader_swim::FxHashMap;
 
 /// A node of the simulated network.
 pub type NodeIx = u32;
@@ -345,7 +344,7 @@ impl Net {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::sched::rng;
+    use crate::sched::rng;
 
     #[test]
     fn loss_partitions_and_crashes() {

@@ -1,7 +1,7 @@
-//! The Ready driver: the one piece of code that turns a group's [`Ready`] into sends,
-//! writes, applies and replies, in the order of the core's durability contract (see
-//! [`super`]). The live shards ([`crate::multiraft`]) and the simulator
-//! ([`crate::sim::raft`]) both run every group through it, so every simulated seed
+//! The Ready driver: the one piece of code that turns a group's [`Ready`](crate::Ready)
+//! into sends, writes, applies and replies, in the order of the core's durability contract
+//! (see [`crate`]). The live shards (`ringleader_engine::multiraft`) and the simulator
+//! (`ringleader_sim::raft`) both run every group through it, so every simulated seed
 //! exercises the code that runs in production.
 //!
 //! It does no IO: each call appends what must happen to an [`Outbox`] — messages to send
@@ -19,11 +19,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use rand::RngCore;
+use ringleader_time::Time;
 use ringleader_wire::msg::Message;
 use ringleader_wire::msg::raft::{ConfState, Entry, EntryKind};
 
 use super::{Config, HardState, Raft, RaftError, Recovered, Role, Snapshot};
-use crate::time::Time;
 
 /// A replicated state machine: what a Raft group replicates. The key-value store
 /// ([`crate::kv::Kv`]) is one; an embedding program plugs in its own.

@@ -52,6 +52,9 @@
 //!   never re-merges without an outside join.
 //! - Failure news (suspect, dead, refutations, leaves) keeps memberlist's rules exactly.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod config;
 mod directory;
 mod hash;

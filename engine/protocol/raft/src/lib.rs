@@ -33,8 +33,12 @@
 //! one term, ...) is refused with [`RaftError::Malformed`] before anything changes, not
 //! even the clock. Assertions in the core guard only this node's own invariants.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 mod core;
 pub mod driver;
+pub mod kv;
 pub mod log;
 pub mod membership;
 pub mod progress;

@@ -5,7 +5,7 @@
 //! recovery's checksums drop the rest; the hard state and snapshot files are replaced
 //! atomically, so a torn write keeps their old versions).
 //!
-//! Each write carries the driver's sequence number ([`crate::raft::driver::GroupWrite`]'s
+//! Each write carries the driver's sequence number ([`ringleader_raft::driver::GroupWrite`]'s
 //! `seq`): a completed fsync says which one it covers last, and that is what the node
 //! reports to its driver as durable. The disk never holds messages: the driver keeps those
 //! until it hears the write they follow is durable.
@@ -13,10 +13,10 @@
 use std::collections::VecDeque;
 
 use rand::Rng;
+use ringleader_raft::{HardState, Recovered, Snapshot};
 use ringleader_wire::msg::raft::Entry;
 
-use crate::raft::{HardState, Recovered, Snapshot};
-use crate::sim::SimRng;
+use crate::SimRng;
 
 /// One write: what the driver asked to persist.
 #[derive(Debug, Default)]

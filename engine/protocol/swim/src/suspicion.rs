@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
+use ringleader_time::Time;
+
 use super::config::suspicion_timeout;
 use super::item::NodeId;
-use crate::time::Time;
 
 /// A running suspicion of one member.
 #[derive(Debug, Clone)]

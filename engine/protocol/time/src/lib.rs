@@ -5,6 +5,9 @@
 //! starts. Nanoseconds in a `u64` cover 584 years, so arithmetic here saturates rather than
 //! wrapping and never panics.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 use std::time::Duration;
 
 /// A point in monotonic time, in nanoseconds since an epoch chosen by the driver.
