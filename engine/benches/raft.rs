@@ -12,7 +12,7 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ringleader_engine::Time;
 use ringleader_engine::raft::{Config, Raft, Recovered, Role};
-use ringleader_engine::sim::{SimRng, sched};
+use ringleader_sim::{SimRng, sched};
 use ringleader_wire::msg::Message;
 use ringleader_wire::msg::raft::ConfState;
 

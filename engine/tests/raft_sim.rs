@@ -4,8 +4,8 @@
 //! for Raft's invariants and the driver's contract after every step and for
 //! linearizability. `RAFT_SIM_SEEDS=N` runs more (or fewer) seeds.
 
-use ringleader_engine::sim::raft::check::CheckResult;
-use ringleader_engine::sim::raft::{Faults, SimConfig, run_seed};
+use ringleader_sim::raft::check::CheckResult;
+use ringleader_sim::raft::{Faults, SimConfig, run_seed};
 
 fn seeds() -> u64 {
     std::env::var("RAFT_SIM_SEEDS")

@@ -9,10 +9,10 @@ use std::time::Duration;
 use ringleader_engine::Time;
 use ringleader_engine::serf::snapshot::SnapshotState;
 use ringleader_engine::serf::{IntentStatus, SerfConfig, SerfEvent};
-use ringleader_engine::sim::net::{Latency, LinkModel, NodeIx};
-use ringleader_engine::sim::serf::{SerfCluster, SerfScenario};
-use ringleader_engine::sim::swim::name_of;
 use ringleader_engine::swim::{Config, Event, MemberState};
+use ringleader_sim::net::{Latency, LinkModel, NodeIx};
+use ringleader_sim::serf::{SerfCluster, SerfScenario};
+use ringleader_sim::swim::name_of;
 use ringleader_wire::Message;
 use ringleader_wire::msg::serf as wire;
 

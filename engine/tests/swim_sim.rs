@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use ringleader_engine::Time;
-use ringleader_engine::sim::net::{Latency, LinkModel};
-use ringleader_engine::sim::swim::{Cluster, Scenario, addr_of};
 use ringleader_engine::swim::{Config, Event, Item, MemberState, StreamRequest, StreamResponse};
+use ringleader_sim::net::{Latency, LinkModel};
+use ringleader_sim::swim::{Cluster, Scenario, addr_of};
 
 fn lan() -> LinkModel {
     LinkModel::new(Latency::lan())

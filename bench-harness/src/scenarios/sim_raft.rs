@@ -7,8 +7,8 @@
 use std::time::Instant;
 
 use anyhow::bail;
-use ringleader_engine::sim::raft::check::CheckResult;
-use ringleader_engine::sim::raft::{Faults, SeedReport, SimConfig, run_seed};
+use ringleader_sim::raft::check::CheckResult;
+use ringleader_sim::raft::{Faults, SeedReport, SimConfig, run_seed};
 use serde_json::json;
 
 use crate::harness::{OutputArgs, Run};

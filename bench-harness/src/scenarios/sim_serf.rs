@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use ringleader_engine::sim::serf::SerfScenario;
+use ringleader_sim::serf::SerfScenario;
 use serde_json::json;
 
 use crate::harness::{OutputArgs, Recorder, Run};

@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use ringleader_engine::sim::net::{Latency, LinkModel};
-use ringleader_engine::sim::swim::Scenario;
 use ringleader_engine::swim::Config;
+use ringleader_sim::net::{Latency, LinkModel};
+use ringleader_sim::swim::Scenario;
 use serde_json::json;
 
 use crate::harness::{OutputArgs, Recorder, Run};

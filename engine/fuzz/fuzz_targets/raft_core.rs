@@ -20,11 +20,9 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use ringleader_engine::Time;
-use ringleader_engine::raft::{
-    ConfChange, Config, HardState, Raft, Ready, Recovered, Role, encode_conf,
-};
-use ringleader_engine::sim::{SimRng, sched};
+use ringleader_raft::{ConfChange, Config, HardState, Raft, Ready, Recovered, Role, encode_conf};
+use ringleader_sim::{SimRng, sched};
+use ringleader_time::Time;
 use ringleader_wire::msg::Message;
 use ringleader_wire::msg::raft::{
     AppendEntries, AppendResponse, ConfState, Entry, EntryKind, Heartbeat, HeartbeatResponse,
@@ -590,8 +588,8 @@ impl Harness {
             r.log().committed() <= r.log().last_index(),
             "commit past the last index"
         );
-        assert!(r.term() <= ringleader_engine::raft::TERM_MAX);
-        assert!(r.log().last_index() <= ringleader_engine::raft::INDEX_MAX);
+        assert!(r.term() <= ringleader_raft::TERM_MAX);
+        assert!(r.log().last_index() <= ringleader_raft::INDEX_MAX);
         self.term = r.term();
         self.committed = r.log().committed();
     }

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use rand::{Rng, SeedableRng};
-use ringleader_engine::sim::raft::check::{self, CheckResult, KvOp, KvRet, Operation};
+use ringleader_sim::raft::check::{self, CheckResult, KvOp, KvRet, Operation};
 use ringleader_wire::frame::HEADER_LEN;
 use ringleader_wire::msg::client::{
     CLIENT_FRAME_BYTES_MAX, ClientOp, ClientRequest, ClientResponse, ClientResult, Consistency,

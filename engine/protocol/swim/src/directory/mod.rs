@@ -1,0 +1,392 @@
+//! The directory: interned member names and (name, address, metadata) triples, the exact
+//! wire size of every compact [`Item`], and conversion to and from `ringleader_wire`.
+//!
+//! One directory may be shared (`Rc<RefCell<_>>`) by every member of a shard or a
+//! simulation, so that ten thousand members that each know ten thousand others keep one
+//! copy of each name. It only grows, up to `names_max` names and `infos_max` triples; past
+//! that, interning fails with an error and the message that needed it is dropped. It never
+//! panics on input from the network.
+
+//!
+//! Interning is here; [`Directory::item_size`] and its kin (the size oracle) are in `size`,
+//! conversion to and from the wire types in `convert`.
+
+use std::borrow::Borrow;
+use std::cell::RefCell;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use ringleader_wire::Encoder;
+
+use crate::hash::FxHashMap;
+use crate::item::{InfoId, NodeId};
+
+mod convert;
+mod size;
+#[cfg(test)]
+mod tests;
+
+pub use convert::PROTOCOL;
+
+/// A directory shared by the members of one shard or simulation.
+pub type SharedDirectory = Rc<RefCell<Directory>>;
+
+/// Largest member name in bytes.
+pub const NAME_BYTES_MAX: usize = 255;
+
+/// Why a name, triple or message could not be interned or converted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirectoryError {
+    /// The directory holds `names_max` names already.
+    #[error("directory full: {0} names")]
+    TooManyNames(usize),
+    /// The directory holds `infos_max` (name, address, metadata) triples already.
+    #[error("directory full: {0} member infos")]
+    TooManyInfos(usize),
+    /// A name is longer than [`NAME_BYTES_MAX`] or empty.
+    #[error("member name of {0} bytes (1..=255 allowed)")]
+    BadName(usize),
+    /// Metadata over the configured limit.
+    #[error("member metadata of {len} bytes over the limit of {max}")]
+    MetaTooLarge {
+        /// Bytes received.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A push-pull state with more members than allowed.
+    #[error("push-pull state of {count} members over the limit of {max}")]
+    TooManyMembers {
+        /// Members in the state.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The layer above's push-pull state is over its limit.
+    #[error("push-pull user state of {len} bytes over the limit of {max}")]
+    UserStateTooLarge {
+        /// Bytes received.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The message is a push-pull (stream only) where a datagram was expected.
+    #[error("push-pull is a stream message")]
+    StreamOnly,
+    /// A validated archive could not be copied out (a value the owned type refuses).
+    #[error("message could not be copied out of its archive")]
+    Undecodable,
+}
+
+/// One interned (name, address, metadata) triple.
+#[derive(Debug, Clone)]
+pub struct Info {
+    /// The member's name.
+    pub node: NodeId,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its metadata (tags).
+    pub meta: Box<[u8]>,
+    alive_size: u32,
+    /// The member's name in [`Directory::name_bytes`], copied here so that encoding a
+    /// push-pull state reads the triple and then the packed names, and nothing else.
+    name: NameAt,
+}
+
+/// Where a name lies in [`Directory::name_bytes`].
+#[derive(Debug, Clone, Copy)]
+struct NameAt {
+    at: u32,
+    len: u32,
+}
+
+impl Info {
+    /// Whether this is the triple with `addr` and `meta` (its name is known already).
+    fn is(&self, addr: SocketAddr, meta: &[u8]) -> bool {
+        self.addr == addr && *self.meta == *meta
+    }
+}
+
+impl NameAt {
+    fn of(self, name_bytes: &str) -> &str {
+        // Always a whole name pushed in `intern_name`: in bounds, on char boundaries.
+        name_bytes
+            .get(self.at as usize..(self.at + self.len) as usize)
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug)]
+struct NodeEntry {
+    name: NameAt,
+    infos: Vec<InfoId>,
+}
+
+/// Names up to this many bytes are kept in the names table's bucket itself.
+const NAME_INLINE: usize = 22;
+
+/// A name as the names table keys it: a short one inline, so that a lookup compares the
+/// bytes in the bucket it probes and follows no pointer (a push-pull of ten thousand
+/// members is ten thousand lookups, each a cache miss per pointer followed).
+#[derive(Clone)]
+enum NameKey {
+    Inline { len: u8, bytes: [u8; NAME_INLINE] },
+    Heap(Box<str>),
+}
+
+impl NameKey {
+    fn new(name: &str) -> NameKey {
+        match u8::try_from(name.len()) {
+            Ok(len) if name.len() <= NAME_INLINE => {
+                let mut bytes = [0u8; NAME_INLINE];
+                bytes[..name.len()].copy_from_slice(name.as_bytes());
+                NameKey::Inline { len, bytes }
+            }
+            _ => NameKey::Heap(name.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // The bytes are a whole `&str` copied in `new`: always valid UTF-8 (an empty
+            // string, which no interned name is, would only ever fail to match).
+            NameKey::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or("")
+            }
+            NameKey::Heap(s) => s,
+        }
+    }
+}
+
+impl Borrow<str> for NameKey {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Hash for NameKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `str` hashes, so that lookups by `&str` find it.
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialEq for NameKey {
+    fn eq(&self, other: &NameKey) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for NameKey {}
+
+/// What the names table holds for a name: its id and its latest triple, so that the
+/// common case of interning a triple already known (every entry of a periodic push-pull)
+/// is one probe of the table and one look at the triple.
+#[derive(Debug, Clone, Copy)]
+struct NameSlot {
+    node: NodeId,
+    /// [`NO_INFO`] until the name has a triple.
+    latest: InfoId,
+}
+
+const NO_INFO: InfoId = InfoId::MAX;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct SizeKey {
+    kind: u8,
+    a: u32,
+    b: u32,
+    c: u32,
+}
+
+/// Interned names and triples, and the size oracle.
+pub struct Directory {
+    names: FxHashMap<NameKey, NameSlot>,
+    /// Every interned name, back to back (names are never removed): encoding ten thousand
+    /// members' names reads one packed run of bytes instead of ten thousand allocations.
+    name_bytes: String,
+    nodes: Vec<NodeEntry>,
+    infos: Vec<Info>,
+    sizes: FxHashMap<SizeKey, u32>,
+    enc: Encoder,
+    names_max: usize,
+    infos_max: usize,
+    meta_bytes_max: usize,
+}
+
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Directory")
+            .field("names", &self.nodes.len())
+            .field("infos", &self.infos.len())
+            .finish()
+    }
+}
+
+impl Directory {
+    /// An empty directory for up to `names_max` names and `infos_max` triples, accepting
+    /// metadata up to `meta_bytes_max`.
+    pub fn new(names_max: usize, infos_max: usize, meta_bytes_max: usize) -> Directory {
+        Directory {
+            names: FxHashMap::default(),
+            name_bytes: String::new(),
+            nodes: Vec::new(),
+            infos: Vec::new(),
+            sizes: FxHashMap::default(),
+            enc: Encoder::new(b""),
+            names_max,
+            infos_max,
+            meta_bytes_max,
+        }
+    }
+
+    /// A shared directory with bounds fit for `members` members (4 triples each).
+    pub fn shared(members: usize, meta_bytes_max: usize) -> SharedDirectory {
+        let names = members.max(16);
+        Rc::new(RefCell::new(Directory::new(
+            names,
+            names.saturating_mul(4),
+            meta_bytes_max,
+        )))
+    }
+
+    /// Names interned.
+    pub fn names_len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The id of `name`, interning it.
+    pub fn intern_name(&mut self, name: &str) -> Result<NodeId, DirectoryError> {
+        if let Some(slot) = self.names.get(name) {
+            return Ok(slot.node);
+        }
+        if name.is_empty() || name.len() > NAME_BYTES_MAX {
+            return Err(DirectoryError::BadName(name.len()));
+        }
+        if self.nodes.len() >= self.names_max {
+            return Err(DirectoryError::TooManyNames(self.names_max));
+        }
+        let id = self.nodes.len() as NodeId;
+        self.names.insert(
+            NameKey::new(name),
+            NameSlot {
+                node: id,
+                latest: NO_INFO,
+            },
+        );
+        let at = NameAt {
+            at: self.name_bytes.len() as u32,
+            len: name.len() as u32,
+        };
+        self.name_bytes.push_str(name);
+        self.nodes.push(NodeEntry {
+            name: at,
+            infos: Vec::new(),
+        });
+        Ok(id)
+    }
+
+    /// The id of `name`, if interned.
+    pub fn lookup(&self, name: &str) -> Option<NodeId> {
+        self.names.get(name).map(|s| s.node)
+    }
+
+    /// The name of `node`.
+    pub fn name(&self, node: NodeId) -> &str {
+        self.name_at(self.nodes[node as usize].name)
+    }
+
+    fn name_at(&self, n: NameAt) -> &str {
+        n.of(&self.name_bytes)
+    }
+
+    /// The id of the triple (`node`, `addr`, `meta`), interning it.
+    pub fn intern_info(
+        &mut self,
+        node: NodeId,
+        addr: SocketAddr,
+        meta: &[u8],
+    ) -> Result<InfoId, DirectoryError> {
+        if meta.len() > self.meta_bytes_max {
+            return Err(DirectoryError::MetaTooLarge {
+                len: meta.len(),
+                max: self.meta_bytes_max,
+            });
+        }
+        let entry = &self.nodes[node as usize];
+        let known = entry
+            .infos
+            .iter()
+            .copied()
+            .find(|&i| self.infos[i as usize].is(addr, meta));
+        if let Some(i) = known {
+            self.set_latest(node, i);
+            return Ok(i);
+        }
+        if self.infos.len() >= self.infos_max {
+            return Err(DirectoryError::TooManyInfos(self.infos_max));
+        }
+        let id = self.infos.len() as InfoId;
+        let name = entry.name;
+        let name_len = name.len;
+        let alive_size = self.measure(SizeKey {
+            kind: 6,
+            a: name_len,
+            b: meta.len() as u32,
+            c: v6(addr),
+        });
+        self.infos.push(Info {
+            node,
+            addr,
+            meta: meta.into(),
+            alive_size,
+            name,
+        });
+        self.nodes[node as usize].infos.push(id);
+        self.set_latest(node, id);
+        Ok(id)
+    }
+
+    /// Remembers `info` as the triple `node` was last interned with.
+    fn set_latest(&mut self, node: NodeId, info: InfoId) {
+        let name = self.nodes[node as usize].name.of(&self.name_bytes);
+        if let Some(slot) = self.names.get_mut(name) {
+            slot.latest = info;
+        }
+    }
+
+    /// Interns a name and a triple at once. A triple equal to the one the name was last
+    /// interned with (the common case: a member's address and metadata rarely change)
+    /// costs one probe of the names table and one look at the triple.
+    pub fn intern(
+        &mut self,
+        name: &str,
+        addr: SocketAddr,
+        meta: &[u8],
+    ) -> Result<InfoId, DirectoryError> {
+        let node = match self.names.get(name) {
+            Some(&NameSlot { node, latest }) => {
+                if self
+                    .infos
+                    .get(latest as usize)
+                    .is_some_and(|i| i.is(addr, meta))
+                {
+                    return Ok(latest);
+                }
+                node
+            }
+            None => self.intern_name(name)?,
+        };
+        self.intern_info(node, addr, meta)
+    }
+
+    /// The triple `info`.
+    pub fn info(&self, info: InfoId) -> &Info {
+        &self.infos[info as usize]
+    }
+}
+
+fn v6(addr: SocketAddr) -> u32 {
+    u32::from(addr.is_ipv6())
+}
