@@ -50,7 +50,10 @@ impl<R: RngCore> Raft<R> {
             return false;
         }
         self.log.commit_to(idx);
-        self.dirty.extend(self.progress.keys().copied());
+        if self.commit_notice_at.is_none() && !self.progress.is_empty() {
+            self.commit_notice_at =
+                Some(self.now + Duration::from_micros(self.cfg.commit_notice_delay_us));
+        }
         if !self.members.is_voter(self.id) && self.log.committed() >= self.conf_index {
             self.become_follower(self.term, 0);
         }
@@ -253,8 +256,17 @@ impl<R: RngCore> Raft<R> {
                 return;
             }
         }
-        // Nothing more may be sent: still tell a lagging follower the commit index, with a
-        // previous index it is known to hold (so reordering cannot make it reject).
+    }
+
+    /// Tells a follower whose commit index lags the leader's, with nothing else to send it,
+    /// the commit index: an empty append whose previous index it is known to hold (so
+    /// reordering cannot make it reject).
+    pub(super) fn send_commit_notice(&mut self, id: u64) {
+        let committed = self.log.committed();
+        let term = self.term;
+        let Some(pr) = self.progress.get_mut(&id) else {
+            return;
+        };
         if pr.sent_commit < committed && pr.match_index > 0 && pr.state != ProgressState::Snapshot {
             let prev = pr.match_index;
             let Some(prev_term) = self.log.term(prev) else {

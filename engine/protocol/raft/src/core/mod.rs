@@ -71,6 +71,8 @@ pub struct Raft<R: RngCore> {
     votes: BTreeMap<u64, bool>,
     election_deadline: Time,
     heartbeat_deadline: Time,
+    /// When followers whose commit index lags get a commit-only append (leader only).
+    commit_notice_at: Option<Time>,
     check_quorum_deadline: Time,
     leader_contact_at: Time,
     round: u64,
@@ -156,6 +158,7 @@ impl<R: RngCore> Raft<R> {
             votes: BTreeMap::new(),
             election_deadline: now,
             heartbeat_deadline: now,
+            commit_notice_at: None,
             check_quorum_deadline: now,
             leader_contact_at: now,
             round: 0,
@@ -292,6 +295,13 @@ impl<R: RngCore> Raft<R> {
             {
                 self.transferee = None;
             }
+            if self.commit_notice_at.is_some_and(|t| now >= t) {
+                self.commit_notice_at = None;
+                let ids: Vec<u64> = self.progress.keys().copied().collect();
+                for id in ids {
+                    self.send_commit_notice(id);
+                }
+            }
             let et = self.et();
             let stuck: Vec<u64> = self
                 .progress
@@ -324,6 +334,9 @@ impl<R: RngCore> Raft<R> {
             at = at.min(self.check_quorum_deadline);
         }
         if let Some((_, t)) = self.transferee {
+            at = at.min(t);
+        }
+        if let Some(t) = self.commit_notice_at {
             at = at.min(t);
         }
         let et = self.et();

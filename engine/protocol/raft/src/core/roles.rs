@@ -24,6 +24,7 @@ impl<R: RngCore> Raft<R> {
     }
 
     pub(super) fn become_follower(&mut self, term: u64, leader: u64) {
+        self.commit_notice_at = None;
         if self.role == Role::Leader {
             for r in std::mem::take(&mut self.pending_reads) {
                 if r.from == self.id {
