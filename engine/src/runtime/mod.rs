@@ -61,11 +61,13 @@ use std::time::Duration;
 use glommio::channels::channel_mesh::{MeshBuilder, Senders};
 use glommio::{GlommioError, LocalExecutorBuilder, Placement, ResourceType};
 
-pub use notify::{EventFd, LocalNotify, Watch};
+pub use notify::{LocalNotify, Watch};
 pub use timers::{Timers, TimersFull};
 
 use crate::time::{Clock, Time};
 use crate::transport::limits::{LimitError, ensure_memlock};
+/// The eventfd type of the command wake-ups (defined by the transport, which registers it).
+pub use crate::transport::EventFd;
 use crate::transport::{Parked, RingParker, UdpError, UdpRing};
 
 /// How long a shard waits for its peers to publish their mesh ids after joining.

@@ -133,12 +133,14 @@
 
 pub mod bufring;
 pub mod counters;
+pub mod eventfd;
 pub mod features;
 pub mod limits;
 pub mod tcp;
 pub mod udp;
 
 pub use counters::{DROP_CAUSES, UdpCounters};
+pub use eventfd::EventFd;
 pub use features::{Features, MissingFeature};
 pub use limits::{LimitError, raise_nofile};
 pub use tcp::{FrameListener, FrameStream, StreamError};

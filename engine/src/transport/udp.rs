@@ -30,8 +30,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::bufring::BufRing;
 use super::counters::UdpCounters;
+use super::eventfd::EventFd;
 use super::features::{self, Features, MissingFeature};
-use crate::runtime::notify::EventFd;
 
 /// Bounds and sizes of one shard's UDP ring. Every queue here is bounded by a field.
 #[derive(Debug, Clone, PartialEq, Eq)]
