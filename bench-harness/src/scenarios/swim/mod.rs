@@ -2,7 +2,7 @@
 //! in this process, spread over the shards of one [`Host`], on the real clock.
 //!
 //! Phases:
-//! 1. Start: every member binds `127.<base>.x.y:<port>` ([`loopback_addrs`]; another port
+//! 1. Start: every member binds `127.<base>.x.y:<port>` (`host::loopback_addrs`; another port
 //!    is tried when an address is taken) and joins through the first `--seeds` members.
 //!    Converged = every member sees exactly `--members` alive and none suspect (the
 //!    census is polled every [`CENSUS_POLL`]); `--converge-timeout` after the last add, the
