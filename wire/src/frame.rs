@@ -14,9 +14,10 @@
 //! ```
 //!
 //! The checksum sits right after the magic so that it covers one contiguous range: a
-//! single CRC32C call per frame (three calls over a split range cost a third of the whole
-//! decode of a ping, measured with `perf record` on the `access/frame` bench). The magic is
-//! compared exactly, so it needs no checksum. Sealed frames authenticate `frame[8..24]`.
+//! single CRC32C call per frame (a split range would take three, a large share of a small
+//! frame's decode: see `docs/BENCHMARKS.md`). The magic is compared exactly, so it needs
+//! no checksum. Sealed frames authenticate `frame[8..24]` and the cluster label (see
+//! [`crate::keyring`]).
 //!
 //! A plain body is the rkyv archive (single frame) or a sequence of batch items. An
 //! encrypted body is `nonce(12) ++ zero(4) ++ ciphertext ++ tag(16)`, so the plaintext

@@ -2,21 +2,24 @@
 //!
 //! The primary key seals every outgoing frame; an incoming frame is opened with the primary
 //! first, then each other key, so a cluster can rotate keys live: install the new key
-//! everywhere, make it primary everywhere, then remove the old one. The frame header and the
-//! cluster label are associated data: a frame cannot be moved to another cluster, nor its
-//! kind or flags changed, without failing authentication. Nonces are random 96-bit values
-//! from a ChaCha CSPRNG seeded by the OS (with ~2^32 frames per key the collision
-//! probability stays below 2^-32, NIST SP 800-38D's bound for random nonces).
+//! everywhere, make it primary everywhere, then remove the old one. The associated data is
+//! header bytes 8..24 (version, kind, flags, label hash, body length and the reserved bytes
+//! between them; see `frame::AAD_RANGE`) followed by the cluster label: a frame cannot be
+//! moved to another cluster, nor its kind, flags or length changed, without failing
+//! authentication. The rest of the header is not authenticated and need not be: the
+//! magic is compared exactly, the checksum covers everything after it, and the reserved
+//! bytes 24..32 must be zero. Nonces are random 96-bit values from a ChaCha CSPRNG seeded
+//! by the OS (with ~2^32 frames per key the collision probability stays below 2^-32, NIST
+//! SP 800-38D's bound for random nonces).
 //!
-//! Cipher choice, by `cargo bench -p ringleader-wire --bench wire -- aead` (seal + open of a
-//! 1400-byte datagram, same run, this 2-core VM with AES-NI, VAES and PCLMULQDQ): `ring`
-//! 1.86 µs against RustCrypto `aes-gcm` 7.09 µs — ring is 3.8× faster, so we use ring.
-//! The price: ring decrypts while it authenticates and zeroes the buffer when the tag does
-//! not match, so a frame cannot be retried against a second key in place. With one key
-//! (the steady state) we open in place with no copy; while a rotation has several keys
-//! installed we keep a copy of the ciphertext (on the stack for datagrams) and restore it
-//! before each further try. `aes-gcm` checks the tag before decrypting and would need no
-//! copy, but a 1.4 KB copy costs ~50 ns against the 5 µs ring saves.
+//! The cipher is `ring`'s: several times faster than RustCrypto's `aes-gcm` on a CPU with
+//! AES-NI (`cargo bench -p ringleader-wire --bench wire -- aead`; figures in
+//! `docs/BENCHMARKS.md`). The price: ring decrypts while it authenticates and zeroes the
+//! buffer when the tag does not match, so a frame cannot be retried against a second key
+//! in place. With one key (the steady state) we open in place with no copy; while a
+//! rotation has several keys installed we keep a copy of the ciphertext (on the stack for
+//! datagrams) and restore it before each further try. `aes-gcm` checks the tag before
+//! decrypting and would need no copy, but a datagram's copy costs far less than ring saves.
 
 use rand::{RngCore, SeedableRng};
 use ring::aead::{AES_256_GCM, Aad as RingAad, LessSafeKey, Nonce, Tag, UnboundKey};
@@ -244,8 +247,9 @@ impl Keyring {
 /// Ciphertexts up to this size are saved on the stack while several keys are tried.
 const STACK_COPY_MAX: usize = 2048;
 
-/// Associated data: the first 16 header bytes then the label, on the stack for labels up to
-/// [`Aad::INLINE`] bytes (the usual case) so sealing allocates nothing.
+/// Associated data: the 16 authenticated header bytes (frame bytes 8..24, as the caller
+/// passes them) then the label, on the stack for labels up to [`Aad::INLINE`] bytes (the
+/// usual case) so sealing allocates nothing.
 struct Aad<'a> {
     inline: [u8; Aad::INLINE + 16],
     len: usize,

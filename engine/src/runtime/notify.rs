@@ -1,5 +1,6 @@
-//! Wake-ups of a shard: an eventfd any thread (or the kernel, for an io_uring with the
-//! eventfd registered) can signal, and a shard-local flag that the shard's main loop awaits.
+//! Wake-ups of a shard: a shard-local flag that the shard's main loop awaits, and a watch
+//! that turns the signals of an [`EventFd`] (from any thread, or from the kernel for an
+//! io_uring with the eventfd registered) into that flag.
 //!
 //! One glommio task per eventfd keeps one read of it in flight on glommio's own ring and
 //! turns each completion into a [`LocalNotify`] signal. The read is never dropped while in
@@ -9,52 +10,12 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, FromRawFd, IntoRawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-/// An eventfd, shareable across threads. Signalling is one `write(2)` of 8 bytes.
-#[derive(Debug)]
-pub struct EventFd {
-    fd: OwnedFd,
-}
-
-impl EventFd {
-    /// A new eventfd. It is blocking on purpose: glommio's io_uring read of a blocking
-    /// eventfd waits by internal poll, while a non-blocking one would complete at once with
-    /// EAGAIN.
-    pub fn new() -> io::Result<EventFd> {
-        // SAFETY: eventfd has no memory preconditions; we check the result.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor we own.
-        Ok(EventFd {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
-    }
-
-    /// The raw descriptor (for `IORING_REGISTER_EVENTFD`).
-    pub fn raw(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-
-    /// Adds one to the counter, waking whoever waits on it.
-    pub fn signal(&self) {
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a valid u64 to our own descriptor. The only failure
-        // is a counter at u64::MAX - 1, impossible at one per signal.
-        unsafe {
-            libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8);
-        }
-    }
-
-    fn dup(&self) -> io::Result<OwnedFd> {
-        self.fd.try_clone()
-    }
-}
+use crate::transport::EventFd;
 
 #[derive(Default)]
 struct NotifyState {
@@ -133,7 +94,7 @@ pub struct Watch {
 impl Watch {
     /// Starts watching `eventfd` on the current glommio executor; each signal sets `notify`.
     pub fn start(eventfd: std::sync::Arc<EventFd>, notify: LocalNotify) -> io::Result<Watch> {
-        let fd = eventfd.dup()?;
+        let fd = eventfd.as_fd().try_clone_to_owned()?;
         // SAFETY: `fd` is a descriptor we own (a dup); glommio's file takes ownership of it
         // and closes it in `close()` below.
         let file = unsafe { glommio::io::BufferedFile::from_raw_fd(fd.into_raw_fd()) };

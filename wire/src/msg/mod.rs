@@ -1,6 +1,6 @@
 //! Every message Ringleader speaks, and the registry that gives each its wire kind.
 //!
-//! Adding a message kind is a change in one place: a line in the [`messages!`] invocation
+//! Adding a message kind is a change in one place: a line in the `messages!` invocation
 //! below. It generates [`MessageKind`], the owned [`Message`] enum, the zero-copy
 //! [`MessageRef`] enum of validated archived references, and the [`WireMessage`] impls.
 //! Kind codes are part of the wire format: never reuse or renumber one.

@@ -1,0 +1,194 @@
+//! A member's traffic through the shard: each validated datagram from the ring goes to the
+//! member it was sent to, and everything the member produces is flushed at once —
+//! datagrams encoded (sealed with the shard's keyring) and queued on the ring, stream
+//! exchanges queued to start, events filtered and sent to the application, and the
+//! member's next deadline set in the shard's timer heap.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ringleader_wire::{Encoder, Frame, Keyring, Message, MessageRef};
+
+use super::events::{event_mask, to_event};
+use super::streams::encode_stream_request;
+use super::{Core, gossip_key};
+use crate::host::{Event, EventMask, HostEvent};
+use crate::swim::{self, Item, Output, SharedDirectory, Transmit};
+use crate::time::Time;
+use crate::transport::{Sender, SocketId, UdpHandler};
+
+impl Core {
+    /// Sends every dirty member's outputs, delivers its events and re-arms its timer.
+    pub(super) fn flush_dirty(&mut self, now: Time, out: &mut Sender<'_, '_>) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for &slot in &dirty {
+            self.flush(now, slot, out);
+        }
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    fn flush(&mut self, now: Time, slot: u32, out: &mut Sender<'_, '_>) {
+        let Some(Some(h)) = self.members.get_mut(slot as usize) else {
+            return;
+        };
+        let mut again = false;
+        while let Some(output) = h.member.poll_output() {
+            match output {
+                Output::Datagram(t) => {
+                    let sent = send_datagram(
+                        &mut self.encoder,
+                        (*self.seal).as_ref(),
+                        &self.dir,
+                        self.config.swim.datagram_bytes_max,
+                        out,
+                        h.socket,
+                        &t,
+                    );
+                    if !sent {
+                        self.census.sends_dropped += 1;
+                    }
+                }
+                Output::Stream(s) => {
+                    match encode_stream_request(
+                        &mut self.encoder,
+                        (*self.seal).as_ref(),
+                        &self.dir,
+                        self.config.stream_frame_bytes_max,
+                        &s.request,
+                    ) {
+                        Some(frame) => {
+                            self.streams_to_start.push((slot, h.generation, s, frame));
+                        }
+                        None => {
+                            self.census.streams_failed += 1;
+                            again = true;
+                            h.member.handle_stream_response(
+                                now,
+                                s.id,
+                                Err(swim::StreamError::Unreachable),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let mask = self.config.events;
+        while let Some(e) = h.member.poll_event() {
+            if let swim::Event::Message { from, msg } = &e
+                && let Message::Gossip(g) = &**msg
+            {
+                // Deliver and relay each broadcast once.
+                if !h.first_sight(gossip_key(&g.origin, g.seq), self.config.gossip_seen_max) {
+                    continue;
+                }
+                h.member.broadcast((**msg).clone(), None);
+                if mask.contains(EventMask::MESSAGE) {
+                    let ev = HostEvent {
+                        at: self.ctx.clock().instant(now),
+                        local: Arc::clone(&h.name),
+                        event: Event::Message {
+                            from: *from,
+                            origin: Some(g.origin.clone()),
+                            payload: g.payload.clone(),
+                        },
+                    };
+                    if !self.ctx.emit(ev) {
+                        self.census.events_dropped += 1;
+                    }
+                }
+                continue;
+            }
+            // Filter before building: a load test's start is n² "up" events nobody wants.
+            if !mask.contains(event_mask(&e)) {
+                continue;
+            }
+            let Some(event) = to_event(&self.dir, &h.member, e) else {
+                continue;
+            };
+            let ev = HostEvent {
+                at: self.ctx.clock().instant(now),
+                local: Arc::clone(&h.name),
+                event,
+            };
+            if !self.ctx.emit(ev) {
+                self.census.events_dropped += 1;
+            }
+        }
+        match h.member.poll_timeout() {
+            Some(at) => {
+                let _ = self.timers.set(slot, at);
+            }
+            None => self.timers.cancel(slot),
+        }
+        if again {
+            // A stream that could not be encoded failed at once: flush what that produced.
+            self.dirty.push(slot);
+        }
+    }
+}
+
+impl UdpHandler for Core {
+    fn on_datagram(
+        &mut self,
+        out: &mut Sender<'_, '_>,
+        socket: SocketId,
+        from: SocketAddr,
+        _frame: &Frame<'_>,
+        messages: &[MessageRef<'_>],
+    ) {
+        let Some(&slot) = self.by_socket.get(socket.0 as usize) else {
+            return;
+        };
+        let Some(Some(h)) = self.members.get_mut(slot as usize) else {
+            return;
+        };
+        let now = self.ctx.now();
+        for m in messages {
+            // The archive was validated in place by the transport; names and addresses
+            // are looked up in it directly (nothing is copied unless it is new).
+            let item = self.dir.borrow_mut().from_wire_ref(m);
+            match item {
+                Ok(item) => h.member.handle_item(now, from, item),
+                Err(_) => self.census.stats.dropped += 1,
+            }
+        }
+        self.flush(now, slot, out);
+    }
+}
+
+/// Encodes a transmit as one batch frame and queues it; false if it was dropped.
+fn send_datagram(
+    encoder: &mut Encoder,
+    seal: Option<&Keyring>,
+    dir: &SharedDirectory,
+    limit: usize,
+    out: &mut Sender<'_, '_>,
+    socket: SocketId,
+    t: &Transmit,
+) -> bool {
+    let d = dir.borrow();
+    let mut batch = encoder.batch(seal, limit);
+    for item in &t.items {
+        let msg = match item {
+            Item::Other(m) => {
+                if !matches!(batch.push_message(m), Ok(true)) {
+                    return false;
+                }
+                continue;
+            }
+            other => d.to_wire(other),
+        };
+        if !matches!(batch.push_message(&msg), Ok(true)) {
+            return false;
+        }
+    }
+    match batch.finish() {
+        Ok(frame) => out.send(socket, t.to, frame).is_ok(),
+        Err(_) => false,
+    }
+}
