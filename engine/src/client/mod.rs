@@ -800,8 +800,12 @@ impl Shared {
                         maybe_applied: call.maybe_applied,
                     }
                 } else {
-                    // Still queued: the connection never came up, or never drained.
-                    call.note_unreachable(conn.addr);
+                    // Still queued: the connection never came up, or never drained. An
+                    // earlier attempt's answer (no leader, busy, ...) says more than a
+                    // connection that was still coming up when the deadline passed.
+                    if matches!(call.last_failure, None | Some(Failure::Unreachable)) {
+                        call.note_unreachable(conn.addr);
+                    }
                     call.expiry_error(self.config.request_timeout_ms)
                 };
                 self.finish(call, Err(err));
