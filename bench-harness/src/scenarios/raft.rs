@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use ringleader_engine::log::IoMode;
 use ringleader_engine::multiraft::{Server, ServerConfig};
 use ringleader_wire::frame::HEADER_LEN;
 use ringleader_wire::msg::client::{
@@ -79,6 +80,10 @@ pub struct Args {
     /// Skip the fdatasync baseline.
     #[arg(long)]
     pub no_baseline: bool,
+    /// How the nodes' write-ahead logs write: `direct-sync` (O_DIRECT | O_DSYNC, the
+    /// default), `direct` (O_DIRECT, then `fdatasync`, pipelined) or `buffered`.
+    #[arg(long, default_value = "direct-sync")]
+    pub io_mode: IoMode,
 }
 
 /// Flags of the hidden `raft-node` subcommand (one node of the scenario's cluster).
@@ -102,6 +107,9 @@ pub struct NodeArgs {
     /// Snapshot interval.
     #[arg(long)]
     pub snapshot_every: u64,
+    /// The write-ahead log's io mode.
+    #[arg(long, default_value = "direct-sync")]
+    pub io_mode: IoMode,
 }
 
 /// Runs one node until its stdin closes, printing its counters every 100 ms as one JSON
@@ -116,6 +124,7 @@ pub fn node_main(a: NodeArgs) -> anyhow::Result<()> {
     cfg.groups = a.groups;
     cfg.shards = a.shards;
     cfg.driver.snapshot_every_entries = a.snapshot_every;
+    cfg.log.io_mode = a.io_mode;
     let server = Server::start(cfg).context("starting the node")?;
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -264,6 +273,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let config = json!({
         "nodes": args.nodes, "groups": args.groups, "clients": args.clients,
         "value_bytes": args.value_bytes, "keys": args.keys, "shards": args.shards,
+        "io_mode": args.io_mode.name(),
         "duration_s": common.duration.as_secs_f64(), "warmup_s": common.warmup.as_secs_f64(),
         "rate": common.rate,
     });
@@ -411,6 +421,7 @@ fn start_nodes(args: &Args, addrs: &[SocketAddr], work: &Path) -> anyhow::Result
                 &args.shards.to_string(),
             ])
             .args(["--snapshot-every", &args.snapshot_every.to_string()])
+            .args(["--io-mode", args.io_mode.name()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

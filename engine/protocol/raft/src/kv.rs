@@ -15,7 +15,7 @@
 //! Decoding never panics: a malformed command is rejected with a [`KvError`] on every
 //! replica alike, so replicas stay identical.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 /// Longest key accepted.
 pub const KEY_BYTES_MAX: usize = 4096;
@@ -170,7 +170,9 @@ impl Command {
 /// The replicated map.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Kv {
-    map: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Point lookups only (SipHash with a per-process key: clients choose the keys);
+    /// [`Kv::snapshot`] sorts, so snapshots of equal states are equal bytes.
+    map: HashMap<Vec<u8>, Vec<u8>>,
     applied_index: u64,
 }
 
@@ -238,7 +240,9 @@ impl Kv {
         let mut out = Vec::new();
         out.extend_from_slice(&self.applied_index.to_le_bytes());
         out.extend_from_slice(&(self.map.len() as u64).to_le_bytes());
-        for (k, v) in &self.map {
+        let mut entries: Vec<(&Vec<u8>, &Vec<u8>)> = self.map.iter().collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (k, v) in entries {
             put_bytes(&mut out, k);
             put_bytes(&mut out, v);
         }
@@ -250,7 +254,7 @@ impl Kv {
         let (idx, rest) = bytes.split_first_chunk::<8>().ok_or(KvError::Truncated)?;
         let (n, mut rest) = rest.split_first_chunk::<8>().ok_or(KvError::Truncated)?;
         let n = u64::from_le_bytes(*n);
-        let mut map = BTreeMap::new();
+        let mut map = HashMap::new();
         for _ in 0..n {
             let k = take_bytes(&mut rest, KEY_BYTES_MAX)?.to_vec();
             let v = take_bytes(&mut rest, VALUE_BYTES_MAX)?.to_vec();
