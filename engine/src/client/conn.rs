@@ -19,8 +19,9 @@ use ringleader_wire::msg::client::{
 };
 use ringleader_wire::{EncodeError, Encoder, MessageRef, WireMessage};
 
+use super::call::Call;
+use super::dispatch::Shared;
 use super::frames::{FrameError, FrameReader, client_encoder, pack_frames};
-use super::{Call, Shared};
 
 /// A request held by a connection.
 pub(crate) struct Entry {
