@@ -253,7 +253,6 @@ impl<R: RngCore> Raft<R> {
                 };
                 self.msgs
                     .push(empty_append(header, prev, prev_term, committed));
-                return;
             }
         }
     }
