@@ -731,6 +731,7 @@ fuzz_target!(|case: Case| {
         snapshot_chunk_bytes: 8,
         snapshot_bytes_max: 40,
         lease_clock_drift_permille: 100,
+        commit_notice_delay_us: 2_000,
     };
     let Ok(raft) = Raft::new(
         cfg,
