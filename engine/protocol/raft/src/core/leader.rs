@@ -245,12 +245,7 @@ impl<R: RngCore> Raft<R> {
             let prev = pr.next_index - 1;
             if let Some(prev_term) = self.log.term(prev) {
                 pr.sent_commit = committed;
-                let header = RaftHeader {
-                    group: self.cfg.group,
-                    from: self.id,
-                    to: id,
-                    term,
-                };
+                let header = self.hdr(id, term);
                 self.msgs
                     .push(empty_append(header, prev, prev_term, committed));
             }
@@ -272,12 +267,7 @@ impl<R: RngCore> Raft<R> {
                 return;
             };
             pr.sent_commit = committed;
-            let header = RaftHeader {
-                group: self.cfg.group,
-                from: self.id,
-                to: id,
-                term,
-            };
+            let header = self.hdr(id, term);
             self.msgs
                 .push(empty_append(header, prev, prev_term, committed));
         }
