@@ -40,8 +40,8 @@ pub struct Args {
     /// current directory).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// `direct` (O_DIRECT) or `buffered` files for the log.
-    #[arg(long, default_value = "direct", value_parser = parse_io_mode)]
+    /// How the log writes: `direct` (O_DIRECT, then `fdatasync`), `direct-sync` (O_DIRECT | O_DSYNC) or `buffered`.
+    #[arg(long, default_value = "direct")]
     pub io_mode: IoMode,
     /// Segment size in MiB.
     #[arg(long, default_value_t = 64)]
@@ -55,11 +55,6 @@ pub struct Args {
     /// Skip the two baselines (for profiling the log alone).
     #[arg(long)]
     pub no_baselines: bool,
-}
-
-/// Parses `direct` or `buffered`.
-pub fn parse_io_mode(s: &str) -> Result<IoMode, String> {
-    s.parse()
 }
 
 /// The most writers one run may have (each is a task holding one entry buffer).

@@ -752,10 +752,8 @@ where
     fn route_writes(&mut self, fresh: Vec<GroupWrite>, ready: &mut Vec<GroupWrite>) {
         for mut w in fresh {
             let g = w.group;
-            if self.snap_files.get(&g).is_some_and(|f| f.holding) {
-                if let Some(f) = self.snap_files.get_mut(&g) {
-                    f.held.push(w);
-                }
+            if let Some(f) = self.snap_files.get_mut(&g).filter(|f| f.holding) {
+                f.held.push(w);
                 continue;
             }
             let Some(snap) = w.snapshot.take() else {
