@@ -29,7 +29,7 @@ fn fast() -> Config {
 }
 
 fn port() -> u16 {
-    20_000 + (std::process::id() % 20_000) as u16
+    ringleader_engine::transport::port_base_below_ephemeral(16)
 }
 
 fn host(shards: usize, keys: Vec<[u8; 32]>, events: EventMask) -> Host {

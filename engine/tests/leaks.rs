@@ -327,7 +327,7 @@ fn log_dropped_without_close_fails_its_appends_and_its_files_close_while_the_exe
 }
 
 fn host_port() -> u16 {
-    21_000 + (std::process::id() % 20_000) as u16
+    ringleader_engine::transport::port_base_below_ephemeral(16)
 }
 
 /// Starts a host with a few members on loopback, waits until they all see each other, and

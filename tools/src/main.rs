@@ -8,6 +8,10 @@ mod cmd;
 #[derive(Parser, Debug)]
 #[command(name = "ringleader-tools", version, about = "Ringleader tools")]
 struct Cli {
+    /// What the engine's log says, on stderr: error, warn, info, debug or trace, or a
+    /// `tracing` filter such as `ringleader_engine=debug`. `RUST_LOG`, when set, wins.
+    #[arg(long, global = true, default_value = "warn")]
+    log_level: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,8 +35,31 @@ enum Command {
     Kv(cmd::kv::Args),
 }
 
+/// Sends the engine's `tracing` events to stderr, filtered by `RUST_LOG` or `--log-level`.
+fn init_log(level: &str) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.trim().is_empty() => EnvFilter::try_new(&env)
+            .map_err(|e| anyhow::anyhow!("RUST_LOG={env:?} is not a log filter: {e}"))?,
+        _ => EnvFilter::try_new(level).map_err(|e| {
+            anyhow::anyhow!(
+                "--log-level {level:?} is not a log filter ({e}); give error, warn, info, \
+                 debug, trace or a filter such as ringleader_engine=debug"
+            )
+        })?,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(true)
+        .init();
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    init_log(&cli.log_level)?;
     match cli.command {
         Command::Compare(a) => cmd::compare::run(a),
         Command::Flamegraph(a) => cmd::flamegraph::run(a),

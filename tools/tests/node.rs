@@ -18,7 +18,7 @@ const LIVENESS: Duration = Duration::from_secs(180);
 const BROADCAST: &str = "hello-from-n5";
 
 fn port() -> u16 {
-    40_000 + (std::process::id() % 20_000) as u16
+    ringleader_engine::transport::port_base_below_ephemeral(1)
 }
 
 fn addr(i: usize) -> String {

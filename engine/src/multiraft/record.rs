@@ -227,11 +227,19 @@ pub struct GroupReplay {
     pub hard_state_lsn: u64,
 }
 
-/// Replay of a shard's log: feed records in LSN order, then [`Replay::finish`].
+/// Replay of a shard's log: feed records in LSN order, then [`Replay::finish_group`].
+///
+/// The snapshot files are read first and handed to [`Replay::new`]: a follower that
+/// installed a leader's snapshot goes on appending right after the snapshot's index, so its
+/// log holds entries up to its old end, then (once the snapshot's file is durable) entries
+/// from the snapshot on. Such a hole is whole when a snapshot on disk covers it; any other
+/// hole is damage.
 #[derive(Debug, Default)]
 pub struct Replay {
     /// Per group.
     pub groups: BTreeMap<u64, GroupReplay>,
+    /// The index of each group's snapshot on disk (absent: none).
+    snapshots: BTreeMap<u64, u64>,
 }
 
 /// A log whose records contradict each other.
@@ -247,6 +255,14 @@ pub struct ReplayError {
 }
 
 impl Replay {
+    /// A replay against the snapshots on disk: `(group, snapshot index)`.
+    pub fn new(snapshots: impl IntoIterator<Item = (u64, u64)>) -> Replay {
+        Replay {
+            groups: BTreeMap::new(),
+            snapshots: snapshots.into_iter().collect(),
+        }
+    }
+
     /// Applies the record at `lsn`.
     pub fn apply(&mut self, lsn: u64, rec: Record<'_>) -> Result<(), ReplayError> {
         match rec {
@@ -273,6 +289,15 @@ impl Replay {
                     g.entries.first().map(|e| e.index),
                     g.entries.last().map(|e| e.index),
                 ) {
+                    (Some(_), Some(hi))
+                        if first > hi + 1
+                            && first <= self.snapshots.get(&group).map_or(0, |s| s + 1) =>
+                    {
+                        // The hole a received snapshot explains: what precedes it is
+                        // superseded.
+                        g.entries.clear();
+                        g.records.clear();
+                    }
                     (Some(lo), Some(hi)) => {
                         if first > hi + 1 {
                             return Err(ReplayError {
@@ -450,5 +475,44 @@ mod tests {
             vec![e(6, 1)]
         );
         assert_eq!(r.finish_group(2, None).unwrap().entries, vec![e(1, 1)]);
+    }
+
+    /// A follower that installed a leader's snapshot at 10 appends from 11 on after its old
+    /// log ended at 4: with the snapshot on disk the hole is whole; without it (or past it)
+    /// the hole is refused and named.
+    #[test]
+    fn replay_takes_a_hole_a_snapshot_explains() {
+        let old = rec(
+            1,
+            Some(HardState { term: 1, vote: 1 }),
+            &[e(1, 1), e(2, 1), e(3, 1), e(4, 1)],
+        );
+        let after = rec(
+            1,
+            Some(HardState { term: 3, vote: 2 }),
+            &[e(11, 3), e(12, 3)],
+        );
+        let mut r = Replay::new([(1, 10)]);
+        r.apply(1, decode(&old).unwrap()).unwrap();
+        r.apply(2, decode(&after).unwrap()).unwrap();
+        let g = r.finish_group(1, Some((10, 3))).unwrap();
+        assert_eq!(g.entries, vec![e(11, 3), e(12, 3)]);
+        assert_eq!(g.records, vec![(2, 11, 12)]);
+        assert_eq!(g.hard_state, HardState { term: 3, vote: 2 });
+        // A later local snapshot (at 11) replaced the received one: still whole.
+        let mut r = Replay::new([(1, 11)]);
+        r.apply(1, decode(&old).unwrap()).unwrap();
+        r.apply(2, decode(&after).unwrap()).unwrap();
+        assert_eq!(
+            r.finish_group(1, Some((11, 3))).unwrap().entries,
+            vec![e(12, 3)]
+        );
+        for snaps in [vec![], vec![(1, 9)], vec![(2, 10)]] {
+            let mut r = Replay::new(snaps.clone());
+            r.apply(1, decode(&old).unwrap()).unwrap();
+            let err = r.apply(2, decode(&after).unwrap()).unwrap_err();
+            assert_eq!(err.lsn, 2, "{snaps:?}");
+            assert!(err.reason.contains("after a hole"), "{err}");
+        }
     }
 }

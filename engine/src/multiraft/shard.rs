@@ -183,6 +183,8 @@ where
     addr_text: BTreeMap<u64, String>,
     live: Arc<std::sync::Mutex<ShardReport>>,
     published_at: Time,
+    /// Each group's (role, term, leader) as last logged: a change is logged at info.
+    seen: BTreeMap<u64, (crate::raft::Role, u64, u64)>,
 }
 
 /// Runs one shard until the runtime stops.
@@ -370,6 +372,7 @@ where
         addr_text,
         live: Arc::clone(&live[shard]),
         published_at: Time::ZERO,
+        seen: BTreeMap::new(),
     })
 }
 
@@ -730,6 +733,20 @@ where
             // Re-arm the timers of every group touched this turn.
             for g in std::mem::take(&mut self.touched) {
                 if let Some(d) = self.drivers.get(&g) {
+                    let r = d.raft();
+                    let now_seen = (r.role(), r.term(), r.leader_id());
+                    if self.seen.insert(g, now_seen) != Some(now_seen) {
+                        tracing::info!(
+                            node = self.cfg.id,
+                            group = g,
+                            term = now_seen.1,
+                            leader = now_seen.2,
+                            "{:?}, commit {} of last {}",
+                            now_seen.0,
+                            r.log().committed(),
+                            r.log().last_index()
+                        );
+                    }
                     let at = match d.request_deadline() {
                         Some(r) => r.min(d.deadline()),
                         None => d.deadline(),

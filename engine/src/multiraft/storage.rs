@@ -155,7 +155,15 @@ impl ShardStorage {
         })?;
         let (log, log_report) = Log::open(&wal_dir, cfg).await.map_err(log_err(&wal_dir))?;
         let record_bytes_max = log.config().entry_bytes_max();
-        let mut replay = Replay::default();
+        let mut snaps = BTreeMap::new();
+        for &g in groups {
+            snaps.insert(g, snapshot::load(&snap_dir, g)?);
+        }
+        let mut replay = Replay::new(
+            snaps
+                .iter()
+                .filter_map(|(&g, s)| s.as_ref().map(|s| (g, s.index))),
+        );
         let mut lsn = log.first_index();
         let end = log.next_index();
         let mut records = 0;
@@ -192,7 +200,7 @@ impl ShardStorage {
         let mut tracks = BTreeMap::new();
         let mut out = BTreeMap::new();
         for &g in groups {
-            let snap = snapshot::load(&snap_dir, g)?;
+            let snap = snaps.remove(&g).flatten();
             let r = replay
                 .finish_group(g, snap.as_ref().map(|s| (s.index, s.term)))
                 .map_err(|source| StorageError::Replay {

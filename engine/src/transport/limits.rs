@@ -134,6 +134,21 @@ pub fn ensure_memlock(shards: usize, per_shard_bytes: u64) -> Result<(), LimitEr
     })
 }
 
+/// The first of `span` consecutive ports for a test or a local cluster to listen on, below
+/// the kernel's ephemeral range (`net.ipv4.ip_local_port_range`) so that no outgoing
+/// connection of this host can hold one of them already (a listener on such a port fails
+/// with "address in use" at random), spread by the process id so that concurrent runs
+/// rarely meet. Ports run from 10000 up to the range's lower bound (32768 by default).
+pub fn port_base_below_ephemeral(span: u16) -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let floor = 10_000u32;
+    let room = low.saturating_sub(floor + u32::from(span)).max(1);
+    (floor + std::process::id() % room) as u16
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

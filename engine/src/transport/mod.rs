@@ -102,7 +102,7 @@ pub mod udp;
 pub use counters::{DROP_CAUSES, UdpCounters};
 pub use eventfd::EventFd;
 pub use features::{Features, MissingFeature};
-pub use limits::{LimitError, raise_nofile};
+pub use limits::{LimitError, port_base_below_ephemeral, raise_nofile};
 pub use tcp::{FrameListener, FrameStream, StreamError};
 pub use udp::{
     CloseReport, Discard, Parked, RingParker, SendError, Sender, SocketId, SocketOptions,

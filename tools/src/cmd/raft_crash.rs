@@ -17,6 +17,11 @@
 //! A kill lands only after the cluster acknowledged a write since the last restart (then
 //! at a random point 20–200 ms later); a cycle with no acknowledgement within 30 s is
 //! counted in `cycles_idle`.
+//!
+//! The run stops by itself: past `--deadline-s` (or once the cluster has answered nothing
+//! for 60 s during the read-back) what is left unread counts as `unreadable` and the run
+//! fails. Each node's log (`--log-level info`) is appended to `DIR/node-N.log`; a failing
+//! run prints the tail of each.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -60,7 +65,8 @@ pub struct Args {
     /// Raft groups of the cluster.
     #[arg(long, default_value_t = 1)]
     pub groups: u64,
-    /// First port (node i listens on port + i); default from the pid.
+    /// First port (node i listens on port + i); default: from the pid, below the
+    /// ephemeral range (the clients' own connections cannot hold it).
     #[arg(long)]
     pub port: Option<u16>,
     /// Seed of the kill schedule.
@@ -69,6 +75,10 @@ pub struct Args {
     /// Print one JSON object as the last line.
     #[arg(long)]
     pub json: bool,
+    /// Wall-clock bound of the whole run, in seconds: past it the load stops and what is
+    /// not yet read back counts as unreadable.
+    #[arg(long, default_value_t = 900)]
+    pub deadline_s: u64,
 }
 
 fn key_bytes(k: u64) -> Vec<u8> {
@@ -85,6 +95,7 @@ struct Cluster {
     addrs: Vec<SocketAddr>,
     groups: u64,
     kids: Vec<Option<Child>>,
+    born: Instant,
 }
 
 impl Cluster {
@@ -95,7 +106,21 @@ impl Cluster {
             .enumerate()
             .map(|(j, a)| format!("{}={a}", j + 1))
             .collect();
+        let log_path = self.dir.join(format!("node-{}.log", i + 1));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let mut marker = &log;
+        let _ = writeln!(
+            marker,
+            "--- raft-crash: node {} starts ({} ms into the run)",
+            i + 1,
+            self.born.elapsed().as_millis()
+        );
         let child = Command::new(&self.exe)
+            .args(["--log-level", "info"])
             .args(["server", "--id", &(i + 1).to_string()])
             .args([
                 "--listen",
@@ -117,7 +142,8 @@ impl Cluster {
             .args(["--request-timeout-ms", "2000"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
+            .env_remove("RUST_LOG")
             .spawn()
             .context("starting a server")?;
         self.kids[i] = Some(child);
@@ -432,7 +458,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
     let port = a
         .port
-        .unwrap_or(30_000 + (std::process::id() % 20_000) as u16);
+        .unwrap_or_else(|| ringleader_engine::transport::port_base_below_ephemeral(NODES as u16));
     let addrs: Vec<SocketAddr> = (0..NODES)
         .map(|i| SocketAddr::from(([127, 0, 0, 1], port + i as u16)))
         .collect();
@@ -442,6 +468,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         addrs: addrs.clone(),
         groups: a.groups,
         kids: (0..NODES).map(|_| None).collect(),
+        born: Instant::now(),
     };
     for i in 0..NODES {
         cluster.spawn(i)?;
@@ -473,7 +500,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut leader_changes = 0u64;
     let mut last_leader = usize::MAX;
     let mut kinds: BTreeMap<&'static str, u32> = BTreeMap::new();
+    let deadline = cluster.born + Duration::from_secs(a.deadline_s);
+    let mut deadline_hit = false;
+    let mut cycles_done = 0u32;
     for cycle in 0..a.cycles {
+        if Instant::now() >= deadline {
+            deadline_hit = true;
+            break;
+        }
+        cycles_done += 1;
         // Wait for a write acknowledged since the last restart.
         let base = sh.acked.load(Ordering::SeqCst);
         let wait_until = Instant::now() + Duration::from_secs(30);
@@ -524,7 +559,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     // Let the cluster settle with every node up, then stop the load.
     let base = sh.acked.load(Ordering::SeqCst);
-    let until = Instant::now() + Duration::from_secs(30);
+    let until = (Instant::now() + Duration::from_secs(30)).min(deadline);
     while sh.acked.load(Ordering::SeqCst) < base + 20 && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -542,14 +577,40 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .unwrap_or_default();
     let mut lost = 0u64;
     let mut unreadable = 0u64;
-    for &(key, v) in &unique {
+    // The read-back gives up once the cluster has answered nothing for this long (or at the
+    // deadline): one request at a time over thousands of keys must not turn a dead cluster
+    // into an endless run.
+    let silence_max = Duration::from_secs(60);
+    let mut answered_at = Instant::now();
+    for (n, &(key, v)) in unique.iter().enumerate() {
+        let now = Instant::now();
+        if now >= deadline || now.duration_since(answered_at) >= silence_max {
+            deadline_hit |= now >= deadline;
+            unreadable += (unique.len() - n) as u64;
+            eprintln!(
+                "read-back stopped with {} keys left: {}",
+                unique.len() - n,
+                if now >= deadline {
+                    "past --deadline-s"
+                } else {
+                    "the cluster answered nothing for 60 s"
+                }
+            );
+            break;
+        }
         let op = ClientOp::Get {
             key: key_bytes(key),
             consistency: Consistency::Linearizable,
         };
-        match perform(&mut c, &op, &sh, Duration::from_secs(30)) {
-            Some((ClientResult::Value(Some(got)), _)) if value_of(&got) == Some(v) => {}
-            Some((ClientResult::Value(_), _)) => lost += 1,
+        let give_up = Duration::from_secs(30).min(deadline.saturating_duration_since(now));
+        match perform(&mut c, &op, &sh, give_up) {
+            Some((ClientResult::Value(Some(got)), _)) if value_of(&got) == Some(v) => {
+                answered_at = Instant::now();
+            }
+            Some((ClientResult::Value(_), _)) => {
+                answered_at = Instant::now();
+                lost += 1;
+            }
             _ => unreadable += 1,
         }
     }
@@ -560,9 +621,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             consistency: Consistency::Linearizable,
         };
         let invoke = sh.now();
-        if let Some((ClientResult::Value(v), _)) =
-            perform(&mut c, &op, &sh, Duration::from_secs(30))
-        {
+        let give_up = Duration::from_secs(30)
+            .min(deadline.saturating_duration_since(Instant::now()))
+            .max(Duration::from_secs(1));
+        if let Some((ClientResult::Value(v), _)) = perform(&mut c, &op, &sh, give_up) {
             history.push(Operation {
                 key,
                 op: KvOp::Get,
@@ -576,8 +638,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let verdict = check::check(&history, 5_000_000);
     let linearizable = verdict == CheckResult::Linearizable;
     let acknowledged = sh.acked.load(Ordering::SeqCst);
+    let failed = lost > 0 || unreadable > 0 || !linearizable || deadline_hit;
+    if failed {
+        print_log_tails(&a.dir);
+    }
     let out = json!({
-        "cycles": a.cycles,
+        "cycles": cycles_done,
+        "cycles_requested": a.cycles,
+        "deadline_hit": deadline_hit,
         "acknowledged": acknowledged,
         "lost": lost,
         "unreadable": unreadable,
@@ -602,5 +670,26 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "{unreadable} acknowledged writes could not be read back after the last restart"
     );
     anyhow::ensure!(linearizable, "the history is not linearizable: {verdict:?}");
+    anyhow::ensure!(
+        !deadline_hit,
+        "the run passed --deadline-s {} (cycles done: {cycles_done} of {})",
+        a.deadline_s,
+        a.cycles
+    );
     Ok(())
+}
+
+/// The last lines of each node's log, on stderr, for a failing run.
+fn print_log_tails(dir: &std::path::Path) {
+    for i in 1..=NODES {
+        let path = dir.join(format!("node-{i}.log"));
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!("--- last lines of {}:", path.display());
+        for l in &lines[lines.len().saturating_sub(40)..] {
+            eprintln!("{l}");
+        }
+    }
 }

@@ -111,7 +111,7 @@ pub struct Args {
     /// Second octet of the members' loopback addresses (127.<base>.x.y).
     #[arg(long, default_value_t = 90)]
     pub base_octet: u8,
-    /// Port of every member (default: 21000 + pid % 20000); a member whose address is
+    /// Port of every member (default: from the pid, below the ephemeral range); a member whose address is
     /// taken tries the next ports.
     #[arg(long)]
     pub port: Option<u16>,
@@ -241,7 +241,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let port = args
         .port
-        .unwrap_or(21_000 + (std::process::id() % 20_000) as u16);
+        .unwrap_or_else(|| ringleader_engine::transport::port_base_below_ephemeral(64));
     let converge_timeout = args
         .converge_timeout
         .unwrap_or(CONVERGE_TIMEOUT_BASE + CONVERGE_TIMEOUT_PER_MEMBER * n as u32);
