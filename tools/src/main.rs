@@ -33,6 +33,9 @@ enum Command {
     RaftCrash(cmd::raft_crash::Args),
     /// One request to the replicated key-value service: put, get, del, cas or info.
     Kv(cmd::kv::Args),
+    /// Hostile traffic against one member of a live cluster (its own, or --target): what
+    /// it refused by cause, its memory, and false positives (must be 0).
+    Flood(cmd::flood::Args),
 }
 
 /// Sends the engine's `tracing` events to stderr, filtered by `RUST_LOG` or `--log-level`.
@@ -68,5 +71,6 @@ fn main() -> anyhow::Result<()> {
         Command::Server(a) => cmd::server::run(a),
         Command::RaftCrash(a) => cmd::raft_crash::run(a),
         Command::Kv(a) => cmd::kv::run(a),
+        Command::Flood(a) => cmd::flood::run(a),
     }
 }

@@ -414,6 +414,23 @@ impl Decoder {
         }
     }
 
+    /// The checks a stream reader can make on a header alone, before it reads (and holds)
+    /// the body: the cluster label, and whether the frame is sealed when a keyring is
+    /// expected (and not sealed when none is). [`Decoder::decode`] makes them again.
+    pub fn check_header(&self, header: &Header, keyring: bool) -> Result<(), DecodeError> {
+        if header.label_hash != self.label_hash {
+            return Err(DecodeError::WrongLabel {
+                got: header.label_hash,
+                expected: self.label_hash,
+            });
+        }
+        match (header.flags & FLAG_ENCRYPTED != 0, keyring) {
+            (true, false) => Err(DecodeError::EncryptedWithoutKeyring),
+            (false, true) => Err(DecodeError::Unencrypted),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks the frame that fills `buf` exactly (one datagram, or one stream frame) and,
     /// if `keyring` is given, authenticates and decrypts it in place.
     ///

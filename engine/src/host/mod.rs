@@ -85,6 +85,11 @@ pub struct HostConfig {
     pub stream_frame_bytes_max: usize,
     /// Inbound stream exchanges served by one shard at once; more are closed unanswered.
     pub inbound_streams_max: usize,
+    /// Bytes the frames of one shard's inbound streams may hold at once (a frame is read
+    /// into memory only as its bytes arrive; past this, the stream that needs more is
+    /// closed and counted in [`ShardCensus::streams_over_budget`]). At least
+    /// `stream_frame_bytes_max`, so one largest frame always fits.
+    pub inbound_stream_bytes_max: usize,
     /// Outbound stream exchanges (push-pull, fallback pings) of one shard in flight at
     /// once; more fail at once, as if the peer were unreachable (each holds a descriptor).
     pub outbound_streams_max: usize,
@@ -151,6 +156,7 @@ impl Default for HostConfig {
             cluster_members_max: 65_536,
             members_per_shard_max: 16_384,
             stream_frame_bytes_max: 16 << 20,
+            inbound_stream_bytes_max: 64 << 20,
             inbound_streams_max: 512,
             outbound_streams_max: 512,
             leave_linger_ms: 3_000,
@@ -205,6 +211,13 @@ impl HostConfig {
         }
         if self.inbound_streams_max == 0 {
             return bad("inbound_streams_max must be at least 1".into());
+        }
+        if self.inbound_stream_bytes_max < self.stream_frame_bytes_max {
+            return bad(format!(
+                "inbound_stream_bytes_max ({}) must be at least stream_frame_bytes_max ({}): \
+                 one largest frame must fit",
+                self.inbound_stream_bytes_max, self.stream_frame_bytes_max
+            ));
         }
         Ok(())
     }
@@ -465,8 +478,19 @@ pub struct ShardCensus {
     pub streams_failed: u64,
     /// Inbound stream exchanges served.
     pub streams_served: u64,
-    /// Inbound streams closed unanswered (bad frame, over the limit, unknown member).
+    /// Inbound streams closed unanswered (bad frame, over the limit, unknown member); the
+    /// causes follow.
     pub streams_refused: u64,
+    /// ... of which: more than `inbound_streams_max` were being served.
+    pub streams_refused_busy: u64,
+    /// ... of which: the exchange did not finish within `stream_timeout_ms` (a slow or
+    /// idle peer).
+    pub streams_timed_out: u64,
+    /// ... of which: the frame needed more than the shard's `inbound_stream_bytes_max`.
+    pub streams_over_budget: u64,
+    /// ... of which: the frame did not decode (bad header, wrong label, sealed or not as
+    /// expected, checksum, no key) or the connection ended inside it.
+    pub streams_bad_frame: u64,
     /// Inbound connections to an address no hosted member holds (with
     /// [`StreamListeners::PerShard`]), closed.
     pub streams_unrouted: u64,

@@ -45,7 +45,20 @@ pub struct InboxStats {
     pub requests: u64,
     /// Client requests refused as busy: too many in flight on their connection.
     pub requests_busy: u64,
+    /// Connections closed because their frame would take the shard past
+    /// `frame_bytes_held_max`.
+    pub frames_over_budget: u64,
+    /// Connections closed because their first frame (a peer's hello or a client's first
+    /// request header) did not arrive within [`HELLO_TIMEOUT`].
+    pub hello_timeouts: u64,
 }
+
+/// The largest first frame of a peer connection (its hello): nothing bigger is read from a
+/// connection that has not said who it is.
+pub const HELLO_FRAME_BYTES_MAX: usize = 4096;
+
+/// How long a new connection may take to send its first header (and a peer its hello).
+pub const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A client connection as the loop sees it: where its responses go.
 pub struct ClientConn {
@@ -118,6 +131,8 @@ pub struct Accept {
     pub client_inflight_max: usize,
     /// Client connections at most.
     pub client_connections_max: usize,
+    /// What the frames being read on the shard's connections may hold at once.
+    pub budget: crate::transport::ByteBudget,
 }
 
 impl Inbox {
@@ -153,26 +168,62 @@ pub async fn serve(stream: TcpStream, inbox: Rc<Inbox>, acc: Rc<Accept>) {
     let (rd, wr) = futures_lite::io::split(stream);
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let mut head = [0u8; HEADER_LEN];
-    if rd.read_exact(&mut head).await.is_err() {
-        return;
+    let first = futures_lite::future::or(async { Some(rd.read_exact(&mut head).await) }, async {
+        glommio::timer::sleep(HELLO_TIMEOUT).await;
+        None
+    })
+    .await;
+    match first {
+        Some(Ok(())) => {}
+        Some(Err(_)) => return,
+        None => {
+            inbox.count(|s| s.hello_timeouts += 1);
+            return;
+        }
     }
     let label_hash = u32::from_le_bytes([head[12], head[13], head[14], head[15]]);
     if label_hash == 0 {
-        let reader = FrameReader::with_header(rd, b"", CLIENT_FRAME_BYTES_MAX, head);
+        let reader =
+            FrameReader::with_header(rd, b"", CLIENT_FRAME_BYTES_MAX, acc.budget.clone(), head);
         return serve_client(reader, wr, inbox, acc).await;
     }
-    let mut reader = FrameReader::with_header(rd, &acc.label, acc.peer_frame_bytes_max, head);
-    let hello = match reader.next().await {
-        Ok(Some(f)) => match f.messages().next() {
-            Some(Ok(MessageRef::PeerHello(h))) => <PeerHello as WireMessage>::to_owned(h).ok(),
-            _ => None,
+    let mut reader = FrameReader::with_header(
+        rd,
+        &acc.label,
+        HELLO_FRAME_BYTES_MAX,
+        acc.budget.clone(),
+        head,
+    );
+    let hello = futures_lite::future::or(
+        async {
+            Some(match reader.next().await {
+                Ok(Some(f)) => match f.messages().next() {
+                    Some(Ok(MessageRef::PeerHello(h))) => {
+                        <PeerHello as WireMessage>::to_owned(h).ok()
+                    }
+                    _ => None,
+                },
+                _ => None,
+            })
         },
-        _ => None,
+        async {
+            glommio::timer::sleep(HELLO_TIMEOUT).await;
+            None
+        },
+    )
+    .await;
+    let h = match hello {
+        Some(Some(h)) => h,
+        Some(None) => {
+            inbox.count(|s| s.bad_frames += 1);
+            return;
+        }
+        None => {
+            inbox.count(|s| s.hello_timeouts += 1);
+            return;
+        }
     };
-    let Some(h) = hello else {
-        inbox.count(|s| s.bad_frames += 1);
-        return;
-    };
+    reader.set_frame_bytes_max(&acc.label, acc.peer_frame_bytes_max);
     let ok = h.to == acc.node
         && h.shard == acc.shard
         && h.shards == acc.shards
@@ -213,6 +264,10 @@ async fn serve_peer<R: futures_lite::AsyncRead + Unpin>(
         let frame = match reader.next().await {
             Ok(Some(f)) => f,
             Ok(None) => return,
+            Err(super::peers::ReadError::OverBudget(_)) => {
+                inbox.count(|s| s.frames_over_budget += 1);
+                return;
+            }
             Err(_) => {
                 inbox.count(|s| s.bad_frames += 1);
                 return;

@@ -93,6 +93,11 @@ pub struct ServerConfig {
     pub inbound_queue_max: usize,
     /// Cluster label of peer frames (frames of other clusters are refused).
     pub label: Vec<u8>,
+    /// Bytes the frames being read on one shard's connections (peers and clients) may
+    /// hold at once: a frame is read into memory only as its bytes arrive, and a
+    /// connection whose frame would pass this is closed (and counted). At least
+    /// `peer_frame_bytes_max`.
+    pub frame_bytes_held_max: usize,
 }
 
 impl ServerConfig {
@@ -127,6 +132,7 @@ impl ServerConfig {
             reconnect_backoff_ms_max: 1_000,
             inbound_queue_max: 64 * 1024,
             label: b"ringleader-raft".to_vec(),
+            frame_bytes_held_max: 256 << 20,
         }
     }
 
@@ -167,6 +173,13 @@ impl ServerConfig {
             return Err(
                 "the heartbeat interval must be positive and below the election timeout".into(),
             );
+        }
+        if self.frame_bytes_held_max < self.peer_frame_bytes_max {
+            return Err(format!(
+                "frame_bytes_held_max ({}) must be at least peer_frame_bytes_max ({}): one \
+                 largest peer frame must fit",
+                self.frame_bytes_held_max, self.peer_frame_bytes_max
+            ));
         }
         if self.client_inflight_max == 0
             || self.peer_queue_msgs_max == 0

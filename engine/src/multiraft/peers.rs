@@ -17,21 +17,22 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 use ringleader_wire::frame::HEADER_LEN;
 use ringleader_wire::msg::Message;
 use ringleader_wire::msg::raft::PeerHello;
-use ringleader_wire::{DecodeError, Decoder, Encoder, Frame, Header};
-use rkyv::util::AlignedVec;
+use ringleader_wire::{DecodeError, Decoder, Encoder, Frame};
 
 use crate::runtime::LocalNotify;
+use crate::transport::{ByteBudget, FrameBuf, StreamError, read_frame};
 
-/// Reads wire frames from a byte stream into one reusable aligned buffer: the header is
-/// checked against the limit before anything is reserved.
+/// Reads wire frames from a byte stream into one reusable aligned buffer, through
+/// [`crate::transport::read_frame`]: the header is checked (limit, label) before anything
+/// is reserved, and the body is held only as it arrives, charged to the shard's budget.
 pub struct FrameReader<R> {
     r: R,
-    buf: AlignedVec<16>,
+    buf: FrameBuf,
     decoder: Decoder,
     body_bytes_max: usize,
     /// A header already read from the stream (to tell a peer from a client).
@@ -47,15 +48,19 @@ pub enum ReadError {
     /// A frame does not decode: the stream cannot be trusted past it.
     #[error("bad frame: {0}")]
     Decode(DecodeError),
+    /// The frame would take the shard's connections past their byte budget.
+    #[error("{0}")]
+    OverBudget(StreamError),
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    /// Frames of cluster `label`, at most `frame_bytes_max` bytes each.
-    pub fn new(r: R, label: &[u8], frame_bytes_max: usize) -> FrameReader<R> {
+    /// Frames of cluster `label`, at most `frame_bytes_max` bytes each, held against
+    /// `budget`.
+    pub fn new(r: R, label: &[u8], frame_bytes_max: usize, budget: ByteBudget) -> FrameReader<R> {
         let body_bytes_max = frame_bytes_max.max(HEADER_LEN) - HEADER_LEN;
         FrameReader {
             r,
-            buf: AlignedVec::with_capacity(4096),
+            buf: FrameBuf::new(budget),
             decoder: Decoder::new(label, body_bytes_max),
             body_bytes_max,
             prefix: None,
@@ -67,39 +72,42 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         r: R,
         label: &[u8],
         frame_bytes_max: usize,
+        budget: ByteBudget,
         header: [u8; HEADER_LEN],
     ) -> FrameReader<R> {
-        let mut f = FrameReader::new(r, label, frame_bytes_max);
+        let mut f = FrameReader::new(r, label, frame_bytes_max, budget);
         f.prefix = Some(header);
         f
     }
 
+    /// Changes the largest frame accepted from now on (a connection's first frame, before
+    /// it says who it is, gets a small limit).
+    pub fn set_frame_bytes_max(&mut self, label: &[u8], frame_bytes_max: usize) {
+        self.body_bytes_max = frame_bytes_max.max(HEADER_LEN) - HEADER_LEN;
+        self.decoder = Decoder::new(label, self.body_bytes_max);
+    }
+
     /// The next frame; `Ok(None)` when the peer closed cleanly between frames.
     pub async fn next(&mut self) -> Result<Option<Frame<'_>>, ReadError> {
-        self.buf.clear();
-        self.buf.resize(HEADER_LEN, 0);
-        let mut got = 0;
-        if let Some(h) = self.prefix.take() {
-            self.buf[..HEADER_LEN].copy_from_slice(&h);
-            got = HEADER_LEN;
+        let whole = read_frame(
+            &mut self.r,
+            &mut self.buf,
+            self.prefix.take(),
+            &self.decoder,
+            self.body_bytes_max,
+            false,
+        )
+        .await
+        .map_err(|e| match e {
+            StreamError::Io(e) => ReadError::Io(e),
+            StreamError::Decode(e) => ReadError::Decode(e),
+            other => ReadError::OverBudget(other),
+        })?;
+        if !whole {
+            return Ok(None);
         }
-        while got < HEADER_LEN {
-            let n = self.r.read(&mut self.buf[got..HEADER_LEN]).await?;
-            if n == 0 {
-                if got == 0 {
-                    return Ok(None);
-                }
-                return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()));
-            }
-            got += n;
-        }
-        let header = Header::parse(&self.buf[..HEADER_LEN], self.body_bytes_max)
-            .map_err(ReadError::Decode)?;
-        let len = header.frame_len();
-        self.buf.resize(len, 0);
-        self.r.read_exact(&mut self.buf[HEADER_LEN..len]).await?;
         self.decoder
-            .decode(&mut self.buf[..len], None)
+            .decode(self.buf.bytes_mut(), None)
             .map(Some)
             .map_err(ReadError::Decode)
     }

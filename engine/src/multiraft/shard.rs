@@ -295,6 +295,7 @@ where
         inbound_queue_max: cfg.inbound_queue_max,
         client_inflight_max: cfg.client_inflight_max,
         client_connections_max: cfg.client_connections_max,
+        budget: crate::transport::ByteBudget::new(cfg.frame_bytes_held_max),
     });
     {
         let inbox = Rc::clone(&inbox);

@@ -103,7 +103,7 @@ pub use counters::{DROP_CAUSES, UdpCounters};
 pub use eventfd::EventFd;
 pub use features::{Features, MissingFeature};
 pub use limits::{LimitError, port_base_below_ephemeral, raise_nofile};
-pub use tcp::{FrameListener, FrameStream, StreamError};
+pub use tcp::{ByteBudget, FrameBuf, FrameListener, FrameStream, StreamError, read_frame};
 pub use udp::{
     CloseReport, Discard, Parked, RingParker, SendError, Sender, SocketId, SocketOptions,
     UdpConfig, UdpError, UdpHandler, UdpRing,

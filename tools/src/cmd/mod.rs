@@ -2,6 +2,7 @@
 
 pub mod compare;
 pub mod flamegraph;
+pub mod flood;
 pub mod kv;
 pub mod node;
 pub mod raft_crash;

@@ -113,6 +113,8 @@ struct Core {
     next_generation: u64,
     rng_seed: u64,
     census: ShardCensus,
+    /// What the frames of the shard's inbound streams may hold at once.
+    stream_budget: crate::transport::ByteBudget,
 }
 
 struct Shard {
@@ -187,6 +189,7 @@ pub(crate) async fn run(
             shard: shard_id,
             ..ShardCensus::default()
         },
+        stream_budget: crate::transport::ByteBudget::new(config.inbound_stream_bytes_max),
         config,
     };
     let shard = Rc::new(RefCell::new(Shard {

@@ -18,7 +18,7 @@ use super::{Core, Shard};
 use crate::runtime::LocalNotify;
 use crate::swim::{self, Item, SharedDirectory, StreamRequest, StreamResponse};
 use crate::time::Time;
-use crate::transport::{FrameListener, FrameStream};
+use crate::transport::{FrameListener, FrameStream, StreamError};
 
 /// The result of an outbound stream exchange, for the shard loop.
 pub(super) struct StreamDone {
@@ -60,7 +60,7 @@ impl Core {
             Rc::clone(shard),
             self.ctx.waker().clone(),
             route,
-            listener,
+            listener.with_budget(self.stream_budget.clone()),
             (
                 Duration::from_millis(self.config.swim.stream_timeout_ms),
                 Rc::clone(&self.seal),
@@ -345,6 +345,21 @@ pub(super) fn start_streams(shard: &Rc<RefCell<Shard>>) {
     }
 }
 
+/// How an inbound exchange ended.
+enum Inbound {
+    /// Answered.
+    Served,
+    /// Closed unanswered: the peer left before a frame, the member is gone, or the answer
+    /// could not be sent.
+    Unanswered,
+    /// Not done within `stream_timeout_ms`.
+    TimedOut,
+    /// The frame needed more than the shard's inbound byte budget.
+    OverBudget,
+    /// The frame did not decode, or the connection ended inside it.
+    BadFrame,
+}
+
 /// Serves inbound stream exchanges of one member until its task is dropped.
 async fn accept_loop(
     shard: Rc<RefCell<Shard>>,
@@ -370,6 +385,7 @@ async fn accept_loop(
             };
             if s.inbound >= max {
                 s.core.census.streams_refused += 1;
+                s.core.census.streams_refused_busy += 1;
                 continue;
             }
             s.inbound += 1;
@@ -380,7 +396,7 @@ async fn accept_loop(
         let keyring = Rc::clone(&keyring);
         glommio::spawn_local(async move {
             let from = stream.peer_addr().ok();
-            let served = future::or(
+            let outcome = future::or(
                 async {
                     // The request is read in place (a push-pull state is interned straight
                     // from the frame); the answer is an owned frame, sent once the received
@@ -390,28 +406,49 @@ async fn accept_loop(
                             Some(Ok(req)) => {
                                 let mut s = shard.borrow_mut();
                                 let now = s.core.ctx.now();
-                                s.core.serve(now, slot, generation, from, &req)
+                                s.core
+                                    .serve(now, slot, generation, from, &req)
+                                    .ok_or(Inbound::Unanswered)
                             }
-                            _ => None,
+                            _ => Err(Inbound::BadFrame),
                         },
-                        _ => None,
+                        (Err(StreamError::OverBudget { .. }), _) => Err(Inbound::OverBudget),
+                        (Err(_), _) => Err(Inbound::BadFrame),
+                        (Ok(_), _) => Err(Inbound::Unanswered),
                     };
                     wake.notify();
                     match answer {
-                        Some(frame) => stream.send(&frame).await.is_ok(),
-                        None => false,
+                        Ok(frame) => match stream.send(&frame).await {
+                            Ok(()) => Inbound::Served,
+                            Err(_) => Inbound::Unanswered,
+                        },
+                        Err(why) => why,
                     }
                 },
                 async {
                     glommio::timer::sleep(timeout).await;
-                    false
+                    Inbound::TimedOut
                 },
             )
             .await;
             let mut s = shard.borrow_mut();
             s.inbound -= 1;
-            if !served {
-                s.core.census.streams_refused += 1;
+            let c = &mut s.core.census;
+            match outcome {
+                Inbound::Served => {}
+                Inbound::Unanswered => c.streams_refused += 1,
+                Inbound::TimedOut => {
+                    c.streams_refused += 1;
+                    c.streams_timed_out += 1;
+                }
+                Inbound::OverBudget => {
+                    c.streams_refused += 1;
+                    c.streams_over_budget += 1;
+                }
+                Inbound::BadFrame => {
+                    c.streams_refused += 1;
+                    c.streams_bad_frame += 1;
+                }
             }
         })
         .detach();
