@@ -60,6 +60,10 @@ pub struct Args {
     /// A member to flood (UDP and TCP); default: a cluster of `--members` started here.
     #[arg(long)]
     pub target: Option<SocketAddr>,
+    /// With `--target`: the process id of the target, whose resident set is reported
+    /// before and after each flood.
+    #[arg(long)]
+    pub target_pid: Option<u32>,
     /// Members of the cluster started here (without `--target`).
     #[arg(long, default_value_t = 100)]
     pub members: usize,
@@ -239,7 +243,11 @@ fn flood_tcp(to: SocketAddr, until: Instant, conns: usize, forge: &Forge) -> Sen
 }
 
 fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    rss_of("self")
+}
+
+fn rss_of(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -335,14 +343,22 @@ fn flood_outside(
     forge: &mut Forge,
 ) -> anyhow::Result<()> {
     let mut floods = Vec::new();
+    let rss = || a.target_pid.map(|p| rss_of(&p.to_string()));
     for &kind in kinds {
+        let before = rss();
         let until = Instant::now() + a.duration;
         let s = if kind == "tcp-trickle" {
             flood_tcp(target, until, a.tcp_conns, forge)
         } else {
             flood_udp(kind, target, until, forge)?
         };
-        floods.push(json!({"kind": kind, "sent": sent_json(&s, a.duration)}));
+        let during = rss();
+        std::thread::sleep(Duration::from_secs(2));
+        floods.push(json!({
+            "kind": kind,
+            "sent": sent_json(&s, a.duration),
+            "target_rss_bytes": {"before": before, "end_of_flood": during, "after": rss()},
+        }));
     }
     let out = json!({"target": target.to_string(), "floods": floods});
     print_out(a.json, &out)
