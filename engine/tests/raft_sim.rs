@@ -23,6 +23,7 @@ fn sweep_all_faults_has_no_violation() {
     let mut snapshots_taken = 0;
     let mut conf_changes = 0;
     let mut expired = 0;
+    let mut wipes = 0;
     let mut failed = Vec::new();
     for seed in 0..seeds() {
         let nodes = if seed % 2 == 0 { 3 } else { 5 };
@@ -41,6 +42,7 @@ fn sweep_all_faults_has_no_violation() {
         snapshots_taken += r.snapshots_taken;
         conf_changes += r.conf_changes;
         expired += r.ops_expired;
+        wipes += r.wipes;
         if !r.violations.is_empty() || r.non_linearizable() {
             failed.push(format!(
                 "seed {seed} ({nodes} nodes, {faults:?}): {:?} {:?} — replay: ringleader-bench sim raft --nodes {nodes} --ops 60 --faults {} --seed {seed}",
@@ -60,6 +62,38 @@ fn sweep_all_faults_has_no_violation() {
     assert!(snapshots_taken > 0, "no node ever took a snapshot");
     assert!(conf_changes > 0, "the membership never changed");
     assert!(expired > 0, "no driver ever let a request expire");
+    assert!(wipes > 0, "no node's disk was ever wiped");
+}
+
+/// A node whose disk is wiped forgot its log and its votes: if it voted at once, a quorum
+/// counting it could elect a leader that misses acknowledged writes. With
+/// `catch_up_before_voting` (what the sweep runs) no seed loses anything; without it the
+/// same seeds do — the checks can see the loss the setting prevents.
+#[test]
+fn a_wiped_node_must_catch_up_before_it_votes() {
+    let mut unsafe_failures = 0;
+    let mut wipes = 0;
+    for seed in 0..400 {
+        let mut cfg = SimConfig::new(3, 60, Faults::All);
+        cfg.wipe_catch_up = false;
+        let r = run_seed(&cfg, seed);
+        wipes += r.wipes;
+        if !r.violations.is_empty() || r.non_linearizable() {
+            unsafe_failures += 1;
+            let safe = run_seed(&SimConfig::new(3, 60, Faults::All), seed);
+            assert!(
+                safe.violations.is_empty() && !safe.non_linearizable(),
+                "seed {seed} with catch-up: {:?} {:?}",
+                safe.violations,
+                safe.linearizability
+            );
+        }
+    }
+    assert!(wipes > 20, "wipes {wipes}");
+    assert!(
+        unsafe_failures > 0,
+        "no seed lost anything when wiped nodes voted at once: the checks cannot see the loss"
+    );
 }
 
 #[test]

@@ -151,6 +151,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "unfinished_seeds": unfinished,
         "elections": reports.iter().map(|r| r.elections).sum::<u64>(),
         "crashes": reports.iter().map(|r| r.crashes).sum::<u64>(),
+        "wipes": reports.iter().map(|r| r.wipes).sum::<u64>(),
         "snapshots_installed": reports.iter().map(|r| r.snapshots_installed).sum::<u64>(),
         "snapshots_taken": reports.iter().map(|r| r.snapshots_taken).sum::<u64>(),
         "conf_changes": reports.iter().map(|r| r.conf_changes).sum::<u64>(),

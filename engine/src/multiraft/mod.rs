@@ -98,6 +98,14 @@ pub struct ServerConfig {
     /// connection whose frame would pass this is closed (and counted). At least
     /// `peer_frame_bytes_max`.
     pub frame_bytes_held_max: usize,
+    /// This node rejoins an existing cluster after losing its data (a wiped or replaced
+    /// disk) under its old id. A shard that starts with no durable state (or that had not
+    /// caught up when it last stopped: the file `catching-up` in its directory says so)
+    /// runs its groups with `raft::Config::catch_up_before_voting` until each has caught
+    /// up. Without it, a wiped node votes at once with an empty log, and a quorum counting
+    /// it can elect a leader that misses acknowledged writes. Never set it on the first
+    /// start of a new cluster (no node would vote).
+    pub rejoin: bool,
 }
 
 impl ServerConfig {
@@ -133,6 +141,7 @@ impl ServerConfig {
             inbound_queue_max: 64 * 1024,
             label: b"ringleader-raft".to_vec(),
             frame_bytes_held_max: 256 << 20,
+            rejoin: false,
         }
     }
 

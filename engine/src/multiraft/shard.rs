@@ -129,6 +129,21 @@ const PUBLISH_EVERY_MS: u64 = 20;
 /// The file in `--dir` that records the shape a node was created with.
 const META_FILE: &str = "ringleader-raft.meta";
 
+/// The file in a shard's directory that says its groups have not caught up since the node
+/// rejoined after a loss of data ([`ServerConfig::rejoin`]).
+const CATCHING_UP_FILE: &str = "catching-up";
+
+/// Creates `path` durably (the file and its directory entry).
+fn write_marker(path: &std::path::Path) -> Result<(), String> {
+    std::fs::File::create(path)
+        .and_then(|f| f.sync_all())
+        .and_then(|()| match path.parent() {
+            Some(d) => std::fs::File::open(d)?.sync_all(),
+            None => Ok(()),
+        })
+        .map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
 /// Refuses to start on a directory made for another node id, group count or shard count.
 pub(super) fn check_meta(cfg: &ServerConfig) -> Result<(), String> {
     let path = cfg.dir.join(META_FILE);
@@ -185,6 +200,8 @@ where
     published_at: Time,
     /// Each group's (role, term, leader) as last logged: a change is logged at info.
     seen: BTreeMap<u64, (crate::raft::Role, u64, u64)>,
+    /// The shard's `catching-up` file while some group has not caught up (rejoin).
+    catching_up: Option<std::path::PathBuf>,
 }
 
 /// Runs one shard until the runtime stops.
@@ -259,9 +276,25 @@ where
         .map_or(0, |d| d.as_nanos() as u64);
     let mut drivers = BTreeMap::new();
     let mut timers = Timers::new(groups.len().max(1));
+    // A rejoining node's shard with nothing on disk (or that had not caught up when it
+    // last stopped) keeps its groups out of elections until they have caught up.
+    let marker = dir.join(CATCHING_UP_FILE);
+    let fresh = opened.groups.iter().all(|(_, r)| {
+        r.snapshot.is_none() && r.entries.is_empty() && r.hard_state == Default::default()
+    });
+    let catch_up = (cfg.rejoin && fresh) || marker.exists();
+    if catch_up {
+        write_marker(&marker).map_err(|e| format!("shard {shard}: {e}"))?;
+        tracing::warn!(
+            node = cfg.id,
+            shard,
+            "rejoining after a loss of data: this shard's groups do not vote until they have caught up"
+        );
+    }
     for (g, recovered) in opened.groups {
         let mut rc = cfg.raft.clone();
         rc.group = g;
+        rc.catch_up_before_voting = catch_up;
         let rng =
             SmallRng::seed_from_u64(seed0 ^ (cfg.id << 48) ^ g.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let d = GroupDriver::new(
@@ -374,6 +407,7 @@ where
         live: Arc::clone(&live[shard]),
         published_at: Time::ZERO,
         seen: BTreeMap::new(),
+        catching_up: catch_up.then_some(marker),
     })
 }
 
@@ -412,6 +446,22 @@ where
                 }
             }
             self.carry_out(now)?;
+            if self.catching_up.is_some()
+                && self.drivers.values().all(|d| !d.raft().catching_up())
+                && let Some(marker) = self.catching_up.take()
+            {
+                std::fs::remove_file(&marker)
+                    .and_then(|()| match marker.parent() {
+                        Some(d) => std::fs::File::open(d)?.sync_all(),
+                        None => Ok(()),
+                    })
+                    .map_err(|e| format!("removing {}: {e}", marker.display()))?;
+                tracing::warn!(
+                    node = self.cfg.id,
+                    shard = self.shard,
+                    "caught up after rejoining: this shard's groups vote again"
+                );
+            }
             if let Some(cut) = self
                 .storage
                 .plan_compaction(self.cfg.log_segments_max)

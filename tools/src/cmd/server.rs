@@ -51,6 +51,11 @@ pub struct Args {
     /// Take a snapshot of a group every this many applied entries.
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_every: u64,
+    /// This node lost its data (a wiped or replaced disk) and rejoins an existing cluster
+    /// under its old id: it takes no part in elections until it holds every write the
+    /// cluster acknowledged. Never on the first start of a new cluster.
+    #[arg(long)]
+    pub rejoin: bool,
     /// Request timeout (ms): a request not answered by then gets "outcome unknown".
     #[arg(long, default_value_t = 5_000)]
     pub request_timeout_ms: u64,
@@ -101,6 +106,7 @@ pub fn config(a: &Args) -> anyhow::Result<ServerConfig> {
     cfg.raft.heartbeat_interval_ms = (a.election_timeout_ms / 6).max(1);
     cfg.driver.snapshot_every_entries = a.snapshot_every;
     cfg.request_timeout_ms = a.request_timeout_ms;
+    cfg.rejoin = a.rejoin;
     cfg.log.segment_bytes = a.segment_mib << 20;
     cfg.validate().map_err(|e| anyhow::anyhow!(e))?;
     Ok(cfg)

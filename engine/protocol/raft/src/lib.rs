@@ -130,6 +130,15 @@ pub struct Config {
     /// follower a turn and an answer per commit. Followers' state machines lag the
     /// leader's by at most this (plus a message delay) when the group goes quiet.
     pub commit_notice_delay_us: u64,
+    /// This node lost its durable state (a wiped or replaced disk) and rejoins under its old
+    /// id: it forgot its log and its votes, so counting it in a quorum could commit a
+    /// leader that misses acknowledged writes. Until it is caught up it neither votes nor
+    /// campaigns. Caught up means: two election timeouts have passed since it started
+    /// (messages sent to its former self have drained), and its commit index has reached
+    /// the highest commit index the current term's leader has told it, at an entry of that
+    /// term (so every entry committed before the loss, in this term or an earlier one, is
+    /// in its log). See [`Raft::catching_up`].
+    pub catch_up_before_voting: bool,
 }
 
 impl Default for Config {
@@ -151,6 +160,7 @@ impl Default for Config {
             snapshot_bytes_max: 1 << 30,
             lease_clock_drift_permille: 100,
             commit_notice_delay_us: 2_000,
+            catch_up_before_voting: false,
         }
     }
 }

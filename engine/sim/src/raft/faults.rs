@@ -28,11 +28,21 @@ impl Sim {
                     Faults::All => self.rng.random_bool(0.5),
                     _ => false,
                 };
+                // Now and then (all faults, no other wiped node catching up) the disk is
+                // lost altogether: the node restarts empty under its old id.
+                let wipe = self.cfg.faults == Faults::All
+                    && !self.nodes.iter().any(|n| n.wiped)
+                    && self.rng.random_bool(0.1);
                 let node = &mut self.nodes[i];
                 node.driver = None;
                 node.unanswered.clear();
                 node.batch.clear();
                 node.disk.crash(power_loss, &mut self.rng);
+                if wipe {
+                    node.disk = super::disk::Disk::default();
+                    node.wiped = true;
+                    self.report.wipes += 1;
+                }
                 self.down += 1;
                 self.report.crashes += 1;
                 self.check_acked_durable();

@@ -24,6 +24,9 @@ impl Sim {
                 }
             }
             n.last_role = r.role();
+            if n.wiped && !r.catching_up() {
+                n.wiped = false;
+            }
         }
         for (id, term) in new_leaders {
             match self.leaders.get(&term) {
@@ -115,7 +118,16 @@ impl Sim {
     /// commit under the next, uncommitted configuration, which only guarantees overlap.)
     pub(super) fn check_acked_durable(&mut self) {
         let voters = &self.committed_conf.1;
-        let needed = voters.len() - (voters.len() / 2 + 1) + 1;
+        // A wiped node still catching up lost its copies and takes no part in a quorum:
+        // the writes need one holder fewer among the others.
+        let wiped = self
+            .nodes
+            .iter()
+            .filter(|n| n.wiped && voters.contains(&n.id))
+            .count();
+        let needed = (voters.len() - (voters.len() / 2 + 1) + 1)
+            .saturating_sub(wiped)
+            .max(1);
         let mut lost = None;
         for &(index, term) in &self.acked_writes {
             let holders = self

@@ -59,7 +59,8 @@ pub enum Faults {
     Crash,
     /// Power loss: crashes that lose un-synced writes and may tear the last one.
     Disk,
-    /// All of the above.
+    /// All of the above, and now and then a node whose disk is wiped: it restarts empty
+    /// under its old id and catches up before it votes (`Config::catch_up_before_voting`).
     All,
 }
 
@@ -116,6 +117,9 @@ pub struct SimConfig {
     pub check_step_limit: u64,
     /// Virtual time limit of one seed.
     pub time_limit_ms: u64,
+    /// With `Faults::All`, whether a wiped node restarts with
+    /// `Config::catch_up_before_voting` (true; false shows what a wipe does without it).
+    pub wipe_catch_up: bool,
 }
 
 impl SimConfig {
@@ -141,6 +145,7 @@ impl SimConfig {
             batch_window_ms_max: 3,
             check_step_limit: 2_000_000,
             time_limit_ms: 120_000,
+            wipe_catch_up: true,
         }
     }
 }
@@ -166,6 +171,8 @@ pub struct SeedReport {
     pub max_leader_gap_ms: u64,
     /// Crashes injected.
     pub crashes: u64,
+    /// Of those, crashes that wiped the node's disk.
+    pub wipes: u64,
     /// Snapshots installed from a leader.
     pub snapshots_installed: u64,
     /// Snapshots nodes took of their own state machine.
@@ -281,6 +288,8 @@ struct Node {
     restore_failures: u64,
     /// Writes gathered for the next `propose_batch`.
     batch: Vec<(Vec<u8>, Token, Time)>,
+    /// Its disk was wiped and it has not caught up since (it holds none of what it held).
+    wiped: bool,
 }
 
 struct ClientState {
@@ -373,6 +382,7 @@ impl Sim {
                 incarnation: 0,
                 disk: Disk::default(),
                 last_role: Role::Follower,
+                wiped: false,
                 timer_at: None,
                 stuck_ticks: 0,
                 unanswered: BTreeMap::new(),
@@ -451,8 +461,10 @@ impl Sim {
         };
         let n = &mut self.nodes[i];
         let recovered = n.disk.recover();
+        let mut raft_cfg = self.cfg.raft.clone();
+        raft_cfg.catch_up_before_voting = n.wiped && self.cfg.wipe_catch_up;
         let driver = GroupDriver::new(
-            self.cfg.raft.clone(),
+            raft_cfg,
             driver_cfg,
             n.id,
             conf,

@@ -91,6 +91,12 @@ pub struct Raft<R: RngCore> {
     msgs_persisted: Vec<Message>,
     read_states: Vec<ReadState>,
     snapshot_to_install: Option<Snapshot>,
+    /// Rejoining after a loss of state: no vote, no campaign (`Config::catch_up_before_voting`).
+    catching_up: bool,
+    /// While catching up: the highest commit index this term's leader has sent, and the
+    /// time before which the node stays out of elections whatever it has caught up.
+    catch_up_target: u64,
+    catch_up_not_before: Time,
 }
 
 impl<R: RngCore> Raft<R> {
@@ -177,7 +183,15 @@ impl<R: RngCore> Raft<R> {
             msgs_persisted: Vec::new(),
             read_states: Vec::new(),
             snapshot_to_install: None,
+            catching_up: false,
+            catch_up_target: 0,
+            catch_up_not_before: now,
         };
+        if raft.cfg.catch_up_before_voting {
+            raft.catching_up = true;
+            raft.catch_up_not_before =
+                now + Duration::from_millis(raft.cfg.election_timeout_ms.saturating_mul(2));
+        }
         if hard_state.term != term {
             raft.last_hard = hard_state;
         }
@@ -255,7 +269,30 @@ impl<R: RngCore> Raft<R> {
     }
 
     fn promotable(&self) -> bool {
-        self.members.is_voter(self.id)
+        self.members.is_voter(self.id) && !self.catching_up
+    }
+
+    /// Whether this node is still catching up after a loss of state (it neither votes nor
+    /// campaigns): see `Config::catch_up_before_voting`.
+    pub fn catching_up(&self) -> bool {
+        self.catching_up
+    }
+
+    /// While catching up: remembers the commit index this term's leader sent, and ends the
+    /// catching up once it is reached at an entry of this term.
+    fn note_leader_commit(&mut self, leader_commit: u64) {
+        if !self.catching_up {
+            return;
+        }
+        self.catch_up_target = self.catch_up_target.max(leader_commit);
+        let committed = self.log.committed();
+        if self.now >= self.catch_up_not_before
+            && self.leader != 0
+            && committed >= self.catch_up_target
+            && self.log.term(committed) == Some(self.term)
+        {
+            self.catching_up = false;
+        }
     }
 
     fn reset_election_deadline(&mut self) {
@@ -407,7 +444,9 @@ impl<R: RngCore> Raft<R> {
                     return Ok(()); // `check` refuses it: one leader per term
                 }
                 self.follow(h.from);
+                let leader_commit = a.leader_commit;
                 self.handle_append(a)?;
+                self.note_leader_commit(leader_commit);
             }
             Message::Heartbeat(hb) => {
                 if self.role == Role::Leader {
@@ -430,6 +469,7 @@ impl<R: RngCore> Raft<R> {
                 } else {
                     self.log.commit_to(hb.commit);
                 }
+                self.note_leader_commit(hb.commit);
                 self.msgs
                     .push(Message::HeartbeatResponse(HeartbeatResponse {
                         header: self.hdr(h.from, self.term),

@@ -38,6 +38,8 @@ impl<R: RngCore> Raft<R> {
         if term > self.term {
             self.term = term;
             self.vote = 0;
+            // A catching-up node's target was the old leader's word.
+            self.catch_up_target = 0;
             // What waits for the write and promises something in an older term goes: an
             // acknowledgement the new leader's entries may already have overwritten, a vote
             // whose hard state will never be written (the new term replaces it).
@@ -144,9 +146,10 @@ impl<R: RngCore> Raft<R> {
     }
     pub(super) fn handle_vote_request(&mut self, v: VoteRequest) {
         let from = v.header.from;
-        let can_vote = self.vote == from
-            || (self.vote == 0 && self.leader == 0)
-            || (v.pre_vote && v.header.term > self.term);
+        let can_vote = !self.catching_up
+            && (self.vote == from
+                || (self.vote == 0 && self.leader == 0)
+                || (v.pre_vote && v.header.term > self.term));
         let grant = can_vote && self.log.is_up_to_date(v.last_log_index, v.last_log_term);
         if grant && !v.pre_vote {
             self.vote = from;

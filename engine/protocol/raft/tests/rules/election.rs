@@ -211,3 +211,98 @@ fn leader_transfer_catches_the_target_up_then_hands_over() {
     assert_eq!(c.node(l).role(), Role::Follower);
     c.assert_applied_agree();
 }
+
+// ----- rejoining after a loss of state -----
+
+/// A node that lost its state and rejoins under its old id (`catch_up_before_voting`)
+/// neither votes nor campaigns until it holds what the leader committed in its own term;
+/// then it takes part again. Without the setting, the same node would grant a vote to a
+/// candidate whose log lacks committed entries.
+#[test]
+fn a_wiped_node_votes_only_after_catching_up() {
+    let mut c = Cluster::new(3, cfg());
+    let l = c.elect();
+    c.propose(l, 20, 8);
+    c.tick(100);
+    let committed = c.node(l).log().committed();
+    assert!(committed >= 20);
+    let wiped = (1..=3).find(|&i| i != l).unwrap();
+    let other = (1..=3).find(|&i| i != l && i != wiped).unwrap();
+
+    // A stale candidate's vote request (empty log, a higher term): a wiped node without the
+    // setting grants it; with it, refuses.
+    let stale = |to| {
+        Message::VoteRequest(VoteRequest {
+            header: hdr(other, to, 50),
+            last_log_index: 0,
+            last_log_term: 0,
+            pre_vote: false,
+            leadership_transfer: true,
+        })
+    };
+    for (catch_up, granted) in [(false, true), (true, false)] {
+        let mut n = Raft::new(
+            Config {
+                catch_up_before_voting: catch_up,
+                ..cfg()
+            },
+            wiped,
+            voters(3),
+            Recovered::default(),
+            test_rng(7),
+            c.now,
+        )
+        .unwrap();
+        assert_eq!(n.catching_up(), catch_up);
+        n.step(c.now, stale(wiped)).unwrap();
+        let rd = n.ready();
+        let votes: Vec<bool> = rd
+            .messages
+            .iter()
+            .chain(rd.persisted_messages.iter())
+            .filter_map(|m| match m {
+                Message::VoteResponse(v) => Some(v.granted),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(votes, vec![granted], "catch_up_before_voting = {catch_up}");
+        // And it never campaigns while catching up, however long it waits alone.
+        if catch_up {
+            for ms in (0..3000).step_by(50) {
+                n.tick(c.now + Duration::from_millis(ms));
+                let rd = n.ready();
+                assert!(
+                    !rd.messages
+                        .iter()
+                        .chain(rd.persisted_messages.iter())
+                        .any(|m| matches!(m, Message::VoteRequest(_))),
+                    "campaigned while catching up"
+                );
+            }
+            assert_ne!(n.role(), Role::Candidate);
+        }
+    }
+
+    // In the cluster: the wiped node restarts empty with the setting, catches up from the
+    // leader, and then counts again.
+    c.nodes.remove(&wiped);
+    c.add(
+        wiped,
+        Config {
+            catch_up_before_voting: true,
+            ..cfg()
+        },
+        voters(3),
+        Recovered::default(),
+    );
+    assert!(c.node(wiped).catching_up());
+    c.tick(100);
+    assert!(
+        c.node(wiped).catching_up(),
+        "two election timeouts have not passed yet"
+    );
+    c.tick(1000);
+    assert!(!c.node(wiped).catching_up(), "caught up from the leader");
+    assert!(c.node(wiped).log().committed() >= committed);
+    assert_eq!(c.leader(), Some(l));
+}
