@@ -37,6 +37,8 @@ const GROUP: u64 = 1;
 struct Case {
     pre_vote: bool,
     check_quorum: bool,
+    /// The node rejoins after a loss of state (no vote, no campaign until caught up).
+    catch_up: bool,
     seed: u8,
     ops: Vec<Op>,
 }
@@ -732,6 +734,7 @@ fuzz_target!(|case: Case| {
         snapshot_bytes_max: 40,
         lease_clock_drift_permille: 100,
         commit_notice_delay_us: 2_000,
+        catch_up_before_voting: case.catch_up,
     };
     let Ok(raft) = Raft::new(
         cfg,
