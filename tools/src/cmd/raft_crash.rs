@@ -5,6 +5,10 @@
 //! recorded; at the end the tool checks that no acknowledged write is lost and that the
 //! whole history is linearizable (the simulator's checker).
 //!
+//! One cycle in ten (when no node is still catching up) wipes a follower instead: its
+//! directory is deleted and it restarts empty with `--rejoin`, so it must catch up before
+//! it counts towards a quorum again.
+//!
 //! Workload: `--workers` clients on a few contended keys (puts of unique values,
 //! compare-and-swaps, linearizable gets), plus one client putting unique keys that are
 //! never overwritten; after the last cycle every node is up again and every acknowledged
@@ -99,7 +103,31 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Whether some node's shard has not caught up since it rejoined after a wipe.
+    fn catching_up(&self) -> bool {
+        (0..NODES).any(|i| {
+            std::fs::read_dir(self.dir.join(format!("node-{}", i + 1)))
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .any(|e| e.path().join("catching-up").exists())
+                })
+                .unwrap_or(false)
+        })
+    }
+
+    /// Kills node `i`, deletes its directory and starts it again with `--rejoin`.
+    fn wipe(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill(i);
+        let d = self.dir.join(format!("node-{}", i + 1));
+        std::fs::remove_dir_all(&d).with_context(|| format!("wiping {}", d.display()))?;
+        self.spawn_as(i, true)
+    }
+
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        self.spawn_as(i, false)
+    }
+
+    fn spawn_as(&mut self, i: usize, rejoin: bool) -> anyhow::Result<()> {
         let peers: Vec<String> = self
             .addrs
             .iter()
@@ -140,6 +168,7 @@ impl Cluster {
                 "4",
             ])
             .args(["--request-timeout-ms", "2000"])
+            .args(rejoin.then_some("--rejoin"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -528,6 +557,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         let leader = if leader < NODES { leader } else { 0 };
         let roll = rng.random_range(0..100);
+        if roll >= 90 && !cluster.catching_up() {
+            // A follower's disk is lost: it rejoins empty under its old id (`--rejoin`) and
+            // must not count towards a quorum until it has caught up.
+            *kinds.entry("wipe").or_default() += 1;
+            let v = (leader + 1 + rng.random_range(0..NODES - 1)) % NODES;
+            cluster.wipe(v)?;
+            if !a.json {
+                eprintln!("cycle {}: wiped {}", cycle + 1, v + 1);
+            }
+            continue;
+        }
+        let roll = roll % 90 * 100 / 90;
         let victims: Vec<usize> = if roll < 60 {
             *kinds.entry("leader").or_default() += 1;
             vec![leader]
