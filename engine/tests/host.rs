@@ -3,7 +3,7 @@
 //!
 //! Each test waits for a condition with a generous liveness bound (minutes) and asserts
 //! behaviour, never timing. Members bind 127.<base>.x.y with a per-process port, so tests
-//! of this binary (and other processes) do not collide. Runtime: ~30 s in release.
+//! of this binary (and other processes) do not collide. Runtime: ~15 s in release.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, UdpSocket};
