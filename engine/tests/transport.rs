@@ -1,14 +1,19 @@
 //! The io_uring UDP transport and TCP frame streams between real shards over loopback.
 //!
 //! No timing assertions: waits are bounded only so that a broken build fails instead of
-//! hanging. Release-mode runtime: well under a second per test.
+//! hanging. Loopback UDP drops what a socket buffer cannot hold, so tests that count every
+//! datagram keep at most [`WINDOW`] of them unreceived at any time (the receiver publishes
+//! its count), whatever the load on the machine. Release-mode runtime: well under a second
+//! per test.
 
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ringleader_engine::runtime::{Runtime, RuntimeConfig, ShardContext};
 use ringleader_engine::transport::{
-    FrameListener, FrameStream, Sender, SocketId, SocketOptions, StreamError, UdpConfig,
+    Discard, FrameListener, FrameStream, Sender, SocketId, SocketOptions, StreamError, UdpConfig,
     UdpCounters, UdpHandler, UdpRing,
 };
 use ringleader_wire::msg::swim::{Nack, UserMsg};
@@ -16,6 +21,9 @@ use ringleader_wire::{Encoder, Frame, Keyring, Message, MessageRef};
 
 const LABEL: &[u8] = b"transport-test";
 const WAIT_MAX: Duration = Duration::from_secs(20);
+/// Datagrams sent and not yet received at most: well within the receive buffers of
+/// [`small_udp`] and any socket's default receive buffer.
+const WINDOW: u64 = 64;
 
 fn small_udp() -> UdpConfig {
     UdpConfig {
@@ -84,9 +92,11 @@ fn payload(i: u32) -> Vec<u8> {
 #[test]
 fn frames_between_two_shards_arrive_validated() {
     const N: u32 = 400;
+    // Datagrams shard 1 has received, for shard 0's window.
+    let arrived = Arc::new(AtomicU64::new(0));
     let rt: Runtime<(), Event, ()> = Runtime::start(
         config(2),
-        |ctx: ShardContext<(), Event, SocketAddr>| async move {
+        move |ctx: ShardContext<(), Event, SocketAddr>| async move {
             let mut ring = UdpRing::new(small_udp(), LABEL, None).expect("ring");
             ctx.watch(ring.eventfd().clone()).expect("watch");
             if ctx.id() == 1 {
@@ -109,6 +119,7 @@ fn frames_between_two_shards_arrive_validated() {
                     && !ctx.stopping()
                 {
                     ring.poll(&mut c).expect("poll");
+                    arrived.store(c.datagrams as u64, Ordering::Release);
                     ctx.wait(Some(ctx.now() + Duration::from_millis(50))).await;
                 }
                 let counters = Box::new(ring.counters().clone());
@@ -135,7 +146,12 @@ fn frames_between_two_shards_arrive_validated() {
                 };
                 let mut enc = Encoder::new(LABEL);
                 let mut i = 0;
-                while i < N {
+                while i < N && !ctx.stopping() {
+                    if u64::from(i) >= arrived.load(Ordering::Acquire) + WINDOW {
+                        ring.poll(&mut Collect::default()).expect("poll");
+                        ctx.wait(Some(ctx.now() + Duration::from_millis(1))).await;
+                        continue;
+                    }
                     let sent = ring.with_sender(|s| {
                         let frame = if i % 2 == 0 {
                             let mut b = enc.batch(None, 1400);
@@ -216,8 +232,12 @@ fn frames_between_two_shards_arrive_validated() {
 #[test]
 fn garbage_is_counted_by_cause_and_valid_traffic_still_flows() {
     const VALID: usize = 200;
-    let rt: Runtime<u32, Event, ()> =
-        Runtime::start(config(1), |ctx: ShardContext<u32, Event, ()>| async move {
+    // Datagrams the ring has received, for the sender's window.
+    let arrived = Arc::new(AtomicU64::new(0));
+    let progress = Arc::clone(&arrived);
+    let rt: Runtime<u32, Event, ()> = Runtime::start(
+        config(1),
+        move |ctx: ShardContext<u32, Event, ()>| async move {
             let mut ring = UdpRing::new(small_udp(), LABEL, None).expect("ring");
             ctx.watch(ring.eventfd().clone()).expect("watch");
             let me = ring
@@ -231,6 +251,7 @@ fn garbage_is_counted_by_cause_and_valid_traffic_still_flows() {
             let mut expected_total = None;
             loop {
                 ring.poll(&mut c).expect("poll");
+                progress.store(ring.counters().datagrams_received, Ordering::Release);
                 if let Some(n) = ctx.try_command() {
                     expected_total = Some(n as u64);
                 }
@@ -249,8 +270,9 @@ fn garbage_is_counted_by_cause_and_valid_traffic_still_flows() {
                 misaligned: c.misaligned,
                 counters,
             });
-        })
-        .expect("start");
+        },
+    )
+    .expect("start");
     let Ok(Event::Bound(to)) = rt.events().recv_timeout(WAIT_MAX) else {
         panic!("no address")
     };
@@ -311,8 +333,14 @@ fn garbage_is_counted_by_cause_and_valid_traffic_still_flows() {
         sock.send_to(&junk, to).expect("send");
         *expected.entry("bad_magic").or_default() += 1;
         total += 1;
-        if i % 20 == 0 {
-            // Let the receiver keep up: loopback drops when the socket buffer is full.
+        // Let the receiver keep up: loopback drops when the socket buffer is full.
+        let until = Instant::now() + WAIT_MAX;
+        while u64::from(total) >= arrived.load(Ordering::Acquire) + WINDOW {
+            assert!(
+                Instant::now() < until,
+                "the ring received {} of {total} datagrams",
+                arrived.load(Ordering::Acquire)
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -570,9 +598,7 @@ fn gso_runs_arrive_as_separate_validated_datagrams() {
         let b = ring.bind(any, SocketOptions::default()).expect("bind b");
         let to_b = ring.local_addr(b).expect("addr b");
         let plain = UdpSocket::bind(any).expect("plain");
-        plain
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("timeout");
+        plain.set_read_timeout(Some(WAIT_MAX)).expect("timeout");
         let to_plain = plain.local_addr().expect("plain addr");
         let mut enc = Encoder::new(LABEL);
         let frame = |enc: &mut Encoder, seq: u32, len: usize| {
@@ -640,6 +666,81 @@ fn gso_runs_arrive_as_separate_validated_datagrams() {
         let report = ring.close();
         assert_eq!(report.in_flight_left, 0);
     }
+}
+
+/// Sends the kernel refuses (the socket was shut down for writing behind the ring's back:
+/// every send fails with EPIPE) are counted as errors, never as sent, and their slots and
+/// train records come back like any other. Each failure's completion is posted by the
+/// `io_uring_enter` that issued the send, before its slot is released; debug builds assert
+/// that none comes later (`transport::udp::send`). Nothing reaches the wire.
+#[test]
+fn refused_sends_are_counted_and_give_their_slots_back() {
+    let mut ring = UdpRing::new(small_udp(), LABEL, None).expect("ring");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM.nonblocking(),
+        Some(socket2::Protocol::UDP),
+    )
+    .expect("socket");
+    socket.bind(&any.into()).expect("bind");
+    let behind = socket.try_clone().expect("dup");
+    let me = ring.add_socket(socket).expect("add socket");
+    // An unconnected UDP socket answers ENOTCONN, yet stops sending all the same.
+    let _ = behind.shutdown(std::net::Shutdown::Write);
+    let sink = UdpSocket::bind(any).expect("sink");
+    let to = sink.local_addr().expect("sink addr");
+    let mut enc = Encoder::new(LABEL);
+    let frame = enc
+        .encode(
+            &UserMsg {
+                payload: payload(3),
+            },
+            None,
+            1400,
+        )
+        .expect("encode")
+        .to_vec();
+    const ROUNDS: u64 = 20;
+    let until = Instant::now() + WAIT_MAX;
+    for round in 0..ROUNDS {
+        // A run of equal datagrams (one GSO send where the kernel has it), then one alone.
+        ring.with_sender(|s| {
+            for _ in 0..10 {
+                s.send(me, to, &frame).expect("a free slot");
+            }
+        });
+        ring.with_sender(|s| s.send(me, to, &frame))
+            .expect("a free slot");
+        // The poll submits them (fewer than a batch are queued), sees the SQ empty and
+        // releases them before it reaps: their completions must be in that very reap.
+        while ring.sends_in_flight() > 0 {
+            assert!(
+                Instant::now() < until,
+                "round {round}: sends still in flight: {:?}",
+                ring.counters()
+            );
+            ring.poll(&mut Discard).expect("poll");
+        }
+    }
+    ring.poll(&mut Discard).expect("poll");
+    let c = ring.counters().clone();
+    assert_eq!(c.send_errno_last, libc::EPIPE, "{c:?}");
+    assert_eq!(c.datagrams_queued, ROUNDS * 11, "{c:?}");
+    assert_eq!(
+        c.send_errors, c.datagrams_queued,
+        "every send refused: {c:?}"
+    );
+    assert_eq!(c.datagrams_sent, 0, "a refused send is not counted as sent");
+    assert_eq!(c.bytes_sent, 0);
+    assert_eq!(ring.sends_in_flight(), 0, "every slot came back");
+    if ring.features().udp_gso {
+        assert_eq!(c.send_trains, ROUNDS, "one GSO send per run");
+    }
+    assert_eq!(c.gso_disabled, 0, "EPIPE is no reason to give up GSO");
+    let report = ring.close();
+    assert_eq!(report.in_flight_left, 0);
+    assert!(!report.leaked);
 }
 
 /// Answers every datagram with one datagram back to its sender.

@@ -9,7 +9,11 @@
 //!
 //! Ownership rule (the invariant every `unsafe` here relies on): a buffer belongs to the
 //! kernel from the moment its entry is published (tail store) until a completion names its
-//! id; then it belongs to the shard until [`BufRing::recycle`] publishes it again. The
+//! id; then it belongs to the shard until it is pushed back, and the kernel sees it again
+//! at the next [`BufRing::publish`]. The only way to the bytes is [`BufRing::with_buffer`],
+//! an `unsafe fn` whose caller vouches that a completion named the id, and which gives the
+//! buffer back itself when its closure returns, so no slice of it outlives the shard's
+//! ownership and a buffer that was never taken is never given back. The
 //! mappings outlive the ring's use of them: [`BufRing`] is dropped only after the io_uring
 //! that it is registered with has no request left that may pick a buffer (see
 //! `UdpRing::drop`), or leaks them if that cannot be established.
@@ -157,7 +161,8 @@ impl BufRing {
         self.ring.addr() as u64
     }
 
-    /// Buffers the shard holds right now (taken and not yet recycled).
+    /// Buffers the shard holds right now (inside [`BufRing::with_buffer`]; 0 between
+    /// calls).
     pub fn held_count(&self) -> usize {
         self.held_count
     }
@@ -197,43 +202,41 @@ impl BufRing {
         self.published = self.tail;
     }
 
-    /// Takes ownership of buffer `bid`, named by a completion, and returns its bytes.
+    /// Runs `f` on the bytes of buffer `bid`, which a completion named, then gives the
+    /// buffer back to the kernel (visible after the next [`BufRing::publish`]).
     ///
-    /// Returns `None` (and takes nothing) if `bid` is out of range or already held, which
-    /// would mean the kernel and the shard disagree: the caller counts it and goes on.
-    pub fn take(&mut self, bid: u16) -> Option<&mut [u8]> {
+    /// Returns `None`, and neither runs `f` nor gives anything back, if `bid` is out of
+    /// range or held already, which would mean the kernel and the shard disagree: the
+    /// caller counts it and goes on.
+    ///
+    /// # Safety
+    ///
+    /// The kernel must be done writing buffer `bid`: a completion of a request that picked
+    /// from this ring named it (`IORING_CQE_F_BUFFER`), and it has not been given back
+    /// since (each completion is passed here once). Or the ring is registered with no
+    /// io_uring at all. Otherwise the kernel may write the bytes while `f` reads them.
+    pub unsafe fn with_buffer<R>(&mut self, bid: u16, f: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
         let i = bid as usize;
         if i >= self.count as usize || self.held[i] {
             return None;
         }
         self.held[i] = true;
         self.held_count += 1;
-        // SAFETY: a completion named `bid`, so the kernel is done writing it and will not
-        // touch it again until we publish it (ownership rule above); `held[bid]` makes this
-        // the only live slice of it. The slice lies within `buffers`.
-        Some(unsafe {
+        // SAFETY: the caller vouches that the kernel is done writing buffer `bid` and will
+        // not touch it again until it is published, which happens only after `push` below,
+        // after `f` returned (ownership rule above); `held[bid]` makes this the only live
+        // slice of it, and the slice dies with `f`. It lies within `buffers` (`i < count`).
+        let buf = unsafe {
             std::slice::from_raw_parts_mut(
                 self.buffers.addr().add(i * self.buffer_bytes),
                 self.buffer_bytes,
             )
-        })
-    }
-
-    /// Gives buffer `bid` back to the kernel (visible after [`BufRing::publish`]). The slice
-    /// returned by [`BufRing::take`] must be dead by now, which the borrow checker ensures
-    /// for callers holding `&mut self`.
-    pub fn recycle(&mut self, bid: u16) {
-        let i = bid as usize;
-        debug_assert!(
-            i < self.count as usize && self.held[i],
-            "recycling a buffer not held: {bid}"
-        );
-        if i >= self.count as usize || !self.held[i] {
-            return;
-        }
+        };
+        let r = f(buf);
         self.held[i] = false;
         self.held_count -= 1;
         self.push(bid);
+        Some(r)
     }
 }
 
@@ -241,21 +244,80 @@ impl BufRing {
 mod tests {
     use super::*;
 
+    /// The ring's entry `slot`: (address, length, buffer id), as the kernel reads it.
+    fn entry(r: &BufRing, slot: usize) -> (u64, u32, u16) {
+        // SAFETY: `slot < count`, so the 16 bytes lie inside the ring mapping; no kernel
+        // shares it (the ring is registered with no io_uring in these tests).
+        unsafe {
+            let base = r.ring.addr().add(slot * ENTRY_BYTES);
+            (
+                base.cast::<u64>().read_volatile(),
+                base.add(8).cast::<u32>().read_volatile(),
+                base.add(12).cast::<u16>().read_volatile(),
+            )
+        }
+    }
+
+    // SAFETY (every `with_buffer` below): the ring is registered with no io_uring, so no
+    // kernel writes its buffers.
+
     #[test]
     fn buffers_are_aligned_and_distinct() {
         let mut r = BufRing::new(8, 2048, 0).expect("bufring");
-        let a = r.take(1).expect("take 1").as_ptr() as usize;
-        let b = r.take(2).expect("take 2").as_ptr() as usize;
+        // SAFETY: see above.
+        let a = unsafe { r.with_buffer(1, |b| b.as_ptr() as usize) }.expect("buffer 1");
+        // SAFETY: see above.
+        let b = unsafe { r.with_buffer(2, |b| b.as_ptr() as usize) }.expect("buffer 2");
         assert_eq!(a % 16, 0);
         assert_eq!(b - a, 2048);
-        assert_eq!(r.held_count(), 2);
-        assert!(r.take(1).is_none(), "a held buffer cannot be taken twice");
-        assert!(r.take(8).is_none(), "out of range");
-        r.recycle(1);
-        r.recycle(2);
-        r.publish();
+        assert_eq!(
+            r.held_count(),
+            0,
+            "each buffer is given back when its closure ends"
+        );
+        // SAFETY: see above.
+        let held = unsafe { r.with_buffer(3, |_| ()) };
+        assert_eq!(held, Some(()));
+    }
+
+    #[test]
+    fn a_buffer_is_held_only_inside_its_closure_and_pushed_back_after() {
+        let mut r = BufRing::new(8, 2048, 0).expect("bufring");
+        let tail = r.tail;
+        // SAFETY: see above.
+        let len = unsafe {
+            r.with_buffer(5, |b| {
+                b[0] = 7;
+                b.len()
+            })
+        };
+        assert_eq!(len, Some(2048));
         assert_eq!(r.held_count(), 0);
-        assert!(r.take(1).is_some());
+        assert_eq!(r.tail, tail.wrapping_add(1), "given back once");
+        let (addr, bytes, bid) = entry(&r, (tail & 7) as usize);
+        assert_eq!(bid, 5);
+        assert_eq!(bytes, 2048);
+        assert_eq!(addr, r.buffers.addr() as u64 + 5 * 2048);
+    }
+
+    /// A completion naming a buffer the ring does not have (a kernel and shard that
+    /// disagree) is refused without running the closure and without giving anything back:
+    /// giving back a buffer that was never taken would hand the kernel a buffer twice.
+    #[test]
+    fn a_bad_buffer_id_is_refused_and_nothing_is_given_back() {
+        let mut r = BufRing::new(8, 2048, 0).expect("bufring");
+        let tail = r.tail;
+        let mut ran = false;
+        // SAFETY: see above.
+        let out = unsafe { r.with_buffer(8, |_| ran = true) };
+        assert_eq!(out, None, "out of range");
+        assert!(!ran);
+        assert_eq!(r.tail, tail, "nothing pushed back for a refused id");
+        assert_eq!(r.held_count(), 0);
+        // SAFETY: see above.
+        let out = unsafe { r.with_buffer(u16::MAX, |_| ()) };
+        assert_eq!(out, None);
+        assert_eq!(r.tail, tail);
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //!
 //! Send: a frame is copied into a send slot (bounded, [`UdpConfig::send_slots`]) and queued
 //! as an `IORING_OP_SEND` with a destination address; SQEs are submitted in batches, so one
-//! `io_uring_enter` carries many datagrams.
+//! `io_uring_enter` carries many datagrams. A slot is reused once the kernel has consumed
+//! its SQE: the ring is set up so that every send is issued, and done with the slot, inside
+//! the `io_uring_enter` that consumes it (the property and its checks are in `send`).
 //!
 //! This module must never panic on received bytes, never free memory the kernel may still
 //! use, and never block except in [`UdpRing::close`] (bounded).
@@ -126,7 +128,11 @@ impl UdpHandler for Discard {
 
 /// `IORING_ENTER_GETEVENTS` (linux/io_uring.h): also run deferred completions.
 const IORING_ENTER_GETEVENTS: u32 = 1;
-const KIND_SHIFT: u32 = 56;
+/// User data: kind in the top 4 bits; a send's use generation in the next 4 (see
+/// `send::UseTrack`); the slot, train, socket or eventfd index in the low 32.
+const KIND_SHIFT: u32 = 60;
+const GEN_SHIFT: u32 = 56;
+const GEN_MASK: u64 = 0xf;
 const KIND_RECV: u64 = 1;
 const KIND_SEND: u64 = 2;
 /// A GSO send of several datagrams; the index names its train record.
@@ -145,10 +151,19 @@ fn user_data(kind: u64, index: u32) -> u64 {
     (kind << KIND_SHIFT) | index as u64
 }
 
-/// A send's user data: kind, datagrams (8 bits), payload bytes (16 bits), slot or train.
-fn send_user_data(kind: u64, index: u32, datagrams: usize, bytes: usize) -> u64 {
+/// A send's user data: kind, use generation (4 bits), datagrams (8 bits), payload bytes
+/// (16 bits), slot or train.
+fn send_user_data(kind: u64, index: u32, generation: u8, datagrams: usize, bytes: usize) -> u64 {
     debug_assert!(datagrams <= 255 && bytes <= 0xffff);
-    user_data(kind, index) | ((datagrams as u64 & 0xff) << 48) | ((bytes as u64 & 0xffff) << 32)
+    user_data(kind, index)
+        | ((generation as u64 & GEN_MASK) << GEN_SHIFT)
+        | ((datagrams as u64 & 0xff) << 48)
+        | ((bytes as u64 & 0xffff) << 32)
+}
+
+/// The use generation a send's user data carries.
+fn send_gen(ud: u64) -> u8 {
+    ((ud >> GEN_SHIFT) & GEN_MASK) as u8
 }
 
 /// Datagrams and payload bytes a send's user data carries.

@@ -129,13 +129,21 @@ impl UdpRing {
                 }
                 sq.sync();
             }
-            cq.sync();
             let (Some(bufs), Some(slots)) = (self.bufs.as_mut(), self.slots.as_mut()) else {
+                cq.sync();
                 return Ok(0);
             };
-            if sq.is_empty() {
-                slots.release_issued(&mut self.counters);
+            // Checked before every store of the CQ head (each `sync`): an overflow keeps
+            // the CQ full until the head moves, so none goes unseen.
+            if sq.cq_overflow() {
+                slots.late_check = false;
             }
+            cq.sync();
+            slots.cq_snapshots += 1;
+            // The SQ was seen empty before this snapshot was taken: the completions of the
+            // sends released now are in it.
+            let by = slots.cq_snapshots;
+            slots.release_issued(&sq, &mut self.counters, by);
             for cqe in &mut cq {
                 seen += 1;
                 let ud = cqe.user_data();
@@ -145,6 +153,12 @@ impl UdpRing {
                     // their slots were released when the kernel consumed their SQEs and
                     // counted as sent, which this corrects.
                     KIND_SEND | KIND_TRAIN if cqe.result() < 0 => {
+                        debug_assert!(
+                            slots.completion_in_time(ud),
+                            "a send failed (errno {}) after its slot was released: the kernel \
+                             issued it outside the io_uring_enter that consumed its SQE",
+                            -cqe.result()
+                        );
                         let (datagrams, bytes) = send_size(ud);
                         self.counters.datagrams_sent =
                             self.counters.datagrams_sent.wrapping_sub(datagrams);
@@ -184,22 +198,33 @@ impl UdpRing {
                                     Some(Some(s)) => (s.local.is_ipv4(), true),
                                     _ => (true, false),
                                 };
+                                sender.counters.datagrams_received += 1;
                                 let refs = std::mem::take(&mut self.refs);
-                                let refs = receive_one(
-                                    bufs,
-                                    bid,
-                                    res as usize,
-                                    ipv4,
-                                    known,
-                                    SocketId(index),
-                                    &self.decoder,
-                                    self.keyring.as_ref(),
-                                    refs,
-                                    handler,
-                                    &mut sender,
-                                );
-                                self.refs = refs;
-                                bufs.recycle(bid);
+                                let (decoder, keyring) = (&self.decoder, self.keyring.as_ref());
+                                // SAFETY: a completion of this ring's multishot receive,
+                                // which picks from `bufs` (registered as its buffer group),
+                                // named `bid`, and each completion is reaped once.
+                                let refs = unsafe {
+                                    bufs.with_buffer(bid, |buf| {
+                                        receive_one(
+                                            buf,
+                                            res as usize,
+                                            ipv4,
+                                            known,
+                                            SocketId(index),
+                                            decoder,
+                                            keyring,
+                                            refs,
+                                            handler,
+                                            &mut sender,
+                                        )
+                                    })
+                                };
+                                // A refused id ran nothing and gave nothing back.
+                                self.refs = refs.unwrap_or_else(|| {
+                                    sender.counters.drop_cause("bad_buffer_id");
+                                    Vec::new()
+                                });
                             }
                         } else if res == -libc::ENOBUFS {
                             self.counters.recv_no_buffers += 1;
@@ -221,6 +246,9 @@ impl UdpRing {
                     }
                     _ => {}
                 }
+            }
+            if sq.cq_overflow() {
+                slots.late_check = false;
             }
             cq.sync();
         }

@@ -9,17 +9,15 @@ use ringleader_wire::{Decoder, Keyring, MessageRef};
 use super::send::Sender;
 use super::sockaddr::parse_sockaddr;
 use super::{SocketId, UdpHandler};
-use crate::transport::bufring::BufRing;
 
-/// Decodes and validates one received buffer and runs the handler on it. Returns the
-/// message storage (emptied) for reuse.
+/// Decodes and validates one received buffer `buf` (the kernel's `len` bytes at its
+/// start) and runs the handler on it. Returns the message storage (emptied) for reuse.
 ///
 /// `filter_map(|_| None)` below changes the element lifetime of an empty Vec while
 /// keeping its allocation (std collects in place): `filter` could not change the type.
 #[allow(clippy::too_many_arguments, clippy::unnecessary_filter_map)]
 pub(super) fn receive_one<H: UdpHandler>(
-    bufs: &mut BufRing,
-    bid: u16,
+    buf: &mut [u8],
     len: usize,
     ipv4: bool,
     known_socket: bool,
@@ -30,11 +28,6 @@ pub(super) fn receive_one<H: UdpHandler>(
     handler: &mut H,
     out: &mut Sender<'_, '_>,
 ) -> Vec<MessageRef<'static>> {
-    out.counters.datagrams_received += 1;
-    let Some(buf) = bufs.take(bid) else {
-        out.counters.drop_cause("bad_buffer_id");
-        return storage;
-    };
     let name_len = if ipv4 { 16 } else { 32 };
     let payload_at = 16 + name_len;
     if len < payload_at || len > buf.len() || !known_socket {

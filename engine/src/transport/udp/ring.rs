@@ -15,7 +15,7 @@ use ringleader_wire::{Decoder, Keyring, MessageRef};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::park::ParkState;
-use super::send::{SendSlots, Sender, submit};
+use super::send::{SendSlots, Sender, inline_issue_ring, submit};
 use super::spin::SpinState;
 use super::{
     Discard, KIND_CANCEL, KIND_RECV, KIND_WAKE, SocketId, UdpConfig, UdpError, WAKES_MAX, io_err,
@@ -131,6 +131,14 @@ impl UdpRing {
         let ring = builder
             .build(config.sq_entries)
             .map_err(io_err("io_uring_setup"))?;
+        // Send slots are reused as soon as their SQEs are consumed, which is sound only on
+        // a ring that issues every SQE inside the enter that consumes it (see `send`).
+        if !inline_issue_ring(ring.params()) {
+            return Err(UdpError::Config(
+                "the UDP ring must not be set up with SQPOLL or IOPOLL: send slots are reused \
+                 once their SQEs are consumed",
+            ));
+        }
         let eventfd = Arc::new(EventFd::new().map_err(io_err("eventfd"))?);
         ring.submitter()
             .register_eventfd(eventfd.raw())
@@ -404,10 +412,9 @@ impl UdpRing {
     pub(super) fn submit_pending(&mut self) -> Result<(), UdpError> {
         let (submitter, mut sq, _) = self.ring.split();
         let r = submit(&mut sq, &submitter, &mut self.counters);
-        if sq.is_empty()
-            && let Some(slots) = self.slots.as_mut()
-        {
-            slots.release_issued(&mut self.counters);
+        if let Some(slots) = self.slots.as_mut() {
+            let by = slots.next_snapshot();
+            slots.release_issued(&sq, &mut self.counters, by);
         }
         self.park.sq_pending.set(sq.len() as u32);
         r.map_err(io_err("io_uring_enter"))?;
@@ -449,9 +456,9 @@ impl UdpRing {
         if sq.len() >= self.config.submit_batch {
             let _ = submit(&mut sq, &submitter, &mut self.counters);
         }
-        if sq.is_empty() {
-            slots.release_issued(&mut self.counters);
-        }
+        sq.sync();
+        let by = slots.next_snapshot();
+        slots.release_issued(&sq, &mut self.counters, by);
         self.park.sq_pending.set(sq.len() as u32);
         r
     }

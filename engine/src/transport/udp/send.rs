@@ -2,8 +2,36 @@
 //! ("trains"); and the [`Sender`] a handler or the shard fills them through.
 //!
 //! A slot or a train record is off its free list from the moment a datagram is copied in
-//! until the kernel has consumed its SQE (sends never wait for socket space, see
-//! [`SendSlots::release_issued`]), so nothing overwrites memory the kernel may still read.
+//! until the kernel has consumed its SQE, and the kernel reads it only while it consumes the
+//! SQE. That second half is a property of how the ring and the sends are set up, which
+//! this module states and checks:
+//!
+//! 1. The kernel issues every send inline, inside the `io_uring_enter` that consumes its
+//!    SQE, and copies the datagram into a socket buffer there (UDP copies on `sendmsg`;
+//!    no `MSG_ZEROCOPY`). Nothing defers the issue: the ring has no SQPOLL thread and no
+//!    IOPOLL (checked at set-up, [`inline_issue_ring`]); no SQE of the ring carries
+//!    `IOSQE_ASYNC` (io-wq), `IOSQE_IO_LINK`/`IO_HARDLINK` (held until the previous SQE
+//!    completes) or `IOSQE_IO_DRAIN` (held until everything before it completes)
+//!    ([`SEND_SQE_FLAGS`], checked at compile time; receive, poll and cancel SQEs carry no
+//!    flags). A send that would block cannot be parked for a retry either: it carries
+//!    `MSG_DONTWAIT`, for which `io_sendmsg_prep` (io_uring/net.c, both `SEND` and
+//!    `SENDMSG`) sets `REQ_F_NOWAIT`, and `io_queue_async` (io_uring/io_uring.c) fails a
+//!    `REQ_F_NOWAIT` request with `-EAGAIN` instead of arming a poll or punting it to io-wq.
+//! 2. `io_submit_sqes` stores the new SQ head only after it has issued every SQE it
+//!    consumed and flushed their inline completions into the CQ. So once this thread sees
+//!    the SQ empty after a sync, every send it pushed has been issued and is done with its
+//!    memory ([`SendSlots::release_issued`]), and a send that failed has already posted its
+//!    completion (it is never skipped: `IOSQE_CQE_SKIP_SUCCESS` skips only successes).
+//!
+//! The debug check of the property: a failed send's completion must be in the CQ once the
+//! SQ is seen empty, so it is reaped no later than from the first CQ snapshot (`cq.sync`
+//! before reaping) taken after that: the one `poll_once` takes right after it sees the SQ
+//! empty, or the next one if a submit elsewhere saw it. One that comes later was issued
+//! after its slot was released, while the slot could already hold another datagram: [`SendSlots::completion_in_time`] says so and
+//! `poll_once` asserts it (debug builds). Each use of a slot or train carries a 4-bit
+//! generation in its user data so that a completion of the current, not yet released use
+//! is told apart from a late one of an earlier use. A CQ overflow delays completions
+//! through no fault of the send and turns the check off.
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,8 +42,8 @@ use io_uring::{Submitter, opcode, squeue};
 
 use super::ring::Sock;
 use super::sockaddr::write_sockaddr;
-use super::{KIND_SEND, KIND_SHIFT, KIND_TRAIN, SLOT_INDEX_MASK, SendError, SocketId};
-use super::{send_size, send_user_data};
+use super::{GEN_MASK, KIND_SEND, KIND_SHIFT, KIND_TRAIN, SLOT_INDEX_MASK, SendError, SocketId};
+use super::{send_gen, send_size, send_user_data};
 use crate::transport::counters::UdpCounters;
 
 /// Send slots: bounded, preallocated, each a datagram buffer and a destination address;
@@ -25,7 +53,7 @@ pub(super) struct SendSlots {
     slot_bytes: usize,
     addrs: Box<[libc::sockaddr_storage]>,
     free: Vec<u32>,
-    /// Datagrams queued or submitted and not yet completed (a train counts each of its
+    /// Datagrams queued or submitted and not yet released (a train counts each of its
     /// datagrams).
     pub(super) in_flight: usize,
     /// Datagrams one GSO send carries at most (the layout of the train records); 0 when
@@ -38,8 +66,8 @@ pub(super) struct SendSlots {
     open: Option<OpenTrain>,
     /// Slots of the open run, in order (capacity `segments_max`, never reallocated).
     open_slots: Vec<u32>,
-    /// Submitted GSO sends; each record's memory is read by the kernel until its
-    /// completion. `send_slots / 2` of them: every train holds at least two slots.
+    /// Submitted GSO sends; the kernel reads a record's memory while it consumes its SQE.
+    /// `send_slots / 2` of them: every train holds at least two slots.
     trains: Box<[TrainRec]>,
     /// `segments_max` iovecs per train record.
     train_iovs: Box<[libc::iovec]>,
@@ -47,10 +75,72 @@ pub(super) struct SendSlots {
     train_slots: Box<[u32]>,
     train_free: Vec<u32>,
     /// User data of the sends pushed to the submission queue and not yet released: every
-    /// send is `MSG_DONTWAIT` and posts no completion when it succeeds
-    /// (`IOSQE_CQE_SKIP_SUCCESS`), so once the kernel has consumed its SQE it is done
-    /// (see [`SendSlots::release_issued`]). At most one entry per slot.
+    /// send is issued inline when its SQE is consumed (module docs) and posts no completion
+    /// when it succeeds (`IOSQE_CQE_SKIP_SUCCESS`), so once the kernel has consumed its SQE
+    /// it is done (see [`SendSlots::release_issued`]). At most one entry per slot.
     issued: Vec<u64>,
+    /// Per slot: its current use and when it was last released (the late-completion check).
+    slot_uses: Box<[UseTrack]>,
+    /// The same per train record.
+    train_uses: Box<[UseTrack]>,
+    /// CQ snapshots `poll_once` has reaped from so far (each `cq.sync` before reaping).
+    pub(super) cq_snapshots: u64,
+    /// The late-completion check holds: no CQ overflow was seen (an overflowed completion
+    /// reaches the ring late through no fault of the send).
+    pub(super) late_check: bool,
+}
+
+/// One slot's (or train record's) uses, for [`SendSlots::completion_in_time`].
+#[derive(Debug, Clone, Copy, Default)]
+struct UseTrack {
+    /// Generation of the current (or last) use, 4 bits; it goes into the send's user data.
+    generation: u8,
+    /// Off its free list.
+    in_use: bool,
+    /// Completions of every released use are reaped from a CQ snapshot numbered at most
+    /// this (named by the last release).
+    reaped_by: u64,
+}
+
+impl UseTrack {
+    fn take(&mut self) {
+        debug_assert!(!self.in_use, "a send slot or train record taken twice");
+        self.generation = (self.generation + 1) & GEN_MASK as u8;
+        self.in_use = true;
+    }
+
+    fn release(&mut self, reaped_by: u64) {
+        self.in_use = false;
+        self.reaped_by = reaped_by;
+    }
+}
+
+/// Flags of every send SQE. Never `ASYNC`, `IO_LINK`, `IO_HARDLINK` or `IO_DRAIN`: each
+/// would let the kernel consume the SQE and issue the send later, after its slot is reused
+/// (module docs).
+pub(super) const SEND_SQE_FLAGS: squeue::Flags = squeue::Flags::SKIP_SUCCESS;
+const _: () = assert!(
+    !SEND_SQE_FLAGS.intersects(
+        squeue::Flags::ASYNC
+            .union(squeue::Flags::IO_LINK)
+            .union(squeue::Flags::IO_HARDLINK)
+            .union(squeue::Flags::IO_DRAIN)
+    ),
+    "send SQEs must be issued inline"
+);
+/// `msg_flags` of every send: `MSG_DONTWAIT` makes the kernel fail a send that would block
+/// with `-EAGAIN` rather than retry it after the SQE was consumed; never `MSG_ZEROCOPY`,
+/// which keeps reading the bytes after the send returns (module docs).
+const SEND_MSG_FLAGS: libc::c_int = libc::MSG_DONTWAIT;
+const _: () = assert!(
+    SEND_MSG_FLAGS & libc::MSG_DONTWAIT != 0 && SEND_MSG_FLAGS & libc::MSG_ZEROCOPY == 0,
+    "sends must not block and must copy their bytes"
+);
+
+/// Whether `ring` issues every SQE in the `io_uring_enter` that consumes it: no SQPOLL
+/// thread consumes SQEs on its own, no IOPOLL completes them by polling later.
+pub(super) fn inline_issue_ring(params: &io_uring::Parameters) -> bool {
+    !params.is_setup_sqpoll() && !params.is_setup_iopoll()
 }
 
 /// A run of datagrams from one socket to one peer, all `segment_bytes` long except
@@ -121,25 +211,85 @@ impl SendSlots {
             train_slots: vec![0u32; trains * segments_max].into_boxed_slice(),
             train_free: (0..trains as u32).rev().collect(),
             issued: Vec::with_capacity(count),
+            slot_uses: vec![UseTrack::default(); count].into_boxed_slice(),
+            train_uses: vec![UseTrack::default(); trains].into_boxed_slice(),
+            cq_snapshots: 0,
+            late_check: true,
         }
     }
 
-    /// Releases every issued send. Call only when the submission queue was seen empty
-    /// after a sync: the kernel has then consumed every SQE pushed so far, and a
-    /// `MSG_DONTWAIT` send is issued inline while its SQE is consumed (it never waits for
-    /// socket space: `REQ_F_NOWAIT` fails it with EAGAIN instead of arming a poll), so the
-    /// kernel has copied its bytes and reads its slot no more. A failed send still posts
-    /// a completion, which only corrects the counters (see `poll_once`).
-    pub(super) fn release_issued(&mut self, counters: &mut UdpCounters) {
+    /// Takes a free slot for a datagram.
+    fn take_slot(&mut self) -> Option<u32> {
+        let slot = self.free.pop()?;
+        if let Some(u) = self.slot_uses.get_mut(slot as usize) {
+            u.take();
+        }
+        self.in_flight += 1;
+        Some(slot)
+    }
+
+    /// The CQ snapshot that will hold the completions of sends whose SQEs were consumed
+    /// since the last one was taken: the next.
+    pub(super) fn next_snapshot(&self) -> u64 {
+        self.cq_snapshots + 1
+    }
+
+    /// Puts `slot` back on its free list: the kernel reads it no more, or never saw it. A
+    /// completion of its use is reaped from CQ snapshot `reaped_by` at the latest.
+    fn free_slot(&mut self, slot: u32, reaped_by: u64) {
+        if let Some(u) = self.slot_uses.get_mut(slot as usize) {
+            u.release(reaped_by);
+        }
+        self.free.push(slot);
+        self.in_flight -= 1;
+    }
+
+    /// Whether the completion of a failed send `ud`, reaped from CQ snapshot number
+    /// `cq_snapshots`, came in time (module docs): it is of the slot's (or train's)
+    /// current use, not yet released, or it is reaped no later than the snapshot its last
+    /// release named (an earlier use's completion is due no later than that either). False means the kernel issued the send after its SQE was consumed,
+    /// when its memory may already hold another datagram.
+    pub(super) fn completion_in_time(&self, ud: u64) -> bool {
+        if !self.late_check {
+            return true;
+        }
+        let index = (ud & SLOT_INDEX_MASK) as usize;
+        let uses = if ud >> KIND_SHIFT == KIND_TRAIN {
+            &self.train_uses
+        } else {
+            &self.slot_uses
+        };
+        let Some(u) = uses.get(index) else {
+            return false;
+        };
+        (u.in_use && u.generation == send_gen(ud)) || self.cq_snapshots <= u.reaped_by
+    }
+
+    /// Releases every issued send, given the submission queue `sq` seen empty right after
+    /// a sync (else it does nothing): the kernel has then consumed every SQE pushed so far
+    /// and, by the inline-issue property (module docs), issued each send in that same
+    /// `io_uring_enter` and copied its bytes, so it reads its slot, address and train
+    /// record no more. A failed send's completion, already in the CQ, only corrects the
+    /// counters (see `poll_once`). That completion is reaped from CQ snapshot `reaped_by`
+    /// at the latest: the current one if `sq` was seen empty before it was taken, else
+    /// [`SendSlots::next_snapshot`].
+    pub(super) fn release_issued(
+        &mut self,
+        sq: &squeue::SubmissionQueue<'_>,
+        counters: &mut UdpCounters,
+        reaped_by: u64,
+    ) {
+        if !sq.is_empty() {
+            return;
+        }
         for k in 0..self.issued.len() {
             let ud = self.issued[k];
             let (datagrams, bytes) = send_size(ud);
             let index = (ud & SLOT_INDEX_MASK) as u32;
             if ud >> KIND_SHIFT == KIND_TRAIN {
-                self.release_train(index);
+                self.release_train(index, reaped_by);
             } else {
-                self.free.push(index);
-                self.in_flight -= 1;
+                self.free_slot(index, reaped_by);
             }
             counters.datagrams_sent += datagrams;
             counters.bytes_sent += bytes;
@@ -160,18 +310,20 @@ impl SendSlots {
             && (self.open_slots.len() + 1) * o.segment_bytes <= TRAIN_BYTES_MAX
     }
 
-    /// Frees the slots of train `t` after its completion; returns how many datagrams it
-    /// carried.
-    fn release_train(&mut self, t: u32) -> usize {
+    /// Frees train record `t` and its slots (`reaped_by` as for [`SendSlots::free_slot`]);
+    /// returns how many datagrams it carried.
+    fn release_train(&mut self, t: u32, reaped_by: u64) -> usize {
         let Some(rec) = self.trains.get(t as usize) else {
             return 0;
         };
         let count = rec.count as usize;
         let base = t as usize * self.segments_max;
         for k in 0..count {
-            self.free.push(self.train_slots[base + k]);
+            self.free_slot(self.train_slots[base + k], reaped_by);
         }
-        self.in_flight -= count;
+        if let Some(u) = self.train_uses.get_mut(t as usize) {
+            u.release(reaped_by);
+        }
         self.train_free.push(t);
         count
     }
@@ -221,14 +373,13 @@ impl Sender<'_, '_> {
             self.counters.send_queue_full += 1;
             return Err(SendError::QueueFull);
         }
-        let Some(slot) = self.slots.free.pop() else {
+        let Some(slot) = self.slots.take_slot() else {
             self.counters.send_queue_full += 1;
             return Err(SendError::QueueFull);
         };
         let i = slot as usize;
         let start = i * self.slots.slot_bytes;
         self.slots.bytes[start..start + frame.len()].copy_from_slice(frame);
-        self.slots.in_flight += 1;
         self.counters.datagrams_queued += 1;
         let connected = sock.connected == Some(to);
         let fd = sock.socket.as_raw_fd();
@@ -283,9 +434,8 @@ impl Sender<'_, '_> {
     /// Submits what is queued, and releases the sends the kernel is done with.
     fn submit(&mut self) {
         let _ = submit(self.sq, self.submitter, self.counters);
-        if self.sq.is_empty() {
-            self.slots.release_issued(self.counters);
-        }
+        let by = self.slots.next_snapshot();
+        self.slots.release_issued(self.sq, self.counters, by);
     }
 
     /// Turns the open run into an SQE: a plain `send` for one datagram, a `sendmsg` with
@@ -300,15 +450,16 @@ impl Sender<'_, '_> {
         if n >= 2
             && let Some(t) = self.slots.train_free.pop()
         {
+            if let Some(u) = self.slots.train_uses.get_mut(t as usize) {
+                u.take();
+            }
             let entry = self.train_entry(t, &o);
             if self.push(&entry) {
                 self.counters.send_trains += 1;
-                let bytes = o.segment_bytes * (n - 1) + o.last_bytes;
-                self.slots
-                    .issued
-                    .push(send_user_data(KIND_TRAIN, t, n, bytes));
+                self.slots.issued.push(entry.get_user_data());
             } else {
-                self.slots.release_train(t);
+                let by = self.slots.next_snapshot();
+                self.slots.release_train(t, by);
                 self.counters.send_queue_full += n as u64;
             }
             self.slots.open_slots.clear();
@@ -324,12 +475,10 @@ impl Sender<'_, '_> {
             };
             let entry = self.single_entry(slot, len, &o);
             if self.push(&entry) {
-                self.slots
-                    .issued
-                    .push(send_user_data(KIND_SEND, slot, 1, len));
+                self.slots.issued.push(entry.get_user_data());
             } else {
-                self.slots.free.push(slot);
-                self.slots.in_flight -= 1;
+                let by = self.slots.next_snapshot();
+                self.slots.free_slot(slot, by);
                 self.counters.send_queue_full += 1;
             }
         }
@@ -340,7 +489,7 @@ impl Sender<'_, '_> {
         let i = slot as usize;
         let start = i * self.slots.slot_bytes;
         let send = opcode::Send::new(Fd(o.fd), self.slots.bytes[start..].as_ptr(), len as u32)
-            .flags(libc::MSG_DONTWAIT);
+            .flags(SEND_MSG_FLAGS);
         let send = if o.connected {
             send
         } else {
@@ -355,9 +504,10 @@ impl Sender<'_, '_> {
             send.dest_addr((&self.slots.addrs[i] as *const libc::sockaddr_storage).cast())
                 .dest_addr_len(addr_len)
         };
+        let generation = self.slots.slot_uses.get(i).map_or(0, |u| u.generation);
         send.build()
-            .flags(squeue::Flags::SKIP_SUCCESS)
-            .user_data(send_user_data(KIND_SEND, slot, 1, len))
+            .flags(SEND_SQE_FLAGS)
+            .user_data(send_user_data(KIND_SEND, slot, generation, 1, len))
     }
 
     /// Fills train record `t` with the open run (its slots move into the record).
@@ -404,11 +554,12 @@ impl Sender<'_, '_> {
                 .write_unaligned(o.segment_bytes as u16);
         }
         let bytes = o.segment_bytes * (n - 1) + o.last_bytes;
+        let generation = s.train_uses.get(t as usize).map_or(0, |u| u.generation);
         opcode::SendMsg::new(Fd(o.fd), &rec.msghdr)
-            .flags(libc::MSG_DONTWAIT as u32)
+            .flags(SEND_MSG_FLAGS as u32)
             .build()
-            .flags(squeue::Flags::SKIP_SUCCESS)
-            .user_data(send_user_data(KIND_TRAIN, t, n, bytes))
+            .flags(SEND_SQE_FLAGS)
+            .user_data(send_user_data(KIND_TRAIN, t, generation, n, bytes))
     }
 
     /// Pushes one SQE, submitting first if the queue is full.
@@ -418,9 +569,13 @@ impl Sender<'_, '_> {
         }
         // SAFETY: every send SQE points into `slots` (bytes, addrs, train records, iovecs):
         // boxed slices that are never reallocated and live as long as the ring (or are
-        // leaked by `close` if the kernel does not finish in time). The slots and the
-        // record are off their free lists until the completion is reaped, so nothing
-        // overwrites them meanwhile.
+        // leaked by `close` if the kernel does not finish in time). The kernel reads that
+        // memory only while the `io_uring_enter` that consumes this SQE issues the send
+        // (the inline-issue property, module docs: no SQPOLL/IOPOLL, `SEND_SQE_FLAGS`,
+        // `MSG_DONTWAIT`), and the slots and the record stay off their free lists until
+        // this thread has seen the SQ empty after that enter (`release_issued`), so nothing
+        // overwrites them while the kernel may read them. Debug builds assert that no
+        // failed send completes after its release (`completion_in_time`).
         unsafe { self.sq.push(entry) }.is_ok()
     }
 }
@@ -449,4 +604,112 @@ pub(super) fn submit(
         counters.sqes_submitted += (n - sq.len()) as u64;
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_send_completion_is_in_time_until_the_snapshot_after_its_release() {
+        let mut s = SendSlots::new(4, 64, 0);
+        s.cq_snapshots = 5;
+        let slot = s.take_slot().expect("a free slot");
+        let generation = s.slot_uses[slot as usize].generation;
+        let ud = send_user_data(KIND_SEND, slot, generation, 1, 10);
+        // Consumed but not released (the SQ was not seen empty): its completion may come
+        // from any later snapshot.
+        s.cq_snapshots = 9;
+        assert!(s.completion_in_time(ud));
+        // Released by a submit after snapshot 9 was taken: snapshot 10 holds its completion.
+        s.free_slot(slot, s.next_snapshot());
+        assert!(
+            s.completion_in_time(ud),
+            "reaped from the snapshot it was released in"
+        );
+        s.cq_snapshots = 10;
+        assert!(s.completion_in_time(ud), "reaped from the next snapshot");
+        s.cq_snapshots = 11;
+        assert!(
+            !s.completion_in_time(ud),
+            "posted after the release: the kernel issued the send late"
+        );
+        s.late_check = false;
+        assert!(
+            s.completion_in_time(ud),
+            "no verdict once the CQ overflowed"
+        );
+    }
+
+    #[test]
+    fn a_late_completion_of_an_earlier_use_is_caught_while_the_slot_holds_another() {
+        let mut s = SendSlots::new(1, 64, 0);
+        let slot = s.take_slot().expect("a free slot");
+        let first = send_user_data(KIND_SEND, slot, s.slot_uses[0].generation, 1, 10);
+        s.free_slot(slot, s.next_snapshot());
+        assert_eq!(s.take_slot(), Some(slot), "the only slot, reused");
+        let second = send_user_data(KIND_SEND, slot, s.slot_uses[0].generation, 1, 10);
+        assert_ne!(first, second, "each use of a slot has its own user data");
+        assert!(
+            s.completion_in_time(first),
+            "in the snapshot after its release"
+        );
+        s.cq_snapshots += 2;
+        assert!(
+            s.completion_in_time(second),
+            "the current use: not released yet"
+        );
+        assert!(
+            !s.completion_in_time(first),
+            "the earlier use failed after its slot was given to the next datagram"
+        );
+        assert_eq!(s.in_flight, 1);
+        s.free_slot(slot, s.next_snapshot());
+        assert_eq!(s.in_flight, 0);
+    }
+
+    #[test]
+    fn train_records_are_tracked_apart_from_slots() {
+        let mut s = SendSlots::new(4, 64, 4);
+        assert_eq!(s.trains.len(), 2);
+        let t = s.train_free.pop().expect("a train record");
+        s.train_uses[t as usize].take();
+        for _ in 0..2 {
+            let slot = s.take_slot().expect("a free slot");
+            s.open_slots.push(slot);
+        }
+        let base = t as usize * s.segments_max;
+        for (k, &slot) in s.open_slots.iter().enumerate() {
+            s.train_slots[base + k] = slot;
+        }
+        s.trains[t as usize].count = 2;
+        s.open_slots.clear();
+        let ud = send_user_data(KIND_TRAIN, t, s.train_uses[t as usize].generation, 2, 20);
+        // Released by `poll_once` right after it took snapshot 0: that snapshot holds it.
+        assert_eq!(s.release_train(t, s.cq_snapshots), 2);
+        assert_eq!(s.in_flight, 0);
+        assert_eq!(s.free.len(), 4);
+        assert!(s.completion_in_time(ud));
+        s.cq_snapshots += 1;
+        assert!(
+            !s.completion_in_time(ud),
+            "not in the snapshot taken right before its release"
+        );
+        // A user data naming no record is no completion of ours.
+        assert!(!s.completion_in_time(send_user_data(KIND_TRAIN, 7, 0, 2, 20)));
+    }
+
+    #[test]
+    fn only_a_ring_without_sqpoll_or_iopoll_issues_inline() {
+        let plain = io_uring::IoUring::new(8).expect("io_uring");
+        assert!(inline_issue_ring(plain.params()));
+        // SQPOLL needs no privilege since 5.11; where it is refused there is nothing to ask.
+        match io_uring::IoUring::<squeue::Entry>::builder()
+            .setup_sqpoll(10)
+            .build(8)
+        {
+            Ok(sqpoll) => assert!(!inline_issue_ring(sqpoll.params())),
+            Err(e) => eprintln!("SQPOLL ring refused ({e}); its half of the check not run"),
+        }
+    }
 }
