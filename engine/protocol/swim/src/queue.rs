@@ -322,7 +322,10 @@ impl<T> BroadcastQueue<T> {
 
     /// Calls `f` on every queued broadcast (in no particular order).
     pub fn for_each(&self, f: impl FnMut(&T)) {
-        self.slots.iter().filter_map(|s| s.item.as_ref()).for_each(f);
+        self.slots
+            .iter()
+            .filter_map(|s| s.item.as_ref())
+            .for_each(f);
     }
 
     /// Removes every broadcast.

@@ -94,7 +94,8 @@ pub enum DirectoryError {
 /// One interned (name, address, metadata) triple.
 #[derive(Debug, Clone)]
 pub struct Info {
-    /// The member's name ([`FREE`] while the slot is free).
+    /// The member's name (`NodeId::MAX` in a free slot, which [`Directory::info`] never
+    /// hands out to a holder that marks what it holds).
     pub node: NodeId,
     /// Where it listens.
     pub addr: SocketAddr,
