@@ -241,3 +241,42 @@ fn churn_of_200k_members() {
     report(&s);
     check(&s, 11);
 }
+
+/// In a converged cluster every name is held (each member knows every other), so a
+/// collection frees nothing; it prints what one costs on the owner's thread (one pass over
+/// every member's table), the pause a shard hosting that many members takes at each
+/// collection.
+#[test]
+#[ignore = "2,000 converged members: a few seconds in release mode"]
+fn a_collection_in_a_converged_cluster_frees_nothing() {
+    for n in [1_000usize, 2_000] {
+        let mut c = Cluster::new(n, Config::lan(), LinkModel::new(Latency::lan()), 3);
+        c.start_at(0, Time::ZERO, vec![]);
+        for i in 1..n as u32 {
+            c.start_at(i, Time::from_millis(10 + u64::from(i) * 5), vec![0]);
+        }
+        let mut t = Time::ZERO;
+        while !(0..n as u32).all(|i| {
+            c.member(i)
+                .is_some_and(|m| m.count(MemberState::Alive) == n)
+        }) {
+            t += Duration::from_secs(1);
+            c.run_until(t, &mut |_, _, _| {});
+            assert!(
+                t < Time::from_millis(600_000),
+                "{n} members did not converge"
+            );
+        }
+        let mut best = Duration::MAX;
+        for _ in 0..5 {
+            let start = Instant::now();
+            assert_eq!(c.collect(), (0, 0), "a held name was freed");
+            best = best.min(start.elapsed());
+        }
+        let rows: usize = (0..n as u32)
+            .filter_map(|i| c.member(i))
+            .map(|m| m.known())
+            .sum();
+        println!("collect: {n} members, {rows} table rows: best of 5 {best:?}");
+    }
+}
