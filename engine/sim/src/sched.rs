@@ -118,6 +118,11 @@ impl<E> Scheduler<E> {
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
+
+    /// Every event waiting, in no particular order.
+    pub fn pending(&self) -> impl Iterator<Item = &E> {
+        self.heap.iter().map(|Reverse(s)| &s.event)
+    }
 }
 
 #[cfg(test)]

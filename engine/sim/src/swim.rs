@@ -5,14 +5,20 @@
 //! members hand each other compact [`Item`]s directly (the wire encoding is tested on its
 //! own; sizes are the exact encoded sizes). Every member event passes through the caller's
 //! observer and into a trace hash: the same seed gives the same hash.
+//!
+//! A slot can also run a member under another name ([`Cluster::start_named_at`]: churn,
+//! where every member that ever joined has a name of its own). The cluster reclaims what no
+//! member holds any more: when the directory says a collection is due, it marks the slot
+//! names (always held, so that name id `i` stays node `i`), every member's ids and every
+//! item in flight, and the directory frees the rest.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use rand::{Rng, RngCore};
 use ringleader_swim::{
-    Config, Directory, Event, Item, Member, Output, SharedDirectory, StreamError, StreamRequest,
-    StreamResponse,
+    Config, Directory, Event, Item, Marks, Member, Output, SharedDirectory, StreamError,
+    StreamRequest, StreamResponse,
 };
 use ringleader_time::Time;
 
@@ -62,8 +68,24 @@ enum Ev {
     },
     Start {
         node: NodeIx,
+        /// `None`: the slot's own name, `node-i`.
+        name: Option<String>,
         seeds: Vec<NodeIx>,
     },
+}
+
+impl Ev {
+    /// Marks the directory ids this event carries.
+    fn mark_ids(&self, marks: &mut Marks) {
+        match self {
+            Ev::Datagram { items, .. } => items.iter().for_each(|i| marks.item(i)),
+            Ev::StreamRequest { request, .. } => marks.stream_request(request),
+            Ev::StreamResponse {
+                response: Ok(r), ..
+            } => marks.stream_response(r),
+            Ev::StreamResponse { .. } | Ev::Wake(_) | Ev::Start { .. } => {}
+        }
+    }
 }
 
 struct Slot {
@@ -109,8 +131,17 @@ fn mix(h: u64, v: u64) -> u64 {
 impl Cluster {
     /// A cluster of `members` slots (none started) with member configuration `cfg`,
     /// links behaving as `link`, and randomness from `seed`.
+    ///
+    /// The directory has room for the slot names, as many members again under other names
+    /// (one per slot), as many failed members awaiting their reap, and the reconnect
+    /// memory (`reconnect_memory_max`): `3 × members + reconnect_memory_max` names.
     pub fn new(members: usize, cfg: Config, link: LinkModel, seed: u64) -> Cluster {
-        let dir = Directory::shared(members, cfg.meta_bytes_max);
+        let dir = Directory::shared(
+            members
+                .saturating_mul(3)
+                .saturating_add(cfg.reconnect_memory_max),
+            cfg.meta_bytes_max,
+        );
         {
             let mut d = dir.borrow_mut();
             for i in 0..members {
@@ -193,7 +224,52 @@ impl Cluster {
 
     /// Starts node `i` at `at` and joins it through `seeds` (none: it starts alone).
     pub fn start_at(&mut self, i: NodeIx, at: Time, seeds: Vec<NodeIx>) {
-        self.sched.schedule(at, Ev::Start { node: i, seeds });
+        self.sched.schedule(
+            at,
+            Ev::Start {
+                node: i,
+                name: None,
+                seeds,
+            },
+        );
+    }
+
+    /// Starts a member named `name` in slot `i` (on the slot's address) at `at`, joining
+    /// through `seeds`. If the directory has no room for the name, the slot stays empty
+    /// (see [`Cluster::is_running`]).
+    pub fn start_named_at(&mut self, i: NodeIx, name: String, at: Time, seeds: Vec<NodeIx>) {
+        self.sched.schedule(
+            at,
+            Ev::Start {
+                node: i,
+                name: Some(name),
+                seeds,
+            },
+        );
+    }
+
+    /// Reclaims every name and triple no member and no item in flight holds any more
+    /// (the slot names are always held). Runs by itself when the directory says it is
+    /// due; returns (names, triples) freed.
+    pub fn collect(&mut self) -> (usize, usize) {
+        let now = self.now();
+        let slots = self.slots.len() as u32;
+        let Cluster {
+            dir,
+            slots: s,
+            sched,
+            ..
+        } = self;
+        dir.borrow_mut().collect(now, |marks| {
+            for i in 0..slots {
+                marks.node(i);
+                marks.info(i);
+            }
+            s.iter()
+                .filter_map(|s| s.member.as_ref())
+                .for_each(|m| m.mark_ids(marks));
+            sched.pending().for_each(|e| e.mark_ids(marks));
+        })
     }
 
     /// Crashes node `i` now: its state is lost and nothing reaches it.
@@ -234,6 +310,9 @@ impl Cluster {
     pub fn run_until(&mut self, until: Time, observe: &mut impl FnMut(Time, NodeIx, &Event)) {
         while let Some((now, ev)) = self.sched.pop_until(until) {
             self.step(now, ev, observe);
+            if self.dir.borrow().collect_due(now) {
+                self.collect();
+            }
         }
         self.sched.advance_to(until);
     }
@@ -343,12 +422,12 @@ impl Cluster {
                 m.handle_stream_response(now, id, response);
                 self.flush(to, observe);
             }
-            Ev::Start { node, seeds } => {
+            Ev::Start { node, name, seeds } => {
                 let slot_rng = rng(self.rng.next_u64());
                 let member = Member::new(
                     self.cfg.clone(),
                     self.dir.clone(),
-                    &name_of(node),
+                    &name.unwrap_or_else(|| name_of(node)),
                     addr_of(node),
                     &[],
                     slot_rng,

@@ -400,6 +400,9 @@ impl Serf {
                     self.stats.refused += 1;
                 }
             }
+            // The member forgot this peer: its name id may be reclaimed and given to
+            // another member, which must not inherit the peer's latency samples.
+            Event::Reaped { node } => self.vivaldi.forget(u64::from(*node)),
             _ => {}
         }
     }

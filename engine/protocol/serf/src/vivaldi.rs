@@ -180,7 +180,8 @@ impl Vivaldi {
         &self.coord
     }
 
-    /// Feeds one RTT sample to `peer` (an id stable per peer) whose coordinate is `other`.
+    /// Feeds one RTT sample to `peer` (an id stable per peer until [`Vivaldi::forget`])
+    /// whose coordinate is `other`.
     pub fn update<R: Rng>(
         &mut self,
         peer: u64,
@@ -207,6 +208,13 @@ impl Vivaldi {
             return Err(VivaldiError::Reset);
         }
         Ok(())
+    }
+
+    /// Forgets `peer`'s latency samples (it left the cluster: its id may go to another).
+    pub fn forget(&mut self, peer: u64) {
+        if self.filters.remove(&peer).is_some() {
+            self.filter_order.retain(|&p| p != peer);
+        }
     }
 
     fn latency_filter(&mut self, peer: u64, rtt: f64) -> f64 {
@@ -309,6 +317,24 @@ mod tests {
             a.update(peer, &o, 0.01, &mut rng).expect("valid");
         }
         assert!(a.filters.len() <= 8);
+        assert_eq!(a.filters.len(), a.filter_order.len());
+    }
+
+    /// A reaped peer's id may be reclaimed and given to another peer: once forgotten, the
+    /// old peer's samples no longer weigh on the new one's.
+    #[test]
+    fn a_forgotten_peer_leaves_no_samples_to_the_next_with_its_id() {
+        let mut a = Vivaldi::new(VivaldiConfig::default());
+        for _ in 0..3 {
+            a.latency_filter(1, 0.5);
+        }
+        assert_eq!(
+            a.latency_filter(1, 0.01),
+            0.5,
+            "the median of the old samples"
+        );
+        a.forget(1);
+        assert_eq!(a.latency_filter(1, 0.01), 0.01);
         assert_eq!(a.filters.len(), a.filter_order.len());
     }
 }

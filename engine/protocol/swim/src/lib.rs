@@ -13,7 +13,9 @@
 //!
 //! - [`Member`]: one member; inputs in, [`Output`]s and [`Event`]s out.
 //! - [`Directory`]: interned names and addresses shared by the members of a shard or a
-//!   simulation, exact wire sizes, conversion to and from `ringleader_wire`.
+//!   simulation, exact wire sizes, conversion to and from `ringleader_wire`; its owner
+//!   reclaims what no member holds any more ([`Directory::collect`] with
+//!   [`Member::mark_ids`]).
 //! - [`Item`]: the compact form of SWIM messages that members exchange.
 //! - [`config`]: presets (`lan`, `wan`, `local`) and the Lifeguard formulas.
 //! - [`BroadcastQueue`]: the bounded retransmit queue.
@@ -64,7 +66,10 @@ mod queue;
 mod suspicion;
 
 pub use config::{Awareness, Config};
-pub use directory::{Directory, DirectoryError, Info, NAME_BYTES_MAX, PROTOCOL, SharedDirectory};
+pub use directory::{
+    COLLECT_INTERVAL_MS_DEFAULT, CollectStats, Directory, DirectoryError, Footprint, Info, Marks,
+    NAME_BYTES_MAX, PROTOCOL, SharedDirectory,
+};
 pub use hash::{FxHashMap, FxHasher};
 pub use item::{InfoId, Item, NodeId, NodeState, PushPullState, StreamRequest, StreamResponse};
 pub use member::{

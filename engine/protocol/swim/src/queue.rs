@@ -320,6 +320,14 @@ impl<T> BroadcastQueue<T> {
         used
     }
 
+    /// Calls `f` on every queued broadcast (in no particular order).
+    pub fn for_each(&self, f: impl FnMut(&T)) {
+        self.slots
+            .iter()
+            .filter_map(|s| s.item.as_ref())
+            .for_each(f);
+    }
+
     /// Removes every broadcast.
     pub fn clear(&mut self) {
         for slot in 0..self.slots.len() {

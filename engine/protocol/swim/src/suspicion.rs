@@ -56,6 +56,12 @@ impl Suspicion {
         self.confirmers.len() as u32
     }
 
+    /// Marks the accuser and the confirmers (for the directory's collections).
+    pub fn mark_ids(&self, marks: &mut crate::directory::Marks) {
+        marks.node(self.from);
+        self.confirmers.iter().for_each(|&n| marks.node(n));
+    }
+
     /// Counts a confirmation from `from`; true if it was new (and should be re-gossiped).
     /// Bounded: at most `expected` confirmations are kept.
     pub fn confirm(&mut self, from: NodeId) -> bool {

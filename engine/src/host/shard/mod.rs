@@ -161,7 +161,14 @@ pub(crate) async fn run(
     if let Err(e) = ctx.watch(Arc::clone(ring.eventfd())) {
         return fail(format!("watching the ring's eventfd: {e}"));
     }
-    let dir = Directory::shared(config.cluster_members_max, config.swim.meta_bytes_max);
+    // Room for the cluster and for the failed members its members remember for reconnects:
+    // what nothing holds any more is reclaimed (`Core::collect_if_due`).
+    let dir = Directory::shared(
+        config
+            .cluster_members_max
+            .saturating_add(config.swim.reconnect_memory_max),
+        config.swim.meta_bytes_max,
+    );
     let core = Core {
         ctx: ctx.clone(),
         dir,
@@ -218,12 +225,18 @@ pub(crate) async fn run(
             while let Some((slot, _)) = s.core.timers.pop_expired(now) {
                 s.core.on_timer(now, slot);
             }
-            let Shard { ring, core, .. } = s;
+            let Shard {
+                ring,
+                core,
+                completions,
+                ..
+            } = s;
             ring.with_sender(|out| core.flush_dirty(now, out));
             if !core.dirty.is_empty() {
                 ctx.waker().notify();
             }
             core.reap_leavers(now, ring);
+            core.collect_if_due(now, completions);
             if let Err(e) = ring.flush() {
                 tracing::warn!(shard = shard_id, "submitting sends: {e}");
             }
@@ -298,6 +311,32 @@ impl Core {
             let _ = reply.send(Ok(()));
         }
         // Dropping `h` cancels its acceptor (closing the TCP listener).
+    }
+
+    /// Reclaims the directory's names and triples that nothing on this shard holds any
+    /// more: no member, no stream exchange about to start, no stream answer waiting for
+    /// its member (the only places outside the members where the shard keeps ids).
+    fn collect_if_due(&mut self, now: Time, completions: &VecDeque<StreamDone>) {
+        if !self.dir.borrow().collect_due(now) {
+            return;
+        }
+        let Core {
+            dir,
+            members,
+            streams_to_start,
+            ..
+        } = self;
+        dir.borrow_mut().collect(now, |marks| {
+            for h in members.iter().flatten() {
+                h.member.mark_ids(marks);
+            }
+            for (_, _, t, _) in streams_to_start.iter() {
+                marks.stream_request(&t.request);
+            }
+            for done in completions {
+                done.mark_ids(marks);
+            }
+        });
     }
 
     fn on_timer(&mut self, now: Time, slot: u32) {

@@ -241,6 +241,15 @@ impl Core {
     }
 }
 
+impl StreamDone {
+    /// Marks the directory ids of the answer (for the shard's directory collections).
+    pub(super) fn mark_ids(&self, marks: &mut swim::Marks) {
+        if let Ok(r) = &self.response {
+            marks.stream_response(r);
+        }
+    }
+}
+
 pub(super) fn encode_stream_request(
     encoder: &mut Encoder,
     seal: Option<&Keyring>,
@@ -308,13 +317,17 @@ pub(super) fn start_streams(shard: &Rc<RefCell<Shard>>) {
         let label = Rc::clone(&label);
         let keyring = Rc::clone(&keyring);
         glommio::spawn_local(async move {
+            // The exchange gives back its answer and the open connection, so that the
+            // answer (interned into the directory as it was read) reaches the shard
+            // before the next await: the shard's directory collections see only what the
+            // shard holds, and an answer held across the close would not be marked.
             let exchange = async {
-                let mut s = FrameStream::connect(t.to, &label, frame_max)
-                    .await
-                    .map_err(|_| swim::StreamError::Unreachable)?;
-                s.send(&frame)
-                    .await
-                    .map_err(|_| swim::StreamError::Unreachable)?;
+                let Ok(mut s) = FrameStream::connect(t.to, &label, frame_max).await else {
+                    return (Err(swim::StreamError::Unreachable), None);
+                };
+                if s.send(&frame).await.is_err() {
+                    return (Err(swim::StreamError::Unreachable), Some(s));
+                }
                 let response = match s.recv((*keyring).as_ref()).await {
                     // Read in place: a push-pull answer is interned straight from the frame.
                     Ok(Some(f)) => match f.messages().next() {
@@ -323,23 +336,24 @@ pub(super) fn start_streams(shard: &Rc<RefCell<Shard>>) {
                     },
                     _ => Err(swim::StreamError::Unreachable),
                 };
-                let _ = s.close().await;
-                response
+                (response, Some(s))
             };
-            let response = future::or(exchange, async {
+            let (response, stream) = future::or(exchange, async {
                 glommio::timer::sleep(timeout).await;
-                Err(swim::StreamError::Timeout)
+                (Err(swim::StreamError::Timeout), None)
             })
             .await;
-            let mut s = shard.borrow_mut();
-            s.outbound -= 1;
-            s.completions.push_back(StreamDone {
+            shard.borrow_mut().completions.push_back(StreamDone {
                 slot,
                 generation,
                 id: t.id,
                 response,
             });
             wake.notify();
+            if let Some(s) = stream {
+                let _ = s.close().await;
+            }
+            shard.borrow_mut().outbound -= 1;
         })
         .detach();
     }

@@ -3,13 +3,21 @@
 //!
 //! One directory may be shared (`Rc<RefCell<_>>`) by every member of a shard or a
 //! simulation, so that ten thousand members that each know ten thousand others keep one
-//! copy of each name. It only grows, up to `names_max` names and `infos_max` triples; past
+//! copy of each name. It holds at most `names_max` names and `infos_max` triples; past
 //! that, interning fails with an error and the message that needed it is dropped. It never
 //! panics on input from the network.
-
+//!
+//! Names and triples that nothing holds any more are reclaimed by a mark-and-sweep that
+//! the owner of the directory runs ([`Directory::collect`], when
+//! [`Directory::collect_due`]): every holder (each member sharing the directory, and the
+//! owner's own in-flight items) marks the ids it holds, and the rest are freed, so a
+//! cluster with unbounded churn runs in bounded memory. A freed id is handed out again
+//! only to a later intern: it must never be freed while anything still holds it, or a
+//! stale id would resolve to another member. Hence the owner must mark *everything*
+//! (`Member::mark_ids` names every field of a member that holds an id).
 //!
 //! Interning is here; [`Directory::item_size`] and its kin (the size oracle) are in `size`,
-//! conversion to and from the wire types in `convert`.
+//! conversion to and from the wire types in `convert`, reclamation in `collect`.
 
 use std::borrow::Borrow;
 use std::cell::RefCell;
@@ -22,11 +30,15 @@ use ringleader_wire::Encoder;
 use crate::hash::FxHashMap;
 use crate::item::{InfoId, NodeId};
 
+mod collect;
 mod convert;
+#[cfg(test)]
+mod reclaim_tests;
 mod size;
 #[cfg(test)]
 mod tests;
 
+pub use collect::{COLLECT_INTERVAL_MS_DEFAULT, CollectStats, Footprint, Marks};
 pub use convert::PROTOCOL;
 
 /// A directory shared by the members of one shard or simulation.
@@ -82,7 +94,8 @@ pub enum DirectoryError {
 /// One interned (name, address, metadata) triple.
 #[derive(Debug, Clone)]
 pub struct Info {
-    /// The member's name.
+    /// The member's name (`NodeId::MAX` in a free slot, which [`Directory::info`] never
+    /// hands out to a holder that marks what it holds).
     pub node: NodeId,
     /// Where it listens.
     pub addr: SocketAddr,
@@ -192,6 +205,9 @@ struct NameSlot {
 
 const NO_INFO: InfoId = InfoId::MAX;
 
+/// The `node` of a free triple slot.
+const FREE: NodeId = NodeId::MAX;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct SizeKey {
     kind: u8,
@@ -203,11 +219,19 @@ struct SizeKey {
 /// Interned names and triples, and the size oracle.
 pub struct Directory {
     names: FxHashMap<NameKey, NameSlot>,
-    /// Every interned name, back to back (names are never removed): encoding ten thousand
+    /// Every live name, back to back (repacked by each collection): encoding ten thousand
     /// members' names reads one packed run of bytes instead of ten thousand allocations.
     name_bytes: String,
+    /// Name slots by id; a free slot has an empty name (no interned name is empty).
     nodes: Vec<NodeEntry>,
+    /// Triple slots by id; a free slot has `node == FREE`.
     infos: Vec<Info>,
+    /// Free name and triple slots, lowest id last (taken first, so ids stay dense).
+    free_nodes: Vec<NodeId>,
+    free_infos: Vec<InfoId>,
+    names_live: usize,
+    infos_live: usize,
+    collect: collect::State,
     sizes: FxHashMap<SizeKey, u32>,
     enc: Encoder,
     names_max: usize,
@@ -218,8 +242,8 @@ pub struct Directory {
 impl std::fmt::Debug for Directory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Directory")
-            .field("names", &self.nodes.len())
-            .field("infos", &self.infos.len())
+            .field("names", &self.names_live)
+            .field("infos", &self.infos_live)
             .finish()
     }
 }
@@ -233,6 +257,11 @@ impl Directory {
             name_bytes: String::new(),
             nodes: Vec::new(),
             infos: Vec::new(),
+            free_nodes: Vec::new(),
+            free_infos: Vec::new(),
+            names_live: 0,
+            infos_live: 0,
+            collect: collect::State::new(names_max, infos_max),
             sizes: FxHashMap::default(),
             enc: Encoder::new(b""),
             names_max,
@@ -251,9 +280,14 @@ impl Directory {
         )))
     }
 
-    /// Names interned.
+    /// Names interned (and not reclaimed).
     pub fn names_len(&self) -> usize {
-        self.nodes.len()
+        self.names_live
+    }
+
+    /// Triples interned (and not reclaimed).
+    pub fn infos_len(&self) -> usize {
+        self.infos_live
     }
 
     /// The id of `name`, interning it.
@@ -264,10 +298,21 @@ impl Directory {
         if name.is_empty() || name.len() > NAME_BYTES_MAX {
             return Err(DirectoryError::BadName(name.len()));
         }
-        if self.nodes.len() >= self.names_max {
+        if self.names_live >= self.names_max {
+            self.collect.refused();
             return Err(DirectoryError::TooManyNames(self.names_max));
         }
-        let id = self.nodes.len() as NodeId;
+        let id = match self.free_nodes.pop() {
+            Some(id) => id,
+            None => {
+                self.nodes.push(NodeEntry {
+                    name: NameAt { at: 0, len: 0 },
+                    infos: Vec::new(),
+                });
+                (self.nodes.len() - 1) as NodeId
+            }
+        };
+        self.names_live += 1;
         self.names.insert(
             NameKey::new(name),
             NameSlot {
@@ -280,10 +325,12 @@ impl Directory {
             len: name.len() as u32,
         };
         self.name_bytes.push_str(name);
-        self.nodes.push(NodeEntry {
-            name: at,
-            infos: Vec::new(),
-        });
+        let entry = &mut self.nodes[id as usize];
+        debug_assert!(
+            entry.name.len == 0 && entry.infos.is_empty(),
+            "slot {id} is free"
+        );
+        entry.name = at;
         Ok(id)
     }
 
@@ -292,9 +339,12 @@ impl Directory {
         self.names.get(name).map(|s| s.node)
     }
 
-    /// The name of `node`.
+    /// The name of `node`. `node` must be held (marked at every collection since it was
+    /// interned): a freed id is a bug of its holder, caught here in debug builds.
     pub fn name(&self, node: NodeId) -> &str {
-        self.name_at(self.nodes[node as usize].name)
+        let at = self.nodes[node as usize].name;
+        debug_assert!(at.len > 0, "name id {node} was reclaimed while still held");
+        self.name_at(at)
     }
 
     fn name_at(&self, n: NameAt) -> &str {
@@ -324,10 +374,14 @@ impl Directory {
             self.set_latest(node, i);
             return Ok(i);
         }
-        if self.infos.len() >= self.infos_max {
+        debug_assert!(
+            entry.name.len > 0,
+            "name id {node} was reclaimed while still held"
+        );
+        if self.infos_live >= self.infos_max {
+            self.collect.refused();
             return Err(DirectoryError::TooManyInfos(self.infos_max));
         }
-        let id = self.infos.len() as InfoId;
         let name = entry.name;
         let name_len = name.len;
         let alive_size = self.measure(SizeKey {
@@ -336,13 +390,25 @@ impl Directory {
             b: meta.len() as u32,
             c: v6(addr),
         });
-        self.infos.push(Info {
+        let info = Info {
             node,
             addr,
             meta: meta.into(),
             alive_size,
             name,
-        });
+        };
+        let id = match self.free_infos.pop() {
+            Some(id) => {
+                debug_assert_eq!(self.infos[id as usize].node, FREE, "slot {id} is free");
+                self.infos[id as usize] = info;
+                id
+            }
+            None => {
+                self.infos.push(info);
+                (self.infos.len() - 1) as InfoId
+            }
+        };
+        self.infos_live += 1;
         self.nodes[node as usize].infos.push(id);
         self.set_latest(node, id);
         Ok(id)
@@ -381,9 +447,14 @@ impl Directory {
         self.intern_info(node, addr, meta)
     }
 
-    /// The triple `info`.
+    /// The triple `info`. `info` must be held (see [`Directory::name`]).
     pub fn info(&self, info: InfoId) -> &Info {
-        &self.infos[info as usize]
+        let i = &self.infos[info as usize];
+        debug_assert!(
+            i.node != FREE,
+            "triple id {info} was reclaimed while still held"
+        );
+        i
     }
 }
 

@@ -35,6 +35,7 @@ mod gossip;
 mod output;
 mod probe;
 mod receive;
+mod reclaim;
 mod stream;
 mod timers;
 mod transitions;
@@ -409,6 +410,12 @@ impl<R: Rng> Member<R> {
             .enumerate()
             .filter(|(_, e)| e.present())
             .map(|(i, e)| (i as NodeId, e.state(), e.incarnation))
+    }
+
+    /// Rows of the member table, present or not: one per name id up to the highest this
+    /// member has seen (16 bytes each), so bounded by the directory's name slots.
+    pub fn table_slots(&self) -> usize {
+        self.table.len()
     }
 
     /// Lifeguard's local health score (0 is healthy).
