@@ -406,6 +406,11 @@ fn flood_own_cluster(
     hc.runtime.name = "flood".into();
     hc.runtime.pin = false;
     hc.cluster_members_max = hc.cluster_members_max.max(n);
+    // Sized for this cluster (two descriptors per member): the defaults ask for more open
+    // files than a test host allows.
+    hc.members_per_shard_max = n;
+    hc.inbound_streams_max = 64;
+    hc.outbound_streams_max = 64;
     let host = Host::start(hc).context("starting the cluster")?;
     for (i, &addr) in addrs.iter().enumerate() {
         host.add(MemberSpec {
