@@ -77,7 +77,9 @@ pub struct HostConfig {
     pub runtime: RuntimeConfig,
     /// Each shard's UDP ring.
     pub udp: UdpConfig,
-    /// Members in the whole cluster, at most (sizes each shard's directory).
+    /// Members in the whole cluster, at most, live at once: each shard's directory holds
+    /// this many names plus `swim.reconnect_memory_max` failed ones it still remembers
+    /// (reaped members' names are reclaimed, so churn over time does not count).
     pub cluster_members_max: usize,
     /// Members hosted by one shard, at most.
     pub members_per_shard_max: usize,
