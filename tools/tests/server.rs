@@ -352,7 +352,7 @@ fn three_processes_replicate_survive_a_leader_kill_and_restart() {
         .path()
         .join(format!("n{}", wiped + 1))
         .join("shard-000")
-        .join("catching-up");
+        .join(ringleader_engine::multiraft::CATCHING_UP_FILE);
     let start = Instant::now();
     while marker.exists() {
         assert!(

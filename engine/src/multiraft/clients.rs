@@ -161,6 +161,15 @@ impl Inbox {
     }
 }
 
+/// `fut`'s output, or `None` if [`HELLO_TIMEOUT`] passes first.
+async fn within_hello_timeout<T>(fut: impl std::future::Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        glommio::timer::sleep(HELLO_TIMEOUT).await;
+        None
+    })
+    .await
+}
+
 /// Serves one accepted connection until it closes or the shard stops. Peer frames carry
 /// the cluster label and client frames none: the first header's label says which.
 pub async fn serve(stream: TcpStream, inbox: Rc<Inbox>, acc: Rc<Accept>) {
@@ -168,11 +177,7 @@ pub async fn serve(stream: TcpStream, inbox: Rc<Inbox>, acc: Rc<Accept>) {
     let (rd, wr) = futures_lite::io::split(stream);
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let mut head = [0u8; HEADER_LEN];
-    let first = futures_lite::future::or(async { Some(rd.read_exact(&mut head).await) }, async {
-        glommio::timer::sleep(HELLO_TIMEOUT).await;
-        None
-    })
-    .await;
+    let first = within_hello_timeout(rd.read_exact(&mut head)).await;
     match first {
         Some(Ok(())) => {}
         Some(Err(_)) => return,
@@ -194,23 +199,15 @@ pub async fn serve(stream: TcpStream, inbox: Rc<Inbox>, acc: Rc<Accept>) {
         acc.budget.clone(),
         head,
     );
-    let hello = futures_lite::future::or(
-        async {
-            Some(match reader.next().await {
-                Ok(Some(f)) => match f.messages().next() {
-                    Some(Ok(MessageRef::PeerHello(h))) => {
-                        <PeerHello as WireMessage>::to_owned(h).ok()
-                    }
-                    _ => None,
-                },
+    let hello = within_hello_timeout(async {
+        match reader.next().await {
+            Ok(Some(f)) => match f.messages().next() {
+                Some(Ok(MessageRef::PeerHello(h))) => <PeerHello as WireMessage>::to_owned(h).ok(),
                 _ => None,
-            })
-        },
-        async {
-            glommio::timer::sleep(HELLO_TIMEOUT).await;
-            None
-        },
-    )
+            },
+            _ => None,
+        }
+    })
     .await;
     let h = match hello {
         Some(Some(h)) => h,

@@ -47,7 +47,7 @@ use crate::raft::driver::DriverConfig;
 use crate::runtime::{Runtime, RuntimeConfig, RuntimeError};
 
 pub use machine::{ClientCall, Machine};
-pub use shard::{AppCommand, AppReply, ShardReport};
+pub use shard::{AppCommand, AppReply, CATCHING_UP_FILE, ShardReport};
 
 /// Configuration of a node. Units are in the names.
 #[derive(Debug, Clone)]

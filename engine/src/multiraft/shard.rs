@@ -131,17 +131,29 @@ const META_FILE: &str = "ringleader-raft.meta";
 
 /// The file in a shard's directory that says its groups have not caught up since the node
 /// rejoined after a loss of data ([`ServerConfig::rejoin`]).
-const CATCHING_UP_FILE: &str = "catching-up";
+pub const CATCHING_UP_FILE: &str = "catching-up";
 
-/// Creates `path` durably (the file and its directory entry).
-fn write_marker(path: &std::path::Path) -> Result<(), String> {
+/// Creates the catching-up file durably (the file and its directory entry).
+async fn write_marker(path: &std::path::Path) -> Result<(), String> {
+    let err = |e: std::io::Error| format!("writing {}: {e}", path.display());
     std::fs::File::create(path)
         .and_then(|f| f.sync_all())
-        .and_then(|()| match path.parent() {
-            Some(d) => std::fs::File::open(d)?.sync_all(),
-            None => Ok(()),
-        })
-        .map_err(|e| format!("writing {}: {e}", path.display()))
+        .map_err(err)?;
+    sync_parent(path).await.map_err(err)
+}
+
+/// Removes the catching-up file durably.
+async fn remove_marker(path: &std::path::Path) -> Result<(), String> {
+    let err = |e: std::io::Error| format!("removing {}: {e}", path.display());
+    crate::log::file::remove(path).await.map_err(err)?;
+    sync_parent(path).await.map_err(err)
+}
+
+async fn sync_parent(path: &std::path::Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(d) => crate::log::file::sync_dir(d).await,
+        None => Ok(()),
+    }
 }
 
 /// Refuses to start on a directory made for another node id, group count or shard count.
@@ -284,7 +296,9 @@ where
     });
     let catch_up = (cfg.rejoin && fresh) || marker.exists();
     if catch_up {
-        write_marker(&marker).map_err(|e| format!("shard {shard}: {e}"))?;
+        write_marker(&marker)
+            .await
+            .map_err(|e| format!("shard {shard}: {e}"))?;
         tracing::warn!(
             node = cfg.id,
             shard,
@@ -450,12 +464,7 @@ where
                 && self.drivers.values().all(|d| !d.raft().catching_up())
                 && let Some(marker) = self.catching_up.take()
             {
-                std::fs::remove_file(&marker)
-                    .and_then(|()| match marker.parent() {
-                        Some(d) => std::fs::File::open(d)?.sync_all(),
-                        None => Ok(()),
-                    })
-                    .map_err(|e| format!("removing {}: {e}", marker.display()))?;
+                remove_marker(&marker).await?;
                 tracing::warn!(
                     node = self.cfg.id,
                     shard = self.shard,

@@ -25,7 +25,7 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -242,6 +242,16 @@ fn flood_tcp(to: SocketAddr, until: Instant, conns: usize, forge: &Forge) -> Sen
     sent
 }
 
+/// One flood of `kind` against `to`, for `a.duration`.
+fn flood_one(kind: &str, to: SocketAddr, a: &Args, forge: &mut Forge) -> anyhow::Result<Sent> {
+    let until = Instant::now() + a.duration;
+    if kind == "tcp-trickle" {
+        Ok(flood_tcp(to, until, a.tcp_conns, forge))
+    } else {
+        flood_udp(kind, to, until, forge)
+    }
+}
+
 fn rss_bytes() -> u64 {
     rss_of("self")
 }
@@ -326,14 +336,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         k
     };
     let mut forge = Forge::new(key, a.seed)?;
-    let Some(_) = a
-        .target
-        .map(|t| flood_outside(&a, &kinds, t, &mut forge))
-        .transpose()?
-    else {
-        return flood_own_cluster(&a, &kinds, key, &mut forge);
-    };
-    Ok(())
+    match a.target {
+        Some(t) => flood_outside(&a, &kinds, t, &mut forge),
+        None => flood_own_cluster(&a, &kinds, key, &mut forge),
+    }
 }
 
 fn flood_outside(
@@ -346,12 +352,7 @@ fn flood_outside(
     let rss = || a.target_pid.map(|p| rss_of(&p.to_string()));
     for &kind in kinds {
         let before = rss();
-        let until = Instant::now() + a.duration;
-        let s = if kind == "tcp-trickle" {
-            flood_tcp(target, until, a.tcp_conns, forge)
-        } else {
-            flood_udp(kind, target, until, forge)?
-        };
+        let s = flood_one(kind, target, a, forge)?;
         let during = rss();
         std::thread::sleep(Duration::from_secs(2));
         floods.push(json!({
@@ -445,44 +446,38 @@ fn flood_own_cluster(
         let before = refusals(&host.census(n)?);
         let rss_before = rss_bytes();
         let stop = Arc::new(AtomicBool::new(false));
-        let suspicions = Arc::new(AtomicU64::new(0));
-        let downs = Arc::new(AtomicU64::new(0));
+        // Counts (suspicions, downs) until told to stop.
         let watcher = {
-            let (stop, suspicions, downs) = (stop.clone(), suspicions.clone(), downs.clone());
+            let stop = stop.clone();
             let events = host.events().clone();
             std::thread::spawn(move || {
+                let (mut suspicions, mut downs) = (0u64, 0u64);
                 while !stop.load(Ordering::SeqCst) {
                     match events.recv_timeout(Duration::from_millis(50)) {
                         Ok(e) => match e.event {
-                            Event::Suspect { .. } => {
-                                suspicions.fetch_add(1, Ordering::SeqCst);
-                            }
-                            Event::Down { .. } => {
-                                downs.fetch_add(1, Ordering::SeqCst);
-                            }
+                            Event::Suspect { .. } => suspicions += 1,
+                            Event::Down { .. } => downs += 1,
                             _ => {}
                         },
                         Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                        Err(_) => return,
+                        Err(_) => break,
                     }
                 }
+                (suspicions, downs)
             })
         };
-        let until = Instant::now() + a.duration;
-        let sent = if kind == "tcp-trickle" {
-            flood_tcp(victim, until, a.tcp_conns, forge)
-        } else {
-            flood_udp(kind, victim, until, forge)?
-        };
+        let sent = flood_one(kind, victim, a, forge)?;
         let rss_during = rss_bytes();
         // Let the victim drain its queues and the members finish a few probe rounds.
         std::thread::sleep(Duration::from_secs(2));
         let census = host.census(n)?;
         let after = refusals(&census);
         stop.store(true, Ordering::SeqCst);
-        let _ = watcher.join();
+        let (suspicions, downs) = watcher
+            .join()
+            .map_err(|_| anyhow::anyhow!("the event watcher panicked"))?;
         let refused = delta(&before, &after);
-        let fp = suspicions.load(Ordering::SeqCst) + downs.load(Ordering::SeqCst);
+        let fp = suspicions + downs;
         false_positives_total += fp;
         floods.push(json!({
             "kind": kind,
@@ -490,7 +485,7 @@ fn flood_own_cluster(
             "refused": refused,
             "refused_total": total(&refused),
             "rss_bytes": {"before": rss_before, "end_of_flood": rss_during, "after": rss_bytes()},
-            "false_positives": {"suspicions": suspicions.load(Ordering::SeqCst), "downs": downs.load(Ordering::SeqCst)},
+            "false_positives": {"suspicions": suspicions, "downs": downs},
             "converged_after": census.converged(),
         }));
         if !a.json {

@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use rand::{Rng, SeedableRng};
+use ringleader_engine::multiraft::CATCHING_UP_FILE;
 use ringleader_sim::raft::check::{self, CheckResult, KvOp, KvRet, Operation};
 use ringleader_wire::frame::HEADER_LEN;
 use ringleader_wire::msg::client::{
@@ -109,7 +110,7 @@ impl Cluster {
             std::fs::read_dir(self.dir.join(format!("node-{}", i + 1)))
                 .map(|rd| {
                     rd.filter_map(|e| e.ok())
-                        .any(|e| e.path().join("catching-up").exists())
+                        .any(|e| e.path().join(CATCHING_UP_FILE).exists())
                 })
                 .unwrap_or(false)
         })

@@ -146,6 +146,9 @@ impl<R: RngCore> Raft<R> {
         } else {
             (hard_state.term, hard_state.vote)
         };
+        let catch_up = cfg.catch_up_before_voting;
+        let catch_up_not_before =
+            now + Duration::from_millis(cfg.election_timeout_ms.saturating_mul(2));
         let mut raft = Raft {
             cfg,
             id,
@@ -183,15 +186,10 @@ impl<R: RngCore> Raft<R> {
             msgs_persisted: Vec::new(),
             read_states: Vec::new(),
             snapshot_to_install: None,
-            catching_up: false,
+            catching_up: catch_up,
             catch_up_target: 0,
-            catch_up_not_before: now,
+            catch_up_not_before,
         };
-        if raft.cfg.catch_up_before_voting {
-            raft.catching_up = true;
-            raft.catch_up_not_before =
-                now + Duration::from_millis(raft.cfg.election_timeout_ms.saturating_mul(2));
-        }
         if hard_state.term != term {
             raft.last_hard = hard_state;
         }
