@@ -14,6 +14,8 @@
 //! announced length), and a [`ByteBudget`] shared by the streams of a shard caps the bytes
 //! all of them hold at once. A header that announces 16 MiB followed by a trickle costs
 //! a few KiB, and a peer that trickles is cut off by its caller's exchange timeout.
+//! Between frames a stream keeps at most [`FRAME_RETAINED_BYTES_MAX`] of its buffer, so a
+//! long-lived connection that once carried a large frame does not hold that budget idle.
 //!
 //! This module never allocates more than `frame_bytes_max` for one frame, never more than
 //! its budget across streams, and never panics on received bytes.
@@ -57,6 +59,12 @@ pub enum StreamError {
 
 /// The first step of a frame buffer's growth while its body arrives.
 pub const FRAME_GROWTH_BYTES_MIN: usize = 64 * 1024;
+
+/// Most bytes a stream's buffer keeps (and keeps charged to its budget) between frames:
+/// a stream that once received a large frame (a snapshot chunk, a big append batch) gives
+/// the rest back before it reads the next one, so long-lived idle connections do not hold
+/// the budget that other streams need.
+pub const FRAME_RETAINED_BYTES_MAX: usize = 1 << 20;
 
 /// Bytes that the frame buffers of a set of streams (one shard's) may hold at once, before
 /// and after authentication alike. Cheap to clone (shared); single-threaded.
@@ -143,6 +151,24 @@ impl FrameBuf {
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.buf
     }
+
+    /// When the buffer holds more than `keep` bytes, gives them all back to the allocator
+    /// and to the budget; called between frames, when the last frame has been consumed.
+    /// Buffers of at most `keep` bytes are kept, so that a stream of ordinary frames
+    /// reallocates nothing.
+    fn trim(&mut self, keep: usize) {
+        if self.charged > keep {
+            self.buf.clear();
+            self.buf.shrink_to_fit();
+            self.budget.release(self.charged);
+            self.charged = 0;
+        }
+    }
+
+    /// Bytes charged to the budget for this buffer.
+    pub fn charged(&self) -> usize {
+        self.charged
+    }
 }
 
 impl Drop for FrameBuf {
@@ -165,6 +191,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     body_bytes_max: usize,
     keyring: bool,
 ) -> Result<bool, StreamError> {
+    buf.trim(FRAME_RETAINED_BYTES_MAX);
     buf.grow(HEADER_LEN, HEADER_LEN)?;
     let mut got = 0;
     if let Some(h) = prefix {
@@ -450,6 +477,39 @@ mod tests {
             "held {} bytes for 48 received",
             budget.held()
         );
+        drop(buf);
+        assert_eq!(budget.held(), 0);
+    }
+
+    /// A stream that received a large frame gives its budget back down to
+    /// `FRAME_RETAINED_BYTES_MAX` before it reads the next frame, and still reads it whole.
+    #[test]
+    fn a_large_frame_is_given_back_before_the_next_one() {
+        let big = put_frame(8 << 20, b"", None);
+        let small = put_frame(100, b"", None);
+        let budget = ByteBudget::new(12 << 20);
+        let mut r = Trickle {
+            bytes: [big.clone(), small.clone()].concat(),
+            at: 0,
+            chunk: 1 << 20,
+        };
+        let mut buf = FrameBuf::new(budget.clone());
+        let dec = Decoder::new(b"", MAX - HEADER_LEN);
+        let next = |r: &mut Trickle, buf: &mut FrameBuf| {
+            block_on(read_frame(r, buf, None, &dec, MAX - HEADER_LEN, false)).expect("frame")
+        };
+        assert!(next(&mut r, &mut buf));
+        assert_eq!(&buf.bytes_mut()[..big.len()], &big[..]);
+        assert!(budget.held() >= big.len(), "held {}", budget.held());
+        // Another stream may take what the first gave back once it reads on.
+        assert!(next(&mut r, &mut buf));
+        assert_eq!(&buf.bytes_mut()[..small.len()], &small[..]);
+        assert!(
+            budget.held() <= FRAME_RETAINED_BYTES_MAX,
+            "held {} bytes between frames",
+            budget.held()
+        );
+        assert_eq!(budget.held(), buf.charged());
         drop(buf);
         assert_eq!(budget.held(), 0);
     }
