@@ -164,11 +164,6 @@ impl FrameBuf {
             self.charged = 0;
         }
     }
-
-    /// Bytes charged to the budget for this buffer.
-    pub fn charged(&self) -> usize {
-        self.charged
-    }
 }
 
 impl Drop for FrameBuf {
@@ -481,8 +476,8 @@ mod tests {
         assert_eq!(budget.held(), 0);
     }
 
-    /// A stream that received a large frame gives its budget back down to
-    /// `FRAME_RETAINED_BYTES_MAX` before it reads the next frame, and still reads it whole.
+    /// A stream that received a frame larger than `FRAME_RETAINED_BYTES_MAX` gives that
+    /// charge back before it reads the next frame, and still reads the next frame whole.
     #[test]
     fn a_large_frame_is_given_back_before_the_next_one() {
         let big = put_frame(8 << 20, b"", None);
@@ -501,7 +496,6 @@ mod tests {
         assert!(next(&mut r, &mut buf));
         assert_eq!(&buf.bytes_mut()[..big.len()], &big[..]);
         assert!(budget.held() >= big.len(), "held {}", budget.held());
-        // Another stream may take what the first gave back once it reads on.
         assert!(next(&mut r, &mut buf));
         assert_eq!(&buf.bytes_mut()[..small.len()], &small[..]);
         assert!(
@@ -509,7 +503,7 @@ mod tests {
             "held {} bytes between frames",
             budget.held()
         );
-        assert_eq!(budget.held(), buf.charged());
+        assert_eq!(budget.held(), buf.charged);
         drop(buf);
         assert_eq!(budget.held(), 0);
     }
