@@ -87,6 +87,15 @@ pub struct HostConfig {
     pub stream_frame_bytes_max: usize,
     /// Inbound stream exchanges served by one shard at once; more are closed unanswered.
     pub inbound_streams_max: usize,
+    /// Inbound stream exchanges from one source IP address served by one shard at once;
+    /// more from that address are closed unanswered and counted in
+    /// [`ShardCensus::streams_refused_per_ip`], so that one address cannot take every slot
+    /// of `inbound_streams_max` from the other peers. At most `inbound_streams_max`; 0: no
+    /// per-IP bound. [`Host`] defaults to 0: the members of a loopback test cluster all
+    /// connect from 127.0.0.1, and a per-IP bound would throttle them as one peer; a
+    /// [`Node`] (one member, real peers on their own addresses) sets 8, since a peer needs
+    /// only a few concurrent exchanges (push-pull, fallback probe) with one member.
+    pub inbound_streams_per_ip_max: usize,
     /// Bytes the frames of one shard's inbound streams may hold at once (a frame is read
     /// into memory only as its bytes arrive; past this, the stream that needs more is
     /// closed and counted in [`ShardCensus::streams_over_budget`]). At least
@@ -160,6 +169,7 @@ impl Default for HostConfig {
             stream_frame_bytes_max: 16 << 20,
             inbound_stream_bytes_max: 64 << 20,
             inbound_streams_max: 512,
+            inbound_streams_per_ip_max: 0,
             outbound_streams_max: 512,
             leave_linger_ms: 3_000,
             gossip_seen_max: 4_096,
@@ -213,6 +223,13 @@ impl HostConfig {
         }
         if self.inbound_streams_max == 0 {
             return bad("inbound_streams_max must be at least 1".into());
+        }
+        if self.inbound_streams_per_ip_max > self.inbound_streams_max {
+            return bad(format!(
+                "inbound_streams_per_ip_max ({}) exceeds inbound_streams_max ({}): lower the \
+                 first (0 turns the per-IP bound off) or raise the second",
+                self.inbound_streams_per_ip_max, self.inbound_streams_max
+            ));
         }
         if self.inbound_stream_bytes_max < self.stream_frame_bytes_max {
             return bad(format!(
@@ -485,6 +502,9 @@ pub struct ShardCensus {
     pub streams_refused: u64,
     /// ... of which: more than `inbound_streams_max` were being served.
     pub streams_refused_busy: u64,
+    /// ... of which: `inbound_streams_per_ip_max` streams from the same source IP were
+    /// being served.
+    pub streams_refused_per_ip: u64,
     /// ... of which: the exchange did not finish within `stream_timeout_ms` (a slow or
     /// idle peer).
     pub streams_timed_out: u64,

@@ -45,6 +45,9 @@ impl NodeBuilder {
         host.runtime.name = "ringleader-node".to_string();
         host.members_per_shard_max = 1;
         host.inbound_streams_max = 64;
+        // A peer needs at most a few exchanges with one member at once: no one address
+        // may hold more than 8 of the 64.
+        host.inbound_streams_per_ip_max = 8;
         host.outbound_streams_max = 64;
         host.udp.recv_buffers = 256;
         host.udp.send_slots = 256;

@@ -4,12 +4,15 @@
 //! through its [`ClientConn`] and are written by the connection's writer task.
 //!
 //! Bounds: requests in flight per client connection, client connections per shard,
-//! messages queued from peers per shard, frame sizes. What exceeds a bound is refused
-//! (a client gets `Busy`) or dropped and counted; a frame that does not decode closes the
-//! connection (the framing cannot be trusted past it). Nothing here panics on input.
+//! unauthenticated connections (clients, and connections that have not said who they are)
+//! per source IP, messages queued from peers per shard, frame sizes. What exceeds a bound is
+//! refused (a client gets `Busy`) or dropped and counted; a frame that does not decode
+//! closes the connection (the framing cannot be trusted past it). Nothing here panics on
+//! input.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::rc::Rc;
 
 use futures_lite::io::BufReader;
@@ -41,6 +44,10 @@ pub struct InboxStats {
     pub clients_accepted: u64,
     /// Client connections closed at once: too many.
     pub clients_refused: u64,
+    /// Connections closed as soon as they were accepted: their source IP already held
+    /// `client_connections_per_ip_max` connections that are not authenticated peer links
+    /// (clients, and connections that have not sent their first frame or hello).
+    pub clients_refused_per_ip: u64,
     /// Client requests queued for the loop.
     pub requests: u64,
     /// Client requests refused as busy: too many in flight on their connection.
@@ -106,6 +113,9 @@ pub struct Inbox {
     stats: Cell<InboxStats>,
     /// Set when the shard stops: connection tasks end.
     pub stopping: Cell<bool>,
+    /// Open connections not (yet) authenticated as peer links, by source IP: one entry per
+    /// address with such a connection, removed when its last one closes or authenticates.
+    by_ip: RefCell<HashMap<IpAddr, usize>>,
 }
 
 /// What a shard checks a peer's hello against, and its bounds.
@@ -131,6 +141,8 @@ pub struct Accept {
     pub client_inflight_max: usize,
     /// Client connections at most.
     pub client_connections_max: usize,
+    /// Unauthenticated connections from one source IP at most (0: no bound).
+    pub client_connections_per_ip_max: usize,
     /// What the frames being read on the shard's connections may hold at once.
     pub budget: crate::transport::ByteBudget,
 }
@@ -146,6 +158,7 @@ impl Inbox {
             wake,
             stats: Cell::new(InboxStats::default()),
             stopping: Cell::new(false),
+            by_ip: RefCell::new(HashMap::new()),
         }
     }
 
@@ -161,6 +174,42 @@ impl Inbox {
     }
 }
 
+/// One unauthenticated connection counted against its source IP until dropped.
+struct IpSlot {
+    inbox: Rc<Inbox>,
+    ip: IpAddr,
+}
+
+impl IpSlot {
+    /// Counts a connection from `ip` (an IPv4 peer on an IPv6 listener as its IPv4
+    /// address), unless that address holds `max` already (0: no bound).
+    fn take(inbox: &Rc<Inbox>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let ip = ip.to_canonical();
+        let mut by_ip = inbox.by_ip.borrow_mut();
+        let n = by_ip.entry(ip).or_insert(0);
+        if max > 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            inbox: Rc::clone(inbox),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut by_ip = self.inbox.by_ip.borrow_mut();
+        if let Some(n) = by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// `fut`'s output, or `None` if [`HELLO_TIMEOUT`] passes first.
 async fn within_hello_timeout<T>(fut: impl std::future::Future<Output = T>) -> Option<T> {
     futures_lite::future::or(async { Some(fut.await) }, async {
@@ -173,6 +222,16 @@ async fn within_hello_timeout<T>(fut: impl std::future::Future<Output = T>) -> O
 /// Serves one accepted connection until it closes or the shard stops. Peer frames carry
 /// the cluster label and client frames none: the first header's label says which.
 pub async fn serve(stream: TcpStream, inbox: Rc<Inbox>, acc: Rc<Accept>) {
+    // Held until the connection closes, or until it authenticates as a peer link. (A
+    // connection whose address cannot be read is already gone: its first read fails.)
+    let mut slot = None;
+    if let Ok(from) = stream.peer_addr() {
+        slot = IpSlot::take(&inbox, from.ip(), acc.client_connections_per_ip_max);
+        if slot.is_none() {
+            inbox.count(|s| s.clients_refused_per_ip += 1);
+            return;
+        }
+    }
     let _ = stream.set_nodelay(true);
     let (rd, wr) = futures_lite::io::split(stream);
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
@@ -246,6 +305,8 @@ pub async fn serve(stream: TcpStream, inbox: Rc<Inbox>, acc: Rc<Accept>) {
         return;
     }
     drop(wr);
+    // An authenticated peer link no longer counts against its address.
+    drop(slot);
     serve_peer(reader, &inbox, &acc).await;
 }
 

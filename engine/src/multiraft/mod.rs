@@ -80,6 +80,13 @@ pub struct ServerConfig {
     pub client_inflight_max: usize,
     /// Client connections per shard; more are closed at once.
     pub client_connections_max: usize,
+    /// Connections from one source IP address a shard holds at once that are not
+    /// authenticated peer links (clients, and connections that have not yet sent their first
+    /// frame or hello); more from that address are closed as soon as they are accepted
+    /// (counted in `InboxStats::clients_refused_per_ip`), so that one address cannot hold
+    /// every connection a shard can serve. At most `client_connections_max`; 0: no
+    /// per-IP bound.
+    pub client_connections_per_ip_max: usize,
     /// Messages queued per peer link; more are dropped (and counted).
     pub peer_queue_msgs_max: usize,
     /// Largest frame on a peer link.
@@ -134,6 +141,9 @@ impl ServerConfig {
             request_timeout_ms: 5_000,
             client_inflight_max: 4096,
             client_connections_max: 1024,
+            // A quarter of the shard's clients: a load generator on one machine opens a few
+            // connections per shard, an attacker on one address cannot take them all.
+            client_connections_per_ip_max: 256,
             peer_queue_msgs_max: 16 * 1024,
             peer_frame_bytes_max: ringleader_wire::frame::STREAM_FRAME_BYTES_MAX_DEFAULT,
             reconnect_backoff_ms_min: 20,
@@ -188,6 +198,13 @@ impl ServerConfig {
                 "frame_bytes_held_max ({}) must be at least peer_frame_bytes_max ({}): one \
                  largest peer frame must fit",
                 self.frame_bytes_held_max, self.peer_frame_bytes_max
+            ));
+        }
+        if self.client_connections_per_ip_max > self.client_connections_max {
+            return Err(format!(
+                "client_connections_per_ip_max ({}) exceeds client_connections_max ({}): \
+                 lower the first (0 turns the per-IP bound off) or raise the second",
+                self.client_connections_per_ip_max, self.client_connections_max
             ));
         }
         if self.client_inflight_max == 0

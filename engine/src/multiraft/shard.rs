@@ -342,6 +342,7 @@ where
         inbound_queue_max: cfg.inbound_queue_max,
         client_inflight_max: cfg.client_inflight_max,
         client_connections_max: cfg.client_connections_max,
+        client_connections_per_ip_max: cfg.client_connections_per_ip_max,
         budget: crate::transport::ByteBudget::new(cfg.frame_bytes_held_max),
     });
     {

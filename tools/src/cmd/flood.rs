@@ -5,7 +5,10 @@
 //!
 //! Without `--target`, the tool starts the cluster itself: `--members` members (default 100)
 //! in this process on 127.77.x.y, sealed with one key under a cluster label, and floods
-//! member 0. The counters are the shards' (every refusal of the flood is counted there; a
+//! member 0. Its shards bound inbound streams per source IP (half of the shard's bound):
+//! the members' own streams all come from 127.0.0.1, the TCP flood from
+//! `--tcp-source` (default 127.66.0.1), so the flood cannot take the slots the members'
+//! push-pulls need. The counters are the shards' (every refusal of the flood is counted there; a
 //! quiet cluster refuses nothing, and the baseline is taken before each flood), and the
 //! memory is this process's resident set (the whole cluster: an upper bound on the victim).
 //! With `--target ADDR`, it floods an outside member and reports only what it sent.
@@ -20,10 +23,10 @@
 //! - `truncated`: a real frame cut short;
 //! - `tcp-trickle`: TCP connections that announce a maximal frame (a 16 MiB body) and then
 //!   send one byte at a time (slowloris): each costs the victim only what it sent, and is
-//!   cut off by the exchange timeout.
+//!   cut off by the exchange timeout; past the per-IP bound, the victim closes them at once.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -77,6 +80,10 @@ pub struct Args {
     /// TCP connections a `tcp-trickle` flood keeps open at once.
     #[arg(long, default_value_t = 400)]
     pub tcp_conns: usize,
+    /// The address a `tcp-trickle` flood's connections come from; default: 127.66.0.1
+    /// against the cluster started here, whatever the kernel picks with `--target`.
+    #[arg(long)]
+    pub tcp_source: Option<IpAddr>,
     /// Seed of the random bytes.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -204,9 +211,31 @@ fn flood_udp(
     Ok(sent)
 }
 
-/// Opens up to `conns` connections to `to`, each announcing a maximal frame, and trickles
-/// one byte per connection every 100 ms until `until`; reopens what the victim closes.
-fn flood_tcp(to: SocketAddr, until: Instant, conns: usize, forge: &Forge) -> Sent {
+/// A connection to `to`, from `from` if given.
+fn connect_from(from: Option<IpAddr>, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(from) = from else {
+        return TcpStream::connect_timeout(&to, Duration::from_millis(200));
+    };
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    s.bind(&SocketAddr::new(from, 0).into())?;
+    s.connect_timeout(&to.into(), Duration::from_millis(200))?;
+    Ok(s.into())
+}
+
+/// Opens up to `conns` connections to `to` (from `from`, if given), each announcing a
+/// maximal frame, and trickles one byte per connection every 100 ms until `until`; reopens
+/// what the victim closes.
+fn flood_tcp(
+    to: SocketAddr,
+    from: Option<IpAddr>,
+    until: Instant,
+    conns: usize,
+    forge: &Forge,
+) -> Sent {
     let mut sent = Sent::default();
     let mut header = forge.good[..HEADER_LEN].to_vec();
     let body = (16u32 << 20) - HEADER_LEN as u32;
@@ -214,7 +243,7 @@ fn flood_tcp(to: SocketAddr, until: Instant, conns: usize, forge: &Forge) -> Sen
     let mut open: Vec<TcpStream> = Vec::new();
     while Instant::now() < until {
         while open.len() < conns && Instant::now() < until {
-            match TcpStream::connect_timeout(&to, Duration::from_millis(200)) {
+            match connect_from(from, to) {
                 Ok(mut s) => {
                     sent.tcp_connections += 1;
                     let _ = s.set_nodelay(true);
@@ -242,11 +271,17 @@ fn flood_tcp(to: SocketAddr, until: Instant, conns: usize, forge: &Forge) -> Sen
     sent
 }
 
-/// One flood of `kind` against `to`, for `a.duration`.
-fn flood_one(kind: &str, to: SocketAddr, a: &Args, forge: &mut Forge) -> anyhow::Result<Sent> {
+/// One flood of `kind` against `to`, for `a.duration`; TCP from `tcp_source` if given.
+fn flood_one(
+    kind: &str,
+    to: SocketAddr,
+    tcp_source: Option<IpAddr>,
+    a: &Args,
+    forge: &mut Forge,
+) -> anyhow::Result<Sent> {
     let until = Instant::now() + a.duration;
     if kind == "tcp-trickle" {
-        Ok(flood_tcp(to, until, a.tcp_conns, forge))
+        Ok(flood_tcp(to, tcp_source, until, a.tcp_conns, forge))
     } else {
         flood_udp(kind, to, until, forge)
     }
@@ -282,6 +317,7 @@ fn refusals(c: &Census) -> Value {
         "streams": {
             "refused": sum(|s| s.streams_refused),
             "refused_busy": sum(|s| s.streams_refused_busy),
+            "refused_per_ip": sum(|s| s.streams_refused_per_ip),
             "timed_out": sum(|s| s.streams_timed_out),
             "over_budget": sum(|s| s.streams_over_budget),
             "bad_frame": sum(|s| s.streams_bad_frame),
@@ -352,7 +388,7 @@ fn flood_outside(
     let rss = || a.target_pid.map(|p| rss_of(&p.to_string()));
     for &kind in kinds {
         let before = rss();
-        let s = flood_one(kind, target, a, forge)?;
+        let s = flood_one(kind, target, a.tcp_source, a, forge)?;
         let during = rss();
         std::thread::sleep(Duration::from_secs(2));
         floods.push(json!({
@@ -411,6 +447,9 @@ fn flood_own_cluster(
     // files than a test host allows.
     hc.members_per_shard_max = n;
     hc.inbound_streams_max = 64;
+    // The members' streams (all from 127.0.0.1) and the flood's (from `tcp_source`) get
+    // half the slots each.
+    hc.inbound_streams_per_ip_max = 32;
     hc.outbound_streams_max = 64;
     let host = Host::start(hc).context("starting the cluster")?;
     for (i, &addr) in addrs.iter().enumerate() {
@@ -466,7 +505,8 @@ fn flood_own_cluster(
                 (suspicions, downs)
             })
         };
-        let sent = flood_one(kind, victim, a, forge)?;
+        let tcp_source = a.tcp_source.or(Some(IpAddr::from([127, 66, 0, 1])));
+        let sent = flood_one(kind, victim, tcp_source, a, forge)?;
         let rss_during = rss_bytes();
         // Let the victim drain its queues and the members finish a few probe rounds.
         std::thread::sleep(Duration::from_secs(2));

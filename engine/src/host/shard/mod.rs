@@ -122,6 +122,8 @@ struct Shard {
     core: Core,
     completions: VecDeque<StreamDone>,
     inbound: usize,
+    /// Of those, how many each source IP holds (the per-IP bound's ledger).
+    inbound_by_ip: streams::InboundByIp,
     /// Outbound stream exchanges in flight.
     outbound: usize,
 }
@@ -204,6 +206,7 @@ pub(crate) async fn run(
         core,
         completions: VecDeque::new(),
         inbound: 0,
+        inbound_by_ip: streams::InboundByIp::default(),
         outbound: 0,
     }));
     let _ = ready.send(Ok(()));

@@ -2,11 +2,14 @@
 //! outbound ones each run as a glommio task under `stream_timeout_ms` and hand their answer
 //! back to the shard loop; inbound ones are accepted on a member's own listener or on the
 //! shard's shared wildcard listener (routed by local address) and served by a task per
-//! connection. Both directions are bounded per shard; what is over the bound fails at once
-//! and is counted.
+//! connection. Both directions are bounded per shard, and inbound streams also per source
+//! IP address (`inbound_streams_per_ip_max`: one address must not take every slot from the
+//! other peers); what is over a bound fails at once and is counted. The per-IP ledger
+//! never holds more entries than streams being served.
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -48,6 +51,50 @@ pub(super) enum Route {
     ByLocalAddr,
 }
 
+/// Inbound streams being served on a shard, by source IP: one entry per address with a
+/// live stream (so at most `inbound_streams_max` entries), removed when its last stream
+/// ends.
+#[derive(Debug, Default)]
+pub(super) struct InboundByIp(HashMap<IpAddr, usize>);
+
+impl InboundByIp {
+    /// Counts one more stream from `ip`, unless it holds `max` already (0: no bound).
+    fn take(&mut self, ip: IpAddr, max: usize) -> bool {
+        let n = self.0.entry(ip).or_insert(0);
+        if max > 0 && *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// A stream from `ip` ended.
+    fn release(&mut self, ip: IpAddr) {
+        if let Some(n) = self.0.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.0.remove(&ip);
+            }
+        }
+    }
+}
+
+/// The source address a stream counts against: an IPv4 peer reaching an IPv6 listener
+/// (`::ffff:a.b.c.d`) counts as its IPv4 address.
+fn source_ip(from: SocketAddr) -> IpAddr {
+    from.ip().to_canonical()
+}
+
+/// What an accept loop serves its streams with (taken from the shard state when spawned).
+struct InboundLimits {
+    timeout: Duration,
+    keyring: Rc<Option<Keyring>>,
+    /// `inbound_streams_max`.
+    max: usize,
+    /// `inbound_streams_per_ip_max`.
+    per_ip_max: usize,
+}
+
 impl Core {
     /// Starts serving inbound streams from `listener` for `route`.
     pub(super) fn spawn_acceptor(
@@ -61,11 +108,12 @@ impl Core {
             self.ctx.waker().clone(),
             route,
             listener.with_budget(self.stream_budget.clone()),
-            (
-                Duration::from_millis(self.config.swim.stream_timeout_ms),
-                Rc::clone(&self.seal),
-                self.config.inbound_streams_max,
-            ),
+            InboundLimits {
+                timeout: Duration::from_millis(self.config.swim.stream_timeout_ms),
+                keyring: Rc::clone(&self.seal),
+                max: self.config.inbound_streams_max,
+                per_ip_max: self.config.inbound_streams_per_ip_max,
+            },
         ))
     }
 
@@ -380,11 +428,16 @@ async fn accept_loop(
     wake: LocalNotify,
     route: Route,
     listener: FrameListener,
-    limits: (Duration, Rc<Option<Keyring>>, usize),
+    limits: InboundLimits,
 ) {
     // Everything from the shard state comes in as arguments: the task may first run while
     // the shard is borrowed by the code that spawned it.
-    let (timeout, keyring, max) = limits;
+    let InboundLimits {
+        timeout,
+        keyring,
+        max,
+        per_ip_max,
+    } = limits;
     loop {
         let Ok(mut stream) = listener.accept().await else {
             // EMFILE and friends: back off instead of spinning.
@@ -392,9 +445,14 @@ async fn accept_loop(
             glommio::timer::sleep(crate::host::ACCEPT_BACKOFF).await;
             continue;
         };
-        let (slot, generation) = {
+        let (slot, generation, from) = {
             let mut s = shard.borrow_mut();
-            let Some(to) = s.core.route(route, stream.local_addr().ok()) else {
+            let Some((slot, generation)) = s.core.route(route, stream.local_addr().ok()) else {
+                continue;
+            };
+            // A connection already gone has no address to answer or count against.
+            let Ok(from) = stream.peer_addr() else {
+                s.core.census.streams_refused += 1;
                 continue;
             };
             if s.inbound >= max {
@@ -402,21 +460,25 @@ async fn accept_loop(
                 s.core.census.streams_refused_busy += 1;
                 continue;
             }
+            if !s.inbound_by_ip.take(source_ip(from), per_ip_max) {
+                s.core.census.streams_refused += 1;
+                s.core.census.streams_refused_per_ip += 1;
+                continue;
+            }
             s.inbound += 1;
-            to
+            (slot, generation, from)
         };
         let shard = Rc::clone(&shard);
         let wake = wake.clone();
         let keyring = Rc::clone(&keyring);
         glommio::spawn_local(async move {
-            let from = stream.peer_addr().ok();
             let outcome = future::or(
                 async {
                     // The request is read in place (a push-pull state is interned straight
                     // from the frame); the answer is an owned frame, sent once the received
                     // frame's buffer is free again.
-                    let answer = match (stream.recv((*keyring).as_ref()).await, from) {
-                        (Ok(Some(f)), Some(from)) => match f.messages().next() {
+                    let answer = match stream.recv((*keyring).as_ref()).await {
+                        Ok(Some(f)) => match f.messages().next() {
                             Some(Ok(req)) => {
                                 let mut s = shard.borrow_mut();
                                 let now = s.core.ctx.now();
@@ -426,9 +488,9 @@ async fn accept_loop(
                             }
                             _ => Err(Inbound::BadFrame),
                         },
-                        (Err(StreamError::OverBudget { .. }), _) => Err(Inbound::OverBudget),
-                        (Err(_), _) => Err(Inbound::BadFrame),
-                        (Ok(_), _) => Err(Inbound::Unanswered),
+                        Err(StreamError::OverBudget { .. }) => Err(Inbound::OverBudget),
+                        Err(_) => Err(Inbound::BadFrame),
+                        Ok(None) => Err(Inbound::Unanswered),
                     };
                     wake.notify();
                     match answer {
@@ -447,6 +509,7 @@ async fn accept_loop(
             .await;
             let mut s = shard.borrow_mut();
             s.inbound -= 1;
+            s.inbound_by_ip.release(source_ip(from));
             let c = &mut s.core.census;
             match outcome {
                 Inbound::Served => {}
@@ -466,5 +529,48 @@ async fn accept_loop(
             }
         })
         .detach();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_per_ip_ledger_bounds_each_address_and_forgets_it_at_zero() {
+        let mut l = InboundByIp::default();
+        let a: IpAddr = [127, 0, 0, 3].into();
+        let b: IpAddr = [127, 0, 0, 2].into();
+        assert!(l.take(a, 2) && l.take(a, 2));
+        assert!(
+            !l.take(a, 2),
+            "a third stream from one address is over the bound"
+        );
+        assert!(l.take(b, 2), "another address has its own bound");
+        l.release(a);
+        assert!(l.take(a, 2), "a slot freed is taken again");
+        for _ in 0..2 {
+            l.release(a);
+        }
+        l.release(b);
+        assert!(
+            l.0.is_empty(),
+            "no entry stays for an address with no stream"
+        );
+        // 0: no bound, but still counted (and forgotten).
+        for _ in 0..100 {
+            assert!(l.take(a, 0));
+        }
+        for _ in 0..100 {
+            l.release(a);
+        }
+        assert!(l.0.is_empty());
+    }
+
+    #[test]
+    fn a_mapped_ipv4_peer_counts_as_its_ipv4_address() {
+        let v4: SocketAddr = "127.0.0.9:1".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:127.0.0.9]:2".parse().unwrap();
+        assert_eq!(source_ip(v4), source_ip(mapped));
     }
 }
