@@ -44,7 +44,9 @@ pub use clock::LamportClock;
 pub use codec::{decode_tags, encode_tags};
 pub use config::SerfConfig;
 pub use keys::{INTERNAL_PREFIX, KeyOp, KeyResult};
-pub use query::{QUERY_FLAG_ACK, QUERY_FLAG_NO_BROADCAST, QueryHandle, RESPONSE_FLAG_ACK};
+pub use query::{
+    QUERY_FLAG_ACK, QUERY_FLAG_NO_BROADCAST, QueryHandle, QueryOptions, RESPONSE_FLAG_ACK,
+};
 pub use vivaldi::{Vivaldi, VivaldiConfig};
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -97,6 +99,13 @@ pub enum SerfError {
     /// The SWIM member refused (it has left, or metadata is invalid).
     #[error("membership refused: {0}")]
     Swim(String),
+    /// Force-leave of a member this member does not know.
+    #[error("no member named {0:?} is known here")]
+    UnknownMember(String),
+    /// Force-leave of a member that has not failed (only a failed member can be forced
+    /// out; a live one would answer with a newer join).
+    #[error("member {0:?} has not failed; force-leave applies to failed members only")]
+    NotFailed(String),
 }
 
 /// What the application hears from Serf.
@@ -339,6 +348,37 @@ impl Serf {
             Some(self.intent_key()),
         );
         member.leave(now);
+    }
+
+    /// Serf's `force-leave`: marks the failed member `name` as left across the cluster (a
+    /// leave intent with a new member time, gossiped like the member's own leave would be),
+    /// so that it is no longer reconnected to or reported as failed.
+    pub fn force_leave<R: Rng>(
+        &mut self,
+        member: &mut Member<R>,
+        name: &str,
+    ) -> Result<(), SerfError> {
+        let state = {
+            let dir = member.directory().clone();
+            let dir = dir.borrow();
+            member
+                .members()
+                .find(|&(node, _, _)| dir.name(node) == name)
+                .map(|(_, state, _)| state)
+        };
+        match state {
+            None => return Err(SerfError::UnknownMember(name.to_owned())),
+            Some(MemberState::Dead | MemberState::Left) => {}
+            Some(_) => return Err(SerfError::NotFailed(name.to_owned())),
+        }
+        let ltime = self.member_clock.increment();
+        self.apply_intent(member, name, ltime, IntentStatus::Leaving);
+        Ok(())
+    }
+
+    /// This member's tags.
+    pub fn tags(&self) -> &BTreeMap<String, String> {
+        &self.tags
     }
 
     /// Sets this member's tags (carried as SWIM metadata).

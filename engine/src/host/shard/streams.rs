@@ -63,7 +63,7 @@ impl Core {
             listener.with_budget(self.stream_budget.clone()),
             (
                 Duration::from_millis(self.config.swim.stream_timeout_ms),
-                Rc::clone(&self.seal),
+                Rc::clone(&self.seal_slot),
                 self.config.inbound_streams_max,
             ),
         ))
@@ -380,7 +380,7 @@ async fn accept_loop(
     wake: LocalNotify,
     route: Route,
     listener: FrameListener,
-    limits: (Duration, Rc<Option<Keyring>>, usize),
+    limits: (Duration, Rc<RefCell<Rc<Option<Keyring>>>>, usize),
 ) {
     // Everything from the shard state comes in as arguments: the task may first run while
     // the shard is borrowed by the code that spawned it.
@@ -407,7 +407,7 @@ async fn accept_loop(
         };
         let shard = Rc::clone(&shard);
         let wake = wake.clone();
-        let keyring = Rc::clone(&keyring);
+        let keyring = Rc::clone(&keyring.borrow());
         glommio::spawn_local(async move {
             let from = stream.peer_addr().ok();
             let outcome = future::or(
