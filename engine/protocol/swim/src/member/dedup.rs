@@ -106,6 +106,73 @@ impl<R: Rng> Member<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Config, Directory};
+    use rand::SeedableRng;
+    use ringleader_time::Time;
+
+    fn member(name: &str, port: u16) -> Member<rand::rngs::SmallRng> {
+        let dir = Directory::shared(16, 64);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        Member::new(
+            Config::lan(),
+            dir,
+            name,
+            addr,
+            b"",
+            rand::rngs::SmallRng::seed_from_u64(u64::from(port)),
+            Time::ZERO,
+        )
+        .expect("member")
+    }
+
+    fn delivered(m: &mut Member<rand::rngs::SmallRng>) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(e) = m.poll_event() {
+            if let Event::Message { msg, .. } = e
+                && let Message::Gossip(g) = &*msg
+            {
+                out.push(g.payload.clone());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_broadcast_is_delivered_and_relayed_once() {
+        let mut b = member("b", 2);
+        let from = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        let msg = |seq: u64| {
+            Message::Gossip(Gossip {
+                origin: "a".into(),
+                seq,
+                payload: vec![seq as u8],
+            })
+        };
+        let queued = b.broadcasts_pending();
+        for _ in 0..3 {
+            b.handle_message(Time::ZERO, from, msg(7));
+        }
+        assert_eq!(delivered(&mut b), vec![vec![7]], "delivered once");
+        assert_eq!(b.stats().gossip_duplicates, 2);
+        assert_eq!(b.broadcasts_pending(), queued + 1, "relayed once");
+        b.handle_message(Time::ZERO, from, msg(8));
+        assert_eq!(delivered(&mut b), vec![vec![8]], "another seq is news");
+        // Its own broadcasts come back as duplicates, never as deliveries.
+        b.app_broadcast(b"mine".to_vec()).expect("broadcast");
+        let seq = b.gossip_seq.expect("drawn").wrapping_sub(1);
+        b.handle_message(
+            Time::ZERO,
+            from,
+            Message::Gossip(Gossip {
+                origin: "b".into(),
+                seq,
+                payload: b"mine".to_vec(),
+            }),
+        );
+        assert!(delivered(&mut b).is_empty());
+        b.leave(Time::ZERO);
+        assert_eq!(b.app_broadcast(Vec::new()), Err(SwimError::Left));
+    }
 
     #[test]
     fn the_seen_set_forgets_the_oldest_past_its_bound() {
