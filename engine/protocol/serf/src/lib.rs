@@ -606,8 +606,11 @@ impl Serf {
         self.member_clock.witness(s.member_clock);
         self.event_clock.witness(s.event_clock);
         self.query_clock.witness(s.query_clock);
-        self.event_min_time = self.event_min_time.max(s.event_clock.saturating_add(1));
-        self.query_min_time = self.query_min_time.max(s.query_clock.saturating_add(1));
+        // A clock's time is one past the newest Lamport time it has witnessed, and the next
+        // event anyone fires can carry exactly that time: it is the floor (one more would
+        // refuse the cluster's next event as old, as the join's floor does not).
+        self.event_min_time = self.event_min_time.max(s.event_clock);
+        self.query_min_time = self.query_min_time.max(s.query_clock);
         if let (Some(ring), Some((&primary, rest))) = (self.keyring.as_mut(), s.keys.split_first())
         {
             for &k in rest {

@@ -281,16 +281,7 @@ fn add(
                 .as_ref()
                 .map(|k| k.list())
                 .unwrap_or_default();
-            match SerfState::start(
-                now,
-                &mut member,
-                &spec.name,
-                addr,
-                seed,
-                &keys,
-                *start,
-                !seeds.is_empty(),
-            ) {
+            match SerfState::start(now, &mut member, seed, &keys, *start, !seeds.is_empty()) {
                 Ok(s) => Some(Box::new(s)),
                 Err(e) => return fail(core, ring, e.to_string()),
             }

@@ -97,14 +97,25 @@ impl SerfState {
     pub(super) fn start(
         now: Time,
         member: &mut Member<ChaCha8Rng>,
-        name: &str,
-        addr: std::net::SocketAddr,
         seed: u64,
         keys: &[[u8; KEY_LEN]],
         start: SerfStart,
         joining: bool,
     ) -> Result<SerfState, HostError> {
-        let SerfStart { opts, snapshot } = start;
+        let SerfStart { opts, mut snapshot } = start;
+        if opts.keyring_path.is_some()
+            && let Some(snap) = snapshot.as_mut()
+        {
+            // The keyring file is the authority on keys (it is rewritten at every change,
+            // the snapshot only periodically): the snapshot's copy could bring back a key
+            // that was removed since.
+            snap.keys.clear();
+        }
+        let (name, addr) = {
+            let d = member.directory().borrow();
+            (d.name(member.id()).to_owned(), d.info(member.info()).addr)
+        };
+        let name = name.as_str();
         let mut serf = Serf::new(opts.config.clone(), name, addr, seed, keyring_of(keys));
         if let Some(snap) = &snapshot {
             serf.restore(snap);
