@@ -393,17 +393,13 @@ fn key_rotation_cuts_off_a_member_holding_only_the_old_key() {
     assert!(!r.succeeded());
     // The keyring files followed the rotation.
     for i in 0..4 {
-        let keys = serf::read_keyring_file(&dir.path().join(format!("n{i}.keyring")))
-            .expect("keyring file reads");
+        let file = dir.path().join(format!("n{i}.keyring"));
         wait_for("keyring file rewritten", || {
-            serf::read_keyring_file(&dir.path().join(format!("n{i}.keyring"))).expect("reads")
-                == Some(vec![k2])
+            serf::read_keyring_file(&file).expect("reads") == Some(vec![k2])
         });
-        let _ = keys;
     }
 
     // n4 comes back from its snapshot and keyring file: it holds only the old key.
-    let before = nodes[0].census(4).expect("census");
     let n4 = mk(4).expect("n4 restarts");
     let census_bad = |n: &Node| {
         let c = n.census(4).expect("census");
@@ -438,8 +434,11 @@ fn key_rotation_cuts_off_a_member_holding_only_the_old_key() {
             assert!(alive.contains(&format!("n{i}")), "{}: {alive:?}", n.name());
         }
     }
-    assert!(!pumps[0].user_events().is_empty());
-    let _ = before;
+    // Still nothing reached n4: no member, no event.
+    assert_eq!(alive_seen(&n4).len(), 1, "n4 still hears no one");
+    let c = n4.census(1).expect("census");
+    let delivered: u64 = c.shards.iter().map(|s| s.serf.events_delivered).sum();
+    assert_eq!(delivered, 0, "no event reached n4");
     n4.shutdown().expect("n4 stops");
 }
 
@@ -544,4 +543,32 @@ fn damaged_snapshot_and_keyring_files_are_refused_naming_the_file() {
     // Back to the good file: it starts.
     std::fs::write(&snap, &good_snap).expect("write");
     mk().expect("starts again").shutdown().expect("stops");
+}
+
+#[test]
+fn a_late_join_merges_two_nodes_without_replaying_the_past() {
+    let base = 85;
+    let n0 = start(spec(base, 0, Vec::new())).expect("n0 starts");
+    let n1 = start(spec(base, 1, Vec::new())).expect("n1 starts");
+    let (p0, p1) = (Pump::new(&n0), Pump::new(&n1));
+    n0.user_event("before", Vec::new(), false).expect("event");
+    wait_for("n0 delivers its own event", || {
+        p0.user_events().contains_key("before")
+    });
+    n1.join(vec![n0.addr()]).expect("join starts");
+    wait_all_alive(&[&n0, &n1]);
+    n0.user_event("after", Vec::new(), false).expect("event");
+    wait_for("n1 sees the event fired after the join", || {
+        p1.user_events().contains_key("after")
+    });
+    assert_eq!(
+        p1.user_events().keys().cloned().collect::<Vec<_>>(),
+        vec!["after".to_string()],
+        "the event from before the join is not replayed"
+    );
+    let e = n1.join(Vec::new());
+    assert!(e.is_ok(), "an empty join is a no-op: {e:?}");
+    drop((p0, p1));
+    n0.shutdown().expect("stop");
+    n1.shutdown().expect("stop");
 }

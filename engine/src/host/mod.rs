@@ -31,6 +31,10 @@
 //!   it. Leave broadcasts the leave and keeps the member running until its broadcast
 //!   queue drains or [`HostConfig::leave_linger_ms`] passes.
 //!
+//! - Serf (optional per member, [`Host::add_with`], [`NodeBuilder::serf`]): the shard keeps
+//!   a [`ringleader_serf::Serf`] beside the member and drives it (`shard/serf_io.rs`); the
+//!   API is in `serf_api.rs`, its types and files in [`serf`].
+//!
 //! Bad input never panics a shard: datagrams are validated by the transport (counted by
 //! cause in [`UdpCounters`]), messages the directory refuses are counted in the member's
 //! [`Stats::dropped`](crate::swim::Stats), and stream frames that do not decode end their

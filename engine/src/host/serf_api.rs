@@ -57,6 +57,18 @@ impl Host {
         })?
     }
 
+    /// Member `name` joins through `seeds` (members of another cluster, or of its own after
+    /// a partition): a push-pull with each, in the background (one [`super::Event::Joined`]
+    /// per seed). With Serf, the events the other side saw before are not replayed here.
+    pub fn join(&self, name: &str, seeds: Vec<SocketAddr>) -> Result<(), HostError> {
+        let shard = self.shard_of(name);
+        self.ask(shard, |reply| Command::Join {
+            name: name.to_string(),
+            seeds,
+            reply,
+        })?
+    }
+
     /// Member `name` fires a user event: delivered once to every member
     /// ([`super::Event::User`]). With `coalesce`, a newer event of the same name replaces
     /// an older one still waiting to be retransmitted. Returns its Lamport time.
@@ -121,9 +133,12 @@ impl Host {
             done,
             reply,
         })?;
-        report
-            .recv_timeout(KEY_OP_WAIT)
-            .map_err(|_| HostError::Stopped)
+        report.recv_timeout(KEY_OP_WAIT).map_err(|e| match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => {
+                HostError::Timeout(self.shard_of(name), KEY_OP_WAIT)
+            }
+            crossbeam_channel::RecvTimeoutError::Disconnected => HostError::Stopped,
+        })
     }
 
     /// Installs `key` (as a secondary) on every member, from member `name`. The report
@@ -179,6 +194,11 @@ impl Host {
 }
 
 impl Node {
+    /// Joins through `seeds`, in the background; see [`Host::join`].
+    pub fn join(&self, seeds: Vec<SocketAddr>) -> Result<(), HostError> {
+        self.host.join(&self.name, seeds)
+    }
+
     /// Fires a user event, delivered once to every member ([`super::Event::User`]);
     /// returns its Lamport time. See [`Host::user_event`].
     pub fn user_event(

@@ -14,7 +14,8 @@
 //! - Events are ordered by the event Lamport clock and de-duplicated by (time, name,
 //!   payload) in a ring of `event_buffer` slots indexed by time. An event older than the
 //!   ring is refused, not re-delivered; so are events from before this member joined
-//!   (`event_min_time`, learned from the push-pull of the join or from the snapshot).
+//!   (`event_min_time`, learned from the push-pull of the join or from the snapshot; events
+//!   that gossip brings while the join is unanswered are held, a bounded few, until it is).
 //! - A query is delivered like an event; each member whose filters match answers directly
 //!   to the originator and, with `relay_factor > 0`, through that many random members too,
 //!   so a lost datagram does not lose the answer. Responses are de-duplicated per member.
@@ -216,6 +217,9 @@ pub struct Serf {
     stats: SerfStats,
     encoder: Encoder,
     joining: bool,
+    /// User events that arrived while joining, before the floors were known (at most
+    /// `event_buffer`): judged once the join's answer (or its failure) comes.
+    held: Vec<wire::UserEvent>,
     recent: VecDeque<wire::UserEvent>,
     queued_responses: Vec<(QueryHandle, Vec<u8>)>,
     gossip_interval: Duration,
@@ -252,6 +256,7 @@ impl Serf {
             stats: SerfStats::default(),
             encoder: Encoder::new(b""),
             joining: false,
+            held: Vec::new(),
             recent: VecDeque::new(),
             queued_responses: Vec::new(),
             gossip_interval: Duration::from_millis(200),
@@ -328,6 +333,21 @@ impl Serf {
             Some(self.intent_key()),
         );
         self.publish_state(member);
+    }
+
+    /// A join through seeds begins after [`Serf::start`] (a member that founded its
+    /// cluster joins another): as at a start with `joining`, the first push-pull answer sets
+    /// the event and query floors, so the other cluster's past is not replayed here.
+    pub fn join_started(&mut self) {
+        self.joining = true;
+    }
+
+    /// The join is answered (floors set) or over: events held meanwhile are judged now.
+    fn end_join<R: Rng>(&mut self, member: &mut Member<R>) {
+        self.joining = false;
+        for ev in std::mem::take(&mut self.held) {
+            self.accept_event(member, ev);
+        }
     }
 
     fn intent_key(&self) -> u64 {
@@ -427,9 +447,9 @@ impl Serf {
                     self.query_clock.witness(q);
                     if self.joining && !*join {
                         // The answer to our join: do not replay what the cluster did before.
-                        self.joining = false;
                         self.event_min_time = self.event_min_time.max(e);
                         self.query_min_time = self.query_min_time.max(q);
+                        self.end_join(member);
                     }
                     // Anti-entropy: events this member missed in gossip (duplicates and
                     // events from before the join are refused as usual).
@@ -443,6 +463,9 @@ impl Serf {
             // The member forgot this peer: its name id may be reclaimed and given to
             // another member, which must not inherit the peer's latency samples.
             Event::Reaped { node } => self.vivaldi.forget(u64::from(*node)),
+            // A join that ends without a state from the other side (it failed, or the peer
+            // runs no Serf): the held events are judged with the floors there are.
+            Event::Joined { .. } if self.joining => self.end_join(member),
             _ => {}
         }
     }
@@ -574,7 +597,7 @@ impl Serf {
         self.publish_state(member);
     }
 
-    fn publish_state<R: Rng>(&mut self, member: &mut Member<R>) {
+    pub(crate) fn publish_state<R: Rng>(&mut self, member: &mut Member<R>) {
         member.set_user_state(encode_state(self.clocks(), &self.recent));
     }
 

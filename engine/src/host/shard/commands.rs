@@ -40,6 +40,11 @@ pub(crate) enum Command {
         name: String,
         reply: Reply<Result<(), HostError>>,
     },
+    Join {
+        name: String,
+        seeds: Vec<SocketAddr>,
+        reply: Reply<Result<(), HostError>>,
+    },
     Leave {
         name: String,
         reply: Reply<Result<(), HostError>>,
@@ -74,6 +79,34 @@ pub(super) fn command(shard: &Rc<RefCell<Shard>>, cmd: Command) {
                 Some(slot) => {
                     core.remove(slot, ring);
                     Ok(())
+                }
+                None => Err(HostError::NoSuchMember(name)),
+            };
+            let _ = reply.send(r);
+        }
+        Command::Join { name, seeds, reply } => {
+            let mut guard = shard.borrow_mut();
+            let core = &mut guard.core;
+            let now = core.ctx.now();
+            let r = match core.slot_of(&name) {
+                Some(slot) => {
+                    let r = match core.members.get_mut(slot as usize) {
+                        Some(Some(h)) => {
+                            let seeds: Vec<SocketAddr> =
+                                seeds.into_iter().filter(|&s| s != h.addr).collect();
+                            if let Some(s) = h.serf.as_mut() {
+                                s.serf.join_started();
+                            }
+                            h.member.join(now, &seeds).map_err(|e| HostError::Member {
+                                name,
+                                what: e.to_string(),
+                            })
+                        }
+                        _ => Ok(()),
+                    };
+                    core.dirty.push(slot);
+                    core.ctx.waker().notify();
+                    r
                 }
                 None => Err(HostError::NoSuchMember(name)),
             };
