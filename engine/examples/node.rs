@@ -161,6 +161,8 @@ fn main() {
             Event::Joined { seed, ok } => {
                 println!("join through {seed}: {}", if *ok { "ok" } else { "failed" });
             }
+            // Serf events (this example runs without the Serf layer).
+            Event::User { .. } | Event::Query(_) => {}
         }
     }
 

@@ -209,32 +209,39 @@ fn a_restored_member_does_not_replay_old_events() {
     };
     let rejoin = c.with(2, |_, s, _| s.restore(&snap)).expect("running");
     assert!(rejoin.is_empty());
-    assert_eq!(c.serf(2).map(|s| s.event_min_time()), Some(101));
-    let old = Message::UserEvent(wire::UserEvent {
-        ltime: 50,
-        name: "deploy".into(),
-        payload: vec![1],
-        coalesce: false,
-    });
+    // The clock's time (one past the newest time seen) is the floor: the next event the
+    // cluster fires may carry exactly it.
+    assert_eq!(c.serf(2).map(|s| s.event_min_time()), Some(100));
     let from = "127.0.0.9:7946".parse().expect("addr");
-    let mut delivered = 0;
-    c.with(2, |now, s, m| {
-        s.handle_event(
-            now,
-            m,
-            &Event::Message {
-                from,
-                msg: Rc::new(old),
-            },
-        );
-        while let Some(ev) = s.poll_event() {
-            if matches!(ev, SerfEvent::User { .. }) {
-                delivered += 1;
+    let mut deliver = |ltime: u64| {
+        let ev = Message::UserEvent(wire::UserEvent {
+            ltime,
+            name: format!("deploy-{ltime}"),
+            payload: vec![1],
+            coalesce: false,
+        });
+        let mut delivered = 0;
+        c.with(2, |now, s, m| {
+            s.handle_event(
+                now,
+                m,
+                &Event::Message {
+                    from,
+                    msg: Rc::new(ev),
+                },
+            );
+            while let Some(ev) = s.poll_event() {
+                if matches!(ev, SerfEvent::User { .. }) {
+                    delivered += 1;
+                }
             }
-        }
-    });
-    assert_eq!(delivered, 0);
-    assert_eq!(c.serf(2).map(|s| s.stats().events_too_old), Some(1));
+        });
+        delivered
+    };
+    assert_eq!(deliver(50), 0, "older than the snapshot");
+    assert_eq!(deliver(99), 0, "the newest time the snapshot had seen");
+    assert_eq!(deliver(100), 1, "the next time is new");
+    assert_eq!(c.serf(2).map(|s| s.stats().events_too_old), Some(2));
 }
 
 #[test]

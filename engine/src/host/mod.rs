@@ -31,12 +31,18 @@
 //!   it. Leave broadcasts the leave and keeps the member running until its broadcast
 //!   queue drains or [`HostConfig::leave_linger_ms`] passes.
 //!
+//! - Serf (optional per member, [`Host::add_with`], [`NodeBuilder::serf`]): the shard keeps
+//!   a [`ringleader_serf::Serf`] beside the member and drives it (`shard/serf_io.rs`); the
+//!   API is in `serf_api.rs`, its types and files in [`serf`].
+//!
 //! Bad input never panics a shard: datagrams are validated by the transport (counted by
 //! cause in [`UdpCounters`]), messages the directory refuses are counted in the member's
 //! [`Stats::dropped`](crate::swim::Stats), and stream frames that do not decode end their
 //! connection (counted in [`ShardCensus::streams_refused`]).
 
 mod node;
+pub mod serf;
+mod serf_api;
 mod shard;
 
 use std::net::SocketAddr;
@@ -48,6 +54,10 @@ use ringleader_wire::msg::swim::MemberState;
 use serde::Serialize;
 
 pub use node::{Node, NodeBuilder};
+pub use serf::{
+    Coordinates, IncomingQuery, KeyOp, KeyReport, MemberStatus, QueryParams, QueryReply,
+    QueryStream, SerfConfig, SerfCounters, SerfOptions,
+};
 
 use crate::runtime::{Runtime, RuntimeConfig, RuntimeError, shard_of};
 use crate::swim::{Config, Stats};
@@ -107,7 +117,8 @@ pub struct HostConfig {
     /// After [`Host::leave`], the member keeps gossiping its leave this long at most.
     pub leave_linger_ms: u64,
     /// Broadcasts each member remembers (to deliver and relay each once); one older than
-    /// the last this many is delivered again if it is still circulating.
+    /// the last this many is delivered again if it is still circulating. Sets
+    /// `swim.gossip_seen_max` (the decision is the SWIM core's).
     pub gossip_seen_max: usize,
     /// Which member events reach [`Host::events`].
     pub events: EventMask,
@@ -244,6 +255,7 @@ impl HostConfig {
     /// This configuration with `swim.encrypted` set from `keys`.
     fn normalized(mut self) -> HostConfig {
         self.swim.encrypted = !self.keys.is_empty();
+        self.swim.gossip_seen_max = self.gossip_seen_max;
         self
     }
 }
@@ -272,10 +284,14 @@ impl EventMask {
     pub const MESSAGE: EventMask = EventMask(128);
     /// Joins finished.
     pub const JOINED: EventMask = EventMask(256);
+    /// Serf user events.
+    pub const USER: EventMask = EventMask(512);
+    /// Serf queries to answer.
+    pub const QUERY: EventMask = EventMask(1024);
     /// Nothing.
     pub const NONE: EventMask = EventMask(0);
     /// Everything.
-    pub const ALL: EventMask = EventMask(0x1ff);
+    pub const ALL: EventMask = EventMask(0x7ff);
     /// Failures only (suspect, alive again, down, left).
     pub const FAILURES: EventMask = EventMask(2 | 4 | 8 | 16);
 
@@ -304,6 +320,14 @@ pub struct MemberInfo {
     pub state: MemberState,
     /// Its incarnation as seen.
     pub incarnation: u64,
+    /// Its tags, decoded from its metadata when Serf runs (empty otherwise).
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Its status: the state, with Serf's leave intents when Serf runs (a failed member
+    /// that was forced out is `left`).
+    pub status: MemberStatus,
+    /// Its Vivaldi coordinate, when Serf runs and one is known (this member's own, or a
+    /// peer's from its last ack).
+    pub coordinate: Option<Coordinates>,
 }
 
 fn state_name<S: serde::Serializer>(s: &MemberState, ser: S) -> Result<S::Ok, S::Error> {
@@ -364,6 +388,17 @@ pub enum Event {
         /// Whether the seed answered.
         ok: bool,
     },
+    /// A Serf user event, delivered once per member.
+    User {
+        /// Its Lamport time.
+        ltime: u64,
+        /// Its name.
+        name: String,
+        /// Its payload.
+        payload: Vec<u8>,
+    },
+    /// A Serf query this member matches: answer with [`IncomingQuery::respond`].
+    Query(IncomingQuery),
 }
 
 impl Event {
@@ -379,6 +414,8 @@ impl Event {
             Event::Reaped(_) => EventMask::REAPED,
             Event::Message { .. } => EventMask::MESSAGE,
             Event::Joined { .. } => EventMask::JOINED,
+            Event::User { .. } => EventMask::USER,
+            Event::Query(_) => EventMask::QUERY,
         }
     }
 
@@ -392,7 +429,9 @@ impl Event {
             | Event::Reaped(m)
             | Event::Suspect { member: m, .. }
             | Event::Down { member: m, .. } => Some(m),
-            Event::Message { .. } | Event::Joined { .. } => None,
+            Event::Message { .. } | Event::Joined { .. } | Event::User { .. } | Event::Query(_) => {
+                None
+            }
         }
     }
 }
@@ -471,6 +510,33 @@ pub enum HostError {
     /// A reply did not come in time.
     #[error("no reply from shard {0} within {1:?}")]
     Timeout(usize, Duration),
+    /// The member runs without Serf (start it with Serf options).
+    #[error("member {0:?} runs without the Serf layer; start it with SerfOptions")]
+    NoSerf(String),
+    /// The Serf layer refused.
+    #[error("member {name}: {what}")]
+    Serf {
+        /// The member.
+        name: String,
+        /// The Serf layer's reason.
+        what: String,
+    },
+    /// A snapshot file is damaged or cannot be read or written.
+    #[error("snapshot {}: {what}", path.display())]
+    Snapshot {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// A keyring file is damaged or cannot be read or written.
+    #[error("keyring file {}: {what}", path.display())]
+    Keyring {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        what: String,
+    },
 }
 
 /// One shard's account of its members and transport (see [`Host::census`]).
@@ -523,6 +589,8 @@ pub struct ShardCensus {
     pub accept_errors: u64,
     /// Events the application's channel had no room for.
     pub events_dropped: u64,
+    /// The Serf layers' counters.
+    pub serf: SerfCounters,
     /// Datagrams the shard could not send (no send slot, encoding failed).
     pub sends_dropped: u64,
 }
@@ -600,10 +668,11 @@ pub(crate) fn add_stats(t: &mut Stats, s: &Stats) {
     t.rumors_new += s.rumors_new;
     t.rumors_redundant += s.rumors_redundant;
     t.rumors_damped += s.rumors_damped;
+    t.gossip_duplicates += s.gossip_duplicates;
 }
 
 /// How long the application waits for a shard's reply to a command.
-const REPLY_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const REPLY_WAIT: Duration = Duration::from_secs(30);
 
 /// Many SWIM members on the shards of one process. For one member per process, use
 /// [`Node`].
@@ -643,6 +712,13 @@ impl Host {
                 Err(_) => return Err(HostError::Timeout(0, REPLY_WAIT)),
             }
         }
+        // Each shard gets a handle to itself, for the responders of the queries it hands
+        // out (commands are served in order: before any member is added).
+        for s in 0..shards {
+            if let Some(me) = runtime.command_sender(s) {
+                let _ = runtime.send(s, shard::Command::Init { me });
+            }
+        }
         Ok(Host { runtime, config })
     }
 
@@ -668,7 +744,7 @@ impl Host {
         self.runtime.events()
     }
 
-    fn ask<T>(
+    pub(crate) fn ask<T>(
         &self,
         shard: usize,
         make: impl FnOnce(crossbeam_channel::Sender<T>) -> shard::Command,
@@ -690,8 +766,7 @@ impl Host {
     /// join runs in the background: watch for [`Event::Joined`] or use [`Host::census`]).
     /// Returns the bound address.
     pub fn add(&self, spec: MemberSpec) -> Result<SocketAddr, HostError> {
-        let shard = self.shard_of(&spec.name);
-        self.ask(shard, |reply| shard::Command::Add { spec, reply })?
+        self.add_with(spec, None)
     }
 
     /// Crashes a member: its sockets close and it says nothing (peers must detect it).

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use ringleader_wire::keyring::KEY_LEN;
 
+use super::serf::{SerfOptions, read_keyring_file, write_keyring_file};
 use super::{Census, EventMask, Host, HostConfig, HostError, HostEvent, MemberInfo, MemberSpec};
 use crate::swim::Config;
 
@@ -32,6 +33,7 @@ pub struct NodeBuilder {
     seeds: Vec<SocketAddr>,
     meta: Vec<u8>,
     host: HostConfig,
+    serf: Option<SerfOptions>,
 }
 
 impl NodeBuilder {
@@ -58,6 +60,7 @@ impl NodeBuilder {
             seeds: Vec::new(),
             meta: Vec::new(),
             host,
+            serf: None,
         }
     }
 
@@ -116,15 +119,64 @@ impl NodeBuilder {
         self
     }
 
+    /// Runs the Serf layer (user events, queries, tags, key rotation, coordinates) with
+    /// `config`; the other Serf options keep their defaults unless set below.
+    pub fn serf(mut self, config: super::SerfConfig) -> NodeBuilder {
+        self.serf.get_or_insert_with(SerfOptions::default).config = config;
+        self
+    }
+
+    /// Every Serf option at once (turns Serf on).
+    pub fn serf_options(mut self, opts: SerfOptions) -> NodeBuilder {
+        self.serf = Some(opts);
+        self
+    }
+
+    /// Serf tags (turns Serf on; they replace [`NodeBuilder::meta`]).
+    pub fn tags(mut self, tags: std::collections::BTreeMap<String, String>) -> NodeBuilder {
+        self.serf.get_or_insert_with(SerfOptions::default).tags = tags;
+        self
+    }
+
+    /// Keeps a Serf snapshot at `path` (turns Serf on): written every
+    /// `snapshot_interval_ms` and at leave; at start, an existing one makes the node
+    /// rejoin the members it knew without replaying old events.
+    pub fn snapshot(mut self, path: impl Into<std::path::PathBuf>) -> NodeBuilder {
+        self.serf
+            .get_or_insert_with(SerfOptions::default)
+            .snapshot_path = Some(path.into());
+        self
+    }
+
+    /// The keyring file (turns Serf on): a JSON array of base64 keys, primary first, mode
+    /// 0600. At start, an existing file's keys replace [`NodeBuilder::keys`]; without one,
+    /// the file is created from them. It is rewritten after every key change.
+    pub fn keyring_file(mut self, path: impl Into<std::path::PathBuf>) -> NodeBuilder {
+        self.serf
+            .get_or_insert_with(SerfOptions::default)
+            .keyring_path = Some(path.into());
+        self
+    }
+
     /// Binds, starts and joins (in the background: see [`super::Event::Joined`]).
-    pub fn start(self) -> Result<Node, HostError> {
+    pub fn start(mut self) -> Result<Node, HostError> {
+        if let Some(path) = self.serf.as_ref().and_then(|s| s.keyring_path.clone()) {
+            match read_keyring_file(&path)? {
+                Some(keys) => self.host.keys = keys,
+                None if !self.host.keys.is_empty() => write_keyring_file(&path, &self.host.keys)?,
+                None => {}
+            }
+        }
         let host = Host::start(self.host)?;
-        let addr = host.add(MemberSpec {
-            name: self.name.clone(),
-            bind: self.bind,
-            seeds: self.seeds,
-            meta: self.meta,
-        })?;
+        let addr = host.add_with(
+            MemberSpec {
+                name: self.name.clone(),
+                bind: self.bind,
+                seeds: self.seeds,
+                meta: self.meta,
+            },
+            self.serf,
+        )?;
         Ok(Node {
             host,
             name: self.name,
@@ -136,8 +188,8 @@ impl NodeBuilder {
 /// A running member. Dropping it stops it without leaving (like a crash); call
 /// [`Node::leave`] first to leave gracefully.
 pub struct Node {
-    host: Host,
-    name: String,
+    pub(super) host: Host,
+    pub(super) name: String,
     addr: SocketAddr,
 }
 
@@ -157,7 +209,8 @@ impl Node {
         self.addr
     }
 
-    /// Every member it knows, with the state it sees (itself included).
+    /// Every member it knows, with the state it sees (itself included); with Serf, also
+    /// their tags, status and coordinates.
     pub fn members(&self) -> Result<Vec<MemberInfo>, HostError> {
         self.host.members(&self.name)
     }

@@ -70,7 +70,7 @@ use std::hash::{Hash, Hasher};
 pub use context::ShardContext;
 pub use notify::{LocalNotify, Watch};
 pub use placement::{PlacementReport, allowed_cpus, set_sched_slice};
-pub use threads::Runtime;
+pub use threads::{CommandSender, Runtime};
 pub use timers::{Timers, TimersFull};
 
 /// The eventfd type of the command wake-ups (defined by the transport, which registers it).

@@ -23,6 +23,34 @@ use crate::transport::limits::ensure_memlock;
 /// How long a shard waits for its peers to publish their mesh ids after joining.
 const MESH_JOIN_WAIT_MAX: Duration = Duration::from_secs(10);
 
+/// Sends commands to one shard and wakes it (see [`Runtime::command_sender`]).
+pub struct CommandSender<C> {
+    tx: crossbeam_channel::Sender<C>,
+    efd: Arc<EventFd>,
+}
+
+impl<C> Clone for CommandSender<C> {
+    fn clone(&self) -> Self {
+        CommandSender {
+            tx: self.tx.clone(),
+            efd: Arc::clone(&self.efd),
+        }
+    }
+}
+
+impl<C> CommandSender<C> {
+    /// Sends `cmd` and wakes the shard; `Err(cmd)` if its queue is full or it has stopped.
+    pub fn send(&self, cmd: C) -> Result<(), C> {
+        match self.tx.try_send(cmd) {
+            Ok(()) => {
+                self.efd.signal();
+                Ok(())
+            }
+            Err(e) => Err(e.into_inner()),
+        }
+    }
+}
+
 /// A running set of shards. Dropping it shuts down and joins.
 pub struct Runtime<C: Send + 'static, E: Send + 'static, T: Send + 'static> {
     shared: Arc<Shared<C, E>>,
@@ -294,6 +322,17 @@ impl<C: Send + 'static, E: Send + 'static, T: Send + 'static> Runtime<C, E, T> {
             }
             Err(e) => Err(e.into_inner()),
         }
+    }
+
+    /// A handle that sends commands to `shard` from any thread (for objects handed to the
+    /// application that must reach their shard later, like a query's responder); `None`
+    /// if the shard does not exist. Once the shard has stopped, its sends fail.
+    pub fn command_sender(&self, shard: usize) -> Option<CommandSender<C>> {
+        let (tx, efd) = self.shared.commands.get(shard)?;
+        Some(CommandSender {
+            tx: tx.clone(),
+            efd: Arc::clone(efd),
+        })
     }
 
     /// Asks every shard to stop (they see [`ShardContext::stopping`] and are woken).

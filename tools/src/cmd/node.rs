@@ -304,6 +304,8 @@ impl Printer {
                     "seed": seed.to_string(),
                     "ok": ok,
                 }),
+                // This node runs without Serf: these never come.
+                Event::User { .. } | Event::Query(_) => return,
             };
             self.line.push_str(&v.to_string());
             return;
@@ -361,6 +363,7 @@ impl Printer {
                 let ok = if *ok { "ok" } else { "failed" };
                 let _ = write!(line, "joined {seed} {ok}");
             }
+            Event::User { .. } | Event::Query(_) => {}
         }
     }
 

@@ -73,6 +73,8 @@ impl Tally {
             Event::Reaped(_) => "reaped",
             Event::Message { .. } => "message",
             Event::Joined { .. } => "joined",
+            Event::User { .. } => "user",
+            Event::Query(_) => "query",
         };
         *self.events.entry(kind).or_default() += 1;
         match e.event {
@@ -146,6 +148,9 @@ mod tests {
             meta: Vec::new(),
             state: MemberState::Dead,
             incarnation: 0,
+            tags: Default::default(),
+            status: ringleader_engine::host::MemberStatus::Failed,
+            coordinate: None,
         }
     }
 

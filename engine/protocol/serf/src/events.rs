@@ -112,6 +112,17 @@ impl Serf {
 
     pub(crate) fn accept_event<R: Rng>(&mut self, member: &mut Member<R>, ev: wire::UserEvent) {
         self.event_clock.witness(ev.ltime);
+        if self.joining {
+            // Gossip can outrun the answer to the join (the other side learns of this member
+            // and relays what it still has queued): whether an event is from before the join
+            // is known only once that answer has set the floors.
+            if self.held.len() < self.cfg.event_buffer {
+                self.held.push(ev);
+            } else {
+                self.stats.events_too_old += 1;
+            }
+            return;
+        }
         if ev.ltime < self.event_min_time {
             self.stats.events_too_old += 1;
             return;
@@ -137,6 +148,10 @@ impl Serf {
                 // Coalescing: a newer event of the same name replaces an older one still
                 // queued for retransmission (the older one was delivered here already).
                 member.broadcast(Message::UserEvent(ev), key);
+                // The push-pull state carries the new clock at once: a member that joins
+                // through this one before the next tick must not take an older floor, or
+                // the gossip of this event would reach it as news from after its join.
+                self.publish_state(member);
             }
         }
     }

@@ -157,6 +157,10 @@ impl Serf {
             expected,
             result: KeyResult::default(),
         };
-        self.query_inner(now, member, op, &payload, Vec::new(), None, Some(pending))
+        let opts = crate::query::QueryOptions {
+            request_ack: true,
+            ..Default::default()
+        };
+        self.query_inner(now, member, op, &payload, opts, Some(pending))
     }
 }

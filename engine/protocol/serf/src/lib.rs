@@ -14,7 +14,8 @@
 //! - Events are ordered by the event Lamport clock and de-duplicated by (time, name,
 //!   payload) in a ring of `event_buffer` slots indexed by time. An event older than the
 //!   ring is refused, not re-delivered; so are events from before this member joined
-//!   (`event_min_time`, learned from the push-pull of the join or from the snapshot).
+//!   (`event_min_time`, learned from the push-pull of the join or from the snapshot; events
+//!   that gossip brings while the join is unanswered are held, a bounded few, until it is).
 //! - A query is delivered like an event; each member whose filters match answers directly
 //!   to the originator and, with `relay_factor > 0`, through that many random members too,
 //!   so a lost datagram does not lose the answer. Responses are de-duplicated per member.
@@ -44,7 +45,9 @@ pub use clock::LamportClock;
 pub use codec::{decode_tags, encode_tags};
 pub use config::SerfConfig;
 pub use keys::{INTERNAL_PREFIX, KeyOp, KeyResult};
-pub use query::{QUERY_FLAG_ACK, QUERY_FLAG_NO_BROADCAST, QueryHandle, RESPONSE_FLAG_ACK};
+pub use query::{
+    QUERY_FLAG_ACK, QUERY_FLAG_NO_BROADCAST, QueryHandle, QueryOptions, RESPONSE_FLAG_ACK,
+};
 pub use vivaldi::{Vivaldi, VivaldiConfig};
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -97,6 +100,13 @@ pub enum SerfError {
     /// The SWIM member refused (it has left, or metadata is invalid).
     #[error("membership refused: {0}")]
     Swim(String),
+    /// Force-leave of a member this member does not know.
+    #[error("no member named {0:?} is known here")]
+    UnknownMember(String),
+    /// Force-leave of a member that has not failed (only a failed member can be forced
+    /// out; a live one would answer with a newer join).
+    #[error("member {0:?} has not failed; force-leave applies to failed members only")]
+    NotFailed(String),
 }
 
 /// What the application hears from Serf.
@@ -207,6 +217,9 @@ pub struct Serf {
     stats: SerfStats,
     encoder: Encoder,
     joining: bool,
+    /// User events that arrived while joining, before the floors were known (at most
+    /// `event_buffer`): judged once the join's answer (or its failure) comes.
+    held: Vec<wire::UserEvent>,
     recent: VecDeque<wire::UserEvent>,
     queued_responses: Vec<(QueryHandle, Vec<u8>)>,
     gossip_interval: Duration,
@@ -243,6 +256,7 @@ impl Serf {
             stats: SerfStats::default(),
             encoder: Encoder::new(b""),
             joining: false,
+            held: Vec::new(),
             recent: VecDeque::new(),
             queued_responses: Vec::new(),
             gossip_interval: Duration::from_millis(200),
@@ -321,6 +335,21 @@ impl Serf {
         self.publish_state(member);
     }
 
+    /// A join through seeds begins after [`Serf::start`] (a member that founded its
+    /// cluster joins another): as at a start with `joining`, the first push-pull answer sets
+    /// the event and query floors, so the other cluster's past is not replayed here.
+    pub fn join_started(&mut self) {
+        self.joining = true;
+    }
+
+    /// The join is answered (floors set) or over: events held meanwhile are judged now.
+    fn end_join<R: Rng>(&mut self, member: &mut Member<R>) {
+        self.joining = false;
+        for ev in std::mem::take(&mut self.held) {
+            self.accept_event(member, ev);
+        }
+    }
+
     fn intent_key(&self) -> u64 {
         digest(&[b"intent", self.name.as_bytes()])
     }
@@ -339,6 +368,37 @@ impl Serf {
             Some(self.intent_key()),
         );
         member.leave(now);
+    }
+
+    /// Serf's `force-leave`: marks the failed member `name` as left across the cluster (a
+    /// leave intent with a new member time, gossiped like the member's own leave would be),
+    /// so that it is no longer reconnected to or reported as failed.
+    pub fn force_leave<R: Rng>(
+        &mut self,
+        member: &mut Member<R>,
+        name: &str,
+    ) -> Result<(), SerfError> {
+        let state = {
+            let dir = member.directory().clone();
+            let dir = dir.borrow();
+            member
+                .members()
+                .find(|&(node, _, _)| dir.name(node) == name)
+                .map(|(_, state, _)| state)
+        };
+        match state {
+            None => return Err(SerfError::UnknownMember(name.to_owned())),
+            Some(MemberState::Dead | MemberState::Left) => {}
+            Some(_) => return Err(SerfError::NotFailed(name.to_owned())),
+        }
+        let ltime = self.member_clock.increment();
+        self.apply_intent(member, name, ltime, IntentStatus::Leaving);
+        Ok(())
+    }
+
+    /// This member's tags.
+    pub fn tags(&self) -> &BTreeMap<String, String> {
+        &self.tags
     }
 
     /// Sets this member's tags (carried as SWIM metadata).
@@ -387,9 +447,9 @@ impl Serf {
                     self.query_clock.witness(q);
                     if self.joining && !*join {
                         // The answer to our join: do not replay what the cluster did before.
-                        self.joining = false;
                         self.event_min_time = self.event_min_time.max(e);
                         self.query_min_time = self.query_min_time.max(q);
+                        self.end_join(member);
                     }
                     // Anti-entropy: events this member missed in gossip (duplicates and
                     // events from before the join are refused as usual).
@@ -403,6 +463,9 @@ impl Serf {
             // The member forgot this peer: its name id may be reclaimed and given to
             // another member, which must not inherit the peer's latency samples.
             Event::Reaped { node } => self.vivaldi.forget(u64::from(*node)),
+            // A join that ends without a state from the other side (it failed, or the peer
+            // runs no Serf): the held events are judged with the floors there are.
+            Event::Joined { .. } if self.joining => self.end_join(member),
             _ => {}
         }
     }
@@ -534,7 +597,7 @@ impl Serf {
         self.publish_state(member);
     }
 
-    fn publish_state<R: Rng>(&mut self, member: &mut Member<R>) {
+    pub(crate) fn publish_state<R: Rng>(&mut self, member: &mut Member<R>) {
         member.set_user_state(encode_state(self.clocks(), &self.recent));
     }
 
@@ -566,8 +629,11 @@ impl Serf {
         self.member_clock.witness(s.member_clock);
         self.event_clock.witness(s.event_clock);
         self.query_clock.witness(s.query_clock);
-        self.event_min_time = self.event_min_time.max(s.event_clock.saturating_add(1));
-        self.query_min_time = self.query_min_time.max(s.query_clock.saturating_add(1));
+        // A clock's time is one past the newest Lamport time it has witnessed, and the next
+        // event anyone fires can carry exactly that time: it is the floor (one more would
+        // refuse the cluster's next event as old, as the join's floor does not).
+        self.event_min_time = self.event_min_time.max(s.event_clock);
+        self.query_min_time = self.query_min_time.max(s.query_clock);
         if let (Some(ring), Some((&primary, rest))) = (self.keyring.as_mut(), s.keys.split_first())
         {
             for &k in rest {

@@ -41,6 +41,19 @@ pub struct QueryHandle {
     /// Deadline after which the originator ignores responses.
     pub deadline: Time,
 }
+/// How a query is issued (see [`Serf::query_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct QueryOptions {
+    /// Filters every one of which a member must match to answer.
+    pub filters: Vec<wire::QueryFilter>,
+    /// When the originator stops listening (default: Serf's formula).
+    pub timeout: Option<Duration>,
+    /// Ask every matching member for an ack on receipt (before its answer).
+    pub request_ack: bool,
+    /// Members that relay each answer besides the direct send (default: the config's).
+    pub relay_factor: Option<u8>,
+}
+
 impl Serf {
     fn query_timeout<R: Rng>(&self, member: &Member<R>) -> Duration {
         let n = member.known().max(1) as f64;
@@ -59,23 +72,45 @@ impl Serf {
         filters: Vec<wire::QueryFilter>,
         timeout: Option<Duration>,
     ) -> Result<u32, SerfError> {
+        let opts = QueryOptions {
+            filters,
+            timeout,
+            request_ack: true,
+            relay_factor: None,
+        };
+        self.query_with(now, member, name, payload, opts)
+    }
+
+    /// Issues a query with every option of [`QueryOptions`]; see [`Serf::query`].
+    pub fn query_with<R: Rng>(
+        &mut self,
+        now: Time,
+        member: &mut Member<R>,
+        name: &str,
+        payload: &[u8],
+        opts: QueryOptions,
+    ) -> Result<u32, SerfError> {
         if name.starts_with(INTERNAL_PREFIX) {
             return Err(SerfError::Reserved);
         }
-        self.query_inner(now, member, name, payload, filters, timeout, None)
+        self.query_inner(now, member, name, payload, opts, None)
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn query_inner<R: Rng>(
         &mut self,
         now: Time,
         member: &mut Member<R>,
         name: &str,
         payload: &[u8],
-        filters: Vec<wire::QueryFilter>,
-        timeout: Option<Duration>,
+        opts: QueryOptions,
         key: Option<KeyPending>,
     ) -> Result<u32, SerfError> {
+        let QueryOptions {
+            filters,
+            timeout,
+            request_ack,
+            relay_factor,
+        } = opts;
         if payload.len() > self.cfg.query_bytes_max {
             return Err(SerfError::PayloadTooLarge {
                 len: payload.len(),
@@ -107,8 +142,8 @@ impl Serf {
             addr: self.addr,
             source: self.name.clone(),
             filters,
-            flags: QUERY_FLAG_ACK,
-            relay_factor: self.cfg.relay_factor,
+            flags: if request_ack { QUERY_FLAG_ACK } else { 0 },
+            relay_factor: relay_factor.unwrap_or(self.cfg.relay_factor),
             timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
             name: name.to_owned(),
             payload: payload.to_vec(),

@@ -188,12 +188,33 @@ pub fn decode(b: &[u8]) -> Result<SnapshotState, SnapshotError> {
     })
 }
 
-/// Writes `s` to `path` atomically (temporary file, fsync, rename, directory fsync).
+/// Writes `s` to `path` atomically (temporary file, fsync, rename, directory fsync). A
+/// snapshot that holds keys is created with mode 0600 (readable by its owner only).
 pub fn write(path: &Path, s: &SnapshotState) -> Result<(), SnapshotError> {
-    let tmp = path.with_extension("tmp");
+    write_bytes(path, &encode(s), !s.keys.is_empty())
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it (mode 0600 if `secret`,
+/// else 0644 before the umask), fsynced, renamed over `path`, then the directory fsynced,
+/// so a crash leaves the old file or the new one, whole.
+pub fn write_bytes(path: &Path, bytes: &[u8], secret: bool) -> Result<(), SnapshotError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp_name);
     {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&encode(s))?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(if secret { 0o600 } else { 0o644 })
+            .open(&tmp)?;
+        // An existing temporary file keeps its mode: set it explicitly.
+        if secret {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        f.write_all(bytes)?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
@@ -242,6 +263,10 @@ mod tests {
         assert!(read(&p).expect("no file is fine").is_none());
         write(&p, &sample()).expect("writes");
         assert_eq!(read(&p).expect("reads"), Some(sample()));
+        // It holds keys: owner only.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&p).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -81,6 +81,10 @@ pub struct Config {
     pub user_broadcast_queue_max: usize,
     /// Retransmit multiplier of the layer above's broadcasts (Serf's own queues use 4).
     pub user_retransmit_mult: u32,
+    /// Application broadcasts ([`crate::Member::app_broadcast`]) remembered, to deliver and relay
+    /// each once; one older than the last this many is delivered again if it is still
+    /// circulating.
+    pub gossip_seen_max: usize,
     /// Members accepted in one push-pull state (larger states are refused with an error).
     pub push_pull_members_max: usize,
     /// Bytes of the layer above's opaque push-pull state.
@@ -131,6 +135,7 @@ impl Config {
             broadcast_queue_max: 1_024,
             user_broadcast_queue_max: 1_024,
             user_retransmit_mult: 4,
+            gossip_seen_max: 4_096,
             push_pull_members_max: 65_536,
             user_state_bytes_max: 1 << 20,
             relays_max: 64,
@@ -247,6 +252,7 @@ impl Config {
             broadcast_queue_max,
             user_broadcast_queue_max,
             user_retransmit_mult,
+            gossip_seen_max,
             push_pull_members_max,
             user_state_bytes_max,
             relays_max,

@@ -2,7 +2,6 @@
 //! the channel its reply goes to, and the shard never blocks on it.
 
 use std::cell::RefCell;
-use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -10,23 +9,40 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use ringleader_wire::Message;
-use ringleader_wire::msg::swim as wire;
 
+use super::serf_io::{SerfCommand, SerfStart, SerfState, serf_command};
 use super::streams::Route;
-use super::{Hosted, Reply, Shard, gossip_key};
-use crate::host::{HostError, MemberInfo, MemberSpec, ShardCensus, StreamListeners};
+use super::{Hosted, Reply, Shard};
+use crate::host::{HostError, MemberInfo, MemberSpec, MemberStatus, ShardCensus, StreamListeners};
+use crate::runtime::CommandSender;
 use crate::swim::Member;
 use crate::transport::{FrameListener, SocketOptions};
 
+/// Snapshot members tried as seeds at a restart, at most (each is one push-pull).
+const SNAPSHOT_SEEDS_MAX: usize = 8;
+
 /// What the application asks of a shard.
 pub(crate) enum Command {
+    /// The shard's handle to itself (sent once, before anything else).
+    Init {
+        me: CommandSender<Command>,
+    },
     Add {
         spec: MemberSpec,
+        serf: Option<Box<SerfStart>>,
         reply: Reply<Result<SocketAddr, HostError>>,
+    },
+    Serf {
+        name: String,
+        cmd: SerfCommand,
     },
     Kill {
         name: String,
+        reply: Reply<Result<(), HostError>>,
+    },
+    Join {
+        name: String,
+        seeds: Vec<SocketAddr>,
         reply: Reply<Result<(), HostError>>,
     },
     Leave {
@@ -50,10 +66,12 @@ pub(crate) enum Command {
 
 pub(super) fn command(shard: &Rc<RefCell<Shard>>, cmd: Command) {
     match cmd {
-        Command::Add { spec, reply } => {
-            let r = add(shard, spec);
+        Command::Init { me } => shard.borrow_mut().core.me = Some(me),
+        Command::Add { spec, serf, reply } => {
+            let r = add(shard, spec, serf);
             let _ = reply.send(r);
         }
+        Command::Serf { name, cmd } => serf_command(shard, name, cmd),
         Command::Kill { name, reply } => {
             let mut guard = shard.borrow_mut();
             let Shard { ring, core, .. } = &mut *guard;
@@ -61,6 +79,34 @@ pub(super) fn command(shard: &Rc<RefCell<Shard>>, cmd: Command) {
                 Some(slot) => {
                     core.remove(slot, ring);
                     Ok(())
+                }
+                None => Err(HostError::NoSuchMember(name)),
+            };
+            let _ = reply.send(r);
+        }
+        Command::Join { name, seeds, reply } => {
+            let mut guard = shard.borrow_mut();
+            let core = &mut guard.core;
+            let now = core.ctx.now();
+            let r = match core.slot_of(&name) {
+                Some(slot) => {
+                    let r = match core.members.get_mut(slot as usize) {
+                        Some(Some(h)) => {
+                            let seeds: Vec<SocketAddr> =
+                                seeds.into_iter().filter(|&s| s != h.addr).collect();
+                            if let Some(s) = h.serf.as_mut() {
+                                s.serf.join_started();
+                            }
+                            h.member.join(now, &seeds).map_err(|e| HostError::Member {
+                                name,
+                                what: e.to_string(),
+                            })
+                        }
+                        _ => Ok(()),
+                    };
+                    core.dirty.push(slot);
+                    core.ctx.waker().notify();
+                    r
                 }
                 None => Err(HostError::NoSuchMember(name)),
             };
@@ -74,7 +120,10 @@ pub(super) fn command(shard: &Rc<RefCell<Shard>>, cmd: Command) {
             match core.slot_of(&name) {
                 Some(slot) => {
                     if let Some(Some(h)) = core.members.get_mut(slot as usize) {
-                        h.member.leave(now);
+                        match h.serf.as_mut() {
+                            Some(s) => s.serf.leave(now, &mut h.member),
+                            None => h.member.leave(now),
+                        }
                         h.leaving = Some((now + linger, reply));
                         core.leavers.push(slot);
                         core.dirty.push(slot);
@@ -93,23 +142,22 @@ pub(super) fn command(shard: &Rc<RefCell<Shard>>, cmd: Command) {
         } => {
             let mut guard = shard.borrow_mut();
             let core = &mut guard.core;
-            let seen_max = core.config.gossip_seen_max;
             let r = match core.slot_of(&name) {
                 Some(slot) => {
-                    if let Some(Some(h)) = core.members.get_mut(slot as usize) {
-                        let seq = h.gossip_seq;
-                        h.gossip_seq = h.gossip_seq.wrapping_add(1);
-                        h.first_sight(gossip_key(&name, seq), seen_max);
-                        let msg = wire::Gossip {
-                            origin: name,
-                            seq,
-                            payload,
-                        };
-                        h.member.broadcast(Message::Gossip(msg), None);
-                    }
+                    let r = match core.members.get_mut(slot as usize) {
+                        Some(Some(h)) => {
+                            h.member
+                                .app_broadcast(payload)
+                                .map_err(|e| HostError::Member {
+                                    name,
+                                    what: e.to_string(),
+                                })
+                        }
+                        _ => Ok(()),
+                    };
                     core.dirty.push(slot);
                     core.ctx.waker().notify();
-                    Ok(())
+                    r
                 }
                 None => Err(HostError::NoSuchMember(name)),
             };
@@ -126,8 +174,18 @@ pub(super) fn command(shard: &Rc<RefCell<Shard>>, cmd: Command) {
                         .filter_map(|(node, _, _)| {
                             let (state, incarnation, info) = h.member.member(node)?;
                             let i = dir.info(info);
+                            let name = dir.name(node).to_string();
+                            let serf = h.serf.as_ref();
                             Some(MemberInfo {
-                                name: dir.name(node).to_string(),
+                                tags: serf
+                                    .and_then(|_| ringleader_serf::decode_tags(&i.meta))
+                                    .unwrap_or_default(),
+                                status: serf.map_or_else(
+                                    || MemberStatus::from_state(state),
+                                    |s| s.status(&name, state),
+                                ),
+                                coordinate: serf.and_then(|s| s.coordinate(&name)),
+                                name,
                                 addr: i.addr,
                                 meta: i.meta.to_vec(),
                                 state,
@@ -147,7 +205,11 @@ pub(super) fn command(shard: &Rc<RefCell<Shard>>, cmd: Command) {
     }
 }
 
-fn add(shard: &Rc<RefCell<Shard>>, spec: MemberSpec) -> Result<SocketAddr, HostError> {
+fn add(
+    shard: &Rc<RefCell<Shard>>,
+    spec: MemberSpec,
+    serf: Option<Box<SerfStart>>,
+) -> Result<SocketAddr, HostError> {
     let mut guard = shard.borrow_mut();
     let Shard { ring, core, .. } = &mut *guard;
     if core.slot_of(&spec.name).is_some() {
@@ -193,12 +255,16 @@ fn add(shard: &Rc<RefCell<Shard>>, spec: MemberSpec) -> Result<SocketAddr, HostE
     };
     let now = core.ctx.now();
     core.rng_seed = core.rng_seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let meta = match &serf {
+        Some(s) => ringleader_serf::encode_tags(&s.opts.tags),
+        None => spec.meta.clone(),
+    };
     let member = Member::new(
         core.config.swim.clone(),
         core.dir.clone(),
         &spec.name,
         addr,
-        &spec.meta,
+        &meta,
         ChaCha8Rng::seed_from_u64(core.rng_seed),
         now,
     );
@@ -213,17 +279,47 @@ fn add(shard: &Rc<RefCell<Shard>>, spec: MemberSpec) -> Result<SocketAddr, HostE
             });
         }
     };
-    let seeds: Vec<SocketAddr> = spec.seeds.iter().copied().filter(|s| *s != addr).collect();
+    let mut seeds: Vec<SocketAddr> = spec.seeds.iter().copied().filter(|s| *s != addr).collect();
+    // A Serf snapshot's members are seeds too: the member rejoins whom it knew.
+    if let Some(snap) = serf.as_ref().and_then(|s| s.snapshot.as_ref()) {
+        for &(_, a) in &snap.members {
+            if seeds.len() >= SNAPSHOT_SEEDS_MAX {
+                break;
+            }
+            if a != addr && !seeds.contains(&a) {
+                seeds.push(a);
+            }
+        }
+    }
+    let fail = |core: &mut super::Core, ring: &mut crate::transport::UdpRing, what: String| {
+        ring.remove_socket(socket);
+        core.unshare_listener(addr);
+        Err(HostError::Member {
+            name: spec.name.clone(),
+            what,
+        })
+    };
     if !seeds.is_empty()
         && let Err(e) = member.join(now, &seeds)
     {
-        ring.remove_socket(socket);
-        core.unshare_listener(addr);
-        return Err(HostError::Member {
-            name: spec.name,
-            what: e.to_string(),
-        });
+        return fail(core, ring, e.to_string());
     }
+    let serf = match serf {
+        None => None,
+        Some(start) => {
+            let seed = core.rng_seed.rotate_left(29);
+            let keys = core
+                .seal
+                .as_ref()
+                .as_ref()
+                .map(|k| k.list())
+                .unwrap_or_default();
+            match SerfState::start(now, &mut member, seed, &keys, *start, !seeds.is_empty()) {
+                Ok(s) => Some(Box::new(s)),
+                Err(e) => return fail(core, ring, e.to_string()),
+            }
+        }
+    };
     let slot = match core.free_slots.pop() {
         Some(s) => s,
         None => {
@@ -251,10 +347,7 @@ fn add(shard: &Rc<RefCell<Shard>>, spec: MemberSpec) -> Result<SocketAddr, HostE
         generation,
         _acceptor: acceptor,
         leaving: None,
-        // Random start: a member restarted under the same name does not repeat old keys.
-        gossip_seq: core.rng_seed.rotate_left(17),
-        gossip_seen: HashSet::new(),
-        gossip_order: VecDeque::new(),
+        serf,
     });
     core.dirty.push(slot);
     core.ctx.waker().notify();

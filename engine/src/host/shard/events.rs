@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use rand_chacha::ChaCha8Rng;
 use ringleader_wire::Message;
 
-use crate::host::{Event, EventMask, MemberInfo};
+use super::serf_io::SerfState;
+use crate::host::{Event, EventMask, MemberInfo, MemberStatus};
 use crate::swim::{self, Member, MemberState, SharedDirectory};
 
 pub(super) fn event_mask(e: &swim::Event) -> EventMask {
@@ -31,6 +32,7 @@ pub(super) fn event_mask(e: &swim::Event) -> EventMask {
 pub(super) fn to_event(
     dir: &SharedDirectory,
     member: &Member<ChaCha8Rng>,
+    serf: Option<&SerfState>,
     e: swim::Event,
 ) -> Option<Event> {
     let d = dir.borrow();
@@ -44,11 +46,21 @@ pub(super) fn to_event(
             }
             None => (SocketAddr::from(([0, 0, 0, 0], 0)), Vec::new()),
         };
+        let name = d.name(node).to_string();
+        let state = seen.map_or(MemberState::Dead, |s| s.0);
         MemberInfo {
-            name: d.name(node).to_string(),
+            tags: serf
+                .and_then(|_| ringleader_serf::decode_tags(&meta))
+                .unwrap_or_default(),
+            status: serf.map_or_else(
+                || MemberStatus::from_state(state),
+                |s| s.status(&name, state),
+            ),
+            coordinate: serf.and_then(|s| s.coordinate(&name)),
+            name,
             addr,
             meta,
-            state: seen.map_or(MemberState::Dead, |s| s.0),
+            state,
             incarnation: seen.map_or(0, |s| s.1),
         }
     };
@@ -71,6 +83,12 @@ pub(super) fn to_event(
                 from,
                 origin: None,
                 payload: u.payload.clone(),
+            },
+            // Delivered once: the SWIM core drops the copies it has seen.
+            Message::Gossip(g) => Event::Message {
+                from,
+                origin: Some(g.origin.clone()),
+                payload: g.payload.clone(),
             },
             _ => return None,
         },

@@ -7,12 +7,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ringleader_wire::{Encoder, Frame, Keyring, Message, MessageRef};
+use ringleader_wire::{Encoder, Frame, Keyring, MessageRef};
 
+use super::Core;
 use super::events::{event_mask, to_event};
+use super::serf_io::Drive;
 use super::streams::encode_stream_request;
-use super::{Core, gossip_key};
-use crate::host::{Event, EventMask, HostEvent};
+use crate::host::HostEvent;
 use crate::swim::{self, Item, Output, SharedDirectory, Transmit};
 use crate::time::Time;
 use crate::transport::{Sender, SocketId, UdpHandler};
@@ -36,6 +37,43 @@ impl Core {
         let Some(Some(h)) = self.members.get_mut(slot as usize) else {
             return;
         };
+        // Events first: the Serf layer sees each before the application does, and what it
+        // queues on the member in answer leaves with the outputs below.
+        let mask = self.config.events;
+        while let Some(e) = h.member.poll_event() {
+            if let Some(s) = h.serf.as_mut() {
+                s.on_event(now, &mut h.member, &self.dir, &e);
+            }
+            // Filter before building: a load test's start is n² "up" events nobody wants.
+            if !mask.contains(event_mask(&e)) {
+                continue;
+            }
+            let Some(event) = to_event(&self.dir, &h.member, h.serf.as_deref(), e) else {
+                continue;
+            };
+            let ev = HostEvent {
+                at: self.ctx.clock().instant(now),
+                local: Arc::clone(&h.name),
+                event,
+            };
+            if !self.ctx.emit(ev) {
+                self.census.events_dropped += 1;
+            }
+        }
+        if let (Some(s), Some(me)) = (h.serf.as_mut(), self.me.as_ref()) {
+            s.drive(
+                now,
+                &mut h.member,
+                &h.name,
+                Drive {
+                    ctx: &self.ctx,
+                    me,
+                    mask,
+                    census: &mut self.census,
+                    keys_changed: &mut self.keys_changed,
+                },
+            );
+        }
         let mut again = false;
         while let Some(output) = h.member.poll_output() {
             match output {
@@ -77,53 +115,15 @@ impl Core {
                 }
             }
         }
-        let mask = self.config.events;
-        while let Some(e) = h.member.poll_event() {
-            if let swim::Event::Message { from, msg } = &e
-                && let Message::Gossip(g) = &**msg
-            {
-                // Deliver and relay each broadcast once.
-                if !h.first_sight(gossip_key(&g.origin, g.seq), self.config.gossip_seen_max) {
-                    continue;
-                }
-                h.member.broadcast((**msg).clone(), None);
-                if mask.contains(EventMask::MESSAGE) {
-                    let ev = HostEvent {
-                        at: self.ctx.clock().instant(now),
-                        local: Arc::clone(&h.name),
-                        event: Event::Message {
-                            from: *from,
-                            origin: Some(g.origin.clone()),
-                            payload: g.payload.clone(),
-                        },
-                    };
-                    if !self.ctx.emit(ev) {
-                        self.census.events_dropped += 1;
-                    }
-                }
-                continue;
+        let serf_due = h.serf.as_ref().map(|s| s.next_due());
+        match (h.member.poll_timeout(), serf_due) {
+            (Some(a), Some(b)) => {
+                let _ = self.timers.set(slot, a.min(b));
             }
-            // Filter before building: a load test's start is n² "up" events nobody wants.
-            if !mask.contains(event_mask(&e)) {
-                continue;
-            }
-            let Some(event) = to_event(&self.dir, &h.member, e) else {
-                continue;
-            };
-            let ev = HostEvent {
-                at: self.ctx.clock().instant(now),
-                local: Arc::clone(&h.name),
-                event,
-            };
-            if !self.ctx.emit(ev) {
-                self.census.events_dropped += 1;
-            }
-        }
-        match h.member.poll_timeout() {
-            Some(at) => {
+            (Some(at), None) | (None, Some(at)) => {
                 let _ = self.timers.set(slot, at);
             }
-            None => self.timers.cancel(slot),
+            (None, None) => self.timers.cancel(slot),
         }
         if again {
             // A stream that could not be encoded failed at once: flush what that produced.

@@ -15,10 +15,11 @@
 mod commands;
 mod events;
 mod member_io;
+mod serf_io;
 mod streams;
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -29,11 +30,12 @@ use ringleader_wire::{Encoder, Keyring};
 
 pub(crate) use commands::Command;
 use commands::command;
+pub(crate) use serf_io::{SerfCommand, SerfStart};
 use streams::{SharedListener, StreamDone, start_streams};
 
 use crate::host::{HostConfig, HostError, HostEvent, ShardCensus, add_stats};
-use crate::runtime::{ShardContext, Timers};
-use crate::swim::{self, Directory, Member, MemberState, SharedDirectory, StreamTransmit};
+use crate::runtime::{CommandSender, ShardContext, Timers};
+use crate::swim::{Directory, Member, MemberState, SharedDirectory, StreamTransmit};
 use crate::time::Time;
 use crate::transport::{SocketId, UdpRing};
 
@@ -55,35 +57,8 @@ struct Hosted {
     _acceptor: Option<glommio::Task<()>>,
     /// Leaving: removed at this time or when its broadcasts have drained.
     leaving: Option<(Time, Reply<Result<(), HostError>>)>,
-    /// Sequence number of this member's next broadcast.
-    gossip_seq: u64,
-    /// Broadcasts seen (keys of `(origin, seq)`), oldest first, at most `gossip_seen_max`.
-    gossip_seen: HashSet<u64>,
-    gossip_order: VecDeque<u64>,
-}
-
-impl Hosted {
-    /// Remembers the broadcast `key`; false if it was seen already.
-    fn first_sight(&mut self, key: u64, max: usize) -> bool {
-        if !self.gossip_seen.insert(key) {
-            return false;
-        }
-        self.gossip_order.push_back(key);
-        while self.gossip_order.len() > max {
-            if let Some(old) = self.gossip_order.pop_front() {
-                self.gossip_seen.remove(&old);
-            }
-        }
-        true
-    }
-}
-
-fn gossip_key(origin: &str, seq: u64) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = swim::FxHasher::default();
-    origin.hash(&mut h);
-    seq.hash(&mut h);
-    h.finish()
+    /// The member's Serf layer, if it runs one.
+    serf: Option<Box<serf_io::SerfState>>,
 }
 
 /// Everything but the ring (so the ring can call into it).
@@ -110,6 +85,13 @@ struct Core {
     encoder: Encoder,
     /// Seals outgoing frames and opens stream answers (one keyring per shard).
     seal: Rc<Option<Keyring>>,
+    /// The current `seal`, for accept loops (each connection takes the keyring current
+    /// when it starts: a key rotation reaches listeners that are already running).
+    seal_slot: Rc<RefCell<Rc<Option<Keyring>>>>,
+    /// A Serf layer changed its keyring: the keys (primary first) the transport must use.
+    keys_changed: Option<Vec<[u8; ringleader_wire::keyring::KEY_LEN]>>,
+    /// Sends commands to this shard (for the responders of queries handed out).
+    me: Option<CommandSender<Command>>,
     next_generation: u64,
     rng_seed: u64,
     census: ShardCensus,
@@ -128,7 +110,7 @@ struct Shard {
     outbound: usize,
 }
 
-fn keyring_of(keys: &[[u8; ringleader_wire::keyring::KEY_LEN]]) -> Option<Keyring> {
+pub(super) fn keyring_of(keys: &[[u8; ringleader_wire::keyring::KEY_LEN]]) -> Option<Keyring> {
     let (primary, rest) = keys.split_first()?;
     let mut k = Keyring::new(*primary);
     for key in rest {
@@ -186,6 +168,9 @@ pub(crate) async fn run(
         streams_to_start: Vec::new(),
         encoder: Encoder::new(&config.label),
         seal: Rc::new(keyring_of(&config.keys)),
+        seal_slot: Rc::new(RefCell::new(Rc::new(keyring_of(&config.keys)))),
+        keys_changed: None,
+        me: None,
         next_generation: 1,
         // Seeds from std's per-process random hasher keys (no RNG crate feature needed).
         rng_seed: {
@@ -235,6 +220,7 @@ pub(crate) async fn run(
                 ..
             } = s;
             ring.with_sender(|out| core.flush_dirty(now, out));
+            core.apply_keys(ring);
             if !core.dirty.is_empty() {
                 ctx.waker().notify();
             }
@@ -311,7 +297,13 @@ impl Core {
         self.timers.cancel(slot);
         self.free_slots.push(slot);
         if let Some((_, reply)) = h.leaving {
-            let _ = reply.send(Ok(()));
+            // A Serf member writes its last snapshot, then the leave is answered.
+            match &h.serf {
+                Some(s) => s.finish(&h.member, reply),
+                None => {
+                    let _ = reply.send(Ok(()));
+                }
+            }
         }
         // Dropping `h` cancels its acceptor (closing the TCP listener).
     }
@@ -340,6 +332,23 @@ impl Core {
                 done.mark_ids(marks);
             }
         });
+    }
+
+    /// Gives the transport the keys a Serf layer rotated to: the ring opens datagrams with
+    /// them, new frames are sealed with the new primary, and streams (outbound and each new
+    /// inbound connection) use them.
+    fn apply_keys(&mut self, ring: &mut UdpRing) {
+        let Some(keys) = self.keys_changed.take() else {
+            return;
+        };
+        if keys.is_empty() {
+            // Encryption stays on: a keyring cannot become empty (the primary is never
+            // removed), so there is nothing to apply.
+            return;
+        }
+        ring.set_keyring(keyring_of(&keys));
+        self.seal = Rc::new(keyring_of(&keys));
+        *self.seal_slot.borrow_mut() = Rc::clone(&self.seal);
     }
 
     fn on_timer(&mut self, now: Time, slot: u32) {
@@ -389,6 +398,9 @@ impl Core {
                 c.converged += 1;
             }
             add_stats(&mut c.stats, m.stats());
+            if let Some(s) = &h.serf {
+                s.count(&mut c.serf);
+            }
         }
         if c.members == 0 {
             c.alive_seen_min = 0;

@@ -88,7 +88,9 @@ fn source_ip(from: SocketAddr) -> IpAddr {
 /// What an accept loop serves its streams with (taken from the shard state when spawned).
 struct InboundLimits {
     timeout: Duration,
-    keyring: Rc<Option<Keyring>>,
+    /// The shard's keyring slot: read per stream, so that a key rotation applies to the
+    /// next stream accepted.
+    keyring: Rc<RefCell<Rc<Option<Keyring>>>>,
     /// `inbound_streams_max`.
     max: usize,
     /// `inbound_streams_per_ip_max`.
@@ -110,7 +112,7 @@ impl Core {
             listener.with_budget(self.stream_budget.clone()),
             InboundLimits {
                 timeout: Duration::from_millis(self.config.swim.stream_timeout_ms),
-                keyring: Rc::clone(&self.seal),
+                keyring: Rc::clone(&self.seal_slot),
                 max: self.config.inbound_streams_max,
                 per_ip_max: self.config.inbound_streams_per_ip_max,
             },
@@ -470,7 +472,7 @@ async fn accept_loop(
         };
         let shard = Rc::clone(&shard);
         let wake = wake.clone();
-        let keyring = Rc::clone(&keyring);
+        let keyring = Rc::clone(&keyring.borrow());
         glommio::spawn_local(async move {
             let outcome = future::or(
                 async {

@@ -350,6 +350,13 @@ impl UdpRing {
         Ok(())
     }
 
+    /// Replaces the keyring that opens received datagrams (a key rotation): datagrams that
+    /// none of the new keys opens are dropped and counted as `no_key`. `None` is refused
+    /// where frames are expected sealed, as before.
+    pub fn set_keyring(&mut self, keyring: Option<Keyring>) {
+        self.keyring = keyring;
+    }
+
     /// Stops receiving on `socket`; it is closed once the kernel has ended its receive.
     pub fn remove_socket(&mut self, socket: SocketId) {
         let Some(Some(sock)) = self.sockets.get_mut(socket.0 as usize) else {

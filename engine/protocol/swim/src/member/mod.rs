@@ -31,6 +31,7 @@ use crate::item::{InfoId, Item, NodeId};
 use crate::queue::BroadcastQueue;
 use crate::suspicion::Suspicion;
 
+mod dedup;
 mod gossip;
 mod output;
 mod probe;
@@ -144,6 +145,8 @@ pub struct Stats {
     pub rumors_new: u64,
     /// Alive rumors received that were known already.
     pub rumors_redundant: u64,
+    /// Application broadcasts ([`Member::app_broadcast`]) received again and dropped.
+    pub gossip_duplicates: u64,
     /// Of those, ones that counted against a rumor this member was spreading.
     pub rumors_damped: u64,
 }
@@ -259,6 +262,11 @@ pub struct Member<R: Rng> {
     events: VecDeque<Event>,
     coordinate: Option<Rc<Coordinate>>,
     user_state: Vec<u8>,
+    /// Sequence number of this member's next application broadcast (random start: a member
+    /// restarted under the same name does not repeat old identities; drawn at the first
+    /// broadcast, so members that never broadcast keep their RNG stream).
+    gossip_seq: Option<u64>,
+    gossip_seen: dedup::SeenSet,
     stats: Stats,
 }
 
@@ -342,8 +350,11 @@ impl<R: Rng> Member<R> {
             events: VecDeque::new(),
             coordinate: None,
             user_state: Vec::new(),
+            gossip_seq: None,
+            gossip_seen: dedup::SeenSet::default(),
             stats: Stats::default(),
         };
+
         m.set_entry(me, 1, my_info, MemberState::Alive, now);
         m.queue_update(
             Item::Alive {

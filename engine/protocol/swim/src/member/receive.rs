@@ -7,7 +7,7 @@ use rand::Rng;
 use ringleader_time::Time;
 use ringleader_wire::Message;
 
-use super::{Event, Member, Origin, Relay};
+use super::{Member, Origin, Relay};
 use crate::item::Item;
 
 impl<R: Rng> Member<R> {
@@ -128,7 +128,7 @@ impl<R: Rng> Member<R> {
                 node,
                 from,
             } => self.dead_node(now, incarnation, node, from),
-            Item::Other(msg) => self.push_event(Event::Message { from, msg }),
+            Item::Other(msg) => self.receive_other(from, msg),
         }
     }
 }

@@ -50,6 +50,9 @@ impl<R: Rng> Member<R> {
             events,
             coordinate: _,
             user_state: _,
+            // Hashed (origin, seq) pairs: no id.
+            gossip_seq: _,
+            gossip_seen: _,
             stats: _,
         } = self;
         marks.node(*me);
