@@ -457,6 +457,43 @@ fn an_api_off_127_0_0_1_needs_a_token() {
     );
     let (status, body) = http_get(&format!("http://{api}/v1/nowhere"), Some(TOKEN));
     assert_eq!(status, 404, "{body}");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let r = agent
+        .post(&format!("http://{api}/v1/event"))
+        .header("Authorization", &format!("Bearer {TOKEN}"))
+        .send("{\"name\": 5")
+        .expect("an answer");
+    assert_eq!(r.status().as_u16(), 400);
+    let v: Value =
+        serde_json::from_str(&r.into_body().read_to_string().expect("body")).expect("JSON");
+    assert_eq!(v["code"], "bad_request", "{v}");
+    assert!(
+        v["error"].as_str().expect("message").starts_with("body: "),
+        "{v}"
+    );
+
+    // Files this build cannot honour are refused at start, not ignored.
+    let o = Command::new(bin())
+        .args([
+            "agent",
+            "--name",
+            "t2",
+            "--bind",
+            "127.76.1.2:0",
+            "--snapshot",
+            "/nonexistent/s",
+        ])
+        .output()
+        .expect("run agent");
+    assert!(!o.status.success(), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not available in this build"),
+        "{}",
+        show(&o)
+    );
 
     sigterm(&kids.0[i]);
     let st = exits(&mut kids.0[i], "t1 exits on SIGTERM");

@@ -17,7 +17,7 @@
 //! Errors are `{"error": MESSAGE, "code": CODE}` with status 400 (`bad_request`: the message
 //! names the field), 401 (`unauthorized`), 404 (`not_found`), 413 (a body over
 //! [`API_BODY_BYTES_MAX`]), 500 (`engine`), 501 (`not_available`: the engine in this build
-//! lacks the call) or 503 (`left`).
+//! lacks the call) or 503 (`left`, or `busy`: more than [`super::MONITORS_MAX`] monitors).
 //!
 //! Engine calls block (they wait for the node's shard), so each runs on tokio's blocking
 //! pool ([`super::API_BLOCKING_THREADS_MAX`] threads), never on the thread that serves.
@@ -316,7 +316,7 @@ async fn rtt(
 }
 
 async fn monitor(State(s): State<Shared>) -> Result<Response, ApiError> {
-    let rx = s.subscribe().ok_or(ApiError::Left)?;
+    let rx = s.subscribe()?;
     let first = json!({"event": "subscribed", "name": s.name()});
     let head = futures_util::stream::once(async move {
         Ok::<_, Infallible>(Bytes::from(format!("{first}\n")))

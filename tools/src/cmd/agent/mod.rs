@@ -55,6 +55,9 @@ pub const API_BODY_BYTES_MAX: usize = 64 * 1024;
 /// node's shard; more requests queue).
 pub const API_BLOCKING_THREADS_MAX: usize = 8;
 
+/// Monitor streams open at once; more are refused with 503.
+pub const MONITORS_MAX: usize = 64;
+
 /// Lines a monitor subscriber may fall behind by before it loses the oldest.
 pub const MONITOR_BACKLOG_LINES_MAX: usize = 4096;
 
@@ -190,6 +193,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let swim = swim_config(&args)?;
     let name = args.name.clone().unwrap_or_else(|| args.bind.to_string());
     let tags: BTreeMap<String, String> = args.tags.iter().cloned().collect();
+    // Bound before the node starts, so a taken port costs the cluster no join and leave.
+    let listener = std::net::TcpListener::bind(args.api).with_context(|| {
+        format!(
+            "cannot bind the API to {}: pick a free port with --api ADDR:PORT",
+            args.api
+        )
+    })?;
+    listener
+        .set_nonblocking(true)
+        .context("cannot make the API socket non-blocking")?;
     // Before any thread starts, so that every thread inherits the blocked signals.
     let signals = catch_signals()?;
     let mut builder = Node::builder(&name)
@@ -215,7 +228,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .thread_name("agent-api")
         .build()
         .context("cannot start the API's runtime")?;
-    let served = rt.block_on(serve(&args, &name, gossip, &state, &signals));
+    let served = rt.block_on(serve(listener, &args, &name, gossip, &state, &signals));
     // Whatever happened, leave (a no-op if the API or a signal already did).
     let left = state.leave("exit");
     drop(rt);
@@ -228,20 +241,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// Serves the API until a signal or `POST /v1/leave`; leaves before it returns.
 async fn serve(
+    listener: std::net::TcpListener,
     args: &Args,
     name: &str,
     gossip: SocketAddr,
     state: &Arc<AgentState>,
     signals: &Arc<std::sync::atomic::AtomicI32>,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(args.api)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot bind the API to {}: pick a free port with --api ADDR:PORT",
-                args.api
-            )
-        })?;
+    let listener =
+        tokio::net::TcpListener::from_std(listener).context("cannot serve the API socket")?;
     let api = listener.local_addr().context("API address")?;
     let app = api::router(Arc::clone(state), args.token.clone());
     println!("agent {name}: gossip {gossip}, API http://{api}");

@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::{broadcast, watch};
 
-use super::MONITOR_BACKLOG_LINES_MAX;
+use super::{MONITOR_BACKLOG_LINES_MAX, MONITORS_MAX};
 
 /// Longest query deadline a client may ask for, in milliseconds.
 pub const QUERY_TIMEOUT_MS_MAX: u64 = 10 * 60 * 1000;
@@ -52,6 +52,9 @@ pub enum ApiError {
     /// The agent has left the cluster (or is leaving) and serves nothing more (503).
     #[error("the agent has left the cluster: start it again with `ringleader-tools agent`")]
     Left,
+    /// A bound of the agent is reached; the message names it (503).
+    #[error("{0}")]
+    Busy(String),
     /// The engine refused or failed (500).
     #[error("{0}")]
     Engine(String),
@@ -63,17 +66,19 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => 400,
             ApiError::NotAvailable { .. } => 501,
-            ApiError::Left => 503,
+            ApiError::Left | ApiError::Busy(_) => 503,
             ApiError::Engine(_) => 500,
         }
     }
 
-    /// A stable name for scripts: `bad_request`, `not_available`, `left` or `engine`.
+    /// A stable name for scripts: `bad_request`, `not_available`, `left`, `busy` or
+    /// `engine`.
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotAvailable { .. } => "not_available",
             ApiError::Left => "left",
+            ApiError::Busy(_) => "busy",
             ApiError::Engine(_) => "engine",
         }
     }
@@ -387,10 +392,17 @@ impl AgentState {
         r
     }
 
-    /// A new monitor subscription, or `None` once the agent is stopping.
-    pub fn subscribe(&self) -> Option<broadcast::Receiver<Arc<str>>> {
+    /// A new monitor subscription; refused once the agent is stopping or when
+    /// [`MONITORS_MAX`] are open.
+    pub fn subscribe(&self) -> Result<broadcast::Receiver<Arc<str>>, ApiError> {
         let hub = self.hub.lock().unwrap_or_else(|p| p.into_inner());
-        hub.as_ref().map(broadcast::Sender::subscribe)
+        let hub = hub.as_ref().ok_or(ApiError::Left)?;
+        if hub.receiver_count() >= MONITORS_MAX {
+            return Err(ApiError::Busy(format!(
+                "{MONITORS_MAX} monitors are open already (MONITORS_MAX): close one"
+            )));
+        }
+        Ok(hub.subscribe())
     }
 
     /// Monitor subscribers now.
