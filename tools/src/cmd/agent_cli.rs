@@ -26,8 +26,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::agent::{API_DEFAULT, parse_tag};
-use super::node::parse_key;
+use super::agent::{API_DEFAULT, parse_key_text, parse_tag};
 
 /// How long a non-streaming request may take, connection included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -101,6 +100,12 @@ pub struct QueryArgs {
     /// How long to wait for answers (default: Serf's formula for the cluster size).
     #[arg(long)]
     pub timeout_ms: Option<u64>,
+    /// Do not ask the members for an ack as they receive the query.
+    #[arg(long)]
+    pub no_ack: bool,
+    /// Members that relay each answer besides the direct send.
+    #[arg(long)]
+    pub relay_factor: Option<u8>,
 }
 
 /// `keys install|use|remove KEY`, `keys list`: the cluster's encryption keys.
@@ -115,7 +120,8 @@ pub struct KeysArgs {
 /// A key operation.
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum KeysOp {
-    /// Add KEY (64 hex digits) to every member's keyring.
+    /// Add KEY (64 hex digits, or 44 base64 characters as `serf keygen` prints) to every
+    /// member's keyring.
     Install {
         /// The key.
         key: String,
@@ -255,7 +261,7 @@ fn dispatch(cmd: Cmd) -> Result<(), CliError> {
             let (v, what) = match &a.op {
                 KeysOp::List => (c.call("GET", "/v1/keys", None)?, "list"),
                 KeysOp::Install { key } | KeysOp::Use { key } | KeysOp::Remove { key } => {
-                    parse_key(key).map_err(|e| usage(format!("KEY: {e}")))?;
+                    parse_key_text(key).map_err(|e| usage(format!("KEY: {e}")))?;
                     let op = match a.op {
                         KeysOp::Install { .. } => "install",
                         KeysOp::Use { .. } => "use",
@@ -592,6 +598,8 @@ fn query(a: &QueryArgs) -> Result<(), CliError> {
         "filter_tags": tags,
         "filter_nodes": a.nodes,
         "timeout_ms": a.timeout_ms,
+        "request_ack": !a.no_ack,
+        "relay_factor": a.relay_factor,
     });
     let json = a.api.json;
     let mut done = false;

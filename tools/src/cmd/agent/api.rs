@@ -7,8 +7,8 @@
 //! | `POST /v1/leave`           |                                                | `{"left": NAME}`, then the agent exits |
 //! | `POST /v1/force-leave`     | `{"name": N}`                                  | `{}` |
 //! | `POST /v1/event`           | `{"name", "payload", "coalesce"}`              | `{}` |
-//! | `POST /v1/query`           | `{"name", "payload", "filter_tags": {k: regex}, "filter_nodes": [..], "timeout_ms"}` | NDJSON: `{"type": "ack"/"response", "from", "payload"}`..., then `{"type": "done", ...}` |
-//! | `POST /v1/keys/install`, `/use`, `/remove` | `{"key": HEX64}`               | per-member results |
+//! | `POST /v1/query`           | `{"name", "payload", "filter_tags": {k: regex}, "filter_nodes": [..], "timeout_ms", "request_ack", "relay_factor"}` | NDJSON: `{"type": "ack"/"response", "from", "payload"}`..., then `{"type": "done", ...}` |
+//! | `POST /v1/keys/install`, `/use`, `/remove` | `{"key": K}` (64 hex digits or 44 base64 characters) | per-member results |
 //! | `GET /v1/keys`             |                                                | keys and how many members hold each |
 //! | `GET /v1/rtt?a=A&b=B`      | `b` defaults to this node                      | `{"a", "b", "rtt_ms"}` |
 //! | `GET /v1/monitor`          |                                                | NDJSON: `{"event": "subscribed", "name"}`, then one line per event |
@@ -44,7 +44,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::API_BODY_BYTES_MAX;
 use super::metrics::{Scrape, render};
 use super::ops::{AgentState, ApiError, KeyOp, QueryRequest};
-use crate::cmd::node::parse_key;
+use super::parse_key_text;
 
 /// Lines of a query's responses buffered between the engine and the HTTP body.
 const QUERY_LINES_BUFFERED_MAX: usize = 64;
@@ -204,17 +204,13 @@ async fn force_leave(State(s): State<Shared>, b: Bytes) -> Result<Response, ApiE
     Ok(axum::Json(v).into_response())
 }
 
-fn yes() -> bool {
-    true
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EventBody {
     name: String,
     #[serde(default)]
     payload: String,
-    #[serde(default = "yes")]
+    #[serde(default = "super::ops::yes")]
     coalesce: bool,
 }
 
@@ -253,16 +249,8 @@ fn ndjson_response(body: Body) -> Response {
 
 async fn query(State(s): State<Shared>, b: Bytes) -> Result<Response, ApiError> {
     let req: QueryRequest = body(&b)?;
-    let rx = blocking(move || {
-        s.query(
-            &req.name,
-            req.payload.as_bytes(),
-            &req.filter_tags,
-            &req.filter_nodes,
-            req.timeout_ms,
-        )
-    })
-    .await?;
+    let plan = req.plan()?;
+    let rx = blocking(move || s.query(plan)).await?;
     Ok(ndjson(rx))
 }
 
@@ -288,7 +276,7 @@ async fn keys_op(
         }
     };
     let req: KeyBody = body(&b)?;
-    let key = parse_key(&req.key).map_err(|e| ApiError::BadRequest(format!("key: {e}")))?;
+    let key = parse_key_text(&req.key).map_err(|e| ApiError::BadRequest(format!("key: {e}")))?;
     let v = blocking(move || s.keys(op, Some(key))).await?;
     Ok(axum::Json(v).into_response())
 }

@@ -124,6 +124,52 @@ pub fn parse_tag(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Length of an AES-256 key as standard base64 text (Serf's `keygen` format).
+const KEY_BASE64_LEN: usize = 44;
+
+/// A key as 64 hex digits (as `--key` takes it) or as 44 characters of standard base64 (as
+/// `serf keygen` prints it and Serf's keyring file holds it).
+pub fn parse_key_text(s: &str) -> Result<[u8; 32], String> {
+    let s = s.trim();
+    if s.len() != KEY_BASE64_LEN {
+        return parse_key(s).map_err(|e| format!("{e}, or {KEY_BASE64_LEN} base64 characters"));
+    }
+    let value = |c: u8| -> Result<u32, String> {
+        Ok(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => {
+                return Err(format!(
+                    "a base64 key is A-Z, a-z, 0-9, + and / then one `=`; `{}` is not one",
+                    c.escape_ascii()
+                ));
+            }
+        }
+        .into())
+    };
+    let b = s.as_bytes();
+    if b[43] != b'=' {
+        return Err("a base64 key of 32 bytes ends with one `=`".into());
+    }
+    let mut out = Vec::with_capacity(33);
+    for chunk in b[..40].chunks_exact(4) {
+        let mut n = 0u32;
+        for &c in chunk {
+            n = n << 6 | value(c)?;
+        }
+        out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
+    }
+    let n = value(b[40])? << 12 | value(b[41])? << 6 | value(b[42])?;
+    if n & 0b11 != 0 {
+        return Err("a base64 key of 32 bytes has its last character's low bits zero".into());
+    }
+    out.extend_from_slice(&[(n >> 10) as u8, (n >> 2) as u8]);
+    out.try_into().map_err(|_| "a key is 32 bytes".to_string())
+}
+
 /// Whether an API bound to `ip` may run without a token (see the module's documentation).
 pub fn token_optional(ip: IpAddr) -> bool {
     ip == IpAddr::V4(Ipv4Addr::LOCALHOST) || ip == IpAddr::V6(Ipv6Addr::LOCALHOST)
@@ -308,6 +354,21 @@ mod tests {
         assert_eq!(parse_tag("dc="), Ok(("dc".into(), String::new())));
         assert!(parse_tag("=web").unwrap_err().contains("non-empty key"));
         assert!(parse_tag("role").unwrap_err().contains("key=value"));
+    }
+
+    #[test]
+    fn keys_read_as_hex_or_base64() {
+        let key: [u8; 32] = std::array::from_fn(|i| (i * 7 + 3) as u8);
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(parse_key_text(&hex), Ok(key));
+        // The same key in standard base64 (Python: base64.b64encode(bytes(...))).
+        let b64 = "AwoRGB8mLTQ7QklQV15lbHN6gYiPlp2kq7K5wMfO1dw=";
+        assert_eq!(parse_key_text(b64), Ok(key));
+        assert!(parse_key_text("AwoRGB8mLTQ7QklQV15lbHN6gYiPlp2kq7K5wMfO1dw_").is_err());
+        assert!(parse_key_text("AwoRGB8mLTQ7QklQV15lbHN6gYiPlp2kq7K5wMfO1d!=").is_err());
+        assert!(parse_key_text("AwoRGB8mLTQ7QklQV15lbHN6gYiPlp2kq7K5wMfO1dx=").is_err());
+        let e = parse_key_text("abcd").expect_err("short");
+        assert!(e.contains("64 hex digits") && e.contains("base64"), "{e}");
     }
 
     #[test]

@@ -288,35 +288,13 @@ impl AgentState {
     }
 
     /// Starts a query; its NDJSON lines (acks, responses, then `done`) come from the
-    /// returned receiver, which closes after `done`. Tag filters are regular expressions
-    /// matched against the member's tag value, as Serf's.
+    /// returned receiver, which closes after `done`.
     pub fn query(
         &self,
-        name: &str,
-        _payload: &[u8],
-        filter_tags: &BTreeMap<String, String>,
-        filter_nodes: &[String],
-        timeout_ms: Option<u64>,
+        plan: QueryPlan,
     ) -> Result<crossbeam_channel::Receiver<serde_json::Value>, ApiError> {
-        if name.is_empty() {
-            return Err(ApiError::BadRequest("name: give the query's name".into()));
-        }
-        if filter_tags.keys().any(String::is_empty) {
-            return Err(ApiError::BadRequest(
-                "filter_tags: a tag name is empty".into(),
-            ));
-        }
-        if filter_nodes.iter().any(String::is_empty) {
-            return Err(ApiError::BadRequest("filter_nodes: a name is empty".into()));
-        }
-        if let Some(t) = timeout_ms
-            && !(1..=QUERY_TIMEOUT_MS_MAX).contains(&t)
-        {
-            return Err(ApiError::BadRequest(format!(
-                "timeout_ms: {t} is not in 1..={QUERY_TIMEOUT_MS_MAX}"
-            )));
-        }
-        self.with_node(|_| {
+        self.with_node(move |_| {
+            drop(plan);
             Err(ApiError::NotAvailable {
                 what: "queries",
                 call: "Node::query",
@@ -515,6 +493,73 @@ pub struct QueryRequest {
     /// How long to wait for responses (default: Serf's formula).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Ask each matching member for an ack as it receives the query (default: yes).
+    #[serde(default = "yes")]
+    pub request_ack: bool,
+    /// Members that relay each answer besides the direct send (default: the config's).
+    #[serde(default)]
+    pub relay_factor: Option<u8>,
+}
+
+/// Serde's default for flags that are on unless turned off.
+pub(super) fn yes() -> bool {
+    true
+}
+
+/// A checked query in the engine's terms (its `QueryParams`).
+#[derive(Debug)]
+#[expect(
+    dead_code,
+    reason = "read by `Node::query` once the Serf layer is merged"
+)]
+pub struct QueryPlan {
+    /// The query's name.
+    pub name: String,
+    /// Its payload.
+    pub payload: Vec<u8>,
+    /// Only these members answer (empty: no filter).
+    pub filter_nodes: Vec<String>,
+    /// Only members whose tag (first) matches the regular expression (second) answer.
+    pub filter_tags: Vec<(String, String)>,
+    /// When to stop listening (`None`: Serf's formula).
+    pub timeout: Option<Duration>,
+    /// Ask each matching member for an ack.
+    pub request_ack: bool,
+    /// Members that relay each answer besides the direct send (`None`: the config's).
+    pub relay_factor: Option<u8>,
+}
+
+impl QueryRequest {
+    /// The query checked, or 400 naming the field that is wrong.
+    pub fn plan(self) -> Result<QueryPlan, ApiError> {
+        if self.name.is_empty() {
+            return Err(ApiError::BadRequest("name: give the query's name".into()));
+        }
+        if self.filter_tags.keys().any(String::is_empty) {
+            return Err(ApiError::BadRequest(
+                "filter_tags: a tag name is empty".into(),
+            ));
+        }
+        if self.filter_nodes.iter().any(String::is_empty) {
+            return Err(ApiError::BadRequest("filter_nodes: a name is empty".into()));
+        }
+        if let Some(t) = self.timeout_ms
+            && !(1..=QUERY_TIMEOUT_MS_MAX).contains(&t)
+        {
+            return Err(ApiError::BadRequest(format!(
+                "timeout_ms: {t} is not in 1..={QUERY_TIMEOUT_MS_MAX}"
+            )));
+        }
+        Ok(QueryPlan {
+            name: self.name,
+            payload: self.payload.into_bytes(),
+            filter_nodes: self.filter_nodes,
+            filter_tags: self.filter_tags.into_iter().collect(),
+            timeout: self.timeout_ms.map(Duration::from_millis),
+            request_ack: self.request_ack,
+            relay_factor: self.relay_factor,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -564,6 +609,25 @@ mod tests {
         let mut m = member(MemberState::Alive);
         m.meta = vec![200, b'x'];
         assert!(MemberView::of(&m).tags.is_empty());
+    }
+
+    #[test]
+    fn queries_are_checked_field_by_field() {
+        let q = |v: serde_json::Value| -> Result<QueryPlan, ApiError> {
+            serde_json::from_value::<QueryRequest>(v)
+                .expect("shape")
+                .plan()
+        };
+        let p = q(json!({"name": "ping", "filter_tags": {"role": "^web$"}, "timeout_ms": 900}))
+            .expect("valid");
+        assert!(format!("{p:?}").contains("request_ack: true"), "{p:?}");
+        let e = q(json!({"name": ""})).expect_err("no name");
+        assert!(e.to_string().starts_with("name:"), "{e}");
+        let e = q(json!({"name": "x", "timeout_ms": 0})).expect_err("zero timeout");
+        assert!(e.to_string().starts_with("timeout_ms:"), "{e}");
+        let e = q(json!({"name": "x", "filter_nodes": [""]})).expect_err("empty node");
+        assert!(e.to_string().starts_with("filter_nodes:"), "{e}");
+        assert!(serde_json::from_value::<QueryRequest>(json!({"name": "x", "tags": {}})).is_err());
     }
 
     #[test]
