@@ -276,11 +276,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot start the API's runtime")?;
     let served = rt.block_on(serve(listener, &args, &name, gossip, &state, &signals));
     // Whatever happened, leave (a no-op if the API or a signal already did).
-    let left = state.leave("exit");
+    let _ = state.leave("exit");
     drop(rt);
     let _ = pump.join();
     served?;
-    left.map_err(|e| anyhow::anyhow!("agent {name} could not leave gracefully: {e}"))?;
+    if let Some(e) = state.leave_error() {
+        bail!("agent {name} could not leave gracefully: {e}");
+    }
     println!("agent {name}: left");
     Ok(())
 }

@@ -176,6 +176,7 @@ pub struct AgentState {
     leave_requested: watch::Sender<bool>,
     left: watch::Sender<bool>,
     leaving: AtomicBool,
+    leave_error: Mutex<Option<String>>,
     /// The agent's own counters.
     pub counters: AgentCounters,
 }
@@ -193,6 +194,7 @@ impl AgentState {
             leave_requested: watch::Sender::new(false),
             left: watch::Sender::new(false),
             leaving: AtomicBool::new(false),
+            leave_error: Mutex::new(None),
             counters: AgentCounters::default(),
         }
     }
@@ -366,8 +368,19 @@ impl AgentState {
         );
         tracing::info!(agent = %self.name, %reason, "leaving");
         let r = node.leave().map_err(|e| ApiError::Engine(e.to_string()));
+        if let Err(e) = &r {
+            *self.leave_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        }
         self.left.send_replace(true);
         r
+    }
+
+    /// Why the leave failed, if it did (whoever asked for it).
+    pub fn leave_error(&self) -> Option<String> {
+        self.leave_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A new monitor subscription; refused once the agent is stopping or when
@@ -408,6 +421,9 @@ impl AgentState {
         let v = event_json(&e.event, self.t_ms(e.at));
         match &e.event {
             Event::Message { .. } => tracing::debug!(agent = %self.name, event = %v, "event"),
+            Event::Joined { seed, ok: false } => {
+                tracing::warn!(agent = %self.name, %seed, "join failed: the seed did not answer");
+            }
             _ => tracing::info!(agent = %self.name, event = %v, "event"),
         }
         self.publish(v);
