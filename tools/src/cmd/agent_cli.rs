@@ -533,10 +533,12 @@ fn keys_report(op: &str, v: &Value, json: bool, out: &mut String) -> Result<(), 
             .map(|a| {
                 a.iter()
                     .map(|x| {
+                        // A name, {"name": .., "error": ..} or [name, error].
                         x.as_str()
-                            .map(str::to_string)
-                            .or_else(|| x["name"].as_str().map(str::to_string))
-                            .unwrap_or_default()
+                            .or_else(|| x["name"].as_str())
+                            .or_else(|| x[0].as_str())
+                            .unwrap_or("?")
+                            .to_string()
                     })
                     .collect()
             })
@@ -557,11 +559,13 @@ fn keys_report(op: &str, v: &Value, json: bool, out: &mut String) -> Result<(), 
         );
         if let Some(errs) = v["failed"].as_array() {
             for e in errs {
+                let name = e["name"].as_str().or_else(|| e[0].as_str());
+                let why = e["error"].as_str().or_else(|| e[1].as_str());
                 let _ = writeln!(
                     out,
                     "  {}: {}",
-                    e["name"].as_str().unwrap_or("?"),
-                    e["error"].as_str().unwrap_or("failed")
+                    name.unwrap_or("?"),
+                    why.unwrap_or("failed")
                 );
             }
         }
@@ -702,6 +706,12 @@ mod tests {
         let v = json!({"responses": 4, "ok": 3,
             "failed": [{"name": "n2", "error": "key not installed"}],
             "no_response": ["n5"]});
+        let pairs = json!({"responses": 4, "ok": 3,
+            "failed": [["n2", "key not installed"]], "no_response": ["n5"]});
+        let mut out = String::new();
+        let e = keys_report("use", &pairs, false, &mut out).expect_err("pairs too");
+        assert!(e.message.contains("n2, n5"), "{}", e.message);
+        assert!(out.contains("  n2: key not installed"), "{out}");
         let mut out = String::new();
         let e = keys_report("use", &v, false, &mut out).expect_err("n2 and n5 did not apply it");
         assert_eq!(e.code, EXIT_FAILED);

@@ -43,7 +43,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::API_BODY_BYTES_MAX;
 use super::metrics::{Scrape, render};
-use super::ops::{AgentState, ApiError, KeyOp, QueryRequest};
+use super::ops::{AgentState, ApiError, KeyOp, QueryLines, QueryRequest};
 use super::parse_key_text;
 
 /// Lines of a query's responses buffered between the engine and the HTTP body.
@@ -220,12 +220,12 @@ async fn event(State(s): State<Shared>, b: Bytes) -> Result<Response, ApiError> 
     Ok(axum::Json(v).into_response())
 }
 
-/// An NDJSON body fed from a channel the engine side fills; ends when the sender is gone.
-pub fn ndjson(rx: crossbeam_channel::Receiver<serde_json::Value>) -> Response {
+/// An NDJSON body fed by a blocking iterator (the engine's stream); ends with it.
+pub fn ndjson(lines: QueryLines) -> Response {
     let (tx, trx) = tokio::sync::mpsc::channel::<serde_json::Value>(QUERY_LINES_BUFFERED_MAX);
     // The engine side blocks; a blocking-pool thread carries its lines over.
     tokio::task::spawn_blocking(move || {
-        for v in rx.iter() {
+        for v in lines {
             if tx.blocking_send(v).is_err() {
                 break; // the client went away
             }
@@ -363,11 +363,11 @@ mod tests {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let (tx, rx) = crossbeam_channel::bounded(4);
-            tx.send(json!({"type": "response", "from": "n2"})).unwrap();
-            tx.send(json!({"type": "done", "responses": 1})).unwrap();
-            drop(tx);
-            let r = ndjson(rx);
+            let lines = vec![
+                json!({"type": "response", "from": "n2"}),
+                json!({"type": "done", "responses": 1}),
+            ];
+            let r = ndjson(Box::new(lines.into_iter()));
             assert_eq!(r.headers()[header::CONTENT_TYPE], "application/x-ndjson");
             let bytes = axum::body::to_bytes(r.into_body(), 1 << 16)
                 .await

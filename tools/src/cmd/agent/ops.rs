@@ -290,11 +290,8 @@ impl AgentState {
     }
 
     /// Starts a query; its NDJSON lines (acks, responses, then `done`) come from the
-    /// returned receiver, which closes after `done`.
-    pub fn query(
-        &self,
-        plan: QueryPlan,
-    ) -> Result<crossbeam_channel::Receiver<serde_json::Value>, ApiError> {
+    /// returned iterator, which blocks between them and ends after `done`.
+    pub fn query(&self, plan: QueryPlan) -> Result<QueryLines, ApiError> {
         self.with_node(move |_| {
             drop(plan);
             Err(ApiError::NotAvailable {
@@ -477,6 +474,9 @@ pub fn start_pump(state: &Arc<AgentState>) -> anyhow::Result<std::thread::JoinHa
         })
         .context("cannot start the event thread")
 }
+
+/// A query's lines as they come (the iterator blocks until the next).
+pub type QueryLines = Box<dyn Iterator<Item = serde_json::Value> + Send>;
 
 /// A key operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
