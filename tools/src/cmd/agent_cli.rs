@@ -271,7 +271,11 @@ fn dispatch(cmd: Cmd) -> Result<(), CliError> {
                     (v, op)
                 }
             };
-            keys_report(what, &v, a.api.json, &mut out)?;
+            if let Err(e) = keys_report(what, &v, a.api.json, &mut out) {
+                // The per-member results first, then the error.
+                println!("{out}");
+                return Err(e);
+            }
         }
         Cmd::Rtt(a) => {
             let c = Client::new(&a.api);
@@ -526,7 +530,8 @@ fn members_table(ms: &[Value], out: &mut String) {
     table(&["NAME", "ADDRESS", "STATUS", "TAGS"], &rows, out);
 }
 
-/// Prints a key operation's per-member results; fails (1) if any member did not apply it.
+/// A key operation's per-member results, in `out`; fails (1) if any member did not apply
+/// it (`out` still holds the results to print).
 fn keys_report(op: &str, v: &Value, json: bool, out: &mut String) -> Result<(), CliError> {
     let names = |k: &str| -> Vec<String> {
         v[k].as_array()
@@ -583,8 +588,6 @@ fn keys_report(op: &str, v: &Value, json: bool, out: &mut String) -> Result<(), 
     if bad.is_empty() {
         return Ok(());
     }
-    println!("{out}");
-    out.clear();
     Err(failed(format!(
         "key {op} not applied on {} members: {} (check they are alive and hold the key, then \
          run it again)",
