@@ -94,8 +94,9 @@ pub struct Args {
     /// Keyring file (the keys a rotation installs survive a restart).
     #[arg(long)]
     pub keyring: Option<PathBuf>,
-    /// AES-256-GCM key as 64 hex digits (repeatable; the first seals, any opens).
-    #[arg(long = "key", value_name = "HEX64", value_parser = parse_key)]
+    /// AES-256-GCM key as 64 hex digits or 44 base64 characters (repeatable; the first
+    /// seals, any opens).
+    #[arg(long = "key", value_name = "KEY", value_parser = parse_key_text)]
     pub keys: Vec<[u8; 32]>,
     /// Cluster label: frames of other clusters are refused.
     #[arg(long)]
@@ -214,7 +215,7 @@ fn check(args: &Args) -> anyhow::Result<()> {
     if let Some(p) = &args.keyring {
         bail!(
             "--keyring {} is not available in this build: the keyring file comes with the \
-             Serf layer on live nodes; pass the keys with --key HEX64",
+             Serf layer on live nodes; pass the keys with --key KEY",
             p.display()
         );
     }
