@@ -154,6 +154,38 @@ fn http_get(url: &str, token: Option<&str>) -> (u16, String) {
     }
 }
 
+/// An agent's `/metrics`, parsed with a Prometheus parser; every sample line must parse.
+fn scrape(api: &str) -> (String, prometheus_parse::Scrape) {
+    let (status, body) = http_get(&format!("http://{api}/metrics"), None);
+    assert_eq!(status, 200, "{body}");
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
+    let sample_lines = body
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .count();
+    assert_eq!(
+        scrape.samples.len(),
+        sample_lines,
+        "every sample line parsed:\n{body}"
+    );
+    (body, scrape)
+}
+
+/// The value of `metric` (with `label`, if given), if the scrape has it.
+fn sample(s: &prometheus_parse::Scrape, metric: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    let s = s
+        .samples
+        .iter()
+        .find(|s| s.metric == metric && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))?;
+    match s.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => Some(v),
+        _ => None,
+    }
+}
+
 #[test]
 fn five_agents_members_monitor_metrics_and_leave() {
     let port = base();
@@ -244,69 +276,39 @@ fn five_agents_members_monitor_metrics_and_leave() {
         "{text}"
     );
     assert!(
-        lines[1].starts_with("n1 ") && lines[1].contains("alive") && lines[1].ends_with("role=web"),
+        lines[1].starts_with("n1 ")
+            && lines[1].contains("127.76.0.1:")
+            && lines[1].ends_with("role=web"),
         "{text}"
     );
 
-    // Metrics, parsed as Prometheus text.
-    let (status, body) = http_get(&format!("http://{}/metrics", api[0]), None);
-    assert_eq!(status, 200, "{body}");
-    let lines: Vec<std::io::Result<String>> = body.lines().map(|l| Ok(l.to_string())).collect();
-    let scrape = prometheus_parse::Scrape::parse(lines.into_iter()).expect("Prometheus text");
-    let sample_lines = body
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .count();
-    assert_eq!(
-        scrape.samples.len(),
-        sample_lines,
-        "every sample line parsed:\n{body}"
+    // Metrics, parsed as Prometheus text, until the counters have moved.
+    let (body, scrape) = wait_for("metrics with traffic, probes and five alive", || {
+        let (body, scrape) = scrape(&api[0]);
+        let moved = [
+            "ringleader_udp_datagrams_received_total",
+            "ringleader_udp_datagrams_sent_total",
+            "ringleader_udp_received_bytes_total",
+            "ringleader_swim_probes_total",
+        ]
+        .iter()
+        .all(|m| sample(&scrape, m, None).is_some_and(|v| v > 0.0));
+        let alive = sample(&scrape, "ringleader_members", Some(("status", "alive")));
+        (moved && alive == Some(AGENTS as f64)).then_some((body, scrape))
+    });
+    let checksum = ("cause", "checksum");
+    let dropped = sample(
+        &scrape,
+        "ringleader_udp_datagrams_dropped_total",
+        Some(checksum),
     );
-    let value = |metric: &str, label: Option<(&str, &str)>| -> f64 {
-        let s = scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == metric && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-            .unwrap_or_else(|| panic!("no sample {metric} {label:?}:\n{body}"));
-        match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            ref other => panic!("{metric}: unexpected {other:?}"),
-        }
-    };
-    assert!(
-        value("ringleader_udp_datagrams_received_total", None) > 0.0,
-        "{body}"
+    assert_eq!(dropped, Some(0.0), "{body}");
+    let joins = sample(
+        &scrape,
+        "ringleader_agent_events_total",
+        Some(("kind", "member-join")),
     );
-    assert!(
-        value("ringleader_udp_datagrams_sent_total", None) > 0.0,
-        "{body}"
-    );
-    assert!(
-        value("ringleader_udp_received_bytes_total", None) > 0.0,
-        "{body}"
-    );
-    assert!(value("ringleader_swim_probes_total", None) > 0.0, "{body}");
-    assert_eq!(
-        value("ringleader_members", Some(("status", "alive"))),
-        AGENTS as f64,
-        "{body}"
-    );
-    assert_eq!(
-        value(
-            "ringleader_udp_datagrams_dropped_total",
-            Some(("cause", "checksum"))
-        ),
-        0.0
-    );
-    assert!(
-        value(
-            "ringleader_agent_events_total",
-            Some(("kind", "member-join"))
-        ) >= 4.0,
-        "{body}"
-    );
+    assert!(joins.is_some_and(|v| v >= 4.0), "{body}");
     let types: BTreeSet<&str> = body
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
