@@ -283,8 +283,8 @@ fn five_agents_members_monitor_metrics_and_leave() {
     );
 
     // Metrics, parsed as Prometheus text, until the counters have moved.
-    let (body, scrape) = wait_for("metrics with traffic, probes and five alive", || {
-        let (body, scrape) = scrape(&api[0]);
+    let (body, metrics) = wait_for("metrics with traffic, probes and five alive", || {
+        let (body, m) = scrape(&api[0]);
         let moved = [
             "ringleader_udp_datagrams_received_total",
             "ringleader_udp_datagrams_sent_total",
@@ -292,19 +292,19 @@ fn five_agents_members_monitor_metrics_and_leave() {
             "ringleader_swim_probes_total",
         ]
         .iter()
-        .all(|m| sample(&scrape, m, None).is_some_and(|v| v > 0.0));
-        let alive = sample(&scrape, "ringleader_members", Some(("status", "alive")));
-        (moved && alive == Some(AGENTS as f64)).then_some((body, scrape))
+        .all(|name| sample(&m, name, None).is_some_and(|v| v > 0.0));
+        let alive = sample(&m, "ringleader_members", Some(("status", "alive")));
+        (moved && alive == Some(AGENTS as f64)).then_some((body, m))
     });
     let checksum = ("cause", "checksum");
     let dropped = sample(
-        &scrape,
+        &metrics,
         "ringleader_udp_datagrams_dropped_total",
         Some(checksum),
     );
     assert_eq!(dropped, Some(0.0), "{body}");
     let joins = sample(
-        &scrape,
+        &metrics,
         "ringleader_agent_events_total",
         Some(("kind", "member-join")),
     );
