@@ -36,6 +36,24 @@ enum Command {
     /// Hostile traffic against one member of a live cluster (its own, or --target): what
     /// it refused by cause, its memory, and false positives (must be 0).
     Flood(cmd::flood::Args),
+    /// A cluster member with a local HTTP/JSON API (what `serf agent` is to Serf).
+    Agent(cmd::agent::Args),
+    /// The members a running agent knows, with status and tags.
+    Members(cmd::agent_cli::MembersArgs),
+    /// Send a user event to every member through a running agent.
+    Event(cmd::agent_cli::EventArgs),
+    /// Ask the members a question through a running agent; prints answers as they come.
+    Query(cmd::agent_cli::QueryArgs),
+    /// Install, use, remove or list the cluster's encryption keys through a running agent.
+    Keys(cmd::agent_cli::KeysArgs),
+    /// Estimated round trip between two members, from their network coordinates.
+    Rtt(cmd::agent_cli::RttArgs),
+    /// Make a running agent leave the cluster gracefully and exit.
+    Leave(cmd::agent_cli::LeaveArgs),
+    /// Mark a failed member left, cluster-wide.
+    ForceLeave(cmd::agent_cli::ForceLeaveArgs),
+    /// Stream a running agent's events (NDJSON with --json).
+    Monitor(cmd::agent_cli::MonitorArgs),
 }
 
 /// Sends the engine's `tracing` events to stderr, filtered by `RUST_LOG` or `--log-level`.
@@ -72,5 +90,14 @@ fn main() -> anyhow::Result<()> {
         Command::RaftCrash(a) => cmd::raft_crash::run(a),
         Command::Kv(a) => cmd::kv::run(a),
         Command::Flood(a) => cmd::flood::run(a),
+        Command::Agent(a) => cmd::agent::run(a),
+        Command::Members(a) => cmd::agent_cli::run(cmd::agent_cli::Cmd::Members(a)),
+        Command::Event(a) => cmd::agent_cli::run(cmd::agent_cli::Cmd::Event(a)),
+        Command::Query(a) => cmd::agent_cli::run(cmd::agent_cli::Cmd::Query(a)),
+        Command::Keys(a) => cmd::agent_cli::run(cmd::agent_cli::Cmd::Keys(a)),
+        Command::Rtt(a) => cmd::agent_cli::run(cmd::agent_cli::Cmd::Rtt(a)),
+        Command::Leave(a) => cmd::agent_cli::run(cmd::agent_cli::Cmd::Leave(a)),
+        Command::ForceLeave(a) => cmd::agent_cli::run(cmd::agent_cli::Cmd::ForceLeave(a)),
+        Command::Monitor(a) => cmd::agent_cli::run(cmd::agent_cli::Cmd::Monitor(a)),
     }
 }

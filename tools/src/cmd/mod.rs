@@ -1,5 +1,7 @@
 //! One module per subcommand; each exports `Args` and `run`.
 
+pub mod agent;
+pub mod agent_cli;
 pub mod compare;
 pub mod flamegraph;
 pub mod flood;

@@ -1,0 +1,503 @@
+//! `ringleader-tools agent` and its CLI, with real processes on loopback.
+//!
+//! - Five agents: `members --json` on every one lists the five alive; a `monitor` started
+//!   on the first before the others join sees each of them join; `/metrics` parses as
+//!   Prometheus text (with a parser, every sample line accounted for) with non-zero
+//!   datagram counters and five members alive; `leave` through the CLI makes an agent
+//!   exit 0 and the others see it `left`; so does SIGTERM; the CLI on the agent that left
+//!   exits 2 saying there is no agent and how to start one.
+//! - The token rule: an API bound to 127.0.0.2 (anything but 127.0.0.1 and ::1) refuses to
+//!   start without --token, and with one answers 401 to requests without it or with a
+//!   wrong one; the CLI passes it from --token or RINGLEADER_TOKEN; usage errors exit 2.
+//!
+//! Gossip binds 127.76.x.y, the APIs 127.0.0.1/127.0.0.2, on ports below the ephemeral
+//! range chosen from the test's pid. Every wait is a condition under a generous deadline;
+//! nothing asserts timing. A guard kills every child still running when a test ends.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const AGENTS: usize = 5;
+const LIVENESS: Duration = Duration::from_secs(120);
+const TOKEN: &str = "s3cret-token";
+
+fn base() -> u16 {
+    ringleader_engine::transport::port_base_below_ephemeral(32)
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ringleader-tools")
+}
+
+/// Kills (SIGKILL) and reaps every child still running when dropped.
+#[derive(Default)]
+struct Children(Vec<Child>);
+
+impl Children {
+    fn push(&mut self, c: Child) -> usize {
+        self.0.push(c);
+        self.0.len() - 1
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn_agent(name: &str, gossip: &str, api: &str, join: Option<&str>, extra: &[&str]) -> Child {
+    let mut cmd = Command::new(bin());
+    cmd.args(["agent", "--name", name, "--bind", gossip, "--api", api])
+        .args(["--config", "local"])
+        .args(["--probe-interval-ms", "500", "--probe-timeout-ms", "200"])
+        .args(["--push-pull-interval-ms", "3000"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    if let Some(j) = join {
+        cmd.args(["--join", j]);
+    }
+    cmd.spawn().expect("spawn agent")
+}
+
+/// Runs the CLI to its end.
+fn cli(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env_remove("RINGLEADER_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the CLI")
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Polls `f` until it gives a value; panics with `what` after [`LIVENESS`].
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < LIVENESS,
+            "not within {LIVENESS:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The members an agent lists through `members --json` (exit 0 required).
+fn members(api: &str) -> Option<Vec<(String, String)>> {
+    let o = cli(&["members", "--api", api, "--json"]);
+    if !o.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&o.stdout).expect("members --json is JSON");
+    let list = v["members"].as_array().expect("a members array");
+    Some(
+        list.iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().expect("name").to_string(),
+                    m["status"].as_str().expect("status").to_string(),
+                )
+            })
+            .collect(),
+    )
+}
+
+fn exits(c: &mut Child, what: &str) -> ExitStatus {
+    wait_for(what, || c.try_wait().expect("try_wait"))
+}
+
+fn sigterm(c: &Child) {
+    // SAFETY: kill(2) with a pid we spawned and have not reaped; no memory is involved.
+    let rc = unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill -TERM {}", c.id());
+}
+
+fn http_get(url: &str, token: Option<&str>) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut req = agent.get(url);
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    match req.call() {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let body = r.into_body().read_to_string().expect("body");
+            (status, body)
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// An agent's `/metrics`, parsed with a Prometheus parser; every sample line must parse.
+fn scrape(api: &str) -> (String, prometheus_parse::Scrape) {
+    let (status, body) = http_get(&format!("http://{api}/metrics"), None);
+    assert_eq!(status, 200, "{body}");
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
+    let sample_lines = body
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .count();
+    assert_eq!(
+        scrape.samples.len(),
+        sample_lines,
+        "every sample line parsed:\n{body}"
+    );
+    (body, scrape)
+}
+
+/// The value of `metric` (with `label`, if given), if the scrape has it.
+fn sample(s: &prometheus_parse::Scrape, metric: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    let s = s
+        .samples
+        .iter()
+        .find(|s| s.metric == metric && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))?;
+    match s.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => Some(v),
+        _ => None,
+    }
+}
+
+#[test]
+fn five_agents_members_monitor_metrics_and_leave() {
+    let port = base();
+    let gossip: Vec<String> = (1..=AGENTS)
+        .map(|i| format!("127.76.0.{i}:{port}"))
+        .collect();
+    let api: Vec<String> = (1..=AGENTS)
+        .map(|i| format!("127.0.0.1:{}", port + i as u16))
+        .collect();
+    let name = |i: usize| format!("n{}", i + 1);
+    let mut kids = Children::default();
+
+    let role = |i: usize| if i % 2 == 0 { "role=web" } else { "role=db" };
+    let mut ids = vec![kids.push(spawn_agent(
+        &name(0),
+        &gossip[0],
+        &api[0],
+        None,
+        &["--tag", role(0)],
+    ))];
+    wait_for("the first agent's API answers", || members(&api[0]));
+
+    // A monitor on the first agent, subscribed before anyone else joins.
+    let mut mon = Command::new(bin())
+        .args(["monitor", "--api", &api[0], "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn monitor");
+    let out = mon.stdout.take().expect("monitor stdout");
+    kids.push(mon);
+    let (tx, rx) = mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            let v: Value = serde_json::from_str(&l).expect("monitor --json prints JSON lines");
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen: Vec<Value> = Vec::new();
+    let saw = |seen: &mut Vec<Value>, what: &str, pred: &dyn Fn(&Value) -> bool| {
+        wait_for(what, || {
+            while let Ok(v) = rx.try_recv() {
+                seen.push(v);
+            }
+            seen.iter().any(pred).then_some(())
+        })
+    };
+    saw(&mut seen, "the monitor subscribed", &|v| {
+        v["event"] == "subscribed" && v["name"] == "n1"
+    });
+
+    for i in 1..AGENTS {
+        ids.push(kids.push(spawn_agent(
+            &name(i),
+            &gossip[i],
+            &api[i],
+            Some(&gossip[0]),
+            &["--tag", role(i)],
+        )));
+    }
+    let all: BTreeSet<(String, String)> = (0..AGENTS)
+        .map(|i| (name(i), "alive".to_string()))
+        .collect();
+    for a in &api {
+        wait_for(&format!("{a} lists five alive"), || {
+            let m: BTreeSet<_> = members(a)?.into_iter().collect();
+            (m == all).then_some(())
+        });
+    }
+    for i in 1..AGENTS {
+        let n = name(i);
+        saw(&mut seen, &format!("the monitor sees {n} join"), &|v| {
+            v["event"] == "member-join" && v["name"] == n.as_str()
+        });
+    }
+
+    // The table for people.
+    let o = cli(&["members", "--api", &api[0]]);
+    assert!(o.status.success(), "{}", show(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), AGENTS + 1, "header and five rows:\n{text}");
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("STATUS"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("n1 ")
+            && lines[1].contains("127.76.0.1:")
+            && lines[1].ends_with("role=web"),
+        "{text}"
+    );
+
+    // Metrics, parsed as Prometheus text, until the counters have moved.
+    let (body, metrics) = wait_for("metrics with traffic, probes and five alive", || {
+        let (body, m) = scrape(&api[0]);
+        let moved = [
+            "ringleader_udp_datagrams_received_total",
+            "ringleader_udp_datagrams_sent_total",
+            "ringleader_udp_received_bytes_total",
+            "ringleader_swim_probes_total",
+        ]
+        .iter()
+        .all(|name| sample(&m, name, None).is_some_and(|v| v > 0.0));
+        let alive = sample(&m, "ringleader_members", Some(("status", "alive")));
+        (moved && alive == Some(AGENTS as f64)).then_some((body, m))
+    });
+    let checksum = ("cause", "checksum");
+    let dropped = sample(
+        &metrics,
+        "ringleader_udp_datagrams_dropped_total",
+        Some(checksum),
+    );
+    assert_eq!(dropped, Some(0.0), "{body}");
+    let joins = sample(
+        &metrics,
+        "ringleader_agent_events_total",
+        Some(("kind", "member-join")),
+    );
+    assert!(joins.is_some_and(|v| v >= 4.0), "{body}");
+    let types: BTreeSet<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .collect();
+    assert!(
+        types.contains("ringleader_udp_datagrams_received_total counter"),
+        "{body}"
+    );
+    assert!(types.contains("ringleader_members gauge"), "{body}");
+
+    // An operation the engine in this build lacks: 501, said plainly, exit 1.
+    let o = cli(&["event", "deploy", "v1", "--api", &api[0]]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not available in this build"),
+        "{}",
+        show(&o)
+    );
+
+    // Leave through the CLI: the agent exits 0, the others see it left.
+    let o = cli(&["leave", "--api", &api[4]]);
+    assert!(o.status.success(), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("agent n5 left"),
+        "{}",
+        show(&o)
+    );
+    let st = exits(&mut kids.0[ids[4]], "n5 exits after leave");
+    assert!(st.success(), "n5 exited with {st:?}");
+    for a in &api[..4] {
+        wait_for(&format!("{a} sees n5 left"), || {
+            members(a)?
+                .contains(&("n5".into(), "left".into()))
+                .then_some(())
+        });
+    }
+    saw(&mut seen, "the monitor sees n5 leave", &|v| {
+        v["event"] == "member-leave" && v["name"] == "n5"
+    });
+
+    // SIGTERM: the same graceful leave.
+    sigterm(&kids.0[ids[3]]);
+    let st = exits(&mut kids.0[ids[3]], "n4 exits on SIGTERM");
+    assert!(st.success(), "n4 exited with {st:?}");
+    for a in &api[..3] {
+        wait_for(&format!("{a} sees n4 left"), || {
+            members(a)?
+                .contains(&("n4".into(), "left".into()))
+                .then_some(())
+        });
+    }
+
+    // No agent there any more: exit 2, and what to do.
+    for args in [
+        vec!["members", "--api", &api[4]],
+        vec!["monitor", "--api", &api[4], "--json"],
+        vec!["leave", "--api", &api[4]],
+    ] {
+        let o = cli(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("no agent at {}", api[4])),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains("start one with `ringleader-tools agent"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn an_api_off_127_0_0_1_needs_a_token() {
+    let port = base() + 10;
+    let gossip = format!("127.76.1.1:{port}");
+    let api = format!("127.0.0.2:{}", port + 1);
+    let mut kids = Children::default();
+
+    // No token: refused at start, saying what to do.
+    let o = Command::new(bin())
+        .args(["agent", "--name", "t1", "--bind", &gossip, "--api", &api])
+        .output()
+        .expect("run agent");
+    assert!(!o.status.success(), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("pass --token"),
+        "{}",
+        show(&o)
+    );
+
+    let i = kids.push(spawn_agent("t1", &gossip, &api, None, &["--token", TOKEN]));
+    let url = format!("http://{api}/v1/members");
+    wait_for("the agent answers with the token", || {
+        (http_get(&url, Some(TOKEN)).0 == 200).then_some(())
+    });
+
+    for (what, token) in [("no token", None), ("a wrong token", Some("nope"))] {
+        for path in ["/v1/members", "/metrics", "/v1/monitor"] {
+            let (status, body) = http_get(&format!("http://{api}{path}"), token);
+            assert_eq!(status, 401, "{what} on {path}: {body}");
+            let v: Value = serde_json::from_str(&body).expect("a JSON error");
+            assert_eq!(v["code"], "unauthorized", "{body}");
+        }
+    }
+    let (status, body) = http_get(&format!("http://{api}/metrics"), Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("ringleader_agent_unauthorized_total 6"),
+        "{body}"
+    );
+
+    // The CLI: without the token a usage error (2); with it, from the flag or the
+    // environment, the answer.
+    let o = cli(&["members", "--api", &api]);
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Bearer"),
+        "{}",
+        show(&o)
+    );
+    let o = cli(&["members", "--api", &api, "--token", TOKEN, "--json"]);
+    assert!(o.status.success(), "{}", show(&o));
+    let o = Command::new(bin())
+        .args(["members", "--api", &api, "--json"])
+        .env("RINGLEADER_TOKEN", TOKEN)
+        .output()
+        .expect("run the CLI");
+    assert!(o.status.success(), "{}", show(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["members"][0]["name"], "t1");
+
+    // Usage errors exit 2 before or at the agent.
+    let o = cli(&[
+        "keys",
+        "install",
+        "not-a-key",
+        "--api",
+        &api,
+        "--token",
+        TOKEN,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("64 hex digits"),
+        "{}",
+        show(&o)
+    );
+    let (status, body) = http_get(&format!("http://{api}/v1/nowhere"), Some(TOKEN));
+    assert_eq!(status, 404, "{body}");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let r = agent
+        .post(&format!("http://{api}/v1/event"))
+        .header("Authorization", &format!("Bearer {TOKEN}"))
+        .send("{\"name\": 5")
+        .expect("an answer");
+    assert_eq!(r.status().as_u16(), 400);
+    let v: Value =
+        serde_json::from_str(&r.into_body().read_to_string().expect("body")).expect("JSON");
+    assert_eq!(v["code"], "bad_request", "{v}");
+    assert!(
+        v["error"].as_str().expect("message").starts_with("body: "),
+        "{v}"
+    );
+
+    // Files this build cannot honour are refused at start, not ignored.
+    let o = Command::new(bin())
+        .args([
+            "agent",
+            "--name",
+            "t2",
+            "--bind",
+            "127.76.1.2:0",
+            "--snapshot",
+            "/nonexistent/s",
+        ])
+        .output()
+        .expect("run agent");
+    assert!(!o.status.success(), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not available in this build"),
+        "{}",
+        show(&o)
+    );
+
+    sigterm(&kids.0[i]);
+    let st = exits(&mut kids.0[i], "t1 exits on SIGTERM");
+    assert!(st.success(), "t1 exited with {st:?}");
+}
