@@ -50,6 +50,8 @@ enum Command {
     Rtt(cmd::agent_cli::RttArgs),
     /// Make a running agent leave the cluster gracefully and exit.
     Leave(cmd::agent_cli::LeaveArgs),
+    /// Make a running agent join more seeds (another cluster, or its own after a partition).
+    Join(cmd::agent_cli::JoinArgs),
     /// Mark a failed member left, cluster-wide.
     ForceLeave(cmd::agent_cli::ForceLeaveArgs),
     /// Stream a running agent's events (NDJSON with --json).
@@ -97,6 +99,7 @@ fn main() -> anyhow::Result<()> {
         Command::Keys(a) => cmd::agent_cli::run(cmd::agent_cli::Cmd::Keys(a)),
         Command::Rtt(a) => cmd::agent_cli::run(cmd::agent_cli::Cmd::Rtt(a)),
         Command::Leave(a) => cmd::agent_cli::run(cmd::agent_cli::Cmd::Leave(a)),
+        Command::Join(a) => cmd::agent_cli::run(cmd::agent_cli::Cmd::Join(a)),
         Command::ForceLeave(a) => cmd::agent_cli::run(cmd::agent_cli::Cmd::ForceLeave(a)),
         Command::Monitor(a) => cmd::agent_cli::run(cmd::agent_cli::Cmd::Monitor(a)),
     }

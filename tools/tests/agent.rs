@@ -3,7 +3,11 @@
 //! - Five agents: `members --json` on every one lists the five alive; a `monitor` started
 //!   on the first before the others join sees each of them join; `/metrics` parses as
 //!   Prometheus text (with a parser, every sample line accounted for) with non-zero
-//!   datagram counters and five members alive; `leave` through the CLI makes an agent
+//!   datagram counters and five members alive; `event deploy v1` is taken once by every
+//!   agent and shown once by the monitor; `query ping --tag role=^web$` is answered by
+//!   exactly the three web agents (started with `--respond ping=pong`); `keys install`,
+//!   `use`, `remove` succeed on all five and `keys list` shows only the new key, with no
+//!   false deaths; `rtt` gives an estimate; `leave` through the CLI makes an agent
 //!   exit 0 and the others see it `left`; so does SIGTERM; the CLI on the agent that left
 //!   exits 2 saying there is no agent and how to start one.
 //! - The token rule: an API bound to 127.0.0.2 (anything but 127.0.0.1 and ::1) refuses to
@@ -25,6 +29,10 @@ use serde_json::Value;
 const AGENTS: usize = 5;
 const LIVENESS: Duration = Duration::from_secs(120);
 const TOKEN: &str = "s3cret-token";
+/// The key every agent starts with, and the one a rotation replaces it with (base64, as
+/// `serf keygen` prints keys).
+const KEY_OLD: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const KEY_NEW: &str = "AwoRGB8mLTQ7QklQV15lbHN6gYiPlp2kq7K5wMfO1dw=";
 
 fn base() -> u16 {
     ringleader_engine::transport::port_base_below_ephemeral(32)
@@ -204,7 +212,7 @@ fn five_agents_members_monitor_metrics_and_leave() {
         &gossip[0],
         &api[0],
         None,
-        &["--tag", role(0)],
+        &["--tag", role(0), "--respond", "ping=pong", "--key", KEY_OLD],
     ))];
     wait_for("the first agent's API answers", || members(&api[0]));
 
@@ -246,7 +254,7 @@ fn five_agents_members_monitor_metrics_and_leave() {
             &gossip[i],
             &api[i],
             Some(&gossip[0]),
-            &["--tag", role(i)],
+            &["--tag", role(i), "--respond", "ping=pong", "--key", KEY_OLD],
         )));
     }
     let all: BTreeSet<(String, String)> = (0..AGENTS)
@@ -319,14 +327,96 @@ fn five_agents_members_monitor_metrics_and_leave() {
     );
     assert!(types.contains("ringleader_members gauge"), "{body}");
 
-    // An operation the engine in this build lacks: 501, said plainly, exit 1.
+    // A user event: every agent takes it once, and the monitor shows it once.
     let o = cli(&["event", "deploy", "v1", "--api", &api[0]]);
-    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(o.status.success(), "{}", show(&o));
+    for a in &api {
+        wait_for(&format!("{a} took the event"), || {
+            let (_, m) = scrape(a);
+            (sample(&m, "ringleader_agent_events_total", Some(("kind", "user")))? >= 1.0)
+                .then_some(())
+        });
+    }
+    saw(&mut seen, "the monitor sees the event", &|v| {
+        v["event"] == "user" && v["name"] == "deploy" && v["payload"] == "v1"
+    });
+    for a in &api {
+        let (_, m) = scrape(a);
+        assert_eq!(
+            sample(&m, "ringleader_agent_events_total", Some(("kind", "user"))),
+            Some(1.0),
+            "{a} took the event once"
+        );
+    }
+    let users = seen.iter().filter(|v| v["event"] == "user").count();
+    assert_eq!(users, 1, "the monitor printed the event once");
+
+    // A query filtered by tag: answered by exactly the web agents (n1, n3, n5).
+    let o = cli(&[
+        "query",
+        "ping",
+        "--tag",
+        "role=^web$",
+        "--api",
+        &api[1],
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", show(&o));
+    let lines: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("NDJSON"))
+        .collect();
+    let from = |kind: &str| -> BTreeSet<String> {
+        lines
+            .iter()
+            .filter(|v| v["type"] == kind)
+            .map(|v| v["from"].as_str().expect("from").to_string())
+            .collect()
+    };
+    let web: BTreeSet<String> = ["n1", "n3", "n5"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(from("response"), web, "{}", show(&o));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("not available in this build"),
-        "{}",
-        show(&o)
+        lines
+            .iter()
+            .all(|v| v["type"] != "response" || v["payload"] == "pong")
     );
+    assert_eq!(lines.last().expect("lines")["type"], "done", "{}", show(&o));
+
+    // Key rotation across the five: install, use, remove; list shows only the new key.
+    for (op, key) in [("install", KEY_NEW), ("use", KEY_NEW), ("remove", KEY_OLD)] {
+        let o = cli(&["keys", op, key, "--api", &api[2], "--json"]);
+        assert!(o.status.success(), "keys {op}: {}", show(&o));
+        let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+        assert_eq!(v["ok"], AGENTS, "keys {op}: {v}");
+    }
+    let o = cli(&["keys", "list", "--api", &api[3], "--json"]);
+    assert!(o.status.success(), "{}", show(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let keys = v["keys"].as_object().expect("keys");
+    assert_eq!(keys.len(), 1, "{v}");
+    assert_eq!(
+        keys.get(KEY_NEW).and_then(Value::as_u64),
+        Some(AGENTS as u64),
+        "{v}"
+    );
+    // No false deaths: every agent still sees the five, none failed or left.
+    for a in &api {
+        let m = members(a).expect("members");
+        assert_eq!(m.len(), AGENTS, "{a}: {m:?}");
+        assert!(
+            m.iter().all(|(_, st)| st == "alive" || st == "suspect"),
+            "{a}: {m:?}"
+        );
+    }
+
+    // Coordinates: an rtt estimate once probes have carried them.
+    let v = wait_for("rtt n1 n2 known", || {
+        let o = cli(&["rtt", "n1", "n2", "--api", &api[0], "--json"]);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&o.stdout).expect("JSON"))
+    });
+    assert!(v["rtt_ms"].as_f64().expect("rtt_ms") >= 0.0, "{v}");
 
     // Leave through the CLI: the agent exits 0, the others see it left.
     let o = cli(&["leave", "--api", &api[4]]);
@@ -477,27 +567,50 @@ fn an_api_off_127_0_0_1_needs_a_token() {
         "{v}"
     );
 
-    // Files this build cannot honour are refused at start, not ignored.
-    let o = Command::new(bin())
-        .args([
-            "agent",
-            "--name",
-            "t2",
-            "--bind",
-            "127.76.1.2:0",
-            "--snapshot",
-            "/nonexistent/s",
-        ])
-        .output()
-        .expect("run agent");
-    assert!(!o.status.success(), "{}", show(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("not available in this build"),
-        "{}",
-        show(&o)
-    );
-
     sigterm(&kids.0[i]);
     let st = exits(&mut kids.0[i], "t1 exits on SIGTERM");
     assert!(st.success(), "t1 exited with {st:?}");
+}
+
+#[test]
+fn join_after_start_merges_two_clusters_and_a_dead_seed_fails() {
+    let port = base() + 20;
+    let gossip = [format!("127.76.2.1:{port}"), format!("127.76.2.2:{port}")];
+    let api = [
+        format!("127.0.0.1:{}", port + 1),
+        format!("127.0.0.1:{}", port + 2),
+    ];
+    let mut kids = Children::default();
+    // Two clusters of one, each unaware of the other.
+    for (i, n) in ["j1", "j2"].iter().enumerate() {
+        kids.push(spawn_agent(n, &gossip[i], &api[i], None, &[]));
+        wait_for("a lone agent answers", || members(&api[i]));
+    }
+    assert_eq!(members(&api[0]).unwrap().len(), 1);
+
+    // A seed where nothing listens: exit 1, the seed named, the agent still serving.
+    let dead = format!("127.76.2.9:{port}");
+    let o = cli(&["join", "--api", &api[0], &dead]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&dead),
+        "{}",
+        show(&o)
+    );
+    assert_eq!(members(&api[0]).unwrap().len(), 1);
+
+    // The live seed and the dead one: joined through one, the dead one named.
+    let o = cli(&["join", "--api", &api[0], "--json", &gossip[1], &dead]);
+    assert!(o.status.success(), "{}", show(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("join --json is JSON");
+    assert_eq!(v["joined"], 1, "{v}");
+    assert_eq!(v["failed"], serde_json::json!([dead]), "{v}");
+
+    // Both sides see both, alive.
+    for a in &api {
+        wait_for("both agents list both members alive", || {
+            let ms = members(a)?;
+            (ms.len() == 2 && ms.iter().all(|(_, s)| s == "alive")).then_some(())
+        });
+    }
 }

@@ -1,4 +1,4 @@
-//! Subcommands `members`, `event`, `query`, `keys`, `rtt`, `leave`, `force-leave` and
+//! Subcommands `members`, `join`, `event`, `query`, `keys`, `rtt`, `leave`, `force-leave` and
 //! `monitor`: the CLI of a running `ringleader-tools agent`, over its HTTP API (see
 //! [`super::agent`]).
 //!
@@ -8,7 +8,7 @@
 //! Exit status (an interface: scripts rely on it):
 //! - 0: done;
 //! - 1: the operation failed (the agent refused or the engine failed; a key operation some
-//!   members did not apply; an operation this build lacks, HTTP 501);
+//!   members did not apply; a join no seed answered);
 //! - 2: usage or connection: no agent at `--api`, a refused token, a malformed argument.
 //!
 //! Every error message says what to do next. The token comes from `--token` or the
@@ -158,6 +158,16 @@ pub struct LeaveArgs {
     pub api: ApiOpts,
 }
 
+/// `join ADDR...`: the agent joins through more seeds.
+#[derive(clap::Args, Debug, Clone)]
+pub struct JoinArgs {
+    #[command(flatten)]
+    pub api: ApiOpts,
+    /// Gossip addresses (IP:PORT) of members to join through.
+    #[arg(required = true)]
+    pub addrs: Vec<std::net::SocketAddr>,
+}
+
 /// `force-leave NAME`: a failed member is marked left everywhere.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ForceLeaveArgs {
@@ -189,6 +199,8 @@ pub enum Cmd {
     Rtt(RttArgs),
     /// `leave`.
     Leave(LeaveArgs),
+    /// `join`.
+    Join(JoinArgs),
     /// `force-leave`.
     ForceLeave(ForceLeaveArgs),
     /// `monitor`.
@@ -304,6 +316,23 @@ fn dispatch(cmd: Cmd) -> Result<(), CliError> {
                     "agent {} left the cluster and stopped",
                     v["left"].as_str().unwrap_or("?")
                 )
+            };
+        }
+        Cmd::Join(a) => {
+            let addrs: Vec<String> = a.addrs.iter().map(ToString::to_string).collect();
+            let v = Client::new(&a.api).call("POST", "/v1/join", Some(json!({"addrs": addrs})))?;
+            out = if a.api.json {
+                v.to_string()
+            } else {
+                let failed: Vec<&str> = v["failed"]
+                    .as_array()
+                    .map(|f| f.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let mut line = format!("joined through {} of {} seeds", v["joined"], addrs.len());
+                if !failed.is_empty() {
+                    line += &format!(" (no answer from {})", failed.join(", "));
+                }
+                line
             };
         }
         Cmd::ForceLeave(a) => {

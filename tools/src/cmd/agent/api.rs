@@ -3,7 +3,7 @@
 //! | method and path            | body / query                                   | answer |
 //! |----------------------------|------------------------------------------------|--------|
 //! | `GET /v1/members`          |                                                | `{"members": [{name, addr, status, tags, incarnation, coordinate}]}` |
-//! | `POST /v1/join`            | `{"addrs": ["ADDR", ...]}`                     | `{"joined": n}` |
+//! | `POST /v1/join`            | `{"addrs": ["ADDR", ...]}`                     | `{"joined": n, "failed": [ADDR, ...]}` once each seed answered (none: 500) |
 //! | `POST /v1/leave`           |                                                | `{"left": NAME}`, then the agent exits |
 //! | `POST /v1/force-leave`     | `{"name": N}`                                  | `{}` |
 //! | `POST /v1/event`           | `{"name", "payload", "coalesce"}`              | `{}` |
@@ -16,8 +16,8 @@
 //!
 //! Errors are `{"error": MESSAGE, "code": CODE}` with status 400 (`bad_request`: the message
 //! names the field), 401 (`unauthorized`), 404 (`not_found`), 413 (a body over
-//! [`API_BODY_BYTES_MAX`]), 500 (`engine`), 501 (`not_available`: the engine in this build
-//! lacks the call) or 503 (`left`, or `busy`: more than [`super::MONITORS_MAX`] monitors).
+//! [`API_BODY_BYTES_MAX`]), 500 (`engine`) or 503 (`left`, or `busy`: more than [`super::MONITORS_MAX`] monitors, or
+//! [`super::ops::JOINS_WAITING_MAX`] join seeds waited for).
 //!
 //! Engine calls block (they wait for the node's shard), so each runs on tokio's blocking
 //! pool ([`super::API_BLOCKING_THREADS_MAX`] threads), never on the thread that serves.

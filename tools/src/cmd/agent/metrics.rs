@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use ringleader_engine::host::{Census, MemberInfo};
 use ringleader_engine::transport::DROP_CAUSES;
 
-use super::ops::{AgentCounters, EVENT_KINDS, STATUSES, status_name};
+use super::ops::{AgentCounters, EVENT_KINDS, STATUSES};
 
 /// Writes one metric family: HELP, TYPE and its samples, each `(labels, value)` with the
 /// labels already in `{k="v"}` form or empty.
@@ -286,15 +286,91 @@ pub fn render(s: &Scrape<'_>) -> String {
         &mut o,
     );
 
+    // The Serf layer.
+    let serf = |f: fn(&ringleader_engine::host::SerfCounters) -> u64| -> u64 {
+        s.census.shards.iter().map(|x| f(&x.serf)).sum()
+    };
+    family(
+        &mut o,
+        "ringleader_serf_user_events_total",
+        "User events received: delivered once, seen again and dropped, or refused as too old.",
+        "counter",
+        &[
+            (
+                "{result=\"delivered\"}".into(),
+                serf(|c| c.events_delivered),
+            ),
+            (
+                "{result=\"duplicate\"}".into(),
+                serf(|c| c.events_duplicate),
+            ),
+            ("{result=\"too_old\"}".into(), serf(|c| c.events_too_old)),
+        ],
+    );
+    family(
+        &mut o,
+        "ringleader_serf_queries_total",
+        "Queries received: delivered (or handled internally), or seen again and dropped.",
+        "counter",
+        &[
+            (
+                "{result=\"delivered\"}".into(),
+                serf(|c| c.queries_delivered),
+            ),
+            (
+                "{result=\"duplicate\"}".into(),
+                serf(|c| c.queries_duplicate),
+            ),
+        ],
+    );
+    c(
+        "ringleader_serf_responses_sent_total",
+        "Query responses sent (direct).",
+        serf(|c| c.responses_sent),
+        &mut o,
+    );
+    c(
+        "ringleader_serf_responses_relayed_total",
+        "Query responses relayed for other members.",
+        serf(|c| c.relays),
+        &mut o,
+    );
+    c(
+        "ringleader_serf_messages_refused_total",
+        "Serf messages refused (malformed, over a bound) or stale intents.",
+        serf(|c| c.refused),
+        &mut o,
+    );
+    c(
+        "ringleader_serf_query_replies_dropped_total",
+        "Query replies the application's stream had no room for.",
+        serf(|c| c.query_replies_dropped),
+        &mut o,
+    );
+    c(
+        "ringleader_serf_snapshots_skipped_total",
+        "Periodic snapshots skipped because the writer was behind.",
+        serf(|c| c.snapshots_skipped),
+        &mut o,
+    );
+    c(
+        "ringleader_agent_queries_answered_total",
+        "Incoming queries the agent answered (--respond).",
+        s.agent.queries_answered.load(Ordering::Relaxed),
+        &mut o,
+    );
+    c(
+        "ringleader_agent_answers_failed_total",
+        "Answers to queries the engine refused.",
+        s.agent.answers_failed.load(Ordering::Relaxed),
+        &mut o,
+    );
+
     // Members and queues.
     let by_state: Vec<(String, u64)> = STATUSES
         .iter()
         .map(|st| {
-            let n = s
-                .members
-                .iter()
-                .filter(|m| status_name(m.state) == *st)
-                .count();
+            let n = s.members.iter().filter(|m| m.status.name() == *st).count();
             (format!("{{status=\"{st}\"}}"), n as u64)
         })
         .collect();
@@ -315,11 +391,12 @@ pub fn render(s: &Scrape<'_>) -> String {
     family(
         &mut o,
         "ringleader_events_dropped_total",
-        "Events lost: the application channel was full (host) or the member's queue was (member).",
+        "Events lost: the application channel was full (host), or the member's queue (member) or the Serf layer's (serf) was.",
         "counter",
         &[
             ("{where=\"host\"}".into(), host_dropped),
             ("{where=\"member\"}".into(), stats.events_dropped),
+            ("{where=\"serf\"}".into(), serf(|c| c.events_dropped)),
         ],
     );
     let kinds: Vec<(String, u64)> = EVENT_KINDS

@@ -18,8 +18,8 @@
 //! Panic on what a client sends (every body is parsed into a typed request and refused with
 //! 400 and a JSON error naming the field), buffer without bound (request bodies are capped at
 //! [`API_BODY_BYTES_MAX`], monitor subscribers that fall behind lose the oldest lines and are
-//! told how many), or pretend: an operation whose engine call this build lacks answers 501
-//! with "not available in this build" (see [`ops`]).
+//! told how many), or pretend: a join after start answers only once each seed has answered
+//! (or not, in time), and says which did not (see [`ops`]).
 //!
 //! # Output
 //! One line on stdout once the API is up: `agent NAME: gossip ADDR, API http://ADDR`, and
@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use ringleader_engine::Node;
+use ringleader_engine::host::SerfOptions;
 use ringleader_engine::swim::Config;
 
 use super::node::{catch_signals, parse_key, signal_name};
@@ -88,6 +89,10 @@ pub struct Args {
     /// A tag other members see, as key=value (repeatable).
     #[arg(long = "tag", value_name = "K=V", value_parser = parse_tag)]
     pub tags: Vec<(String, String)>,
+    /// Answer queries named NAME with PAYLOAD (repeatable), as a Serf event handler for
+    /// `query:NAME` would; other queries are acked, not answered.
+    #[arg(long = "respond", value_name = "NAME=PAYLOAD", value_parser = parse_tag)]
+    pub responses: Vec<(String, String)>,
     /// Serf snapshot file (members, clocks, recent events) to rejoin from after a restart.
     #[arg(long)]
     pub snapshot: Option<PathBuf>,
@@ -95,7 +100,7 @@ pub struct Args {
     #[arg(long)]
     pub keyring: Option<PathBuf>,
     /// AES-256-GCM key as 64 hex digits or 44 base64 characters (repeatable; the first
-    /// seals, any opens).
+    /// seals, any opens; a --keyring file that exists replaces them).
     #[arg(long = "key", value_name = "KEY", value_parser = parse_key_text)]
     pub keys: Vec<[u8; 32]>,
     /// Cluster label: frames of other clusters are refused.
@@ -203,22 +208,8 @@ fn swim_config(args: &Args) -> anyhow::Result<Config> {
     Ok(c)
 }
 
-/// Refuses flags this build cannot honour, and an API address that needs a token.
+/// Refuses an API address that needs a token, and flags that cannot work.
 fn check(args: &Args) -> anyhow::Result<()> {
-    if let Some(p) = &args.snapshot {
-        bail!(
-            "--snapshot {} is not available in this build: the Serf snapshot comes with the \
-             Serf layer on live nodes; start without --snapshot",
-            p.display()
-        );
-    }
-    if let Some(p) = &args.keyring {
-        bail!(
-            "--keyring {} is not available in this build: the keyring file comes with the \
-             Serf layer on live nodes; pass the keys with --key KEY",
-            p.display()
-        );
-    }
     match &args.token {
         Some(t) if t.is_empty() => bail!("--token is empty: give a non-empty token"),
         None if !token_optional(args.api.ip()) => bail!(
@@ -252,12 +243,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot make the API socket non-blocking")?;
     // Before any thread starts, so that every thread inherits the blocked signals.
     let signals = catch_signals()?;
+    let serf = SerfOptions {
+        tags,
+        snapshot_path: args.snapshot.clone(),
+        keyring_path: args.keyring.clone(),
+        ..SerfOptions::default()
+    };
     let mut builder = Node::builder(&name)
         .bind(args.bind)
         .seeds(args.joins.iter().copied())
         .config(swim)
         .keys(args.keys.clone())
-        .meta(ringleader_engine::serf::encode_tags(&tags));
+        .serf_options(serf);
     if let Some(label) = &args.label {
         builder = builder.label(label.as_bytes());
     }
@@ -265,7 +262,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .start()
         .with_context(|| format!("cannot start node {name} on {}", args.bind))?;
     let gossip = node.addr();
-    let state = Arc::new(AgentState::new(node, Instant::now()));
+    let responses: BTreeMap<String, String> = args.responses.iter().cloned().collect();
+    let state = Arc::new(AgentState::new(node, Instant::now(), responses));
     let pump = ops::start_pump(&state)?;
 
     let rt = tokio::runtime::Builder::new_current_thread()

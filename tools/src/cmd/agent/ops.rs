@@ -2,9 +2,8 @@
 //! the [`Node`] API. The HTTP layer ([`super::api`]) only parses requests and renders what
 //! these functions return.
 //!
-//! Operations whose engine call this build lacks (join after start, force-leave, user
-//! events, queries, key rotation, coordinates) return [`ApiError::NotAvailable`] — HTTP 501
-//! — after their input was checked; wiring one is replacing that one line with the call.
+//! A join after start waits for the engine's `Joined` event of each seed (fed from the
+//! event pump) up to [`JOIN_WAIT`], and says which seeds answered. Incoming queries named in `--respond` are answered from the event thread.
 //!
 //! What it must never do: hold the node lock across anything but one engine call, or let a
 //! slow monitor subscriber hold back the event pump (the hub drops a slow subscriber's
@@ -18,13 +17,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use ringleader_engine::Node;
-use ringleader_engine::host::{Event, MemberInfo};
+use ringleader_engine::host::{Event, HostError, MemberInfo, QueryParams, QueryReply};
 use ringleader_engine::swim::MemberState;
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::{broadcast, watch};
 
 use super::{MONITOR_BACKLOG_LINES_MAX, MONITORS_MAX};
+
+/// How long a join after start waits for each seed's answer (a push-pull exchange; the
+/// engine bounds it by its stream timeout, well below this).
+pub const JOIN_WAIT: Duration = Duration::from_secs(30);
+
+/// Most joins after start waiting at once (each holds one API worker while it waits).
+pub const JOINS_WAITING_MAX: usize = 64;
 
 /// Longest query deadline a client may ask for, in milliseconds.
 pub const QUERY_TIMEOUT_MS_MAX: u64 = 10 * 60 * 1000;
@@ -38,17 +44,6 @@ pub enum ApiError {
     /// The request is malformed: the message names the field and what is wrong (400).
     #[error("{0}")]
     BadRequest(String),
-    /// The engine in this build has no call for this operation (501).
-    #[error(
-        "{what}: not available in this build (it needs the Serf layer on live nodes: \
-         `{call}` in the engine)"
-    )]
-    NotAvailable {
-        /// The operation.
-        what: &'static str,
-        /// The engine call it waits for.
-        call: &'static str,
-    },
     /// The agent has left the cluster (or is leaving) and serves nothing more (503).
     #[error("the agent has left the cluster: start it again with `ringleader-tools agent`")]
     Left,
@@ -65,18 +60,16 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::BadRequest(_) => 400,
-            ApiError::NotAvailable { .. } => 501,
             ApiError::Left | ApiError::Busy(_) => 503,
             ApiError::Engine(_) => 500,
         }
     }
 
-    /// A stable name for scripts: `bad_request`, `not_available`, `left`, `busy` or
+    /// A stable name for scripts: `bad_request`, `left`, `busy` or
     /// `engine`.
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "bad_request",
-            ApiError::NotAvailable { .. } => "not_available",
             ApiError::Left => "left",
             ApiError::Busy(_) => "busy",
             ApiError::Engine(_) => "engine",
@@ -97,18 +90,8 @@ pub struct MemberView {
     pub tags: BTreeMap<String, String>,
     /// Its incarnation as seen here.
     pub incarnation: u64,
-    /// Its Vivaldi coordinate where known (`null` in this build).
+    /// Its Vivaldi coordinate where known (`null` before a probe carried one).
     pub coordinate: Option<serde_json::Value>,
-}
-
-/// Serf's name for a member state.
-pub fn status_name(s: MemberState) -> &'static str {
-    match s {
-        MemberState::Alive => "alive",
-        MemberState::Suspect => "suspect",
-        MemberState::Dead => "failed",
-        MemberState::Left => "left",
-    }
 }
 
 /// Every status, in the order metrics list them.
@@ -119,16 +102,23 @@ impl MemberView {
         MemberView {
             name: m.name.clone(),
             addr: m.addr.to_string(),
-            status: status_name(m.state),
-            tags: ringleader_engine::serf::decode_tags(&m.meta).unwrap_or_default(),
+            status: m.status.name(),
+            tags: if m.tags.is_empty() {
+                ringleader_engine::serf::decode_tags(&m.meta).unwrap_or_default()
+            } else {
+                m.tags.clone()
+            },
             incarnation: m.incarnation,
-            coordinate: None,
+            coordinate: m
+                .coordinate
+                .as_ref()
+                .and_then(|c| serde_json::to_value(c).ok()),
         }
     }
 }
 
 /// Kinds of engine events the agent counts, in the order of [`AgentCounters::events`].
-pub const EVENT_KINDS: [&str; 9] = [
+pub const EVENT_KINDS: [&str; 11] = [
     "member-join",
     "member-suspect",
     "member-alive",
@@ -138,6 +128,8 @@ pub const EVENT_KINDS: [&str; 9] = [
     "member-reap",
     "message",
     "join-done",
+    "user",
+    "query",
 ];
 
 fn event_kind(e: &Event) -> usize {
@@ -151,6 +143,8 @@ fn event_kind(e: &Event) -> usize {
         Event::Reaped(_) => 6,
         Event::Message { .. } => 7,
         Event::Joined { .. } => 8,
+        Event::User { .. } => 9,
+        Event::Query(_) => 10,
     }
 }
 
@@ -161,8 +155,21 @@ pub struct AgentCounters {
     pub events: [AtomicU64; EVENT_KINDS.len()],
     /// Monitor lines a slow subscriber lost.
     pub monitor_lines_lost: AtomicU64,
+    /// Incoming queries answered (`--respond`).
+    pub queries_answered: AtomicU64,
+    /// Answers the engine refused (too large, past the deadline, stopped).
+    pub answers_failed: AtomicU64,
     /// API requests refused for a missing or wrong token.
     pub unauthorized: AtomicU64,
+}
+
+/// A join after start waiting for one seed's answer.
+struct JoinWaiter {
+    /// Which join.
+    id: u64,
+    seed: SocketAddr,
+    /// Gets `(seed, answered)` from the event pump.
+    tell: crossbeam_channel::Sender<(SocketAddr, bool)>,
 }
 
 /// Everything the API handlers share.
@@ -177,13 +184,20 @@ pub struct AgentState {
     left: watch::Sender<bool>,
     leaving: AtomicBool,
     leave_error: Mutex<Option<String>>,
+    /// Answers to incoming queries, by query name (`--respond`).
+    responses: BTreeMap<String, String>,
+    /// Joins after start waiting for a seed's `Joined` event: (seed, where to say if it
+    /// answered).
+    join_waiters: Mutex<Vec<JoinWaiter>>,
+    /// The next join's id (tells one join's waiters from another's).
+    next_join: AtomicU64,
     /// The agent's own counters.
     pub counters: AgentCounters,
 }
 
 impl AgentState {
     /// The state of an agent running `node`, started at `start`.
-    pub fn new(node: Node, start: Instant) -> AgentState {
+    pub fn new(node: Node, start: Instant, responses: BTreeMap<String, String>) -> AgentState {
         let (hub, _) = broadcast::channel(MONITOR_BACKLOG_LINES_MAX);
         AgentState {
             name: node.name().to_string(),
@@ -195,6 +209,9 @@ impl AgentState {
             left: watch::Sender::new(false),
             leaving: AtomicBool::new(false),
             leave_error: Mutex::new(None),
+            responses,
+            join_waiters: Mutex::new(Vec::new()),
+            next_join: AtomicU64::new(0),
             counters: AgentCounters::default(),
         }
     }
@@ -243,19 +260,70 @@ impl AgentState {
         })
     }
 
-    /// Joins through `addrs` (a running node cannot yet start another join).
+    /// Joins through `addrs` (members of another cluster, or of this one after a
+    /// partition): a push-pull with each, in the background; waits up to [`JOIN_WAIT`] for
+    /// every seed's answer. `{"joined": n, "failed": [seeds that did not answer]}`; none
+    /// answering is an error (500), as with Serf's `join`.
     pub fn join(&self, addrs: &[SocketAddr]) -> Result<serde_json::Value, ApiError> {
         if addrs.is_empty() {
             return Err(ApiError::BadRequest(
                 "addrs: give at least one address".into(),
             ));
         }
-        self.with_node(|_| {
-            Err(ApiError::NotAvailable {
-                what: "join after start",
-                call: "Node::join",
-            })
-        })
+        let mut seeds = addrs.to_vec();
+        seeds.sort_unstable();
+        seeds.dedup();
+        let id = self.next_join.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        {
+            let mut w = self.join_waiters.lock().unwrap_or_else(|p| p.into_inner());
+            if w.len() + seeds.len() > JOINS_WAITING_MAX {
+                return Err(ApiError::Busy(format!(
+                    "{} join seeds are being waited for (at most {JOINS_WAITING_MAX}): \
+                     try again when they have answered",
+                    w.len()
+                )));
+            }
+            w.extend(seeds.iter().map(|&a| JoinWaiter {
+                id,
+                seed: a,
+                tell: tx.clone(),
+            }));
+        }
+        drop(tx);
+        let started = self.with_node(|n| {
+            n.join(seeds.clone())
+                .map_err(|e| ApiError::Engine(e.to_string()))
+        });
+        let mut outcome: BTreeMap<SocketAddr, bool> = BTreeMap::new();
+        if started.is_ok() {
+            let deadline = Instant::now() + JOIN_WAIT;
+            while outcome.len() < seeds.len() {
+                let Ok((seed, ok)) = rx.recv_deadline(deadline) else {
+                    break;
+                };
+                outcome.insert(seed, ok);
+            }
+        }
+        self.join_waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|w| w.id != id);
+        started?;
+        let joined = outcome.values().filter(|&&ok| ok).count();
+        let failed: Vec<String> = seeds
+            .iter()
+            .filter(|a| outcome.get(a) != Some(&true))
+            .map(ToString::to_string)
+            .collect();
+        if joined == 0 {
+            return Err(ApiError::Engine(format!(
+                "join: no seed answered ({}): check that a member listens there and \
+                 shares this agent's key and label",
+                failed.join(", ")
+            )));
+        }
+        Ok(json!({ "joined": joined, "failed": failed }))
     }
 
     /// Marks the failed member `name` left cluster-wide.
@@ -263,11 +331,10 @@ impl AgentState {
         if name.is_empty() {
             return Err(ApiError::BadRequest("name: give the member's name".into()));
         }
-        self.with_node(|_| {
-            Err(ApiError::NotAvailable {
-                what: "force-leave",
-                call: "Node::force_leave",
-            })
+        self.with_node(|n| {
+            n.force_leave(name)
+                .map(|()| json!({ "force_left": name }))
+                .map_err(engine)
         })
     }
 
@@ -275,45 +342,71 @@ impl AgentState {
     pub fn user_event(
         &self,
         name: &str,
-        _payload: &[u8],
-        _coalesce: bool,
+        payload: &[u8],
+        coalesce: bool,
     ) -> Result<serde_json::Value, ApiError> {
         if name.is_empty() {
             return Err(ApiError::BadRequest("name: give the event's name".into()));
         }
-        self.with_node(|_| {
-            Err(ApiError::NotAvailable {
-                what: "user events",
-                call: "Node::user_event",
-            })
+        self.with_node(|n| {
+            n.user_event(name, payload.to_vec(), coalesce)
+                .map(|ltime| json!({ "name": name, "ltime": ltime }))
+                .map_err(engine)
         })
     }
 
     /// Starts a query; its NDJSON lines (acks, responses, then `done`) come from the
     /// returned iterator, which blocks between them and ends after `done`.
     pub fn query(&self, plan: QueryPlan) -> Result<QueryLines, ApiError> {
-        self.with_node(move |_| {
-            drop(plan);
-            Err(ApiError::NotAvailable {
-                what: "queries",
-                call: "Node::query",
-            })
+        self.with_node(move |n| {
+            let params = QueryParams {
+                filter_nodes: plan.filter_nodes,
+                filter_tags: plan.filter_tags,
+                timeout: plan.timeout,
+                request_ack: plan.request_ack,
+                relay_factor: plan.relay_factor,
+            };
+            let stream = n.query(&plan.name, plan.payload, params).map_err(engine)?;
+            let lines = stream.map(|r| match r {
+                QueryReply::Ack { from } => json!({"type": "ack", "from": from}),
+                QueryReply::Response { from, payload } => json!({
+                    "type": "response",
+                    "from": from,
+                    "payload": String::from_utf8_lossy(&payload),
+                }),
+                QueryReply::Done { responses, acks } => {
+                    json!({"type": "done", "responses": responses, "acks": acks})
+                }
+            });
+            Ok(Box::new(lines) as QueryLines)
         })
     }
 
     /// Runs a key operation (`install`, `use`, `remove`; `list` with no key) cluster-wide.
-    pub fn keys(&self, op: KeyOp, _key: Option<[u8; 32]>) -> Result<serde_json::Value, ApiError> {
-        let call = match op {
-            KeyOp::Install => "Node::install_key",
-            KeyOp::Use => "Node::use_key",
-            KeyOp::Remove => "Node::remove_key",
-            KeyOp::List => "Node::list_keys",
-        };
-        self.with_node(|_| {
-            Err(ApiError::NotAvailable {
-                what: "key rotation",
-                call,
-            })
+    pub fn keys(&self, op: KeyOp, key: Option<[u8; 32]>) -> Result<serde_json::Value, ApiError> {
+        self.with_node(|n| {
+            let need_key = || key.ok_or_else(|| ApiError::BadRequest("key: give the key".into()));
+            let report = match op {
+                KeyOp::Install => n.install_key(need_key()?),
+                KeyOp::Use => n.use_key(need_key()?),
+                KeyOp::Remove => n.remove_key(need_key()?),
+                KeyOp::List => n.list_keys(),
+            }
+            .map_err(engine)?;
+            let failed: Vec<serde_json::Value> = report
+                .failed
+                .iter()
+                .map(|(name, error)| json!({"name": name, "error": error}))
+                .collect();
+            Ok(json!({
+                "op": report.op,
+                "members": report.members,
+                "responses": report.responses,
+                "ok": report.ok,
+                "failed": failed,
+                "no_response": report.no_response,
+                "keys": report.keys,
+            }))
         })
     }
 
@@ -322,11 +415,12 @@ impl AgentState {
         if a.is_empty() || b.is_empty() {
             return Err(ApiError::BadRequest("a, b: give two member names".into()));
         }
-        self.with_node(|_| {
-            Err(ApiError::NotAvailable {
-                what: "coordinates and rtt",
-                call: "Node::rtt",
-            })
+        self.with_node(|n| match n.rtt(a, b).map_err(engine)? {
+            Some(d) => Ok(json!({"a": a, "b": b, "rtt_ms": d.as_secs_f64() * 1000.0})),
+            None => Err(ApiError::Engine(format!(
+                "no coordinate known yet for {a} or {b}: members learn them from probe acks; \
+                 try again in a few probe intervals"
+            ))),
         })
     }
 
@@ -423,7 +517,31 @@ impl AgentState {
             }
             _ => tracing::info!(agent = %self.name, event = %v, "event"),
         }
+        if let Event::Joined { seed, ok } = &e.event {
+            let mut w = self.join_waiters.lock().unwrap_or_else(|p| p.into_inner());
+            w.retain(|j| {
+                if j.seed != *seed {
+                    return true;
+                }
+                let _ = j.tell.send((*seed, *ok));
+                false
+            });
+        }
         self.publish(v);
+        if let Event::Query(q) = &e.event
+            && let Some(answer) = self.responses.get(&q.name)
+        {
+            match q.respond(answer.as_bytes().to_vec()) {
+                Ok(()) => self
+                    .counters
+                    .queries_answered
+                    .fetch_add(1, Ordering::Relaxed),
+                Err(err) => {
+                    tracing::warn!(agent = %self.name, query = %q.name, "answer refused: {err}");
+                    self.counters.answers_failed.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+        }
     }
 }
 
@@ -441,6 +559,22 @@ pub fn event_json(e: &Event, t_ms: u64) -> serde_json::Value {
             "payload": String::from_utf8_lossy(payload),
         }),
         Event::Joined { seed, ok } => json!({"seed": seed.to_string(), "ok": ok}),
+        Event::User {
+            ltime,
+            name,
+            payload,
+        } => json!({
+            "name": name,
+            "payload": String::from_utf8_lossy(payload),
+            "ltime": ltime,
+        }),
+        Event::Query(q) => json!({
+            "name": q.name,
+            "payload": String::from_utf8_lossy(&q.payload),
+            "ltime": q.ltime,
+            "id": q.id,
+            "source": q.source,
+        }),
         _ => match e.member() {
             Some(m) => serde_json::to_value(MemberView::of(m)).unwrap_or_default(),
             None => json!({}),
@@ -452,6 +586,10 @@ pub fn event_json(e: &Event, t_ms: u64) -> serde_json::Value {
     v["event"] = json!(kind);
     v["t_ms"] = json!(t_ms);
     v
+}
+
+fn engine(e: HostError) -> ApiError {
+    ApiError::Engine(e.to_string())
 }
 
 /// Starts the thread that takes the node's events until the node is gone.
@@ -524,10 +662,6 @@ pub(super) fn yes() -> bool {
 
 /// A checked query in the engine's terms (its `QueryParams`).
 #[derive(Debug)]
-#[expect(
-    dead_code,
-    reason = "read by `Node::query` once the Serf layer is merged"
-)]
 pub struct QueryPlan {
     /// The query's name.
     pub name: String,
@@ -591,6 +725,9 @@ mod tests {
             meta: ringleader_engine::serf::encode_tags(&tags),
             state,
             incarnation: 3,
+            tags: BTreeMap::new(),
+            status: ringleader_engine::host::MemberStatus::from_state(state),
+            coordinate: None,
         }
     }
 
@@ -647,13 +784,9 @@ mod tests {
     }
 
     #[test]
-    fn not_available_says_so_and_maps_to_501() {
-        let e = ApiError::NotAvailable {
-            what: "queries",
-            call: "Node::query",
-        };
-        assert_eq!(e.status(), 501);
-        assert!(e.to_string().contains("not available in this build"), "{e}");
+    fn errors_map_to_their_status() {
+        assert_eq!(ApiError::Engine("x".into()).status(), 500);
+        assert_eq!(ApiError::Busy("x".into()).status(), 503);
         assert_eq!(ApiError::Left.status(), 503);
         assert_eq!(ApiError::BadRequest("x".into()).status(), 400);
     }
