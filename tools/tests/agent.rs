@@ -7,9 +7,15 @@
 //!   agent and shown once by the monitor; `query ping --tag role=^web$` is answered by
 //!   exactly the three web agents (started with `--respond ping=pong`); `keys install`,
 //!   `use`, `remove` succeed on all five and `keys list` shows only the new key, with no
-//!   false deaths; `rtt` gives an estimate; `leave` through the CLI makes an agent
+//!   false deaths; a sixth agent holding only the old key is refused (its join's stream
+//!   counted as a bad frame), lists only itself and is listed by none; `rtt` gives an
+//!   estimate; `leave` through the CLI makes an agent
 //!   exit 0 and the others see it `left`; so does SIGTERM; the CLI on the agent that left
 //!   exits 2 saying there is no agent and how to start one.
+//! - `join` after start merges two lone agents and names a seed that did not answer (exit
+//!   1 when none did).
+//! - An agent stopped by SIGTERM and restarted from its `--snapshot` (mode 0600: it holds
+//!   the keys) with no `--join` rejoins, and takes a new event but not the old one again.
 //! - The token rule: an API bound to 127.0.0.2 (anything but 127.0.0.1 and ::1) refuses to
 //!   start without --token, and with one answers 401 to requests without it or with a
 //!   wrong one; the CLI passes it from --token or RINGLEADER_TOKEN; usage errors exit 2.
@@ -409,6 +415,41 @@ fn five_agents_members_monitor_metrics_and_leave() {
         );
     }
 
+    // A sixth process holding only the old key is cut off: its join's stream is refused
+    // (counted as a bad frame: it does not open under the cluster's keys), nobody lists it,
+    // and it lists nobody.
+    let refused_before = |a: &str| {
+        let (_, m) = scrape(a);
+        sample(
+            &m,
+            "ringleader_streams_refused_total",
+            Some(("cause", "bad_frame")),
+        )
+        .expect("a bad_frame series")
+    };
+    let before = refused_before(&api[0]);
+    let old_gossip = format!("127.76.0.6:{port}");
+    let old_api = format!("127.0.0.1:{}", port + 6);
+    kids.push(spawn_agent(
+        "n6",
+        &old_gossip,
+        &old_api,
+        Some(&gossip[0]),
+        &["--key", KEY_OLD],
+    ));
+    wait_for("n1 refuses the old-key join", || {
+        (refused_before(&api[0]) > before).then_some(())
+    });
+    wait_for("n6 answers, alone", || {
+        let m = members(&old_api)?;
+        assert_eq!(m, vec![("n6".to_string(), "alive".to_string())]);
+        Some(())
+    });
+    for a in &api {
+        let m = members(a).expect("members");
+        assert!(m.iter().all(|(n, _)| n != "n6"), "{a} lists n6: {m:?}");
+    }
+
     // Coordinates: an rtt estimate once probes have carried them.
     let v = wait_for("rtt n1 n2 known", || {
         let o = cli(&["rtt", "n1", "n2", "--api", &api[0], "--json"]);
@@ -613,4 +654,88 @@ fn join_after_start_merges_two_clusters_and_a_dead_seed_fails() {
             (ms.len() == 2 && ms.iter().all(|(_, s)| s == "alive")).then_some(())
         });
     }
+}
+
+#[test]
+fn an_agent_restarted_from_its_snapshot_rejoins_without_replaying_events() {
+    let port = base() + 30;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let snap = dir.path().join("s2.snapshot");
+    let snap_arg = snap.to_str().expect("a UTF-8 path");
+    let gossip = [format!("127.76.3.1:{port}"), format!("127.76.3.2:{port}")];
+    let api = [
+        format!("127.0.0.1:{}", port + 1),
+        format!("127.0.0.1:{}", port + 2),
+    ];
+    let user_events = |a: &str| {
+        let (_, m) = scrape(a);
+        sample(&m, "ringleader_agent_events_total", Some(("kind", "user")))
+    };
+    let mut kids = Children::default();
+    kids.push(spawn_agent(
+        "s1",
+        &gossip[0],
+        &api[0],
+        None,
+        &["--key", KEY_OLD],
+    ));
+    wait_for("s1 answers", || members(&api[0]));
+    let s2 = kids.push(spawn_agent(
+        "s2",
+        &gossip[1],
+        &api[1],
+        Some(&gossip[0]),
+        &["--snapshot", snap_arg, "--key", KEY_OLD],
+    ));
+    wait_for("s1 lists s2 alive", || {
+        members(&api[0])?
+            .contains(&("s2".into(), "alive".into()))
+            .then_some(())
+    });
+    let o = cli(&["event", "old", "x", "--api", &api[0]]);
+    assert!(o.status.success(), "{}", show(&o));
+    wait_for("s2 took the old event", || {
+        (user_events(&api[1])? >= 1.0).then_some(())
+    });
+
+    // SIGTERM: a graceful leave, which writes the snapshot last.
+    sigterm(&kids.0[s2]);
+    let st = exits(&mut kids.0[s2], "s2 exits on SIGTERM");
+    assert!(st.success(), "s2 exited with {st:?}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&snap)
+            .expect("the snapshot exists")
+            .permissions(),
+    );
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the snapshot holds the keys: the owner's only"
+    );
+
+    // Restarted with no --join: it rejoins through the snapshot's members.
+    kids.push(spawn_agent(
+        "s2",
+        &gossip[1],
+        &api[1],
+        None,
+        &["--snapshot", snap_arg, "--key", KEY_OLD],
+    ));
+    for a in &api {
+        wait_for(&format!("{a} lists both alive after the restart"), || {
+            let m = members(a)?;
+            (m.len() == 2 && m.iter().all(|(_, s)| s == "alive")).then_some(())
+        });
+    }
+    // A new event reaches it; the old one never comes back.
+    let o = cli(&["event", "new", "y", "--api", &api[0]]);
+    assert!(o.status.success(), "{}", show(&o));
+    wait_for("s2 took the new event", || {
+        (user_events(&api[1])? >= 1.0).then_some(())
+    });
+    assert_eq!(
+        user_events(&api[1]),
+        Some(1.0),
+        "the restarted agent took the new event only"
+    );
 }

@@ -179,6 +179,7 @@ pub fn render(s: &Scrape<'_>) -> String {
     );
     let causes = [
         ("busy", sum(|x| x.streams_refused_busy)),
+        ("per_ip", sum(|x| x.streams_refused_per_ip)),
         ("timed_out", sum(|x| x.streams_timed_out)),
         ("over_budget", sum(|x| x.streams_over_budget)),
         ("bad_frame", sum(|x| x.streams_bad_frame)),
