@@ -75,9 +75,8 @@ pub struct Args {
     /// A member to join through (repeatable; none: start a new cluster).
     #[arg(long = "join", value_name = "ADDR")]
     pub joins: Vec<SocketAddr>,
-    /// SWIM preset: lan, local or wan (memberlist's three).
-    #[arg(long, default_value = "lan", value_parser = parse_preset)]
-    pub config: String,
+    #[command(flatten)]
+    pub swim: SwimFlags,
     /// Member name, unique in the cluster (default: the bind address as text).
     #[arg(long)]
     pub name: Option<String>,
@@ -97,6 +96,17 @@ pub struct Args {
     /// member relays it and prints it once).
     #[arg(long)]
     pub broadcast: Option<String>,
+    /// Leave and exit after this long (e.g. 90s, 2m); default: run until a signal.
+    #[arg(long, value_parser = parse_duration)]
+    pub exit_after: Option<Duration>,
+}
+
+/// The SWIM flags `node` and `agent` share: a preset and what overrides it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SwimFlags {
+    /// SWIM preset: lan, local or wan (memberlist's three).
+    #[arg(long, default_value = "lan", value_parser = parse_preset)]
+    pub config: String,
     /// Override the preset's probe interval (milliseconds).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub probe_interval_ms: Option<u64>,
@@ -106,9 +116,36 @@ pub struct Args {
     /// Override the preset's push-pull interval (milliseconds; 0 disables push-pull).
     #[arg(long)]
     pub push_pull_interval_ms: Option<u64>,
-    /// Leave and exit after this long (e.g. 90s, 2m); default: run until a signal.
-    #[arg(long, value_parser = parse_duration)]
-    pub exit_after: Option<Duration>,
+}
+
+impl SwimFlags {
+    /// The SWIM configuration these flags ask for; refuses a probe timeout over the
+    /// interval, saying which flag to change.
+    pub fn swim_config(&self) -> anyhow::Result<Config> {
+        let Some(mut c) = Config::named(&self.config) else {
+            bail!(
+                "unknown preset `{}`: use one of lan, local, wan",
+                self.config
+            );
+        };
+        if let Some(v) = self.probe_interval_ms {
+            c.probe_interval_ms = v;
+        }
+        if let Some(v) = self.probe_timeout_ms {
+            c.probe_timeout_ms = v;
+        }
+        if let Some(v) = self.push_pull_interval_ms {
+            c.push_pull_interval_ms = v;
+        }
+        if c.probe_timeout_ms > c.probe_interval_ms {
+            bail!(
+                "probe timeout ({} ms) exceeds the probe interval ({} ms): lower --probe-timeout-ms or raise --probe-interval-ms",
+                c.probe_timeout_ms,
+                c.probe_interval_ms
+            );
+        }
+        Ok(c)
+    }
 }
 
 fn parse_preset(s: &str) -> Result<String, String> {
@@ -154,33 +191,6 @@ pub fn push_token(out: &mut String, bytes: &[u8]) {
             let _ = write!(out, "\\x{b:02x}");
         }
     }
-}
-
-/// The swim configuration the flags ask for.
-fn swim_config(args: &Args) -> anyhow::Result<Config> {
-    let Some(mut c) = Config::named(&args.config) else {
-        bail!(
-            "unknown preset `{}`: use one of lan, local, wan",
-            args.config
-        );
-    };
-    if let Some(v) = args.probe_interval_ms {
-        c.probe_interval_ms = v;
-    }
-    if let Some(v) = args.probe_timeout_ms {
-        c.probe_timeout_ms = v;
-    }
-    if let Some(v) = args.push_pull_interval_ms {
-        c.push_pull_interval_ms = v;
-    }
-    if c.probe_timeout_ms > c.probe_interval_ms {
-        bail!(
-            "probe timeout ({} ms) exceeds the probe interval ({} ms): lower --probe-timeout-ms or raise --probe-interval-ms",
-            c.probe_timeout_ms,
-            c.probe_interval_ms
-        );
-    }
-    Ok(c)
 }
 
 /// Blocks SIGINT and SIGTERM in this thread (and so in every thread started after) and
@@ -395,7 +405,7 @@ fn emit(out: &mut std::io::StdoutLock<'_>, p: &Printer) -> anyhow::Result<()> {
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let swim = swim_config(&args)?;
+    let swim = args.swim.swim_config()?;
     let name = args.name.clone().unwrap_or_else(|| args.bind.to_string());
     if args.name.is_none() && args.bind.port() == 0 {
         bail!("--bind with port 0 needs --name (the default name is the bind address)");

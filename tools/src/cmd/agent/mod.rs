@@ -40,9 +40,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use ringleader_engine::Node;
 use ringleader_engine::host::SerfOptions;
-use ringleader_engine::swim::Config;
 
-use super::node::{catch_signals, parse_key, signal_name};
+use super::node::{SwimFlags, catch_signals, parse_key, signal_name};
 
 pub use ops::AgentState;
 
@@ -106,18 +105,8 @@ pub struct Args {
     /// Cluster label: frames of other clusters are refused.
     #[arg(long)]
     pub label: Option<String>,
-    /// SWIM preset: lan, local or wan (memberlist's three).
-    #[arg(long, default_value = "lan")]
-    pub config: String,
-    /// Override the preset's probe interval (milliseconds).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub probe_interval_ms: Option<u64>,
-    /// Override the preset's probe timeout (milliseconds).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub probe_timeout_ms: Option<u64>,
-    /// Override the preset's push-pull interval (milliseconds; 0 disables push-pull).
-    #[arg(long)]
-    pub push_pull_interval_ms: Option<u64>,
+    #[command(flatten)]
+    pub swim: SwimFlags,
 }
 
 /// Parses `key=value` (the key non-empty; the value may hold `=`).
@@ -181,33 +170,6 @@ pub fn token_optional(ip: IpAddr) -> bool {
     ip == IpAddr::V4(Ipv4Addr::LOCALHOST) || ip == IpAddr::V6(Ipv6Addr::LOCALHOST)
 }
 
-/// The SWIM configuration the flags ask for.
-fn swim_config(args: &Args) -> anyhow::Result<Config> {
-    let Some(mut c) = Config::named(&args.config) else {
-        bail!(
-            "unknown preset `{}`: use one of lan, local, wan",
-            args.config
-        );
-    };
-    if let Some(v) = args.probe_interval_ms {
-        c.probe_interval_ms = v;
-    }
-    if let Some(v) = args.probe_timeout_ms {
-        c.probe_timeout_ms = v;
-    }
-    if let Some(v) = args.push_pull_interval_ms {
-        c.push_pull_interval_ms = v;
-    }
-    if c.probe_timeout_ms > c.probe_interval_ms {
-        bail!(
-            "probe timeout ({} ms) exceeds the probe interval ({} ms): lower --probe-timeout-ms or raise --probe-interval-ms",
-            c.probe_timeout_ms,
-            c.probe_interval_ms
-        );
-    }
-    Ok(c)
-}
-
 /// Refuses an API address that needs a token, and flags that cannot work.
 fn check(args: &Args) -> anyhow::Result<()> {
     match &args.token {
@@ -228,7 +190,7 @@ fn check(args: &Args) -> anyhow::Result<()> {
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<()> {
     check(&args)?;
-    let swim = swim_config(&args)?;
+    let swim = args.swim.swim_config()?;
     let name = args.name.clone().unwrap_or_else(|| args.bind.to_string());
     let tags: BTreeMap<String, String> = args.tags.iter().cloned().collect();
     // Bound before the node starts, so a taken port costs the cluster no join and leave.
