@@ -345,6 +345,12 @@ fn delta(before: &Value, after: &Value) -> Value {
     }
 }
 
+/// Datagrams dropped (every cause) plus streams refused: `streams.refused` is the streams'
+/// total, its siblings only break it down by cause.
+fn refused_total(refused: &Value) -> u64 {
+    total(&refused["datagrams"]) + refused["streams"]["refused"].as_u64().unwrap_or(0)
+}
+
 fn total(v: &Value) -> u64 {
     match v {
         Value::Object(m) => m.values().map(total).sum(),
@@ -523,7 +529,7 @@ fn flood_own_cluster(
             "kind": kind,
             "sent": sent_json(&sent, a.duration),
             "refused": refused,
-            "refused_total": total(&refused),
+            "refused_total": refused_total(&refused),
             "rss_bytes": {"before": rss_before, "end_of_flood": rss_during, "after": rss_bytes()},
             "false_positives": {"suspicions": suspicions, "downs": downs},
             "converged_after": census.converged(),
@@ -550,4 +556,23 @@ fn flood_own_cluster(
         "{false_positives_total} false positives (live members suspected or declared down) during the floods"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refused_total_counts_each_refusal_once() {
+        let r = json!({
+            "datagrams": {"checksum": 5, "label": 2},
+            "streams": {"refused": 10, "refused_per_ip": 9, "timed_out": 1},
+        });
+        assert_eq!(
+            refused_total(&r),
+            17,
+            "the stream causes break down its total"
+        );
+        assert_eq!(refused_total(&json!({"datagrams": {}, "streams": {}})), 0);
+    }
 }
