@@ -28,6 +28,7 @@ use ringleader_wire::{Encoder, WireMessage};
 
 use super::peers::FrameReader;
 use crate::runtime::LocalNotify;
+use crate::transport::PerIpCount;
 
 /// Counters of a shard's inbound side.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -115,7 +116,7 @@ pub struct Inbox {
     pub stopping: Cell<bool>,
     /// Open connections not (yet) authenticated as peer links, by source IP: one entry per
     /// address with such a connection, removed when its last one closes or authenticates.
-    by_ip: RefCell<HashMap<IpAddr, usize>>,
+    by_ip: RefCell<PerIpCount>,
 }
 
 /// What a shard checks a peer's hello against, and its bounds.
@@ -158,7 +159,7 @@ impl Inbox {
             wake,
             stats: Cell::new(InboxStats::default()),
             stopping: Cell::new(false),
-            by_ip: RefCell::new(HashMap::new()),
+            by_ip: RefCell::new(PerIpCount::default()),
         }
     }
 
@@ -181,17 +182,10 @@ struct IpSlot {
 }
 
 impl IpSlot {
-    /// Counts a connection from `ip` (an IPv4 peer on an IPv6 listener as its IPv4
-    /// address), unless that address holds `max` already (0: no bound).
+    /// Counts a connection from `ip`, unless that address holds `max` already (0: no
+    /// bound).
     fn take(inbox: &Rc<Inbox>, ip: IpAddr, max: usize) -> Option<IpSlot> {
-        let ip = ip.to_canonical();
-        let mut by_ip = inbox.by_ip.borrow_mut();
-        let n = by_ip.entry(ip).or_insert(0);
-        if max > 0 && *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(IpSlot {
+        inbox.by_ip.borrow_mut().take(ip, max).then(|| IpSlot {
             inbox: Rc::clone(inbox),
             ip,
         })
@@ -200,13 +194,7 @@ impl IpSlot {
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        let mut by_ip = self.inbox.by_ip.borrow_mut();
-        if let Some(n) = by_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                by_ip.remove(&self.ip);
-            }
-        }
+        self.inbox.by_ip.borrow_mut().release(self.ip);
     }
 }
 

@@ -96,6 +96,7 @@ pub mod counters;
 pub mod eventfd;
 pub mod features;
 pub mod limits;
+pub mod per_ip;
 pub mod tcp;
 pub mod udp;
 
@@ -103,6 +104,7 @@ pub use counters::{DROP_CAUSES, UdpCounters};
 pub use eventfd::EventFd;
 pub use features::{Features, MissingFeature};
 pub use limits::{LimitError, port_base_below_ephemeral, raise_nofile};
+pub use per_ip::PerIpCount;
 pub use tcp::{ByteBudget, FrameBuf, FrameListener, FrameStream, StreamError, read_frame};
 pub use udp::{
     CloseReport, Discard, Parked, RingParker, SendError, Sender, SocketId, SocketOptions,

@@ -105,7 +105,7 @@ struct Shard {
     completions: VecDeque<StreamDone>,
     inbound: usize,
     /// Of those, how many each source IP holds (the per-IP bound's ledger).
-    inbound_by_ip: streams::InboundByIp,
+    inbound_by_ip: crate::transport::PerIpCount,
     /// Outbound stream exchanges in flight.
     outbound: usize,
 }
@@ -191,7 +191,7 @@ pub(crate) async fn run(
         core,
         completions: VecDeque::new(),
         inbound: 0,
-        inbound_by_ip: streams::InboundByIp::default(),
+        inbound_by_ip: crate::transport::PerIpCount::default(),
         outbound: 0,
     }));
     let _ = ready.send(Ok(()));

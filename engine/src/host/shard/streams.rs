@@ -4,12 +4,11 @@
 //! shard's shared wildcard listener (routed by local address) and served by a task per
 //! connection. Both directions are bounded per shard, and inbound streams also per source
 //! IP address (`inbound_streams_per_ip_max`: one address must not take every slot from the
-//! other peers); what is over a bound fails at once and is counted. The per-IP ledger
-//! never holds more entries than streams being served.
+//! other peers; see [`crate::transport::PerIpCount`]); what is over a bound fails at once
+//! and is counted.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -49,40 +48,6 @@ pub(super) enum Route {
     Member { slot: u32, generation: u64 },
     /// The member bound to the connection's local address.
     ByLocalAddr,
-}
-
-/// Inbound streams being served on a shard, by source IP: one entry per address with a
-/// live stream (so at most `inbound_streams_max` entries), removed when its last stream
-/// ends.
-#[derive(Debug, Default)]
-pub(super) struct InboundByIp(HashMap<IpAddr, usize>);
-
-impl InboundByIp {
-    /// Counts one more stream from `ip`, unless it holds `max` already (0: no bound).
-    fn take(&mut self, ip: IpAddr, max: usize) -> bool {
-        let n = self.0.entry(ip).or_insert(0);
-        if max > 0 && *n >= max {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    /// A stream from `ip` ended.
-    fn release(&mut self, ip: IpAddr) {
-        if let Some(n) = self.0.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                self.0.remove(&ip);
-            }
-        }
-    }
-}
-
-/// The source address a stream counts against: an IPv4 peer reaching an IPv6 listener
-/// (`::ffff:a.b.c.d`) counts as its IPv4 address.
-fn source_ip(from: SocketAddr) -> IpAddr {
-    from.ip().to_canonical()
 }
 
 /// What an accept loop serves its streams with (taken from the shard state when spawned).
@@ -462,7 +427,7 @@ async fn accept_loop(
                 s.core.census.streams_refused_busy += 1;
                 continue;
             }
-            if !s.inbound_by_ip.take(source_ip(from), per_ip_max) {
+            if !s.inbound_by_ip.take(from.ip(), per_ip_max) {
                 s.core.census.streams_refused += 1;
                 s.core.census.streams_refused_per_ip += 1;
                 continue;
@@ -511,7 +476,7 @@ async fn accept_loop(
             .await;
             let mut s = shard.borrow_mut();
             s.inbound -= 1;
-            s.inbound_by_ip.release(source_ip(from));
+            s.inbound_by_ip.release(from.ip());
             let c = &mut s.core.census;
             match outcome {
                 Inbound::Served => {}
@@ -531,48 +496,5 @@ async fn accept_loop(
             }
         })
         .detach();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_per_ip_ledger_bounds_each_address_and_forgets_it_at_zero() {
-        let mut l = InboundByIp::default();
-        let a: IpAddr = [127, 0, 0, 3].into();
-        let b: IpAddr = [127, 0, 0, 2].into();
-        assert!(l.take(a, 2) && l.take(a, 2));
-        assert!(
-            !l.take(a, 2),
-            "a third stream from one address is over the bound"
-        );
-        assert!(l.take(b, 2), "another address has its own bound");
-        l.release(a);
-        assert!(l.take(a, 2), "a slot freed is taken again");
-        for _ in 0..2 {
-            l.release(a);
-        }
-        l.release(b);
-        assert!(
-            l.0.is_empty(),
-            "no entry stays for an address with no stream"
-        );
-        // 0: no bound, but still counted (and forgotten).
-        for _ in 0..100 {
-            assert!(l.take(a, 0));
-        }
-        for _ in 0..100 {
-            l.release(a);
-        }
-        assert!(l.0.is_empty());
-    }
-
-    #[test]
-    fn a_mapped_ipv4_peer_counts_as_its_ipv4_address() {
-        let v4: SocketAddr = "127.0.0.9:1".parse().unwrap();
-        let mapped: SocketAddr = "[::ffff:127.0.0.9]:2".parse().unwrap();
-        assert_eq!(source_ip(v4), source_ip(mapped));
     }
 }
