@@ -240,7 +240,7 @@ impl AgentState {
         let mut v: Vec<MemberView> = self.with_node(|n| {
             n.members()
                 .map(|ms| ms.iter().map(MemberView::of).collect())
-                .map_err(|e| ApiError::Engine(e.to_string()))
+                .map_err(engine)
         })?;
         v.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(v)
@@ -251,11 +251,9 @@ impl AgentState {
         &self,
     ) -> Result<(Vec<MemberInfo>, ringleader_engine::host::Census, usize), ApiError> {
         self.with_node(|n| {
-            let ms = n.members().map_err(|e| ApiError::Engine(e.to_string()))?;
+            let ms = n.members().map_err(engine)?;
             let alive = ms.iter().filter(|m| m.state == MemberState::Alive).count();
-            let c = n
-                .census(alive)
-                .map_err(|e| ApiError::Engine(e.to_string()))?;
+            let c = n.census(alive).map_err(engine)?;
             Ok((ms, c, n.events().len()))
         })
     }
@@ -291,10 +289,7 @@ impl AgentState {
             }));
         }
         drop(tx);
-        let started = self.with_node(|n| {
-            n.join(seeds.clone())
-                .map_err(|e| ApiError::Engine(e.to_string()))
-        });
+        let started = self.with_node(|n| n.join(seeds.clone()).map_err(engine));
         let mut outcome: BTreeMap<SocketAddr, bool> = BTreeMap::new();
         if started.is_ok() {
             let deadline = Instant::now() + JOIN_WAIT;
@@ -458,7 +453,7 @@ impl AgentState {
             json!({"event": "leaving", "reason": reason, "t_ms": self.t_ms(Instant::now())}),
         );
         tracing::info!(agent = %self.name, %reason, "leaving");
-        let r = node.leave().map_err(|e| ApiError::Engine(e.to_string()));
+        let r = node.leave().map_err(engine);
         if let Err(e) = &r {
             *self.leave_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
         }
