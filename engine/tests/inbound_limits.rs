@@ -74,9 +74,9 @@ fn stream_ping(from: [u8; 4], to: SocketAddr, target: &str, seq: u32) -> Option<
     let mut s = connect_from(from, to);
     let ping = Ping {
         seq_no: seq,
-        target: target.into(),
+        target: ringleader_wire::msg::swim::name_hash(target),
         source: "prober".into(),
-        source_addr: SocketAddr::from((from, 9)),
+        source_addr: SocketAddr::from((from, 9)).into(),
     };
     let frame = Encoder::new(b"")
         .encode(&ping, None, 4096)

@@ -45,28 +45,28 @@ fn samples() -> Vec<Message> {
     vec![
         swim::Ping {
             seq_no: 1,
-            target: name(2),
+            target: swim::name_hash(&name(2)),
             source: name(1),
-            source_addr: addr(1),
+            source_addr: addr(1).into(),
         }
         .into(),
         swim::IndirectPing {
             seq_no: 1,
             target: name(2),
-            target_addr: addr(2),
+            target_addr: addr(2).into(),
             nack: true,
             source: name(1),
-            source_addr: addr(1),
+            source_addr: addr(1).into(),
         }
         .into(),
         swim::Ack {
             seq_no: 1,
-            coordinate: Some(swim::Coordinate {
+            coordinate: Some(Box::new(swim::Coordinate {
                 vec: [0.001; 8],
                 error: 0.5,
                 adjustment: 0.0,
                 height: 0.0001,
-            }),
+            })),
         }
         .into(),
         swim::Nack { seq_no: 1 }.into(),
@@ -79,7 +79,7 @@ fn samples() -> Vec<Message> {
         swim::Alive {
             incarnation: 3,
             node: name(2),
-            addr: addr(2),
+            addr: addr(2).into(),
             meta: vec![0x61; 64],
             protocol: [1, 1, 1],
         }
@@ -95,6 +95,7 @@ fn samples() -> Vec<Message> {
             source: name(1),
             states: (0..32).map(state).collect(),
             user_state: vec![0; 64],
+            delta: Default::default(),
         }
         .into(),
         swim::UserMsg {
@@ -287,7 +288,7 @@ fn gossip_batch(c: &mut Criterion) {
                 swim::Alive {
                     incarnation: u64::from(i),
                     node: format!("node-{i:05}"),
-                    addr: addr(i as u8),
+                    addr: addr(i as u8).into(),
                     meta: Vec::new(),
                     protocol: [1, 1, 1],
                 }

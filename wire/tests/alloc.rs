@@ -52,7 +52,7 @@ fn steady_state_encode_and_decode_allocate_nothing() {
     let alive = swim::Alive {
         incarnation: 3,
         node: "node-0100".into(),
-        addr: "127.0.0.1:7000".parse().expect("addr"),
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], 7000)).into(),
         meta: vec![1; 64],
         protocol: [1, 1, 1],
     };

@@ -38,9 +38,9 @@ fn decode_all(buf: &mut [u8], keyring: Option<&Keyring>) -> Result<Vec<Message>,
 fn ping() -> swim::Ping {
     swim::Ping {
         seq_no: 42,
-        target: "node-17".into(),
+        target: swim::name_hash("node-17"),
         source: "node-3".into(),
-        source_addr: "127.0.0.3:7946".parse().unwrap_or_else(|_| unreachable!()),
+        source_addr: std::net::SocketAddr::from(([127, 0, 0, 3], 7946)).into(),
     }
 }
 
@@ -187,10 +187,15 @@ fn single_frame_is_read_in_place() {
         panic!("not a ping")
     };
     assert_eq!(p.seq_no, 42);
-    assert_eq!(p.target.as_str(), "node-17");
+    assert_eq!(p.target, swim::name_hash("node-17"));
+    assert_eq!(p.source.as_str(), "node-3");
+    assert_eq!(
+        p.source_addr.to_socket_addr(),
+        Some(std::net::SocketAddr::from(([127, 0, 0, 3], 7946)))
+    );
     // Zero copy: the archived string points into the receive buffer.
     let range = frame.body.as_ptr_range();
-    assert!(range.contains(&p.target.as_str().as_ptr()));
+    assert!(range.contains(&p.source.as_str().as_ptr()));
 }
 
 #[test]

@@ -365,7 +365,11 @@ impl Cluster {
                 match answer {
                     Some(r) => {
                         let size = match &r {
-                            StreamResponse::PushPull(s) => 64 + s.states.len() * 48,
+                            StreamResponse::PushPull(s) => {
+                                64 + s.states.len() * 48
+                                    + s.delta.digest.len() * 4
+                                    + s.delta.differing.len() * 2
+                            }
                             _ => bytes,
                         };
                         self.traffic.streams += 1;

@@ -130,9 +130,9 @@ impl Forge {
     fn new(key: [u8; 32], seed: u64) -> anyhow::Result<Forge> {
         let ping = Ping {
             seq_no: 1,
-            target: "m0".into(),
+            target: ringleader_wire::msg::swim::name_hash("m0"),
             source: "flooder".into(),
-            source_addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+            source_addr: SocketAddr::from(([127, 0, 0, 1], 9)).into(),
         };
         let ours = Keyring::new(key);
         let theirs = Keyring::new([0x5a; 32]);

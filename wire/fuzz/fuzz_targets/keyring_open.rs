@@ -36,9 +36,9 @@ fuzz_target!(|data: &[u8]| {
     let mut enc = Encoder::new(b"fuzz");
     let ping = swim::Ping {
         seq_no: 1,
-        target: "t".into(),
+        target: swim::name_hash("t"),
         source: "s".into(),
-        source_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+        source_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 1)).into(),
     };
     let sealed = enc.encode(&ping, Some(&keyring), 1400).expect("seals");
     let mut buf = AlignedVec::<16>::with_capacity(sealed.len());

@@ -17,7 +17,9 @@ use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::{Archive, Place, Serialize};
 
 use super::MessageKind;
-use super::swim::{ArchivedPushNodeState, ArchivedPushPull, MemberState, PushNodeState};
+use super::swim::{
+    ArchivedPushNodeState, ArchivedPushPull, MemberState, PushNodeState, PushPullDelta,
+};
 use crate::EncodeError;
 use crate::frame::BodyWriter;
 
@@ -63,6 +65,8 @@ pub struct PushPullRef<'a> {
     pub states: &'a [PushNodeStateRef<'a>],
     /// Opaque state of the layer above (Serf: clocks, recent events).
     pub user_state: &'a [u8],
+    /// The digest exchange's part (default for a full state).
+    pub delta: &'a PushPullDelta,
 }
 
 impl PushPullRef<'_> {
@@ -125,6 +129,7 @@ pub struct PushPullRefResolver {
     source: StringResolver,
     states: VecResolver,
     user_state: VecResolver,
+    delta: <PushPullDelta as Archive>::Resolver,
 }
 
 impl Archive for PushPullRef<'_> {
@@ -132,11 +137,12 @@ impl Archive for PushPullRef<'_> {
     type Resolver = PushPullRefResolver;
 
     fn resolve(&self, r: Self::Resolver, out: Place<Self::Archived>) {
-        munge!(let ArchivedPushPull { join, source, states, user_state } = out);
+        munge!(let ArchivedPushPull { join, source, states, user_state, delta } = out);
         self.join.resolve((), join);
         ArchivedString::resolve_from_str(self.source, r.source, source);
         ArchivedVec::resolve_from_len(self.states.len(), r.states, states);
         ArchivedVec::resolve_from_len(self.user_state.len(), r.user_state, user_state);
+        self.delta.resolve(r.delta, delta);
     }
 }
 
@@ -145,12 +151,14 @@ where
     S: Fallible + Allocator + Writer + ?Sized,
     S::Error: Source,
     for<'x> PushNodeStateRef<'x>: Serialize<S>,
+    PushPullDelta: Serialize<S>,
 {
     fn serialize(&self, s: &mut S) -> Result<Self::Resolver, S::Error> {
         Ok(PushPullRefResolver {
             source: ArchivedString::serialize_from_str(self.source, s)?,
             states: ArchivedVec::serialize_from_slice(self.states, s)?,
             user_state: ArchivedVec::serialize_from_slice(self.user_state, s)?,
+            delta: self.delta.serialize(s)?,
         })
     }
 }
@@ -186,6 +194,13 @@ mod tests {
                 })
                 .collect(),
             user_state: b"serf clocks".to_vec(),
+            delta: PushPullDelta {
+                mode: super::super::swim::PushPullMode::Delta,
+                digest: (0..members as u32).collect(),
+                differing: (0..members as u16).rev().collect(),
+                since: 17,
+                clock: 42,
+            },
         }
     }
 
@@ -199,6 +214,7 @@ mod tests {
                 source: &p.source,
                 states: &states,
                 user_state: &p.user_state,
+                delta: &p.delta,
             };
             let mut a = Encoder::new(b"label");
             let mut b = Encoder::new(b"label");

@@ -63,6 +63,30 @@ fn push_node_state() -> impl Strategy<Value = swim::PushNodeState> {
         )
 }
 
+fn push_pull_delta() -> impl Strategy<Value = swim::PushPullDelta> {
+    (
+        prop_oneof![
+            Just(swim::PushPullMode::Full),
+            Just(swim::PushPullMode::Digest),
+            Just(swim::PushPullMode::Delta),
+            Just(swim::PushPullMode::Push),
+        ],
+        vec(any::<u32>(), 0..64),
+        vec(any::<u16>(), 0..64),
+        any::<u32>(),
+        any::<u32>(),
+    )
+        .prop_map(
+            |(mode, digest, differing, since, clock)| swim::PushPullDelta {
+                mode,
+                digest,
+                differing,
+                since,
+                clock,
+            },
+        )
+}
+
 fn header() -> impl Strategy<Value = raft::RaftHeader> {
     any::<[u64; 4]>().prop_map(|[group, from, to, term]| raft::RaftHeader {
         group,
@@ -110,28 +134,35 @@ fn filter() -> impl Strategy<Value = serf::QueryFilter> {
 
 fn swim_message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (any::<u32>(), name(), name(), addr()).prop_map(|(seq_no, target, source, source_addr)| {
-            swim::Ping {
-                seq_no,
-                target,
-                source,
-                source_addr,
+        (any::<u32>(), any::<u32>(), name(), addr()).prop_map(
+            |(seq_no, target, source, source_addr)| {
+                swim::Ping {
+                    seq_no,
+                    target,
+                    source,
+                    source_addr: source_addr.into(),
+                }
+                .into()
             }
-            .into()
-        }),
+        ),
         (any::<u32>(), name(), addr(), any::<bool>(), name(), addr()).prop_map(
             |(seq_no, target, target_addr, nack, source, source_addr)| swim::IndirectPing {
                 seq_no,
                 target,
-                target_addr,
+                target_addr: target_addr.into(),
                 nack,
                 source,
-                source_addr
+                source_addr: source_addr.into()
             }
             .into()
         ),
-        (any::<u32>(), proptest::option::of(coordinate()))
-            .prop_map(|(seq_no, coordinate)| swim::Ack { seq_no, coordinate }.into()),
+        (any::<u32>(), proptest::option::of(coordinate())).prop_map(|(seq_no, coordinate)| {
+            swim::Ack {
+                seq_no,
+                coordinate: coordinate.map(Box::new),
+            }
+            .into()
+        }),
         any::<u32>().prop_map(|seq_no| swim::Nack { seq_no }.into()),
         (any::<u64>(), name(), name()).prop_map(|(incarnation, node, from)| swim::Suspect {
             incarnation,
@@ -144,7 +175,7 @@ fn swim_message() -> impl Strategy<Value = Message> {
                 swim::Alive {
                     incarnation,
                     node,
-                    addr,
+                    addr: addr.into(),
                     meta,
                     protocol,
                 }
@@ -161,13 +192,15 @@ fn swim_message() -> impl Strategy<Value = Message> {
             any::<bool>(),
             name(),
             vec(push_node_state(), 0..8),
-            bytes(128)
+            bytes(128),
+            push_pull_delta()
         )
-            .prop_map(|(join, source, states, user_state)| swim::PushPull {
+            .prop_map(|(join, source, states, user_state, delta)| swim::PushPull {
                 join,
                 source,
                 states,
-                user_state
+                user_state,
+                delta
             }
             .into()),
         bytes(256).prop_map(|payload| swim::UserMsg { payload }.into()),

@@ -44,6 +44,12 @@ pub struct Config {
     /// the seeds while the cluster grows; a stable cluster push-pulls with random members
     /// (memberlist).
     pub seed_catch_up: bool,
+    /// With `seed_catch_up`: the first push-pull with a seed comes this long (± half)
+    /// after a join completes, and the next ones twice as long after each other while
+    /// they bring members no rumor had, until that reaches the periodic interval. A
+    /// cluster started at once converges in about this long after its last join (the
+    /// seeds saw every join); digest exchanges make a catch-up cost only what it brings.
+    pub catch_up_interval_ms: u64,
     /// Members a gossip round goes to when only join rumors are queued (failure news and
     /// updates use `gossip_nodes`); 0: join rumors ride only on probes and acks.
     pub join_rumor_gossip_nodes: usize,
@@ -120,6 +126,7 @@ impl Config {
             join_rumors_per_datagram_max: 4,
             join_rumor_gossip_nodes: 0,
             seed_catch_up: true,
+            catch_up_interval_ms: 1_000,
             awareness_max: 8,
             push_pull_interval_ms: 30_000,
             indirect_checks: 3,
@@ -156,6 +163,7 @@ impl Config {
             gossip_nodes: 4,
             suspicion_mult: 6,
             push_pull_interval_ms: 60_000,
+            catch_up_interval_ms: 5_000,
             gossip_to_the_dead_ms: 60_000,
             dead_reap_ms: 60_000,
             reconnect_interval_ms: 60_000,
@@ -237,6 +245,7 @@ impl Config {
             join_rumors_per_datagram_max,
             join_rumor_gossip_nodes,
             seed_catch_up,
+            catch_up_interval_ms,
             awareness_max,
             push_pull_interval_ms,
             indirect_checks,

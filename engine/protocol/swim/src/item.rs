@@ -8,12 +8,15 @@
 use std::rc::Rc;
 
 use ringleader_wire::Message;
-use ringleader_wire::msg::swim::{Coordinate, MemberState};
+use ringleader_wire::msg::swim::{Coordinate, MemberState, PushPullDelta};
 
 /// A member's name, interned in a [`Directory`](super::Directory).
 pub type NodeId = u32;
 /// A member's (name, address, metadata), interned in a [`Directory`](super::Directory).
 pub type InfoId = u32;
+/// What a probe names its target by: `ringleader_wire::msg::swim::name_hash` of its name
+/// ([`Directory::node_hash`](super::Directory::node_hash)'s low 32 bits).
+pub type NameHash = u32;
 
 /// One SWIM message, compact.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,8 +25,9 @@ pub enum Item {
     Ping {
         /// Echoed in the ack.
         seq: u32,
-        /// The member the probe is meant for.
-        target: NodeId,
+        /// The member the probe is meant for (a member restarted under another name at
+        /// the same address refuses it).
+        target: NameHash,
         /// The prober (name and the address the ack goes to).
         source: InfoId,
     },
@@ -90,17 +94,19 @@ pub struct NodeState {
     pub state: MemberState,
 }
 
-/// A full-state push-pull message.
+/// A push-pull message: a full state, or one step of a digest exchange (`delta`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PushPullState {
     /// Whether the sender is joining.
     pub join: bool,
     /// The sender.
     pub source: InfoId,
-    /// Every member the sender knows.
+    /// Every member the sender knows (a full state), or those `delta` says.
     pub states: Vec<NodeState>,
     /// The layer above's opaque state.
     pub user_state: Vec<u8>,
+    /// The digest exchange's part (default: a full state).
+    pub delta: PushPullDelta,
 }
 
 /// What a member asks of a peer over the reliable stream transport.
@@ -113,7 +119,7 @@ pub enum StreamRequest {
         /// Sequence number of the probe.
         seq: u32,
         /// The member the probe is meant for.
-        target: NodeId,
+        target: NameHash,
         /// The prober.
         source: InfoId,
     },

@@ -71,7 +71,9 @@ pub use directory::{
     NAME_BYTES_MAX, PROTOCOL, SharedDirectory,
 };
 pub use hash::{FxHashMap, FxHasher};
-pub use item::{InfoId, Item, NodeId, NodeState, PushPullState, StreamRequest, StreamResponse};
+pub use item::{
+    InfoId, Item, NameHash, NodeId, NodeState, PushPullState, StreamRequest, StreamResponse,
+};
 pub use member::{
     Event, Member, Output, Stats, Status, StreamError, StreamTransmit, SwimError, Transmit,
 };

@@ -328,6 +328,22 @@ impl<T> BroadcastQueue<T> {
             .for_each(f);
     }
 
+    /// Removes every broadcast of priority `class`; returns how many.
+    pub fn clear_class(&mut self, class: u8) -> usize {
+        let mut n = 0;
+        for slot in 0..self.slots.len() {
+            let s = &self.slots[slot];
+            if s.item.is_some() && s.class == class {
+                self.release(slot as u32);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.compact();
+        }
+        n
+    }
+
     /// Removes every broadcast.
     pub fn clear(&mut self) {
         for slot in 0..self.slots.len() {

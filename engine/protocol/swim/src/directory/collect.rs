@@ -67,10 +67,8 @@ impl Marks {
     /// Keeps every id `item` holds.
     pub fn item(&mut self, item: &Item) {
         match item {
-            Item::Ping { target, source, .. } => {
-                self.node(*target);
-                self.info(*source);
-            }
+            // A ping's target is a name hash, no id.
+            Item::Ping { source, .. } => self.info(*source),
             Item::IndirectPing { target, source, .. } => {
                 self.info(*target);
                 self.info(*source);
@@ -96,10 +94,7 @@ impl Marks {
     pub fn stream_request(&mut self, r: &StreamRequest) {
         match r {
             StreamRequest::PushPull(s) => self.push_pull(s),
-            StreamRequest::Ping { target, source, .. } => {
-                self.node(*target);
-                self.info(*source);
-            }
+            StreamRequest::Ping { source, .. } => self.info(*source),
         }
     }
 

@@ -25,9 +25,9 @@ impl Directory {
                 let s = &self.infos[*source as usize];
                 wire::Ping {
                     seq_no: *seq,
-                    target: name(*target),
+                    target: *target,
                     source: name(s.node),
-                    source_addr: s.addr,
+                    source_addr: s.addr.into(),
                 }
                 .into()
             }
@@ -41,16 +41,16 @@ impl Directory {
                 wire::IndirectPing {
                     seq_no: *seq,
                     target: name(t.node),
-                    target_addr: t.addr,
+                    target_addr: t.addr.into(),
                     nack: *nack,
                     source: name(s.node),
-                    source_addr: s.addr,
+                    source_addr: s.addr.into(),
                 }
                 .into()
             }
             Item::Ack { seq, coordinate } => wire::Ack {
                 seq_no: *seq,
-                coordinate: coordinate.as_deref().cloned(),
+                coordinate: coordinate.as_deref().cloned().map(Box::new),
             }
             .into(),
             Item::Nack { seq } => wire::Nack { seq_no: *seq }.into(),
@@ -69,7 +69,7 @@ impl Directory {
                 wire::Alive {
                     incarnation: *incarnation,
                     node: name(i.node),
-                    addr: i.addr,
+                    addr: i.addr.into(),
                     meta: i.meta.to_vec(),
                     protocol: PROTOCOL,
                 }
@@ -93,17 +93,16 @@ impl Directory {
     pub fn from_wire(&mut self, msg: Message) -> Result<Item, DirectoryError> {
         Ok(match msg {
             Message::Ping(p) => {
-                let target = self.intern_name(&p.target)?;
-                let source = self.intern(&p.source, p.source_addr, &[])?;
+                let source = self.intern(&p.source, addr(&p.source_addr)?, &[])?;
                 Item::Ping {
                     seq: p.seq_no,
-                    target,
+                    target: p.target,
                     source,
                 }
             }
             Message::IndirectPing(p) => {
-                let target = self.intern(&p.target, p.target_addr, &[])?;
-                let source = self.intern(&p.source, p.source_addr, &[])?;
+                let target = self.intern(&p.target, addr(&p.target_addr)?, &[])?;
+                let source = self.intern(&p.source, addr(&p.source_addr)?, &[])?;
                 Item::IndirectPing {
                     seq: p.seq_no,
                     target,
@@ -113,7 +112,7 @@ impl Directory {
             }
             Message::Ack(a) => Item::Ack {
                 seq: a.seq_no,
-                coordinate: a.coordinate.map(Rc::new),
+                coordinate: a.coordinate.map(|c| Rc::new(*c)),
             },
             Message::Nack(n) => Item::Nack { seq: n.seq_no },
             Message::Suspect(s) => Item::Suspect {
@@ -123,7 +122,7 @@ impl Directory {
             },
             Message::Alive(a) => Item::Alive {
                 incarnation: a.incarnation,
-                info: self.intern(&a.node, a.addr, &a.meta)?,
+                info: self.intern(&a.node, addr(&a.addr)?, &a.meta)?,
             },
             Message::Dead(d) => Item::Dead {
                 incarnation: d.incarnation,
@@ -142,17 +141,16 @@ impl Directory {
     pub fn from_wire_ref(&mut self, msg: &MessageRef<'_>) -> Result<Item, DirectoryError> {
         Ok(match msg {
             MessageRef::Ping(p) => {
-                let target = self.intern_name(p.target.as_str())?;
-                let source = self.intern(p.source.as_str(), p.source_addr.as_socket_addr(), &[])?;
+                let source = self.intern(p.source.as_str(), addr_ref(&p.source_addr)?, &[])?;
                 Item::Ping {
                     seq: p.seq_no.to_native(),
-                    target,
+                    target: p.target.to_native(),
                     source,
                 }
             }
             MessageRef::IndirectPing(p) => {
-                let target = self.intern(p.target.as_str(), p.target_addr.as_socket_addr(), &[])?;
-                let source = self.intern(p.source.as_str(), p.source_addr.as_socket_addr(), &[])?;
+                let target = self.intern(p.target.as_str(), addr_ref(&p.target_addr)?, &[])?;
+                let source = self.intern(p.source.as_str(), addr_ref(&p.source_addr)?, &[])?;
                 Item::IndirectPing {
                     seq: p.seq_no.to_native(),
                     target,
@@ -174,7 +172,7 @@ impl Directory {
             },
             MessageRef::Alive(a) => Item::Alive {
                 incarnation: a.incarnation.to_native(),
-                info: self.intern(a.node.as_str(), a.addr.as_socket_addr(), a.meta.as_slice())?,
+                info: self.intern(a.node.as_str(), addr_ref(&a.addr)?, a.meta.as_slice())?,
             },
             MessageRef::Dead(d) => Item::Dead {
                 incarnation: d.incarnation.to_native(),
@@ -221,6 +219,7 @@ impl Directory {
                 source,
                 states: &states,
                 user_state: &s.user_state,
+                delta: &s.delta,
             },
             keyring,
             limit,
@@ -249,6 +248,20 @@ impl Directory {
                 max: user_state_bytes_max,
             });
         }
+        let d = &p.delta;
+        if d.digest.len() > DIGEST_WORDS_MAX || d.differing.len() > DIGEST_WORDS_MAX {
+            return Err(DirectoryError::DigestTooLarge {
+                len: d.digest.len().max(d.differing.len()),
+                max: DIGEST_WORDS_MAX,
+            });
+        }
+        let delta = wire::PushPullDelta {
+            mode: d.mode.to_native(),
+            digest: d.digest.iter().map(|w| w.to_native()).collect(),
+            differing: d.differing.iter().map(|w| w.to_native()).collect(),
+            since: d.since.to_native(),
+            clock: d.clock.to_native(),
+        };
         let source_name = p.source.as_str();
         let mut states = Vec::with_capacity(p.states.len());
         let mut source = None;
@@ -273,9 +286,24 @@ impl Directory {
             source,
             states,
             user_state: p.user_state.to_vec(),
+            delta,
         })
     }
 }
+
+fn addr(a: &wire::CompactAddr) -> Result<SocketAddr, DirectoryError> {
+    a.to_socket_addr()
+        .ok_or(DirectoryError::BadAddress(a.ip.len()))
+}
+
+fn addr_ref(a: &wire::ArchivedCompactAddr) -> Result<SocketAddr, DirectoryError> {
+    a.to_socket_addr()
+        .ok_or(DirectoryError::BadAddress(a.ip.len()))
+}
+
+/// Words of a digest (or differing buckets) a push-pull may carry: the finest digest a
+/// member keeps.
+const DIGEST_WORDS_MAX: usize = crate::member::DIGEST_BUCKETS;
 
 /// Protocol versions carried in alive messages: [min, max, current].
 pub const PROTOCOL: [u8; 3] = [1, 1, 1];

@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use ringleader_wire::Encoder;
+pub(crate) use ringleader_wire::msg::swim::{mix64, stable_hash};
 
 use crate::hash::FxHashMap;
 use crate::item::{InfoId, NodeId};
@@ -83,6 +84,17 @@ pub enum DirectoryError {
         /// The limit.
         max: usize,
     },
+    /// A push-pull's digest or differing buckets over the finest digest kept.
+    #[error("push-pull digest of {len} words over the limit of {max}")]
+    DigestTooLarge {
+        /// Words received.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// An address that is neither 4 nor 16 bytes.
+    #[error("member address of {0} bytes (4 or 16 allowed)")]
+    BadAddress(usize),
     /// The message is a push-pull (stream only) where a datagram was expected.
     #[error("push-pull is a stream message")]
     StreamOnly,
@@ -105,6 +117,9 @@ pub struct Info {
     /// The member's name in [`Directory::name_bytes`], copied here so that encoding a
     /// push-pull state reads the triple and then the packed names, and nothing else.
     name: NameAt,
+    /// [`stable_hash`] of the whole triple: the same on every member, every process and
+    /// every build, so that anti-entropy digests of two members' tables can be compared.
+    hash: u64,
 }
 
 /// Where a name lies in [`Directory::name_bytes`].
@@ -134,6 +149,8 @@ impl NameAt {
 struct NodeEntry {
     name: NameAt,
     infos: Vec<InfoId>,
+    /// [`stable_hash`] of the name: its low bits are the member's anti-entropy bucket.
+    hash: u64,
 }
 
 /// Names up to this many bytes are kept in the names table's bucket itself.
@@ -308,6 +325,7 @@ impl Directory {
                 self.nodes.push(NodeEntry {
                     name: NameAt { at: 0, len: 0 },
                     infos: Vec::new(),
+                    hash: 0,
                 });
                 (self.nodes.len() - 1) as NodeId
             }
@@ -331,6 +349,7 @@ impl Directory {
             "slot {id} is free"
         );
         entry.name = at;
+        entry.hash = stable_hash(name.as_bytes(), 0);
         Ok(id)
     }
 
@@ -384,6 +403,7 @@ impl Directory {
         }
         let name = entry.name;
         let name_len = name.len;
+        let hash = info_hash(entry.hash, addr, meta);
         let alive_size = self.measure(SizeKey {
             kind: 6,
             a: name_len,
@@ -396,6 +416,7 @@ impl Directory {
             meta: meta.into(),
             alive_size,
             name,
+            hash,
         };
         let id = match self.free_infos.pop() {
             Some(id) => {
@@ -447,6 +468,17 @@ impl Directory {
         self.intern_info(node, addr, meta)
     }
 
+    /// The stable hash of `node`'s name (the same in every process): its low bits are
+    /// the member's anti-entropy bucket.
+    pub fn node_hash(&self, node: NodeId) -> u64 {
+        self.nodes[node as usize].hash
+    }
+
+    /// The stable hash of the triple `info` (name, address, metadata).
+    pub fn info_hash(&self, info: InfoId) -> u64 {
+        self.infos[info as usize].hash
+    }
+
     /// The triple `info`. `info` must be held (see [`Directory::name`]).
     pub fn info(&self, info: InfoId) -> &Info {
         let i = &self.infos[info as usize];
@@ -456,6 +488,16 @@ impl Directory {
         );
         i
     }
+}
+
+fn info_hash(name_hash: u64, addr: SocketAddr, meta: &[u8]) -> u64 {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(a) => a.octets(),
+    };
+    let h = stable_hash(&ip, name_hash);
+    let h = stable_hash(&addr.port().to_le_bytes(), h);
+    stable_hash(meta, h)
 }
 
 fn v6(addr: SocketAddr) -> u32 {

@@ -28,11 +28,11 @@ impl Directory {
     pub fn item_size(&mut self, item: &Item) -> usize {
         let key = match item {
             Item::Alive { info, .. } => return self.infos[*info as usize].alive_size as usize,
-            Item::Ping { target, source, .. } => {
+            Item::Ping { source, .. } => {
                 let s = &self.infos[*source as usize];
                 SizeKey {
                     kind: 1,
-                    a: self.name_len(*target),
+                    a: 0,
                     b: self.name_len(s.node),
                     c: v6(s.addr),
                 }
@@ -108,27 +108,29 @@ impl Directory {
         let msg: Message = match key.kind {
             1 => wire::Ping {
                 seq_no: 0,
-                target: name(key.a),
+                target: 0,
                 source: name(key.b),
-                source_addr: addr(key.c & 1 != 0),
+                source_addr: addr(key.c & 1 != 0).into(),
             }
             .into(),
             2 => wire::IndirectPing {
                 seq_no: 0,
                 target: name(key.a),
-                target_addr: addr(key.c & 1 != 0),
+                target_addr: addr(key.c & 1 != 0).into(),
                 nack: false,
                 source: name(key.b),
-                source_addr: addr(key.c & 2 != 0),
+                source_addr: addr(key.c & 2 != 0).into(),
             }
             .into(),
             3 => wire::Ack {
                 seq_no: 0,
-                coordinate: (key.c != 0).then_some(wire::Coordinate {
-                    vec: [0.0; 8],
-                    error: 0.0,
-                    adjustment: 0.0,
-                    height: 0.0,
+                coordinate: (key.c != 0).then(|| {
+                    Box::new(wire::Coordinate {
+                        vec: [0.0; 8],
+                        error: 0.0,
+                        adjustment: 0.0,
+                        height: 0.0,
+                    })
                 }),
             }
             .into(),
@@ -142,7 +144,7 @@ impl Directory {
             6 => wire::Alive {
                 incarnation: 0,
                 node: name(key.a),
-                addr: addr(key.c != 0),
+                addr: addr(key.c != 0).into(),
                 meta: vec![0; key.b as usize],
                 protocol: [0; 3],
             }

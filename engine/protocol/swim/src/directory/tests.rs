@@ -45,6 +45,13 @@ fn push_pull_round_trips_through_the_borrowed_encoding() {
         source: states[3].info,
         states,
         user_state: b"clocks".to_vec(),
+        delta: wire::PushPullDelta {
+            mode: wire::PushPullMode::Delta,
+            digest: vec![7, 8, 9],
+            differing: vec![3, 1],
+            since: 12,
+            clock: 34,
+        },
     };
     let mut enc = Encoder::new(b"");
     let mut frame = a
@@ -193,6 +200,7 @@ fn bounds_are_enforced() {
         source: "a".into(),
         states: Vec::new(),
         user_state: vec![0; 9],
+        delta: Default::default(),
     };
     assert_eq!(
         with_archived(&p, |ap| d.push_pull_from_wire(ap, a, 10, 8)),
@@ -211,6 +219,7 @@ fn bounds_are_enforced() {
         source: "a".into(),
         states: vec![st; 11],
         user_state: vec![],
+        delta: Default::default(),
     };
     assert_eq!(
         with_archived(&p, |ap| d.push_pull_from_wire(ap, a, 10, 8)),

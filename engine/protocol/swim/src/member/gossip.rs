@@ -10,7 +10,7 @@ use ringleader_wire::msg::swim::MemberState;
 use super::{Entry, Event, Member, Output, Transmit, secs};
 use crate::config::retransmit_limit;
 use crate::directory::Directory;
-use crate::item::{Item, NodeId};
+use crate::item::{Item, NameHash, NodeId};
 
 impl<R: Rng> Member<R> {
     /// Members the next gossip round goes to: `gossip_nodes` when failure news,
@@ -85,6 +85,11 @@ impl<R: Rng> Member<R> {
         self.outputs
             .push_back(Output::Datagram(Transmit { to, items, bytes }));
         true
+    }
+
+    /// What probes name `node` by.
+    pub(super) fn name_hash(&self, node: NodeId) -> NameHash {
+        self.dir.borrow().node_hash(node) as NameHash
     }
 
     pub(super) fn size(&self, item: &Item) -> usize {

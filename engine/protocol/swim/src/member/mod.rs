@@ -32,6 +32,7 @@ use crate::queue::BroadcastQueue;
 use crate::suspicion::Suspicion;
 
 mod dedup;
+mod digest;
 mod gossip;
 mod output;
 mod probe;
@@ -41,6 +42,7 @@ mod stream;
 mod timers;
 mod transitions;
 
+pub(crate) use digest::BUCKETS as DIGEST_BUCKETS;
 pub use output::{Event, Output, StreamTransmit, Transmit};
 
 const NONE: u32 = u32::MAX;
@@ -149,6 +151,9 @@ pub struct Stats {
     pub gossip_duplicates: u64,
     /// Of those, ones that counted against a rumor this member was spreading.
     pub rumors_damped: u64,
+    /// Join rumors dropped from the queue because a digest exchange found this member's
+    /// table equal to its peer's.
+    pub join_rumors_retired: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,11 +186,19 @@ struct Relay {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Purpose {
-    Join { seed: SocketAddr },
+    Join {
+        seed: SocketAddr,
+    },
     PushPull,
     Reconnect,
-    FallbackPing { seq: u32 },
-    ReconnectProbe { addr: SocketAddr },
+    FallbackPing {
+        seq: u32,
+    },
+    ReconnectProbe {
+        addr: SocketAddr,
+    },
+    /// The third step of a digest exchange: entries the peer lacked.
+    Push,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -193,6 +206,12 @@ struct PendingStream {
     id: u64,
     purpose: Purpose,
     deadline: Time,
+    to: SocketAddr,
+    /// A digest request's bucket count (0 for any other exchange).
+    buckets: u32,
+    /// A digest request that gave `since` (its delta omits old entries, so no push
+    /// follows it).
+    since: bool,
 }
 
 /// Randomized round-robin without a shuffled copy of the member list: index `i` of a
@@ -254,6 +273,13 @@ pub struct Member<R: Rng> {
     /// push-pull: evidence that join rumors are not reaching this member
     /// (`Config::seed_catch_up`).
     learned_by_push_pull: u64,
+    /// The next catch-up push-pull with a seed comes this long after the last (doubling
+    /// while catch-ups bring news, `Config::catch_up_interval_ms`); 0 when not catching up.
+    catch_up_ms: u64,
+    /// XOR of the fingerprints of the table's entries, by bucket (`digest`).
+    digest: Vec<u32>,
+    /// Peers' clocks at our last digest exchange with them, for `since`.
+    watermarks: VecDeque<(SocketAddr, u32)>,
     streams: Vec<PendingStream>,
     next_stream_id: u64,
     broadcasts: BroadcastQueue<Item>,
@@ -344,6 +370,9 @@ impl<R: Rng> Member<R> {
             seeds: Vec::new(),
             seeded: false,
             learned_by_push_pull: 0,
+            catch_up_ms: 0,
+            digest: vec![0; digest::BUCKETS],
+            watermarks: VecDeque::new(),
             streams: Vec::new(),
             next_stream_id: 0,
             outputs: VecDeque::new(),

@@ -78,7 +78,7 @@ impl<R: Rng> Member<R> {
         self.stats.probes += 1;
         let ping = Item::Ping {
             seq,
-            target,
+            target: self.name_hash(target),
             source: self.my_info,
         };
         let mut size = self.size(&ping);
@@ -125,7 +125,7 @@ impl<R: Rng> Member<R> {
             let addr = self.dir.borrow().info(target_info).addr;
             let req = StreamRequest::Ping {
                 seq: p.seq,
-                target: p.target,
+                target: self.name_hash(p.target),
                 source: self.my_info,
             };
             let bytes = 64;

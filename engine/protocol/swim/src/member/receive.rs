@@ -41,7 +41,7 @@ impl<R: Rng> Member<R> {
                 target,
                 source,
             } => {
-                if target != self.me {
+                if target != self.name_hash(self.me) {
                     self.stats.dropped += 1;
                     return;
                 }
@@ -66,10 +66,10 @@ impl<R: Rng> Member<R> {
                 }
                 self.seq = self.seq.wrapping_add(1);
                 let my_seq = self.seq;
-                let (target_node, target_addr) = {
+                let (target_hash, target_addr) = {
                     let d = self.dir.borrow();
                     let i = d.info(target);
-                    (i.node, i.addr)
+                    (d.node_hash(i.node) as u32, i.addr)
                 };
                 self.relays.push(Relay {
                     seq: my_seq,
@@ -80,7 +80,7 @@ impl<R: Rng> Member<R> {
                 });
                 let ping = Item::Ping {
                     seq: my_seq,
-                    target: target_node,
+                    target: target_hash,
                     source: self.my_info,
                 };
                 let size = self.size(&ping);

@@ -41,6 +41,11 @@ impl<R: Rng> Member<R> {
             seeds: _,
             seeded: _,
             learned_by_push_pull: _,
+            catch_up_ms: _,
+            // Hashes of names and triples: no id.
+            digest: _,
+            // Addresses: no id.
+            watermarks: _,
             // Stream exchanges in flight hold addresses, no id.
             streams: _,
             next_stream_id: _,

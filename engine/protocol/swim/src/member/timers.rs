@@ -68,12 +68,27 @@ impl<R: Rng> Member<R> {
             }
         }
         if self.cfg.push_pull_interval_ms > 0 && now >= self.next_push_pull_at {
-            self.next_push_pull_at = now + cfg_push_pull(&self.cfg, self.known());
+            let periodic = cfg_push_pull(&self.cfg, self.known());
             self.next_repair_at = self.next_repair_at.max(now + self.cfg.probe_interval() * 2);
             let catch_up = self.cfg.seed_catch_up && self.learned_by_push_pull > 0;
             self.learned_by_push_pull = 0;
+            let to_seed = !self.seeded || catch_up;
+            // While catching up after a join, the next catch-up comes twice as long after
+            // this one (still well before the periodic one while the cluster grows fast).
+            if to_seed
+                && self.catch_up_ms > 0
+                && Duration::from_millis(self.catch_up_ms * 2) < periodic
+            {
+                self.catch_up_ms *= 2;
+                let ms = self.catch_up_ms;
+                self.next_push_pull_at =
+                    now + Duration::from_millis(ms / 2 + self.rng.random_range(0..ms + 1));
+            } else {
+                self.catch_up_ms = 0;
+                self.next_push_pull_at = now + periodic;
+            }
             if self.status == Status::Alive
-                && (!self.seeded || catch_up)
+                && to_seed
                 && let Some(seed) = self.random_seed()
             {
                 // The first push-pull after a join goes to a seed: seeds saw every join, so
@@ -137,6 +152,7 @@ impl<R: Rng> Member<R> {
                 self.reaped.push_back((e.info, now));
             }
             self.counts[state_index(e.state())] -= 1;
+            self.digest_toggle(node, e);
             self.table[node as usize] = Entry::EMPTY;
             self.push_event(Event::Reaped { node });
         }
@@ -191,7 +207,7 @@ impl<R: Rng> Member<R> {
         self.seq = self.seq.wrapping_add(1);
         let req = StreamRequest::Ping {
             seq: self.seq,
-            target: node,
+            target: self.name_hash(node),
             source: self.my_info,
         };
         let deadline = now + Duration::from_millis(self.cfg.stream_timeout_ms);
@@ -221,7 +237,7 @@ impl<R: Rng> Member<R> {
         // over memberlist's push-pull rate.
         let interval = cfg_push_pull(&self.cfg, self.known());
         self.next_repair_at = now + interval;
-        if self.seeded || self.seeds.is_empty() {
+        if (self.seeded || self.seeds.is_empty()) && self.catch_up_ms == 0 {
             self.next_push_pull_at = now + interval;
         }
         // With seed catch-up, from a seed: it saw every join, the prober only those before
@@ -233,6 +249,23 @@ impl<R: Rng> Member<R> {
         };
         let addr = seed.unwrap_or_else(|| self.dir.borrow().info(source).addr);
         let _ = self.push_pull_to(now, addr, false, Purpose::PushPull);
+    }
+
+    /// After a join's first answer: with `seed_catch_up`, the first catch-up push-pull
+    /// with a seed comes `catch_up_interval_ms` (± half) from now.
+    pub(super) fn catch_up_after_join(&mut self, now: Time) {
+        let ms = self.cfg.catch_up_interval_ms;
+        if !self.cfg.seed_catch_up
+            || self.cfg.push_pull_interval_ms == 0
+            || ms == 0
+            || self.catch_up_ms != 0
+        {
+            return;
+        }
+        self.catch_up_ms = ms;
+        self.seeded = false;
+        let at = now + Duration::from_millis(ms / 2 + self.rng.random_range(0..ms + 1));
+        self.next_push_pull_at = self.next_push_pull_at.min(at);
     }
 
     /// One of the seeds this member joined through, at random (`None` without seeds).

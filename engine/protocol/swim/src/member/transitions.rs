@@ -31,12 +31,15 @@ impl<R: Rng> Member<R> {
         if old.present() {
             self.counts[state_index(old.state())] -= 1;
         }
+        self.digest_toggle(node, old);
         let packed = (state as u32) | (secs(now) << 3);
-        self.table[node as usize] = Entry {
+        let new = Entry {
             incarnation,
             info,
             packed,
         };
+        self.table[node as usize] = new;
+        self.digest_toggle(node, new);
         self.counts[state_index(state)] += 1;
         if matches!(state, MemberState::Dead | MemberState::Left)
             && (!old.present() || old.state() != state)
