@@ -124,6 +124,14 @@ pub struct HostConfig {
     pub events: EventMask,
     /// How members take TCP connections.
     pub stream_listeners: StreamListeners,
+    /// Members' timers fire on a grid of this many milliseconds (a deadline is rounded up
+    /// to the next multiple): the members of a shard that are due within one grid step are
+    /// served by one wake-up of the shard, and their datagrams leave (and their answers come
+    /// back) in bursts instead of one wake-up each. SWIM's timings are hundreds of
+    /// milliseconds; 0 fires every deadline exactly. At most a fifth of
+    /// `swim.probe_timeout_ms`. [`Host`] defaults to 25 (it hosts many members);
+    /// [`Node`] to 0.
+    pub timer_slack_ms: u64,
 }
 
 /// How hosted members take TCP connections (push-pull, the fallback probe).
@@ -186,6 +194,7 @@ impl Default for HostConfig {
             gossip_seen_max: 4_096,
             events: EventMask::ALL,
             stream_listeners: StreamListeners::PerMember,
+            timer_slack_ms: 25,
         }
     }
 }
@@ -194,6 +203,12 @@ impl HostConfig {
     /// Refuses a configuration that cannot work, saying which field to change.
     pub fn check(&self) -> Result<(), HostError> {
         let bad = |what: String| Err(HostError::Config(what));
+        if self.timer_slack_ms.saturating_mul(5) > self.swim.probe_timeout_ms {
+            return bad(format!(
+                "timer_slack_ms ({}) is over a fifth of swim.probe_timeout_ms ({}): lower it (0 fires every timer exactly)",
+                self.timer_slack_ms, self.swim.probe_timeout_ms
+            ));
+        }
         if self.swim.datagram_bytes_max > self.udp.datagram_bytes_max {
             return bad(format!(
                 "swim.datagram_bytes_max ({}) exceeds udp.datagram_bytes_max ({}): lower the first or raise the second",
@@ -846,4 +861,32 @@ pub fn loopback_addrs(n: usize, base: u8, port: u16) -> Vec<SocketAddr> {
             SocketAddr::from((ip, port))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::{HostConfig, HostError};
+    use crate::swim::Config;
+
+    #[test]
+    fn timer_slack_is_refused_past_a_fifth_of_the_probe_timeout_naming_the_fields() {
+        for swim in [Config::lan(), Config::local(), Config::wan()] {
+            let c = HostConfig {
+                swim,
+                ..HostConfig::default()
+            };
+            assert!(c.check().is_ok(), "the default slack fits every preset");
+        }
+        let c = HostConfig {
+            swim: Config::local(),
+            timer_slack_ms: 41,
+            ..HostConfig::default()
+        };
+        match c.check() {
+            Err(HostError::Config(m)) => {
+                assert!(m.contains("timer_slack_ms (41)") && m.contains("probe_timeout_ms (200)"))
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+    }
 }

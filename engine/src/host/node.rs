@@ -46,6 +46,8 @@ impl NodeBuilder {
         host.runtime.pin = false;
         host.runtime.name = "ringleader-node".to_string();
         host.members_per_shard_max = 1;
+        // One member's timers: nothing to coalesce, and any probe timeout stays valid.
+        host.timer_slack_ms = 0;
         host.inbound_streams_max = 64;
         // A peer needs at most a few exchanges with one member at once: no one address
         // may hold more than 8 of the 64.

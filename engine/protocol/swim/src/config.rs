@@ -50,6 +50,10 @@ pub struct Config {
     /// cluster started at once converges in about this long after its last join (the
     /// seeds saw every join); digest exchanges make a catch-up cost only what it brings.
     pub catch_up_interval_ms: u64,
+    /// Periodic push-pulls are digest exchanges that carry only what differs (see
+    /// DESIGN.md, "Anti-entropy and joins"); false swaps full states every time, as
+    /// memberlist does (the baseline a benchmark compares against).
+    pub push_pull_digest: bool,
     /// Members a gossip round goes to when only join rumors are queued (failure news and
     /// updates use `gossip_nodes`); 0: join rumors ride only on probes and acks.
     pub join_rumor_gossip_nodes: usize,
@@ -127,6 +131,7 @@ impl Config {
             join_rumor_gossip_nodes: 0,
             seed_catch_up: true,
             catch_up_interval_ms: 1_000,
+            push_pull_digest: true,
             awareness_max: 8,
             push_pull_interval_ms: 30_000,
             indirect_checks: 3,
@@ -246,6 +251,7 @@ impl Config {
             join_rumor_gossip_nodes,
             seed_catch_up,
             catch_up_interval_ms,
+            push_pull_digest,
             awareness_max,
             push_pull_interval_ms,
             indirect_checks,

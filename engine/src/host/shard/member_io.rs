@@ -116,12 +116,13 @@ impl Core {
             }
         }
         let serf_due = h.serf.as_ref().map(|s| s.next_due());
+        let slack = self.config.timer_slack_ms;
         match (h.member.poll_timeout(), serf_due) {
             (Some(a), Some(b)) => {
-                let _ = self.timers.set(slot, a.min(b));
+                let _ = self.timers.set(slot, on_grid(a.min(b), slack));
             }
             (Some(at), None) | (None, Some(at)) => {
-                let _ = self.timers.set(slot, at);
+                let _ = self.timers.set(slot, on_grid(at, slack));
             }
             (None, None) => self.timers.cancel(slot),
         }
@@ -158,6 +159,20 @@ impl UdpHandler for Core {
             }
         }
         self.flush(now, slot, out);
+    }
+}
+
+/// `at` rounded up to the next multiple of `slack_ms` milliseconds
+/// ([`HostConfig::timer_slack_ms`](crate::host::HostConfig::timer_slack_ms)).
+pub(super) fn on_grid(at: Time, slack_ms: u64) -> Time {
+    let step = slack_ms.saturating_mul(1_000_000);
+    if step == 0 || at == Time::MAX {
+        return at;
+    }
+    let ns = at.as_nanos();
+    match ns.div_ceil(step).checked_mul(step) {
+        Some(up) => Time::from_nanos(up),
+        None => at,
     }
 }
 
@@ -206,5 +221,30 @@ fn send_datagram(
     match batch.finish() {
         Ok(frame) => out.send(socket, t.to, frame).is_ok(),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::on_grid;
+    use crate::time::Time;
+
+    #[test]
+    fn deadlines_round_up_to_the_grid_and_never_earlier() {
+        let ms = Time::from_millis;
+        assert_eq!(on_grid(ms(0), 10), ms(0));
+        assert_eq!(on_grid(ms(10), 10), ms(10));
+        assert_eq!(on_grid(ms(11), 10), ms(20));
+        assert_eq!(on_grid(Time::from_nanos(10_000_001), 10), ms(20));
+        assert_eq!(on_grid(ms(1234), 0), ms(1234));
+        assert_eq!(on_grid(Time::MAX, 10), Time::MAX);
+        // Near the end of time the grid would overflow: the deadline stays as it is.
+        let late = Time::from_nanos(u64::MAX - 5);
+        assert_eq!(on_grid(late, 10), late);
+        for n in [1u64, 999_999, 10_000_000, 123_456_789_012] {
+            let t = Time::from_nanos(n);
+            let g = on_grid(t, 7);
+            assert!(g >= t && g.as_nanos() % 7_000_000 == 0 && g.as_nanos() - n < 7_000_000);
+        }
     }
 }

@@ -376,7 +376,9 @@ impl Core {
                 self.remove(slot, ring);
             } else {
                 let at = h.member.poll_timeout().map_or(*until, |t| t.min(*until));
-                let _ = self.timers.set(slot, at);
+                let _ = self
+                    .timers
+                    .set(slot, member_io::on_grid(at, self.config.timer_slack_ms));
                 self.leavers.push(slot);
             }
         }

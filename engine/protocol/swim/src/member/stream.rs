@@ -74,8 +74,8 @@ impl<R: Rng> Member<R> {
         join: bool,
         purpose: Purpose,
     ) -> Result<(), SwimError> {
-        let state = if join {
-            self.local_state(true)
+        let state = if join || !self.cfg.push_pull_digest {
+            self.local_state(join)
         } else {
             Rc::new(PushPullState {
                 join: false,
