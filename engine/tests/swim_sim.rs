@@ -237,6 +237,86 @@ fn partition_then_heal_reconverges() {
     }
 }
 
+/// A partition healed before the two sides reaped each other (dead entries still in every
+/// table): the first push-pulls across carry "dead" for every member of the other side.
+/// Taken as suspicions, they suspected every member by its own side at once, refutations
+/// drowned in the suspicions, and live members died (the netns fault suite measured
+/// thousands). No member may declare a member of its own side dead, before or after the
+/// heal, and the cluster re-merges.
+#[test]
+fn a_heal_before_the_reap_declares_no_member_of_either_side_dead_by_its_own_side() {
+    // The fault suite's cluster: 300 members, a third cut off, its faster timers.
+    let mut cfg = Config::lan();
+    cfg.probe_interval_ms = 500;
+    cfg.probe_timeout_ms = 250;
+    cfg.suspicion_max_timeout_mult = 3;
+    cfg.reconnect_interval_ms = 10_000;
+    for seed in 1..=2 {
+        let n = 300u32;
+        let (mut c, _) = converged_cluster(n as usize, cfg.clone(), seed, Duration::from_secs(60));
+        let left: Vec<u32> = (0..n / 3).collect();
+        let side = |i: u32| i < n / 3;
+        c.net.partition(&[&left]);
+        let mut own_side_downs = Vec::new();
+        let mut cross_downs = 0u64;
+        let watch = |own: &mut Vec<(u32, u32)>, cross: &mut u64, i: u32, e: &Event| {
+            if let Event::Down { node, .. } = e {
+                if side(i) == side(*node) {
+                    own.push((i, *node));
+                } else {
+                    *cross += 1;
+                }
+            }
+        };
+        // Until every member has declared the other side dead, well before the 30 s reap.
+        let cut = c.now();
+        let mut t = cut;
+        while cross_downs < 2 * u64::from(n / 3) * u64::from(n - n / 3) {
+            assert!(
+                t < cut + Duration::from_secs(90),
+                "seed {seed}: sides did not split"
+            );
+            t += Duration::from_secs(1);
+            c.run_until(t, &mut |_, i, e| {
+                watch(&mut own_side_downs, &mut cross_downs, i, e)
+            });
+        }
+        let during_cut = own_side_downs.len();
+        c.net.heal();
+        let healed = c.now();
+        let mut t = healed;
+        while !all_alive(&c, n as usize) {
+            assert!(
+                t < healed + Duration::from_secs(240),
+                "seed {seed}: no re-merge within 240 s of the heal"
+            );
+            t += Duration::from_secs(1);
+            c.run_until(t, &mut |_, i, e| {
+                watch(&mut own_side_downs, &mut cross_downs, i, e)
+            });
+        }
+        // And it stays merged.
+        let t = c.now() + Duration::from_secs(60);
+        c.run_until(t, &mut |_, i, e| {
+            watch(&mut own_side_downs, &mut cross_downs, i, e)
+        });
+        println!(
+            "seed {seed}: own-side downs during the cut {during_cut}, after the heal {}",
+            own_side_downs.len() - during_cut
+        );
+        assert!(
+            own_side_downs.is_empty(),
+            "seed {seed}: {} members declared dead by their own side ({during_cut} during the cut), e.g. (observer, member) {:?}",
+            own_side_downs.len(),
+            &own_side_downs[..own_side_downs.len().min(10)]
+        );
+        assert!(
+            all_alive(&c, n as usize),
+            "seed {seed}: split again after the merge"
+        );
+    }
+}
+
 #[test]
 fn leave_is_seen_as_left_not_dead() {
     let n = 30;

@@ -154,6 +154,9 @@ pub struct Stats {
     /// Join rumors dropped from the queue because a digest exchange found this member's
     /// table equal to its peer's.
     pub join_rumors_retired: u64,
+    /// Suspicions and deaths in push-pull states from a member this one held dead or did
+    /// not know (the other side of a healed partition), not taken as suspicions.
+    pub accusations_ignored: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

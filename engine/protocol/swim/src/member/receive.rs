@@ -119,7 +119,11 @@ impl<R: Rng> Member<R> {
                 incarnation,
                 node,
                 from,
-            } => self.suspect_node(now, incarnation, node, from),
+            } => {
+                if self.accepts_accusation(node, from) {
+                    self.suspect_node(now, incarnation, node, from)
+                }
+            }
             Item::Alive { incarnation, info } => {
                 self.alive_node(now, incarnation, info, Origin::Gossip)
             }
@@ -127,7 +131,11 @@ impl<R: Rng> Member<R> {
                 incarnation,
                 node,
                 from,
-            } => self.dead_node(now, incarnation, node, from),
+            } => {
+                if node == from || self.accepts_accusation(node, from) {
+                    self.dead_node(now, incarnation, node, from)
+                }
+            }
             Item::Other(msg) => self.receive_other(from, msg),
         }
     }

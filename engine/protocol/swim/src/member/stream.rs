@@ -146,6 +146,13 @@ impl<R: Rng> Member<R> {
 
     fn merge(&mut self, now: Time, remote: &PushPullState) {
         let source = self.dir.borrow().info(remote.source).node;
+        // Accusations count only from a member this one sees alive (or suspects): one it
+        // holds dead, or does not know, is on the other side of a partition that just
+        // healed (or is joining), and its view of this side is that it could not reach
+        // it. Taken as suspicions, those would suspect every member of this side at once,
+        // and the refutations would drown in the suspicions (measured: thousands of false
+        // positives after a heal). This member's own probes judge its side.
+        let trusted = self.sees_up(source);
         for s in &remote.states {
             let node = self.dir.borrow().info(s.info).node;
             match s.state {
@@ -155,9 +162,12 @@ impl<R: Rng> Member<R> {
                 MemberState::Left => self.dead_node(now, s.incarnation, node, node),
                 // memberlist: a remote "dead" is only a suspicion here, so that it can be
                 // refuted instead of killing a member we can still reach.
-                MemberState::Dead | MemberState::Suspect => {
+                // About this member itself, always: the refutation is how the other side
+                // learns it is alive.
+                MemberState::Dead | MemberState::Suspect if trusted || node == self.me => {
                     self.suspect_node(now, s.incarnation, node, source)
                 }
+                MemberState::Dead | MemberState::Suspect => self.stats.accusations_ignored += 1,
             }
         }
         if !remote.user_state.is_empty() {
