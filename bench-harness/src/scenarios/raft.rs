@@ -149,10 +149,7 @@ pub fn node_main(a: NodeArgs) -> anyhow::Result<()> {
             t.appends += s.storage.appends;
             t.group_writes += s.storage.group_writes;
         }
-        let line = json!({
-            "fsyncs": t.fsyncs, "batches": t.batches, "pipelined": t.pipelined,
-            "entries": t.entries, "appends": t.appends, "group_writes": t.group_writes,
-        });
+        let line = t.to_json();
         if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
             break;
         }
@@ -175,8 +172,20 @@ pub(crate) struct NodeStats {
 }
 
 impl NodeStats {
+    /// One JSON object (what [`NodeStats::parse`] and [`NodeStats::from_json`] read).
+    pub(crate) fn to_json(self) -> serde_json::Value {
+        json!({
+            "fsyncs": self.fsyncs, "batches": self.batches, "pipelined": self.pipelined,
+            "entries": self.entries, "appends": self.appends, "group_writes": self.group_writes,
+        })
+    }
+
     fn parse(line: &str) -> Option<NodeStats> {
-        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        NodeStats::from_json(&serde_json::from_str(line).ok()?)
+    }
+
+    /// The counters of a [`NodeStats::to_json`] object.
+    pub(crate) fn from_json(v: &serde_json::Value) -> Option<NodeStats> {
         let g = |k: &str| v.get(k).and_then(|x| x.as_u64());
         Some(NodeStats {
             fsyncs: g("fsyncs")?,
@@ -240,6 +249,49 @@ pub(crate) fn sample(gauges: &[(Arc<Mutex<NodeStats>>, u32)]) -> (NodeStats, f64
         cpu += cpu_seconds(*pid).unwrap_or(0.0);
     }
     (total, cpu)
+}
+
+/// How long the fdatasync baseline of a run of `duration` lasts.
+pub(crate) fn baseline_length(duration: Duration) -> Duration {
+    (duration / 3).clamp(Duration::from_secs(1), Duration::from_secs(5))
+}
+
+/// The same-run baseline: a raw 4 KiB append + `fdatasync` in `work`, one at a time.
+pub(crate) fn fdatasync_baseline(
+    work: &Path,
+    duration: Duration,
+    progress: &harness::Progress,
+) -> anyhow::Result<Recorder> {
+    let cfg = harness::BaselineConfig {
+        duration: baseline_length(duration),
+        warmup: Duration::from_millis(300),
+        pacing: harness::Pacing::Closed { concurrency: 1 },
+    };
+    let fds = harness::baselines::fdatasync_latency_with(work, &cfg, Some(progress))?;
+    progress.finish();
+    Ok(fds)
+}
+
+/// `fdatasync_us` of the report: {p50, p99}.
+pub(crate) fn fdatasync_json(h: &harness::Histogram<u64>) -> serde_json::Value {
+    json!({"p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99)})
+}
+
+/// Samples the nodes at `measure` and at `end` on a thread of its own.
+pub(crate) fn sample_window(
+    gauges: Vec<(Arc<Mutex<NodeStats>>, u32)>,
+    measure: Instant,
+    end: Instant,
+) -> std::thread::JoinHandle<Vec<(NodeStats, f64)>> {
+    std::thread::spawn(move || {
+        [measure, end]
+            .into_iter()
+            .map(|when| {
+                std::thread::sleep(when.saturating_duration_since(Instant::now()));
+                sample(&gauges)
+            })
+            .collect()
+    })
 }
 
 /// Log figures of a window in which the nodes' counters moved by `d` in `secs` seconds.
@@ -349,20 +401,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     // The baseline first, on a quiet machine and the same file system.
     if !args.no_baseline {
-        let d = (common.duration / 3).clamp(Duration::from_secs(1), Duration::from_secs(5));
-        let progress = run.progress("fdatasync baseline", d);
-        let cfg = harness::BaselineConfig {
-            duration: d,
-            warmup: Duration::from_millis(300),
-            pacing: harness::Pacing::Closed { concurrency: 1 },
-        };
-        let fds = harness::baselines::fdatasync_latency_with(&work, &cfg, Some(&progress))?;
-        progress.finish();
-        let h = fds.histogram();
-        results.insert(
-            "fdatasync_us".into(),
-            json!({"p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99)}),
-        );
+        let progress = run.progress("fdatasync baseline", baseline_length(common.duration));
+        let fds = fdatasync_baseline(&work, common.duration, &progress)?;
+        results.insert("fdatasync_us".into(), fdatasync_json(fds.histogram()));
         run.add(fds);
     }
 
@@ -384,26 +425,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let measure = t0 + common.warmup;
     let end = measure + common.duration;
-    let sample_at = Arc::new(Mutex::new(Vec::<(NodeStats, f64)>::new()));
-    let stats_thread = {
-        let gauges = nodes.gauges();
-        let sample_at = Arc::clone(&sample_at);
-        std::thread::spawn(move || {
-            for when in [measure, end] {
-                std::thread::sleep(when.saturating_duration_since(Instant::now()));
-                let s = sample(&gauges);
-                if let Ok(mut v) = sample_at.lock() {
-                    v.push(s);
-                }
-            }
-        })
-    };
+    let stats_thread = sample_window(nodes.gauges(), measure, end);
     let outcome = load.run(measure, end, common.rate, &progress);
     progress.finish();
-    let _ = stats_thread.join();
+    let samples = stats_thread.join().unwrap_or_default();
     drop(nodes);
 
-    let samples = sample_at.lock().map(|v| v.clone()).unwrap_or_default();
     let secs = common.duration.as_secs_f64();
     let ops_per_s = outcome.ok as f64 / secs;
     let h = outcome.latency.histogram();

@@ -54,7 +54,7 @@ pub use tally::Tally;
 use crate::harness::{CommonArgs, Recorder, Run, parse_duration};
 use measure::measure;
 pub(crate) use measure::{
-    Steady, TracePoint, add_all, census_json, converge, kill_and_detect, member_name, steady_state,
+    add_all, census_json, converge, kill_and_detect, member_name, steady_state,
 };
 pub(crate) use tally::{EventThread, lock};
 
