@@ -1,7 +1,8 @@
 #!/bin/sh
 # Test network of namespaces for cluster benchmarks: `netns.sh up N` creates hosts
-# ${P}h1..${P}hN (P defaults to `rl`), host i at 198.18.0.i/24 on a veth whose other end is
-# on a bridge in namespace ${P}br, lo up everywhere; `netns.sh down N` removes them (and
+# ${P}h1..${P}hN (P: $NETNS_PREFIX, default `rl`), host i at 198.18.0.i/24 on ${P}0, a veth
+# whose other end ${P}vi is on bridge ${P}br0 in namespace ${P}br, lo up everywhere (the
+# names of `ringleader-tools netns up`; give another prefix to keep clear of its network); `netns.sh down N` removes them (and
 # whatever a failed `up` left). Nothing is created or addressed in the root namespace
 # except the veth pairs' creation, which happens inside the namespaces.
 # Run a process on host i with `ip netns exec ${P}hi COMMAND`.
@@ -30,18 +31,18 @@ up)
     trap 'down' EXIT
     ip netns add "${P}br"
     ip -n "${P}br" link set lo up
-    ip -n "${P}br" link add br0 type bridge
-    ip -n "${P}br" link set br0 up
+    ip -n "${P}br" link add "${P}br0" type bridge
+    ip -n "${P}br" link set "${P}br0" up
     i=1
     while [ "$i" -le "$n" ]; do
         h="${P}h$i"
         ip netns add "$h"
         ip -n "$h" link set lo up
         # Both ends are created inside their namespaces.
-        ip -n "$h" link add eth0 type veth peer name "h$i" netns "${P}br"
-        ip -n "${P}br" link set "h$i" master br0 up
-        ip -n "$h" addr add "198.18.0.$i/24" dev eth0
-        ip -n "$h" link set eth0 up
+        ip -n "$h" link add "${P}0" type veth peer name "${P}v$i" netns "${P}br"
+        ip -n "${P}br" link set "${P}v$i" master "${P}br0" up
+        ip -n "$h" addr add "198.18.0.$i/24" dev "${P}0"
+        ip -n "$h" link set "${P}0" up
         i=$((i + 1))
     done
     trap - EXIT

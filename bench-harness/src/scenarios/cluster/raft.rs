@@ -131,7 +131,8 @@ pub(super) fn coordinate(agents: &mut Agents, raw: &[String], cli: Cli) -> anyho
     let mut latency = Recorder::new("raft_put_us");
     let mut fdatasync: Option<Recorder> = None;
     let mut log = NodeStats::default();
-    let (mut ok, mut errors, mut node_cpu_s, mut client_cpu_s) = (0.0, 0.0, 0.0, 0.0);
+    let (mut ok, mut errors) = (0u64, 0u64);
+    let (mut node_cpu_s, mut client_cpu_s) = (0.0, 0.0);
     let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
     let mut hosts = Vec::with_capacity(k);
     for i in 0..k {
@@ -148,8 +149,13 @@ pub(super) fn coordinate(agents: &mut Agents, raw: &[String], cli: Cli) -> anyho
         let node = NodeStats::from_json(&m["log"])
             .with_context(|| format!("{label}: no log counters in its answer"))?;
         log = log.plus(node);
-        ok += num(m, "ok");
-        errors += num(m, "errors");
+        let count = |key: &str| {
+            m[key]
+                .as_u64()
+                .with_context(|| format!("{label}: no `{key}` count in its answer"))
+        };
+        ok += count("ok")?;
+        errors += count("errors")?;
         node_cpu_s += num(m, "node_cpu_s");
         client_cpu_s += num(m, "client_cpu_s");
         for (kind, n) in m["errors_by_kind"].as_object().into_iter().flatten() {
@@ -187,7 +193,7 @@ pub(super) fn coordinate(agents: &mut Agents, raw: &[String], cli: Cli) -> anyho
     let secs = common.duration.as_secs_f64();
     let h = latency.histogram();
     let mut results = Map::new();
-    results.insert("ops_per_s".into(), json!(ok / secs));
+    results.insert("ops_per_s".into(), json!(ok as f64 / secs));
     results.insert("latency_us".into(), latency_json(h));
     results.extend(log_figures(log, secs));
     results.insert("cpu_cores".into(), json!(node_cpu_s / secs));

@@ -108,6 +108,9 @@ pub(super) fn coordinate(agents: &mut Agents, raw: &[String], args: Args) -> any
     let mut detect: Option<crate::harness::Recorder> = None;
     let mut hosts = Vec::with_capacity(k);
     let mut sums: Map<String, Value> = Map::new();
+    let count =
+        |sums: &Map<String, Value>, key: &str| sums.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let mut cpu_s = 0.0;
     let mut events: Map<String, Value> = Map::new();
     let mut examples: Vec<Value> = Vec::new();
     for i in 0..k {
@@ -119,7 +122,6 @@ pub(super) fn coordinate(agents: &mut Agents, raw: &[String], args: Args) -> any
             Some(d) => d.merge(&rec),
         }
         for key in [
-            "cpu_s",
             "datagrams",
             "bytes",
             "stream_bytes",
@@ -133,9 +135,10 @@ pub(super) fn coordinate(agents: &mut Agents, raw: &[String], args: Args) -> any
             "events_dropped",
             "converged_after_steady",
         ] {
-            let v = sums.get(key).and_then(Value::as_f64).unwrap_or(0.0) + num(&measured[i], key);
+            let v = count(&sums, key) + measured[i][key].as_u64().unwrap_or(0);
             sums.insert(key.to_owned(), json!(v));
         }
+        cpu_s += num(&measured[i], "cpu_s");
         if let Some(e) = measured[i]["events"].as_object() {
             for (kind, count) in e {
                 let v = events.get(kind).and_then(Value::as_u64).unwrap_or(0)
@@ -166,11 +169,13 @@ pub(super) fn coordinate(agents: &mut Agents, raw: &[String], args: Args) -> any
         .map(|m| num(m, "steady_s"))
         .fold(f64::INFINITY, f64::min);
     let member_secs = n as f64 * steady_s;
-    let count = |key: &str| sums.get(key).and_then(Value::as_f64).unwrap_or(0.0);
+    let count = |key: &str| count(&sums, key);
+    let per_member_s = |key: &str| count(key) as f64 / member_secs;
     let all_converged = converged
         .iter()
         .all(|c| c["converged"].as_bool() == Some(true));
-    let max_of = |vs: &[Value], key: &str| vs.iter().map(|v| num(v, key)).fold(0.0, f64::max);
+    let max_of =
+        |vs: &[Value], key: &str| vs.iter().filter_map(|v| v[key].as_u64()).max().unwrap_or(0);
     let results = json!({
         "members": n,
         "agents": k,
@@ -182,14 +187,14 @@ pub(super) fn coordinate(agents: &mut Agents, raw: &[String], args: Args) -> any
         "add_ms": max_of(&prepared, "add_ms"),
         "converged": all_converged,
         "converge_ms": max_of(&converged, "converge_ms"),
-        "bind_retries": prepared.iter().map(|p| num(p, "bind_retries")).sum::<f64>(),
+        "bind_retries": prepared.iter().map(|p| p["bind_retries"].as_u64().unwrap_or(0)).sum::<u64>(),
         "steady_s": steady_s,
-        "cpu_s": count("cpu_s"),
-        "cpu_s_per_member_per_s": count("cpu_s") / member_secs,
-        "cpu_cores_busy": count("cpu_s") / steady_s,
-        "msgs_per_member_per_s": count("datagrams") / member_secs,
-        "bytes_per_member_per_s": count("bytes") / member_secs,
-        "stream_bytes_per_member_per_s": count("stream_bytes") / member_secs,
+        "cpu_s": cpu_s,
+        "cpu_s_per_member_per_s": cpu_s / member_secs,
+        "cpu_cores_busy": cpu_s / steady_s,
+        "msgs_per_member_per_s": per_member_s("datagrams"),
+        "bytes_per_member_per_s": per_member_s("bytes"),
+        "stream_bytes_per_member_per_s": per_member_s("stream_bytes"),
         "converged_after_steady": count("converged_after_steady"),
         "false_positives_before_kill": count("false_positives_before_kill"),
         "victims": victims.iter().map(|&v| local::member_name(v)).collect::<Vec<_>>(),
