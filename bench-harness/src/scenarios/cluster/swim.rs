@@ -86,9 +86,9 @@ pub(super) fn coordinate(agents: &mut Agents, raw: &[String], args: Args) -> any
     };
     // Adding at `--add-rate` takes time; an unpaced add is quick.
     let add_wait = Duration::from_secs(60)
-        + (args.add_rate > 0)
-            .then(|| Duration::from_secs(n as u64 / args.add_rate.max(1)))
-            .unwrap_or_default();
+        + (n as u64)
+            .checked_div(args.add_rate)
+            .map_or(Duration::from_millis(10) * n as u32, Duration::from_secs);
     let first = agents.step(&[0], "prepare", add_wait, |i| data(i, &[]))?;
     let seeds: Vec<String> = serde_json::from_value(first[0]["seeds"].clone())
         .context("agent 1 did not say where its seeds are")?;
