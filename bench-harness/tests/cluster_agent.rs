@@ -5,8 +5,10 @@
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::Duration;
+
+mod common;
 
 fn bench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ringleader-bench"))
@@ -26,17 +28,10 @@ struct Agent {
 impl Agent {
     fn start(token: &str) -> Agent {
         let addr = free_addr();
-        let mut child = bench()
-            .args(["agent", "--listen", &addr.to_string(), "--token", token])
-            .args(["--exit-after", "60s"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting the agent");
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut first)
-            .expect("the agent says it listens");
-        assert!(first.starts_with("agent listening on"), "{first:?}");
+        let mut cmd = bench();
+        cmd.args(["agent", "--listen", &addr.to_string(), "--token", token])
+            .args(["--exit-after", "60s"]);
+        let child = common::start_agent(cmd);
         Agent { child, addr }
     }
 

@@ -11,11 +11,12 @@
 //!
 //! Needs root and `ip`; without them it prints why and passes. Runs in about a minute.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use serde_json::Value;
+
+mod common;
 
 const PREFIX: &str = "rlc";
 const HOSTS: usize = 4;
@@ -116,18 +117,10 @@ fn swim_and_raft_across_namespaces() {
     let _net = Network::up();
     let mut agents = Agents(Vec::new());
     for i in 1..HOSTS {
-        let mut child = on_host(i)
-            .args(["agent", "--listen", &format!("198.18.0.{i}:{AGENT_PORT}")])
-            .args(["--token", TOKEN, "--exit-after", "150s"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting an agent");
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut first)
-            .expect("the agent says it listens");
-        assert!(first.starts_with("agent listening on"), "{first:?}");
-        agents.0.push(child);
+        let mut cmd = on_host(i);
+        cmd.args(["agent", "--listen", &format!("198.18.0.{i}:{AGENT_PORT}")])
+            .args(["--token", TOKEN, "--exit-after", "150s"]);
+        agents.0.push(common::start_agent(cmd));
     }
     let tmp = tempfile::tempdir().expect("tempdir");
 
