@@ -167,10 +167,9 @@ fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
     }
     let _busy = Busy(&shared.busy);
     let welcome = FromAgent::Welcome {
-        hostname: crate::harness::environment(std::time::SystemTime::now())["hostname"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
+        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default(),
         cores: thread::available_parallelism().map_or(1, |n| n.get()),
         bind_ip: shared.bind_ip,
     };

@@ -273,6 +273,8 @@ impl AgentRaft {
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
+        // The scenario's `--dir` (a file system to test on every host), else the agent's.
+        let dir = args.dir.as_deref().unwrap_or(dir);
         let work = dir.join(format!(
             ".ringleader-cluster-raft-{}-{nonce}",
             std::process::id()
