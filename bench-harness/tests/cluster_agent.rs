@@ -110,25 +110,35 @@ fn wrong_tokens_and_garbage_are_refused_and_the_agent_carries_on() {
     // A step before hello.
     let a = agent.exchange("{\"type\":\"step\",\"step\":\"prepare\",\"wait_ms\":1,\"data\":{}}\n");
     assert!(a.contains("a step before hello"), "{a}");
-    // A good hello still works, and a bad step after it is answered with the reason.
-    let mut s = TcpStream::connect(agent.addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    s.write_all(b"{\"type\":\"hello\",\"version\":1,\"token\":\"s3cret\"}\n")
-        .expect("write");
-    let mut r = BufReader::new(s.try_clone().expect("clone"));
-    let mut line = String::new();
-    r.read_line(&mut line).expect("welcome");
-    assert!(line.contains("\"welcome\""), "{line}");
-    s.write_all(b"{\"type\":\"step\",\"step\":\"prepare\",\"wait_ms\":1000,\"data\":{\"scenario\":\"chess\"}}\n")
-        .expect("write");
-    line.clear();
-    r.read_line(&mut line).expect("an answer");
-    assert!(
-        line.contains("\"failed\"") && line.contains("unknown scenario"),
-        "{line}"
-    );
-    drop((r, s));
+    // A good hello still works, and a bad step after it is answered with the reason: an
+    // unknown scenario, or flags asking for help (which must not end the agent).
+    for (data, reason) in [
+        (r#"{"scenario":"chess"}"#, "unknown scenario"),
+        (
+            r#"{"scenario":"swim","args":["swim","--help"]}"#,
+            "Usage: swim",
+        ),
+    ] {
+        let mut s = TcpStream::connect(agent.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        s.write_all(b"{\"type\":\"hello\",\"version\":1,\"token\":\"s3cret\"}\n")
+            .expect("write");
+        let mut r = BufReader::new(s.try_clone().expect("clone"));
+        let mut line = String::new();
+        r.read_line(&mut line).expect("welcome");
+        assert!(line.contains("\"welcome\""), "{line}");
+        let step = format!(
+            "{{\"type\":\"step\",\"step\":\"prepare\",\"wait_ms\":1000,\"data\":{data}}}\n"
+        );
+        s.write_all(step.as_bytes()).expect("write");
+        line.clear();
+        r.read_line(&mut line).expect("an answer");
+        assert!(
+            line.contains("\"failed\"") && line.contains(reason),
+            "{line}"
+        );
+    }
     // And the agent takes the next coordinator: bad scenario flags are the coordinator's
     // error before anything runs; a refused token again proves the agent is still there.
     let out = cluster(&agent.addr.to_string(), "again-wrong");

@@ -76,12 +76,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let name = a.scenario.first().map(String::as_str).unwrap_or_default();
     match name {
         "swim" => {
-            let args = swim::parse(&a.scenario)?;
+            let args = swim::parse(&a.scenario).map_err(help_exits)?;
             let mut agents = Agents::connect(&a.agents, &a.token, a.connect_timeout)?;
             swim::coordinate(&mut agents, &a.scenario, args)
         }
         "raft" => {
-            let args = raft::parse(&a.scenario)?;
+            let args = raft::parse(&a.scenario).map_err(help_exits)?;
             let mut agents = Agents::connect(&a.agents, &a.token, a.connect_timeout)?;
             raft::coordinate(&mut agents, &a.scenario, args)
         }
@@ -89,9 +89,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
 }
 
-/// Parses a scenario's flags (`raw[0]` is its name) with clap, as a local run would.
+/// Parses a scenario's flags (`raw[0]` is its name) with clap, as a local run would. Never
+/// exits (an agent parses them too): a request for help is an error like any other.
 pub(crate) fn parse_flags<T: clap::Parser>(raw: &[String]) -> anyhow::Result<T> {
-    T::try_parse_from(raw).map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim_end()))
+    T::try_parse_from(raw).map_err(anyhow::Error::from)
+}
+
+/// On the coordinator: `cluster ... swim --help` prints the scenario's flags and exits.
+fn help_exits(e: anyhow::Error) -> anyhow::Error {
+    if let Some(c) = e.downcast_ref::<clap::Error>()
+        && matches!(
+            c.kind(),
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+        )
+    {
+        c.exit();
+    }
+    e
 }
 
 /// One connected agent.
@@ -196,17 +210,65 @@ impl Agents {
                 .send(&msg, deadline)
                 .with_context(|| format!("{label}: sending step {step}"))?;
         }
-        let mut out = Vec::with_capacity(which.len());
+        // One reader per agent, so the first failure ends the wait at once: the other
+        // connections are then shut, which ends their readers (and the run on their agents).
+        let mut streams = Vec::with_capacity(which.len());
         for &i in which {
-            let a = &mut self.0[i];
-            let label = a.label(i);
-            match a.line.recv::<FromAgent>(deadline) {
-                Ok(FromAgent::Done { data }) => out.push(data),
-                Ok(FromAgent::Failed { error }) => bail!("{label} failed at step {step}: {error}"),
-                Ok(other) => bail!("{label} answered step {step} with {other:?}"),
-                Err(e) => bail!("{label} at step {step}: {e}"),
-            }
+            let a = &self.0[i];
+            streams.push(a.line.try_clone_stream().with_context(|| a.label(i))?);
         }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut out: Vec<Option<Value>> = vec![None; which.len()];
+        let mut failure: Option<anyhow::Error> = None;
+        std::thread::scope(|scope| {
+            for (k, a) in self
+                .0
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| which.contains(i))
+            {
+                let tx = tx.clone();
+                scope.spawn(move || {
+                    let label = a.label(k);
+                    let answer = match a.line.recv::<FromAgent>(deadline) {
+                        Ok(FromAgent::Done { data }) => Ok(data),
+                        Ok(FromAgent::Failed { error }) => {
+                            Err(anyhow::anyhow!("{label} failed at step {step}: {error}"))
+                        }
+                        Ok(other) => Err(anyhow::anyhow!(
+                            "{label} answered step {step} with {other:?}"
+                        )),
+                        Err(e) => Err(anyhow::anyhow!("{label} at step {step}: {e}")),
+                    };
+                    let _ = tx.send((k, answer));
+                });
+            }
+            drop(tx);
+            for (k, answer) in rx.iter() {
+                match answer {
+                    Ok(data) => {
+                        if let Some(pos) = which.iter().position(|&i| i == k) {
+                            out[pos] = Some(data);
+                        }
+                    }
+                    Err(e) if failure.is_none() => {
+                        failure = Some(e);
+                        for s in &streams {
+                            let _ = s.shutdown(std::net::Shutdown::Both);
+                        }
+                    }
+                    // Answers after the first failure are that failure's echo.
+                    Err(_) => {}
+                }
+            }
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let out = out
+            .into_iter()
+            .collect::<Option<Vec<Value>>>()
+            .context("an agent's answer went missing")?;
         Ok(out)
     }
 }

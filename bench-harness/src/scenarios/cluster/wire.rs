@@ -127,6 +127,11 @@ impl Line {
         self.peer
     }
 
+    /// Another handle on the connection (to shut it from another thread).
+    pub fn try_clone_stream(&self) -> io::Result<TcpStream> {
+        self.reader.get_ref().try_clone()
+    }
+
     /// Writes `msg` as one line, by `deadline`.
     pub fn send<T: Serialize>(&mut self, msg: &T, deadline: Instant) -> io::Result<()> {
         let mut text = serde_json::to_vec(msg).map_err(io::Error::other)?;
