@@ -166,6 +166,7 @@ fn swim_and_raft_across_namespaces() {
     assert_eq!(per_host, 42 * 3, "the total is the sum of the hosts");
     for h in hosts {
         assert!(h["run"]["cpu_s"].as_f64().expect("cpu_s") >= 0.0);
+        assert_eq!(h["run"]["victims_here"], 1, "victims are spread: {h}");
     }
     let swim_dir = tmp.path().join("swim");
     for f in ["detect_ms.hgrm", "detect_ms.hlog", "summary.json"] {

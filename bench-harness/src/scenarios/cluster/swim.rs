@@ -11,9 +11,13 @@
 //! spread of the `run` step's arrival at the agents.
 
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
 use ringleader_engine::host::Host;
 use serde_json::{Map, Value, json};
 
@@ -21,7 +25,7 @@ use super::{Agents, num, parse_flags, shipped, spread};
 use crate::harness::{Progress, Run};
 use crate::scenarios::swim::{
     self as local, Args, EventThread, SHUTDOWN_WAIT_MAX, add_all, census_json, converge,
-    kill_and_detect, lock, pick_victims, shutdown_within, steady_state, tally_results,
+    kill_and_detect, lock, shutdown_within, steady_state, tally_results,
 };
 
 /// The members' first port when `--port` is not given.
@@ -61,7 +65,7 @@ pub(super) fn coordinate(agents: &mut Agents, raw: &[String], args: Args) -> any
             args.seeds
         );
     }
-    let victims = pick_victims(n, args.seeds, args.kill, args.seed);
+    let victims = deal_victims(&shares, args.seeds, args.kill, args.seed);
     let port = args.port.unwrap_or(PORT_DEFAULT);
     let converge_timeout = local::converge_timeout(&args);
     let config = json!({
@@ -215,13 +219,39 @@ pub(super) fn coordinate(agents: &mut Agents, raw: &[String], args: Args) -> any
     run.finish(results)
 }
 
+/// `kill` victims dealt over the hosts in turn (victim `j` from host `j mod hosts`), each a
+/// random non-seed member of its host's share; a host with none left passes its turn.
+/// Sorted; the same for the same `seed`.
+fn deal_victims(shares: &[Range<usize>], seeds: usize, kill: usize, seed: u64) -> Vec<usize> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut pools: Vec<Vec<usize>> = shares
+        .iter()
+        .map(|r| {
+            let mut p: Vec<usize> = r.clone().filter(|&i| i >= seeds).collect();
+            p.shuffle(&mut rng);
+            p
+        })
+        .collect();
+    let mut victims = Vec::with_capacity(kill);
+    let hosts = pools.len();
+    let mut turn = 0;
+    while victims.len() < kill && pools.iter().any(|p| !p.is_empty()) {
+        if let Some(v) = pools[turn % hosts].pop() {
+            victims.push(v);
+        }
+        turn += 1;
+    }
+    victims.sort_unstable();
+    victims
+}
+
 /// An agent's share of the cluster: its host, its members and what their events said.
 pub(crate) struct AgentSwim {
     args: Args,
     host: Option<Host>,
     events: Option<EventThread>,
     /// Cluster indexes of this agent's members.
-    members: std::ops::Range<usize>,
+    members: Range<usize>,
     /// Every victim of the run, and this agent's.
     victims: Vec<usize>,
     mine: Vec<usize>,
@@ -416,5 +446,33 @@ impl Drop for AgentSwim {
         if let Some(e) = self.events.take() {
             e.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn victims_are_dealt_over_the_hosts_and_never_seeds() {
+        let shares = spread(600, 3);
+        let v = deal_victims(&shares, 3, 3, 1);
+        assert_eq!(v.len(), 3);
+        for (share, victim) in shares.iter().zip(&v) {
+            assert!(share.contains(victim), "one per host: {v:?}");
+        }
+        assert_eq!(v, deal_victims(&shares, 3, 3, 1), "replays from the seed");
+        let v = deal_victims(&shares, 3, 7, 9);
+        let per_host: Vec<usize> = shares
+            .iter()
+            .map(|s| v.iter().filter(|i| s.contains(i)).count())
+            .collect();
+        assert_eq!(per_host, vec![3, 2, 2]);
+        // The first host holds only seeds and one other member: the rest come from the others.
+        let shares = vec![0..4, 4..6, 6..8];
+        let v = deal_victims(&shares, 3, 5, 2);
+        assert_eq!(v.len(), 5);
+        assert!(v.iter().all(|&i| i >= 3), "never a seed: {v:?}");
+        assert!(v.windows(2).all(|w| w[0] < w[1]), "distinct: {v:?}");
     }
 }
