@@ -1,7 +1,7 @@
 //! `cluster swim`: `--members` spread evenly over the agents, each agent's share on one
 //! `Host` of its own binding the agent's address (ports `--port`, `--port + 1`, ...), the
-//! seeds on the first agent. Steps: `prepare` (the first agent, then the others with its
-//! seeds' addresses: start the host and add the members), `converge` (every host waits
+//! seeds on the first agent. Steps: `prepare` (one agent after the other, the first one's
+//! seeds given to the rest: start the host and add the members), `converge` (every host waits
 //! until its members see the whole cluster alive), `run` (steady state, then each agent
 //! kills its own victims at the same offset from its own start of the step, and every
 //! host waits until its live members have declared every victim down).
@@ -93,12 +93,14 @@ pub(super) fn coordinate(agents: &mut Agents, raw: &[String], args: Args) -> any
         + (n as u64)
             .checked_div(args.add_rate)
             .map_or(Duration::from_millis(10) * n as u32, Duration::from_secs);
-    let first = agents.step(&[0], "prepare", add_wait, |i| data(i, &[]))?;
-    let seeds: Vec<String> = serde_json::from_value(first[0]["seeds"].clone())
+    // One agent after the other, as a local run adds its members: hundreds of joins at
+    // once through the same seeds leave more members to learn of some joins by push-pull.
+    let mut prepared = agents.step(&[0], "prepare", add_wait, |i| data(i, &[]))?;
+    let seeds: Vec<String> = serde_json::from_value(prepared[0]["seeds"].clone())
         .context("agent 1 did not say where its seeds are")?;
-    let rest: Vec<usize> = (1..k).collect();
-    let mut prepared = first;
-    prepared.extend(agents.step(&rest, "prepare", add_wait, |i| data(i, &seeds))?);
+    for i in 1..k {
+        prepared.extend(agents.step(&[i], "prepare", add_wait, |i| data(i, &seeds))?);
+    }
     let all: Vec<usize> = (0..k).collect();
     let progress = run.progress("converging", converge_timeout);
     let converged = agents.step(&all, "converge", converge_timeout, |_| json!({}))?;
