@@ -31,6 +31,10 @@ enum Command {
     /// One node of the `raft` scenario's cluster (started by it).
     #[command(hide = true)]
     RaftNode(scenarios::raft::NodeArgs),
+    /// Runs on each host of a benchmark across machines; does what `cluster` asks.
+    Agent(scenarios::cluster::AgentArgs),
+    /// A benchmark across machines: `swim` or `raft` on the agents given, results merged.
+    Cluster(scenarios::cluster::Args),
     /// Deterministic simulations of the protocol cores.
     #[command(subcommand)]
     Sim(SimCommand),
@@ -56,6 +60,8 @@ fn main() -> anyhow::Result<()> {
         Command::Swim(a) => scenarios::swim::run(a),
         Command::Raft(a) => scenarios::raft::run(a),
         Command::RaftNode(a) => scenarios::raft::node_main(a),
+        Command::Agent(a) => scenarios::cluster::agent::run(a),
+        Command::Cluster(a) => scenarios::cluster::run(a),
         Command::Sim(SimCommand::Swim(a)) => scenarios::sim_swim::run(a),
         Command::Sim(SimCommand::Raft(a)) => scenarios::sim_raft::run(a),
         Command::Sim(SimCommand::Serf(a)) => scenarios::sim_serf::run(a),

@@ -49,5 +49,5 @@ pub use baselines::{
 pub use hdrhistogram::Histogram;
 pub use hgrm::{HgrmError, Spectrum, SpectrumRow, parse_hgrm, write_hgrm};
 pub use load::{Clock, LoadReport, OpenLoop, SystemClock, drive};
-pub use recorder::{Recorder, Unit};
+pub use recorder::{Recorder, Shipped, ShippedError, ShippedInterval, Unit};
 pub use run::{Progress, Run, environment, git_commit, rfc3339};

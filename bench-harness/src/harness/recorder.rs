@@ -8,8 +8,9 @@ use std::io;
 use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
-use hdrhistogram::serialization::V2Serializer;
 use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+use hdrhistogram::serialization::{Deserializer, Serializer as _, V2Serializer};
+use serde::{Deserialize, Serialize};
 
 use super::hgrm;
 
@@ -267,6 +268,30 @@ impl Recorder {
         all
     }
 
+    /// Everything this recorder holds, in a form another process can rebuild it from
+    /// ([`Shipped::into_recorder`]): the histograms V2-serialized and hex-encoded, interval
+    /// starts as offsets from `base` (the shipping host's own start instant, so no clock of
+    /// another host is involved).
+    pub fn ship(&self, base: Instant) -> Shipped {
+        let offset_ms = |t: Instant| {
+            u64::try_from(t.saturating_duration_since(base).as_millis()).unwrap_or(u64::MAX)
+        };
+        Shipped {
+            name: self.name.clone(),
+            total: encode_histogram(&self.total),
+            rejected_count: self.rejected_count,
+            intervals: self
+                .closed_intervals()
+                .into_iter()
+                .map(|i| ShippedInterval {
+                    offset_ms: offset_ms(i.start),
+                    length_ms: u64::try_from(i.length.as_millis()).unwrap_or(u64::MAX),
+                    histogram: encode_histogram(&i.histogram),
+                })
+                .collect(),
+        }
+    }
+
     /// `{"p50","p90","p99","p999","p9999","max","count","mean","unit"}`, values in the unit
     /// of the recorder (zeros when empty).
     pub fn summary(&self) -> serde_json::Value {
@@ -339,5 +364,229 @@ impl Recorder {
             i = j;
         }
         Ok(())
+    }
+}
+
+/// A recorder as it travels between processes ([`Recorder::ship`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shipped {
+    /// The recorder's name (file stem; its suffix gives the unit).
+    pub name: String,
+    /// Every value: a V2-serialized histogram, hex.
+    pub total: String,
+    /// Values the sender's histogram could not hold.
+    pub rejected_count: u64,
+    /// The interval log.
+    pub intervals: Vec<ShippedInterval>,
+}
+
+/// One interval of a [`Shipped`] recorder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShippedInterval {
+    /// Start, in milliseconds after the sender's base instant.
+    pub offset_ms: u64,
+    /// Length in milliseconds.
+    pub length_ms: u64,
+    /// A V2-serialized histogram, hex.
+    pub histogram: String,
+}
+
+/// Why a [`Shipped`] recorder cannot be rebuilt.
+#[derive(Debug, thiserror::Error)]
+pub enum ShippedError {
+    /// The name is not a file name.
+    #[error("histogram name {0:?} is not a file name")]
+    Name(String),
+    /// A histogram is not hex.
+    #[error("histogram of `{0}` is not hex")]
+    Hex(String),
+    /// A histogram does not deserialize.
+    #[error("histogram of `{name}` does not deserialize: {why}")]
+    Histogram {
+        /// The recorder.
+        name: String,
+        /// The deserializer's complaint.
+        why: String,
+    },
+    /// More intervals than a recorder keeps.
+    #[error("histogram `{0}` has more than {INTERVALS_MAX} intervals")]
+    TooManyIntervals(String),
+}
+
+impl Shipped {
+    /// Rebuilds the recorder, interval starts placed at `base` plus their offsets (`base`:
+    /// the receiver's instant that stands for the sender's base).
+    pub fn into_recorder(self, base: Instant) -> Result<Recorder, ShippedError> {
+        if self.name.is_empty() || self.name.contains(['/', '\\']) {
+            return Err(ShippedError::Name(self.name));
+        }
+        if self.intervals.len() > INTERVALS_MAX {
+            return Err(ShippedError::TooManyIntervals(self.name));
+        }
+        let mut rec = Recorder::new(&self.name);
+        rec.total = decode_histogram(&self.name, &self.total)?;
+        rec.rejected_count = self.rejected_count;
+        for i in &self.intervals {
+            let start = base + Duration::from_millis(i.offset_ms);
+            let length = Duration::from_millis(i.length_ms).min(INTERVAL_LENGTH);
+            let histogram = decode_histogram(&self.name, &i.histogram)?;
+            if rec.origin.is_none_or(|o| start < o.0) {
+                rec.origin = Some((start, wall_clock_of(start)));
+            }
+            rec.last_at = rec.last_at.max(Some(start + length));
+            rec.intervals.push(Interval {
+                start,
+                length,
+                histogram,
+            });
+        }
+        Ok(rec)
+    }
+}
+
+/// The wall-clock time of `t`, read against the clocks now.
+fn wall_clock_of(t: Instant) -> SystemTime {
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    if t <= now {
+        wall - (now - t)
+    } else {
+        wall + (t - now)
+    }
+}
+
+fn encode_histogram(h: &Histogram<u64>) -> String {
+    let mut bytes = Vec::new();
+    // Serializing into a Vec cannot fail on I/O; an error would be a histogram the crate
+    // itself cannot encode, shipped as empty rather than lost silently: counted below.
+    if V2Serializer::new().serialize(h, &mut bytes).is_err() {
+        bytes.clear();
+    }
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn decode_histogram(name: &str, hex: &str) -> Result<Histogram<u64>, ShippedError> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    let text = hex.as_bytes();
+    if text.len() % 2 != 0 {
+        return Err(ShippedError::Hex(name.to_owned()));
+    }
+    let mut bytes = Vec::with_capacity(text.len() / 2);
+    for pair in text.chunks_exact(2) {
+        match (digit(pair[0]), digit(pair[1])) {
+            (Some(h), Some(l)) => bytes.push(h << 4 | l),
+            _ => return Err(ShippedError::Hex(name.to_owned())),
+        }
+    }
+    let mut h: Histogram<u64> = Deserializer::new()
+        .deserialize(&mut io::Cursor::new(bytes))
+        .map_err(|e| ShippedError::Histogram {
+            name: name.to_owned(),
+            why: format!("{e:?}"),
+        })?;
+    h.auto(true);
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// Three "hosts" record different distributions; shipped, rebuilt and merged, the
+    /// result has every percentile of one histogram that recorded all the samples.
+    #[test]
+    fn shipped_recorders_merge_to_the_histogram_of_all_samples() {
+        let mut rng = SmallRng::seed_from_u64(16);
+        let t0 = Instant::now();
+        let mut all = new_histogram();
+        let mut hosts = Vec::new();
+        for (host, (lo, hi)) in [(1u64, 2_000u64), (500, 90_000), (50_000, 3_000_000)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut rec = Recorder::new("op_us");
+            for k in 0..20_000u64 {
+                let v = rng.random_range(lo..hi);
+                let at = t0 + Duration::from_micros(k * 150 + host as u64);
+                rec.record_at(at, v);
+                all.record(v).expect("auto-resize holds every value");
+            }
+            hosts.push(rec.ship(t0));
+        }
+        let base = Instant::now();
+        let mut merged: Option<Recorder> = None;
+        for shipped in hosts {
+            let wire = serde_json::to_string(&shipped).expect("serializes");
+            let back: Shipped = serde_json::from_str(&wire).expect("parses");
+            let rec = back.into_recorder(base).expect("rebuilds");
+            match merged.as_mut() {
+                None => merged = Some(rec),
+                Some(m) => m.merge(&rec),
+            }
+        }
+        let merged = merged.expect("three hosts");
+        let h = merged.histogram();
+        assert_eq!(h.len(), all.len());
+        for q in [0.0, 0.25, 0.5, 0.9, 0.99, 0.999, 0.9999, 1.0] {
+            assert_eq!(h.value_at_quantile(q), all.value_at_quantile(q), "q={q}");
+        }
+        assert_eq!(h.max(), all.max());
+        assert_eq!(h.min(), all.min());
+        // The interval log holds every value too: 3 s of intervals per host.
+        let mut log = Vec::new();
+        merged.write_hlog(&mut log).expect("writes to a Vec");
+        let text = String::from_utf8(log).expect("UTF-8");
+        assert!(text.lines().filter(|l| !l.starts_with('#')).count() >= 3);
+        let interval_total: u64 = merged
+            .closed_intervals()
+            .iter()
+            .map(|i| i.histogram.len())
+            .sum();
+        assert_eq!(interval_total, all.len());
+    }
+
+    #[test]
+    fn a_damaged_shipment_is_refused_with_its_reason() {
+        let mut rec = Recorder::new("x_us");
+        rec.record(5);
+        let good = rec.ship(Instant::now());
+        let base = Instant::now();
+        let mut odd = good.clone();
+        odd.total.push('a');
+        assert!(matches!(odd.into_recorder(base), Err(ShippedError::Hex(_))));
+        let mut not_hex = good.clone();
+        not_hex.total.replace_range(0..2, "zz");
+        assert!(matches!(
+            not_hex.into_recorder(base),
+            Err(ShippedError::Hex(_))
+        ));
+        let mut garbage = good.clone();
+        garbage.total = "00".repeat(40);
+        assert!(matches!(
+            garbage.into_recorder(base),
+            Err(ShippedError::Histogram { .. })
+        ));
+        let mut path = good.clone();
+        path.name = "../etc".into();
+        assert!(matches!(
+            path.into_recorder(base),
+            Err(ShippedError::Name(_))
+        ));
+        let rebuilt = good.into_recorder(base).expect("intact");
+        assert_eq!(rebuilt.histogram().len(), 1);
     }
 }

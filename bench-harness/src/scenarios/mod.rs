@@ -1,6 +1,7 @@
 //! One module per scenario; each exports `Args` and `run`.
 
 pub mod baseline;
+pub mod cluster;
 pub mod quick;
 pub mod raft;
 pub mod sim_raft;

@@ -149,10 +149,7 @@ pub fn node_main(a: NodeArgs) -> anyhow::Result<()> {
             t.appends += s.storage.appends;
             t.group_writes += s.storage.group_writes;
         }
-        let line = json!({
-            "fsyncs": t.fsyncs, "batches": t.batches, "pipelined": t.pipelined,
-            "entries": t.entries, "appends": t.appends, "group_writes": t.group_writes,
-        });
+        let line = t.to_json();
         if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
             break;
         }
@@ -163,8 +160,9 @@ pub fn node_main(a: NodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A node's log and storage counters (what `raft-node` prints every 100 ms).
 #[derive(Debug, Clone, Copy, Default)]
-struct NodeStats {
+pub(crate) struct NodeStats {
     fsyncs: u64,
     batches: u64,
     pipelined: u64,
@@ -174,8 +172,20 @@ struct NodeStats {
 }
 
 impl NodeStats {
+    /// One JSON object (what [`NodeStats::parse`] and [`NodeStats::from_json`] read).
+    pub(crate) fn to_json(self) -> serde_json::Value {
+        json!({
+            "fsyncs": self.fsyncs, "batches": self.batches, "pipelined": self.pipelined,
+            "entries": self.entries, "appends": self.appends, "group_writes": self.group_writes,
+        })
+    }
+
     fn parse(line: &str) -> Option<NodeStats> {
-        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        NodeStats::from_json(&serde_json::from_str(line).ok()?)
+    }
+
+    /// The counters of a [`NodeStats::to_json`] object.
+    pub(crate) fn from_json(v: &serde_json::Value) -> Option<NodeStats> {
         let g = |k: &str| v.get(k).and_then(|x| x.as_u64());
         Some(NodeStats {
             fsyncs: g("fsyncs")?,
@@ -187,7 +197,18 @@ impl NodeStats {
         })
     }
 
-    fn minus(self, o: NodeStats) -> NodeStats {
+    pub(crate) fn plus(self, o: NodeStats) -> NodeStats {
+        NodeStats {
+            fsyncs: self.fsyncs + o.fsyncs,
+            batches: self.batches + o.batches,
+            pipelined: self.pipelined + o.pipelined,
+            entries: self.entries + o.entries,
+            appends: self.appends + o.appends,
+            group_writes: self.group_writes + o.group_writes,
+        }
+    }
+
+    pub(crate) fn minus(self, o: NodeStats) -> NodeStats {
         NodeStats {
             fsyncs: self.fsyncs.saturating_sub(o.fsyncs),
             batches: self.batches.saturating_sub(o.batches),
@@ -199,14 +220,104 @@ impl NodeStats {
     }
 }
 
-struct NodeProc {
+/// A running `raft-node` process and its latest counters.
+pub(crate) struct NodeProc {
     child: Child,
     latest: Arc<Mutex<NodeStats>>,
     pid: u32,
 }
 
 /// Kills every node still running when dropped.
-struct Nodes(Vec<NodeProc>);
+pub(crate) struct Nodes(pub(crate) Vec<NodeProc>);
+
+impl Nodes {
+    /// Every node's latest counters and its process id, for [`sample`].
+    pub(crate) fn gauges(&self) -> Vec<(Arc<Mutex<NodeStats>>, u32)> {
+        self.0
+            .iter()
+            .map(|n| (Arc::clone(&n.latest), n.pid))
+            .collect()
+    }
+}
+
+/// The nodes' counters summed and the CPU seconds their processes have used.
+pub(crate) fn sample(gauges: &[(Arc<Mutex<NodeStats>>, u32)]) -> (NodeStats, f64) {
+    let mut total = NodeStats::default();
+    let mut cpu = 0.0;
+    for (l, pid) in gauges {
+        total = total.plus(l.lock().map(|s| *s).unwrap_or_default());
+        cpu += cpu_seconds(*pid).unwrap_or(0.0);
+    }
+    (total, cpu)
+}
+
+/// How long the fdatasync baseline of a run of `duration` lasts.
+pub(crate) fn baseline_length(duration: Duration) -> Duration {
+    (duration / 3).clamp(Duration::from_secs(1), Duration::from_secs(5))
+}
+
+/// The same-run baseline: a raw 4 KiB append + `fdatasync` in `work`, one at a time.
+pub(crate) fn fdatasync_baseline(
+    work: &Path,
+    duration: Duration,
+    progress: &harness::Progress,
+) -> anyhow::Result<Recorder> {
+    let cfg = harness::BaselineConfig {
+        duration: baseline_length(duration),
+        warmup: Duration::from_millis(300),
+        pacing: harness::Pacing::Closed { concurrency: 1 },
+    };
+    let fds = harness::baselines::fdatasync_latency_with(work, &cfg, Some(progress))?;
+    progress.finish();
+    Ok(fds)
+}
+
+/// `fdatasync_us` of the report: {p50, p99}.
+pub(crate) fn fdatasync_json(h: &harness::Histogram<u64>) -> serde_json::Value {
+    json!({"p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99)})
+}
+
+/// Samples the nodes at `measure` and at `end` on a thread of its own.
+pub(crate) fn sample_window(
+    gauges: Vec<(Arc<Mutex<NodeStats>>, u32)>,
+    measure: Instant,
+    end: Instant,
+) -> std::thread::JoinHandle<Vec<(NodeStats, f64)>> {
+    std::thread::spawn(move || {
+        [measure, end]
+            .into_iter()
+            .map(|when| {
+                std::thread::sleep(when.saturating_duration_since(Instant::now()));
+                sample(&gauges)
+            })
+            .collect()
+    })
+}
+
+/// Log figures of a window in which the nodes' counters moved by `d` in `secs` seconds.
+pub(crate) fn log_figures(d: NodeStats, secs: f64) -> serde_json::Map<String, serde_json::Value> {
+    let mut r = serde_json::Map::new();
+    r.insert(
+        "entries_per_fsync".into(),
+        json!(d.entries as f64 / d.fsyncs.max(1) as f64),
+    );
+    r.insert(
+        "pipelined_fraction".into(),
+        json!(d.pipelined as f64 / d.batches.max(1) as f64),
+    );
+    r.insert("fsyncs_per_s".into(), json!(d.fsyncs as f64 / secs));
+    r.insert(
+        "group_writes_per_append".into(),
+        json!(d.group_writes as f64 / d.appends.max(1) as f64),
+    );
+    r
+}
+
+/// `latency_us` of the report: {p50, p99, p999, max}.
+pub(crate) fn latency_json(h: &harness::Histogram<u64>) -> serde_json::Value {
+    json!({"p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99),
+           "p999": h.value_at_quantile(0.999), "max": h.max()})
+}
 
 impl Drop for Nodes {
     fn drop(&mut self) {
@@ -228,7 +339,7 @@ impl Drop for Nodes {
 }
 
 /// CPU seconds (user + system) a process has used.
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split(' ').collect();
@@ -239,7 +350,8 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / hz.max(1.0))
 }
 
-struct RemoveDirOnDrop(PathBuf);
+/// Removes its folder when dropped.
+pub(crate) struct RemoveDirOnDrop(pub(crate) PathBuf);
 
 impl Drop for RemoveDirOnDrop {
     fn drop(&mut self) {
@@ -289,20 +401,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     // The baseline first, on a quiet machine and the same file system.
     if !args.no_baseline {
-        let d = (common.duration / 3).clamp(Duration::from_secs(1), Duration::from_secs(5));
-        let progress = run.progress("fdatasync baseline", d);
-        let cfg = harness::BaselineConfig {
-            duration: d,
-            warmup: Duration::from_millis(300),
-            pacing: harness::Pacing::Closed { concurrency: 1 },
-        };
-        let fds = harness::baselines::fdatasync_latency_with(&work, &cfg, Some(&progress))?;
-        progress.finish();
-        let h = fds.histogram();
-        results.insert(
-            "fdatasync_us".into(),
-            json!({"p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99)}),
-        );
+        let progress = run.progress("fdatasync baseline", baseline_length(common.duration));
+        let fds = fdatasync_baseline(&work, common.duration, &progress)?;
+        results.insert("fdatasync_us".into(), fdatasync_json(fds.histogram()));
         run.add(fds);
     }
 
@@ -320,69 +421,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     // The load.
     let progress = run.progress("raft", common.warmup + common.duration);
-    let load = Load::new(&args, &addrs, &leaders);
+    let load = Load::new(&LoadSpec::of(&args), 0..args.clients, &addrs, &leaders);
     let t0 = Instant::now();
     let measure = t0 + common.warmup;
     let end = measure + common.duration;
-    let sample_at = Arc::new(Mutex::new(Vec::<(NodeStats, f64)>::new()));
-    let stats_thread = {
-        let latest: Vec<(Arc<Mutex<NodeStats>>, u32)> = nodes
-            .0
-            .iter()
-            .map(|n| (Arc::clone(&n.latest), n.pid))
-            .collect();
-        let sample_at = Arc::clone(&sample_at);
-        std::thread::spawn(move || {
-            for when in [measure, end] {
-                std::thread::sleep(when.saturating_duration_since(Instant::now()));
-                let mut total = NodeStats::default();
-                let mut cpu = 0.0;
-                for (l, pid) in &latest {
-                    let s = l.lock().map(|s| *s).unwrap_or_default();
-                    total.fsyncs += s.fsyncs;
-                    total.batches += s.batches;
-                    total.pipelined += s.pipelined;
-                    total.entries += s.entries;
-                    total.appends += s.appends;
-                    total.group_writes += s.group_writes;
-                    cpu += cpu_seconds(*pid).unwrap_or(0.0);
-                }
-                if let Ok(mut v) = sample_at.lock() {
-                    v.push((total, cpu));
-                }
-            }
-        })
-    };
+    let stats_thread = sample_window(nodes.gauges(), measure, end);
     let outcome = load.run(measure, end, common.rate, &progress);
     progress.finish();
-    let _ = stats_thread.join();
+    let samples = stats_thread.join().unwrap_or_default();
     drop(nodes);
 
-    let samples = sample_at.lock().map(|v| v.clone()).unwrap_or_default();
     let secs = common.duration.as_secs_f64();
     let ops_per_s = outcome.ok as f64 / secs;
     let h = outcome.latency.histogram();
     results.insert("ops_per_s".into(), json!(ops_per_s));
-    results.insert(
-        "latency_us".into(),
-        json!({"p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99),
-               "p999": h.value_at_quantile(0.999), "max": h.max()}),
-    );
+    results.insert("latency_us".into(), latency_json(h));
     if let [(s0, c0), (s1, c1)] = samples.as_slice() {
-        let d = s1.minus(*s0);
-        results.insert(
-            "entries_per_fsync".into(),
-            json!(d.entries as f64 / d.fsyncs.max(1) as f64),
-        );
-        results.insert(
-            "pipelined_fraction".into(),
-            json!(d.pipelined as f64 / d.batches.max(1) as f64),
-        );
-        results.insert("fsyncs_per_s".into(), json!(d.fsyncs as f64 / secs));
-        results.insert(
-            "group_writes_per_append".into(),
-            json!(d.group_writes as f64 / d.appends.max(1) as f64),
-        );
+        results.extend(log_figures(s1.minus(*s0), secs));
         results.insert("cpu_cores".into(), json!((c1 - c0) / secs));
     }
     results.insert("errors".into(), json!(outcome.errors));
@@ -401,27 +456,65 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn start_nodes(args: &Args, addrs: &[SocketAddr], work: &Path) -> anyhow::Result<Nodes> {
-    let exe = std::env::current_exe().context("finding this program to start the nodes")?;
-    let peers: Vec<String> = addrs
+    let peers = peer_list(addrs);
+    let spec = NodeSpec::of(args);
+    let mut nodes = Nodes(Vec::new());
+    for i in 0..addrs.len() {
+        let id = i as u64 + 1;
+        nodes
+            .0
+            .push(spec.start(id, &peers, &work.join(format!("node-{id}")))?);
+    }
+    Ok(nodes)
+}
+
+/// `1=ADDR,2=ADDR,...`: node `i + 1` at `addrs[i]`.
+pub(crate) fn peer_list(addrs: &[SocketAddr]) -> String {
+    addrs
         .iter()
         .enumerate()
         .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect();
-    let mut nodes = Nodes(Vec::new());
-    for i in 0..addrs.len() {
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// How every node of a run is configured (the flags of `raft-node` but its id, peers and
+/// folder).
+#[derive(Debug, Clone)]
+pub(crate) struct NodeSpec {
+    groups: u64,
+    shards: usize,
+    snapshot_every: u64,
+    io_mode: IoMode,
+}
+
+impl NodeSpec {
+    pub(crate) fn of(args: &Args) -> NodeSpec {
+        NodeSpec {
+            groups: args.groups,
+            shards: args.shards,
+            snapshot_every: args.snapshot_every,
+            io_mode: args.io_mode,
+        }
+    }
+
+    /// Starts node `id` (`raft-node`, a child of this process) and waits until it is
+    /// ready (at most 60 s).
+    pub(crate) fn start(&self, id: u64, peers: &str, dir: &Path) -> anyhow::Result<NodeProc> {
+        let exe = std::env::current_exe().context("finding this program to start the nodes")?;
         let mut child = Command::new(&exe)
             .arg("raft-node")
-            .args(["--id", &(i + 1).to_string(), "--peers", &peers.join(",")])
+            .args(["--id", &id.to_string(), "--peers", peers])
             .arg("--dir")
-            .arg(work.join(format!("node-{}", i + 1)))
+            .arg(dir)
             .args([
                 "--groups",
-                &args.groups.to_string(),
+                &self.groups.to_string(),
                 "--shards",
-                &args.shards.to_string(),
+                &self.shards.to_string(),
             ])
-            .args(["--snapshot-every", &args.snapshot_every.to_string()])
-            .args(["--io-mode", args.io_mode.name()])
+            .args(["--snapshot-every", &self.snapshot_every.to_string()])
+            .args(["--io-mode", self.io_mode.name()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -446,12 +539,14 @@ fn start_nodes(args: &Args, addrs: &[SocketAddr], work: &Path) -> anyhow::Result
                 }
             });
         }
-        nodes.0.push(NodeProc { child, latest, pid });
+        // Dropped on an error below: the node is stopped.
+        let node = Nodes(vec![NodeProc { child, latest, pid }]);
         ready_rx
             .recv_timeout(Duration::from_secs(60))
-            .map_err(|_| anyhow::anyhow!("node {} did not start within 60 s", i + 1))?;
+            .map_err(|_| anyhow::anyhow!("node {id} did not start within 60 s"))?;
+        let mut node = node;
+        node.0.pop().context("the node just started")
     }
-    Ok(nodes)
 }
 
 /// A blocking connection speaking the client protocol.
@@ -530,7 +625,7 @@ impl Conn {
 }
 
 /// Finds the leader node (index into `addrs`) of every group.
-fn find_leaders(
+pub(crate) fn find_leaders(
     addrs: &[SocketAddr],
     groups: u64,
     timeout: Duration,
@@ -590,11 +685,12 @@ fn find_leaders(
     Ok(leaders)
 }
 
-struct Outcome {
-    latency: Recorder,
-    ok: u64,
-    errors: u64,
-    error_kinds: BTreeMap<String, u64>,
+/// What the clients of a run saw.
+pub(crate) struct Outcome {
+    pub latency: Recorder,
+    pub ok: u64,
+    pub errors: u64,
+    pub error_kinds: BTreeMap<String, u64>,
 }
 
 impl Outcome {
@@ -607,6 +703,16 @@ impl Outcome {
         }
     }
 
+    /// Adds everything `o` saw.
+    fn absorb(&mut self, o: Outcome) {
+        self.latency.merge(&o.latency);
+        self.ok += o.ok;
+        self.errors += o.errors;
+        for (k, v) in o.error_kinds {
+            *self.error_kinds.entry(k).or_default() += v;
+        }
+    }
+
     /// Counts one error of kind `k`.
     fn error(&mut self, k: String) {
         self.errors += 1;
@@ -614,15 +720,42 @@ impl Outcome {
     }
 }
 
+/// What the clients do: the flags of the load.
+#[derive(Debug, Clone)]
+pub(crate) struct LoadSpec {
+    pub groups: u64,
+    pub keys: usize,
+    pub connections: usize,
+    pub value_bytes: usize,
+}
+
+impl LoadSpec {
+    pub(crate) fn of(args: &Args) -> LoadSpec {
+        LoadSpec {
+            groups: args.groups,
+            keys: args.keys,
+            connections: args.connections,
+            value_bytes: args.value_bytes,
+        }
+    }
+}
+
 /// The clients: assigned to groups round-robin, grouped by their group's leader.
-struct Load {
+pub(crate) struct Load {
     /// (leader address, keys per client of this connection) per connection.
     conns: Vec<(SocketAddr, Vec<Vec<Vec<u8>>>)>,
     value: Vec<u8>,
 }
 
 impl Load {
-    fn new(args: &Args, addrs: &[SocketAddr], leaders: &BTreeMap<u64, usize>) -> Load {
+    /// Clients `clients` (of the run's numbering: client `c` writes to group
+    /// `c mod groups + 1`), connected to their group's leader.
+    pub(crate) fn new(
+        args: &LoadSpec,
+        clients: std::ops::Range<usize>,
+        addrs: &[SocketAddr],
+        leaders: &BTreeMap<u64, usize>,
+    ) -> Load {
         // Keys of each group.
         let mut keys: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
         for i in 0..args.keys.max(args.groups as usize) {
@@ -633,7 +766,7 @@ impl Load {
         }
         // Clients per leader node.
         let mut per_node: BTreeMap<usize, Vec<Vec<Vec<u8>>>> = BTreeMap::new();
-        for c in 0..args.clients {
+        for c in clients {
             let g = (c as u64 % args.groups) + 1;
             let node = leaders.get(&g).copied().unwrap_or(0);
             per_node
@@ -663,7 +796,7 @@ impl Load {
         }
     }
 
-    fn run(
+    pub(crate) fn run(
         self,
         measure: Instant,
         end: Instant,
@@ -691,14 +824,7 @@ impl Load {
         let mut out = Outcome::new();
         for t in threads {
             match t.join() {
-                Ok(o) => {
-                    out.latency.merge(&o.latency);
-                    out.ok += o.ok;
-                    out.errors += o.errors;
-                    for (k, v) in o.error_kinds {
-                        *out.error_kinds.entry(k).or_default() += v;
-                    }
-                }
+                Ok(o) => out.absorb(o),
                 Err(_) => out.error("load thread panicked".into()),
             }
         }
@@ -921,12 +1047,8 @@ fn open_loop(
         .lock()
         .map(|m| m.values().filter(|&&t| t >= measure && t < end).count() as u64)
         .unwrap_or(0);
-    out.latency.merge(&o.latency);
-    out.ok += o.ok;
-    out.errors += o.errors + lost;
-    for (k, v) in o.error_kinds {
-        *out.error_kinds.entry(k).or_default() += v;
-    }
+    out.absorb(o);
+    out.errors += lost;
     if lost > 0 {
         *out.error_kinds.entry("unanswered".into()).or_default() += lost;
     }

@@ -24,14 +24,15 @@ use super::{
     Args, BIND_PORT_TRIES_MAX, CENSUS_POLL, CONVERGE_TRACE_MAX, CONVERGE_TRACE_REPORT_EVERY,
     DETECT_POLL,
 };
-use crate::harness::Run;
+use crate::harness::{Progress, Run};
 
-fn member_name(i: usize) -> String {
+/// The name of member `i` of the cluster.
+pub(crate) fn member_name(i: usize) -> String {
     format!("m{i}")
 }
 
 /// Starts member `i` at `addr`, trying the next ports when the address is taken.
-fn add_member(
+pub(crate) fn add_member(
     host: &Host,
     i: usize,
     addr: SocketAddr,
@@ -64,7 +65,7 @@ fn add_member(
 }
 
 /// Everything the census says that the report uses.
-fn census_json(c: &Census) -> Value {
+pub(crate) fn census_json(c: &Census) -> Value {
     let u = c.udp();
     let mut dropped = Map::new();
     for cause in DROP_CAUSES {
@@ -144,86 +145,40 @@ pub(super) fn measure(
     let mut seeds: Vec<SocketAddr> = Vec::with_capacity(args.seeds);
     let mut bind_retries = 0u64;
     let progress = run.progress("adding members", Duration::from_secs(n as u64));
-    let add_interval =
-        (args.add_rate > 0).then(|| Duration::from_secs(1) / args.add_rate.min(1_000_000) as u32);
-    for (i, &addr) in addrs.iter().enumerate() {
-        if let Some(every) = add_interval {
-            let due = started + every * i as u32;
-            let now = Instant::now();
-            if due > now {
-                thread::sleep(due - now);
-            }
+    let members: Vec<(usize, SocketAddr)> = addrs.iter().copied().enumerate().collect();
+    if let Err((i, e)) = add_all(
+        args,
+        host,
+        &members,
+        port_step,
+        &mut seeds,
+        &mut bind_retries,
+        &progress,
+    ) {
+        if i == 0 {
+            return Err(e);
         }
-        // The seeds themselves join those started before them (the first one starts alone;
-        // a member left alone retries its seeds later).
-        let via = if args.join_via_one && i >= args.seeds {
-            &seeds[i % seeds.len()..][..1]
-        } else {
-            &seeds[..]
-        };
-        let bound = match add_member(host, i, addr, port_step, via, &mut bind_retries) {
-            Ok(b) => b,
-            Err(e) if i > 0 => {
-                // Report what the host looked like when it could take no more.
-                progress.finish();
-                eprintln!("swim: {e:#}; stopping with {i} members started");
-                let c = host.census(i).context("census")?;
-                return Ok(json!({
-                    "members": n,
-                    "members_started": i,
-                    "add_error": format!("{e:#}"),
-                    "add_ms": started.elapsed().as_millis() as u64,
-                    "converged": false,
-                    "kill": args.kill,
-                    "fds_open": open_fds(),
-                    "fd_limit": nofile_limit().0,
-                    "sockstat": sockstat(),
-                    "census_at_failure": census_json(&c),
-                }));
-            }
-            Err(e) => return Err(e),
-        };
-        if i < args.seeds {
-            seeds.push(bound);
-        }
-        if i % 100 == 0 {
-            progress.tick(Duration::from_secs(i as u64));
-        }
+        // Report what the host looked like when it could take no more.
+        progress.finish();
+        eprintln!("swim: {e:#}; stopping with {i} members started");
+        let c = host.census(i).context("census")?;
+        return Ok(json!({
+            "members": n,
+            "members_started": i,
+            "add_error": format!("{e:#}"),
+            "add_ms": started.elapsed().as_millis() as u64,
+            "converged": false,
+            "kill": args.kill,
+            "fds_open": open_fds(),
+            "fd_limit": nofile_limit().0,
+            "sockstat": sockstat(),
+            "census_at_failure": census_json(&c),
+        }));
     }
-    progress.finish();
     let add_ms = started.elapsed().as_millis() as u64;
-    let added = Instant::now();
     let progress = run.progress("converging", converge_timeout);
-    // (ms since the first add, members converged, fewest alive seen by one member).
-    let mut trace: Vec<(u64, usize, usize)> = Vec::new();
-    let mut fds_max = open_fds();
-    let (converged, census) = loop {
-        let c = host.census(n).context("census")?;
-        let seen_min = c.shards.iter().map(|s| s.alive_seen_min).min().unwrap_or(0);
-        let ms = started.elapsed().as_millis() as u64;
-        fds_max = fds_max.max(open_fds());
-        if trace
-            .last()
-            .is_none_or(|l| (l.1, l.2) != (c.converged(), seen_min))
-        {
-            if trace.len() % CONVERGE_TRACE_REPORT_EVERY == 0 {
-                eprintln!(
-                    "swim: {ms} ms: {} of {n} converged, fewest alive seen {seen_min}",
-                    c.converged()
-                );
-            }
-            trace.push((ms, c.converged(), seen_min));
-        }
-        if c.converged() == n {
-            break (true, c);
-        }
-        if added.elapsed() >= converge_timeout {
-            break (false, c);
-        }
-        progress.tick(added.elapsed());
-        thread::sleep(CENSUS_POLL);
-    };
-    progress.finish();
+    let (converged, census, trace, mut fds_max) =
+        converge(host, n, n, started, converge_timeout, &progress)?;
     let converge_ms = started.elapsed().as_millis() as u64;
     if !converged {
         eprintln!(
@@ -234,53 +189,23 @@ pub(super) fn measure(
     let at_converge = census_json(&census);
 
     // 2. Steady state.
-    thread::sleep(args.common.warmup);
-    let c0 = host.census(n).context("census")?;
-    let cpu0 = process_cpu()?;
-    let t0 = Instant::now();
     let progress = run.progress("steady state", args.common.duration);
-    while t0.elapsed() < args.common.duration {
-        progress.tick(t0.elapsed());
-        thread::sleep(
-            args.common
-                .duration
-                .saturating_sub(t0.elapsed())
-                .min(Duration::from_secs(1)),
-        );
-    }
-    progress.finish();
-    let cpu1 = process_cpu()?;
-    let steady = t0.elapsed();
-    let c1 = host.census(n).context("census")?;
-    let (rss_kib, hwm_kib) = process_memory_kib()?;
-    let fds_steady = open_fds();
-    let sockstat_steady = sockstat();
-    fds_max = fds_max.max(fds_steady);
-    let (d0, b0, s0) = traffic(&c0);
-    let (d1, b1, s1) = traffic(&c1);
-    let member_secs = n as f64 * steady.as_secs_f64();
-    let cpu_s = cpu1.saturating_sub(cpu0).as_secs_f64();
+    let steady = steady_state(host, n, args.common.warmup, args.common.duration, &progress)?;
+    fds_max = fds_max.max(steady.fds);
     let fp_before_kill = lock(tally).false_positives.len();
 
     // 3. Kill and detect.
     let victims = pick_victims(n, args.seeds, args.kill, args.seed);
-    let kill_start = Instant::now();
-    for &v in &victims {
-        let name = member_name(v);
-        lock(tally).killed.insert(name.clone(), Instant::now());
-        host.kill(&name)
-            .with_context(|| format!("killing {name}"))?;
-    }
     let want = (n - victims.len()) * victims.len();
     let progress = run.progress("detecting", args.detect_timeout);
-    while !victims.is_empty() && kill_start.elapsed() < args.detect_timeout {
-        if lock(tally).detected.len() >= want {
-            break;
-        }
-        progress.tick(kill_start.elapsed());
-        thread::sleep(DETECT_POLL);
-    }
-    progress.finish();
+    let kill_start = kill_and_detect(
+        host,
+        tally,
+        (&victims, &victims),
+        want,
+        args.detect_timeout,
+        &progress,
+    )?;
     let detect_wall_ms = kill_start.elapsed().as_millis() as u64;
     let live = n - victims.len();
     let c_end = host.census(live).context("census")?;
@@ -299,20 +224,20 @@ pub(super) fn measure(
         "converged": converged,
         "converge_ms": converge_ms,
         "bind_retries": bind_retries,
-        "steady_s": steady.as_secs_f64(),
-        "cpu_s": cpu_s,
-        "cpu_s_per_member_per_s": cpu_s / member_secs,
-        "cpu_cores_busy": cpu_s / steady.as_secs_f64(),
-        "msgs_per_member_per_s": (d1 - d0) as f64 / member_secs,
-        "bytes_per_member_per_s": (b1 - b0) as f64 / member_secs,
-        "stream_bytes_per_member_per_s": (s1 - s0) as f64 / member_secs,
-        "rss_mb": rss_kib as f64 / 1024.0,
-        "rss_hwm_mb": hwm_kib as f64 / 1024.0,
-        "fds_open_after_steady": fds_steady,
+        "steady_s": steady.elapsed.as_secs_f64(),
+        "cpu_s": steady.cpu_s,
+        "cpu_s_per_member_per_s": steady.cpu_s / steady.member_secs(n),
+        "cpu_cores_busy": steady.cpu_s / steady.elapsed.as_secs_f64(),
+        "msgs_per_member_per_s": steady.datagrams as f64 / steady.member_secs(n),
+        "bytes_per_member_per_s": steady.bytes as f64 / steady.member_secs(n),
+        "stream_bytes_per_member_per_s": steady.stream_bytes as f64 / steady.member_secs(n),
+        "rss_mb": steady.rss_kib as f64 / 1024.0,
+        "rss_hwm_mb": steady.hwm_kib as f64 / 1024.0,
+        "fds_open_after_steady": steady.fds,
         "fds_open_max": fds_max,
-        "sockstat_after_steady": sockstat_steady,
+        "sockstat_after_steady": steady.sockstat,
         "fd_limit": nofile_limit().0,
-        "converged_after_steady": c1.converged(),
+        "converged_after_steady": steady.census_after.converged(),
         "false_positives_before_kill": fp_before_kill,
         "victims": victims.iter().map(|&v| member_name(v)).collect::<Vec<_>>(),
         "detect_wall_ms": detect_wall_ms,
@@ -322,9 +247,203 @@ pub(super) fn measure(
             .map(|&(ms, c, seen)| json!({"ms": ms, "converged": c, "alive_seen_min": seen}))
             .collect::<Vec<_>>(),
         "census_at_converge": at_converge,
-        "census_after_steady": census_json(&c1),
+        "census_after_steady": census_json(&steady.census_after),
         "census_at_end": census_json(&c_end),
     }))
+}
+
+/// Adds `members` (cluster index, address) in order, paced by `--add-rate`; the first
+/// `--seeds` of the cluster go into `seeds` as they start and everyone joins through
+/// `seeds` (or one of them, `--join-via-one`). On failure: the position in `members` that
+/// failed, and why.
+pub(crate) fn add_all(
+    args: &Args,
+    host: &Host,
+    members: &[(usize, SocketAddr)],
+    port_step: u16,
+    seeds: &mut Vec<SocketAddr>,
+    bind_retries: &mut u64,
+    progress: &Progress,
+) -> Result<(), (usize, anyhow::Error)> {
+    let started = Instant::now();
+    let add_interval =
+        (args.add_rate > 0).then(|| Duration::from_secs(1) / args.add_rate.min(1_000_000) as u32);
+    for (k, &(i, addr)) in members.iter().enumerate() {
+        if let Some(every) = add_interval {
+            let due = started + every * k as u32;
+            let now = Instant::now();
+            if due > now {
+                thread::sleep(due - now);
+            }
+        }
+        // The seeds themselves join those started before them (the first one starts alone;
+        // a member left alone retries its seeds later).
+        let via = if args.join_via_one && i >= args.seeds && !seeds.is_empty() {
+            &seeds[i % seeds.len()..][..1]
+        } else {
+            &seeds[..]
+        };
+        let bound = add_member(host, i, addr, port_step, via, bind_retries).map_err(|e| (k, e))?;
+        if i < args.seeds {
+            seeds.push(bound);
+        }
+        if k % 100 == 0 {
+            progress.tick(Duration::from_secs(k as u64));
+        }
+    }
+    progress.finish();
+    Ok(())
+}
+
+/// (ms since `started`, members converged, fewest alive seen by one member).
+pub(crate) type TracePoint = (u64, usize, usize);
+
+/// Polls the census until the `here` members of this host all see the `expected` members
+/// of the cluster alive and none suspect, or `timeout` has passed; whether they did, the
+/// last census, the convergence trace and the most descriptors seen open.
+pub(crate) fn converge(
+    host: &Host,
+    expected: usize,
+    here: usize,
+    started: Instant,
+    timeout: Duration,
+    progress: &Progress,
+) -> anyhow::Result<(bool, Census, Vec<TracePoint>, usize)> {
+    let waiting = Instant::now();
+    let mut trace: Vec<TracePoint> = Vec::new();
+    let mut fds_max = open_fds();
+    let (converged, census) = loop {
+        let c = host.census(expected).context("census")?;
+        let seen_min = c.shards.iter().map(|s| s.alive_seen_min).min().unwrap_or(0);
+        let ms = started.elapsed().as_millis() as u64;
+        fds_max = fds_max.max(open_fds());
+        if trace
+            .last()
+            .is_none_or(|l| (l.1, l.2) != (c.converged(), seen_min))
+        {
+            if trace.len() % CONVERGE_TRACE_REPORT_EVERY == 0 {
+                eprintln!(
+                    "swim: {ms} ms: {} of {here} converged, fewest alive seen {seen_min}",
+                    c.converged()
+                );
+            }
+            trace.push((ms, c.converged(), seen_min));
+        }
+        if c.converged() == here {
+            break (true, c);
+        }
+        if waiting.elapsed() >= timeout {
+            break (false, c);
+        }
+        progress.tick(waiting.elapsed());
+        thread::sleep(CENSUS_POLL);
+    };
+    progress.finish();
+    Ok((converged, census, trace, fds_max))
+}
+
+/// What the steady state measured on this host.
+#[derive(Debug)]
+pub(crate) struct Steady {
+    /// How long it lasted.
+    pub elapsed: Duration,
+    /// CPU seconds this process used meanwhile.
+    pub cpu_s: f64,
+    /// Datagrams, bytes and stream bytes sent meanwhile.
+    pub datagrams: u64,
+    pub bytes: u64,
+    pub stream_bytes: u64,
+    /// VmRSS and VmHWM at its end.
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+    /// Descriptors open and the kernel's socket counts at its end.
+    pub fds: usize,
+    pub sockstat: Vec<String>,
+    /// The census at its end.
+    pub census_after: Census,
+}
+
+impl Steady {
+    /// Member-seconds of `members` members over the steady state.
+    pub fn member_secs(&self, members: usize) -> f64 {
+        members as f64 * self.elapsed.as_secs_f64()
+    }
+}
+
+/// Waits `warmup`, then measures `duration` of steady state.
+pub(crate) fn steady_state(
+    host: &Host,
+    expected: usize,
+    warmup: Duration,
+    duration: Duration,
+    progress: &Progress,
+) -> anyhow::Result<Steady> {
+    thread::sleep(warmup);
+    let c0 = host.census(expected).context("census")?;
+    let cpu0 = process_cpu()?;
+    let t0 = Instant::now();
+    while t0.elapsed() < duration {
+        progress.tick(t0.elapsed());
+        thread::sleep(
+            duration
+                .saturating_sub(t0.elapsed())
+                .min(Duration::from_secs(1)),
+        );
+    }
+    progress.finish();
+    let cpu1 = process_cpu()?;
+    let elapsed = t0.elapsed();
+    let c1 = host.census(expected).context("census")?;
+    let (rss_kib, hwm_kib) = process_memory_kib()?;
+    let (d0, b0, s0) = traffic(&c0);
+    let (d1, b1, s1) = traffic(&c1);
+    Ok(Steady {
+        elapsed,
+        cpu_s: cpu1.saturating_sub(cpu0).as_secs_f64(),
+        datagrams: d1.saturating_sub(d0),
+        bytes: b1.saturating_sub(b0),
+        stream_bytes: s1.saturating_sub(s0),
+        rss_kib,
+        hwm_kib,
+        fds: open_fds(),
+        sockstat: sockstat(),
+        census_after: c1,
+    })
+}
+
+/// Crashes `here` (this host's victims, cluster indexes), after marking every one of
+/// `all` killed in the tally from now on, then waits until the tally holds `want`
+/// detections or `timeout` has passed. Returns the moment the kills began.
+pub(crate) fn kill_and_detect(
+    host: &Host,
+    tally: &Mutex<Tally>,
+    (here, all): (&[usize], &[usize]),
+    want: usize,
+    timeout: Duration,
+    progress: &Progress,
+) -> anyhow::Result<Instant> {
+    let kill_start = Instant::now();
+    {
+        let mut t = lock(tally);
+        for &v in all {
+            t.killed.insert(member_name(v), kill_start);
+        }
+    }
+    for &v in here {
+        let name = member_name(v);
+        lock(tally).killed.insert(name.clone(), Instant::now());
+        host.kill(&name)
+            .with_context(|| format!("killing {name}"))?;
+    }
+    while !all.is_empty() && kill_start.elapsed() < timeout {
+        if lock(tally).detected.len() >= want {
+            break;
+        }
+        progress.tick(kill_start.elapsed());
+        thread::sleep(DETECT_POLL);
+    }
+    progress.finish();
+    Ok(kill_start)
 }
 
 /// At most `max` (≥ 2) items of `all`, evenly spread, the first and the last included.

@@ -36,15 +36,14 @@ mod measure;
 mod process;
 mod tally;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use ringleader_engine::host::{EventMask, Host, HostConfig, StreamListeners};
 use ringleader_engine::swim::Config;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 pub use measure::{pick_victims, thin};
 pub use process::{
@@ -54,7 +53,10 @@ pub use tally::Tally;
 
 use crate::harness::{CommonArgs, Recorder, Run, parse_duration};
 use measure::measure;
-use tally::{drain, lock};
+pub(crate) use measure::{
+    add_all, census_json, converge, kill_and_detect, member_name, steady_state,
+};
+pub(crate) use tally::{EventThread, lock};
 
 /// How often the census is asked for while waiting for convergence.
 pub const CENSUS_POLL: Duration = Duration::from_millis(250);
@@ -200,7 +202,7 @@ pub fn listeners_for(
 /// Shuts `host` down on a thread of its own and waits at most `wait`: a shard that does
 /// not stop must not hang the benchmark (its threads end with the process). Whether it
 /// stopped cleanly in time.
-fn shutdown_within(host: Host, wait: Duration) -> bool {
+pub(crate) fn shutdown_within(host: Host, wait: Duration) -> bool {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let spawned = thread::Builder::new()
         .name("swim-shutdown".to_owned())
@@ -224,11 +226,8 @@ fn shutdown_within(host: Host, wait: Duration) -> bool {
     }
 }
 
-/// Runs the scenario.
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let mut swim =
-        Config::named(&args.config).with_context(|| format!("unknown --config {}", args.config))?;
-    apply_sets(&mut swim, &args.set)?;
+/// Checks the cluster-wide flags: `--members`, `--seeds`, `--kill`, `--config`, `--set`.
+pub fn check(args: &Args) -> anyhow::Result<()> {
     let n = args.members;
     if !(2..=MEMBERS_MAX).contains(&n) {
         bail!("--members must be in 2..={MEMBERS_MAX}");
@@ -239,29 +238,43 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.kill + args.seeds >= n {
         bail!("--kill must leave the seeds and at least one other member alive");
     }
-    let port = args
-        .port
-        .unwrap_or_else(|| ringleader_engine::transport::port_base_below_ephemeral(64));
-    let converge_timeout = args
-        .converge_timeout
-        .unwrap_or(CONVERGE_TIMEOUT_BASE + CONVERGE_TIMEOUT_PER_MEMBER * n as u32);
+    swim_config(args).map(drop)
+}
 
+fn swim_config(args: &Args) -> anyhow::Result<Config> {
+    let mut swim =
+        Config::named(&args.config).with_context(|| format!("unknown --config {}", args.config))?;
+    apply_sets(&mut swim, &args.set)?;
+    Ok(swim)
+}
+
+/// The convergence bound `--converge-timeout` gives (or its default for `n` members).
+pub fn converge_timeout(args: &Args) -> Duration {
+    args.converge_timeout
+        .unwrap_or(CONVERGE_TIMEOUT_BASE + CONVERGE_TIMEOUT_PER_MEMBER * args.members as u32)
+}
+
+/// The host of a run with `here` of the cluster's `args.members` members in this process,
+/// TCP listeners as `listeners` (a `--listeners` value) says, shards named `name`.
+pub(crate) fn host_config(
+    args: &Args,
+    here: usize,
+    cluster: usize,
+    listeners: &str,
+    name: &str,
+) -> anyhow::Result<HostConfig> {
     let mut hc = HostConfig {
-        swim,
+        swim: swim_config(args)?,
         events: EventMask::FAILURES,
         ..HostConfig::default()
     };
     hc.runtime.shards = args.shards;
     hc.runtime.pin = args.pin;
     hc.runtime.events_capacity = args.events_capacity;
-    hc.runtime.name = "swim".to_owned();
-    hc.cluster_members_max = hc.cluster_members_max.max(n);
-    hc.stream_listeners = listeners_for(
-        &args.listeners,
-        n,
-        hc.runtime.shard_count(),
-        nofile_limit().1,
-    )?;
+    hc.runtime.name = name.to_owned();
+    hc.cluster_members_max = hc.cluster_members_max.max(cluster);
+    hc.stream_listeners =
+        listeners_for(listeners, here, hc.runtime.shard_count(), nofile_limit().1)?;
     if let Some(slots) = args.send_slots {
         hc.udp.send_slots = slots;
     }
@@ -274,7 +287,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .udp
         .cq_entries
         .max(u32::try_from(in_flight.next_power_of_two()).unwrap_or(u32::MAX));
+    Ok(hc)
+}
 
+/// Runs the scenario.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    check(&args)?;
+    let n = args.members;
+    let port = args
+        .port
+        .unwrap_or_else(|| ringleader_engine::transport::port_base_below_ephemeral(64));
+    let converge_timeout = converge_timeout(&args);
+    let hc = host_config(&args, n, n, &args.listeners, "swim")?;
     let hc_udp = hc.udp.clone();
     let hc_listeners = hc.stream_listeners;
     let host = Host::start(hc).context("starting the host")?;
@@ -295,15 +319,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     });
     let mut run = Run::new("swim", args.common.out.as_deref(), args.common.json, config)?;
 
-    let tally = Arc::new(Mutex::new(Tally::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let drainer = {
-        let (events, tally, stop) = (host.events().clone(), Arc::clone(&tally), Arc::clone(&stop));
-        thread::Builder::new()
-            .name("swim-events".to_owned())
-            .spawn(move || drain(events, tally, stop))
-            .context("starting the event thread")?
-    };
+    let drainer = EventThread::start(host.events().clone()).context("starting the event thread")?;
+    let tally = Arc::clone(&drainer.tally);
     let result = measure(
         &args,
         &host,
@@ -316,9 +333,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // Said now: a host that cannot answer may not shut down either.
         eprintln!("swim: the run failed: {e:#}");
     }
-    stop.store(true, Ordering::Relaxed);
+    drainer.stop();
     let shutdown_clean = shutdown_within(host, SHUTDOWN_WAIT_MAX);
-    if drainer.join().is_err() {
+    if !drainer.join() {
         bail!("the event thread panicked");
     }
     let mut results = result?;
@@ -328,6 +345,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .insert("shutdown_clean".into(), json!(shutdown_clean));
 
     let t = lock(&tally);
+    // Observers: the members not killed (none were when the start failed).
+    let (detect, figures) = tally_results(&t, n - t.killed.len());
+    let r = results.as_object_mut().context("results are an object")?;
+    r.extend(figures);
+    drop(t);
+    run.add(detect);
+    run.finish(results)
+}
+
+/// What the event thread saw, as the report's fields (`detect_ms`, `detected`,
+/// `undetected`, false positives and suspicions, events by kind), and the detection-time
+/// histogram. `observers`: the live members whose events were drained.
+pub(crate) fn tally_results(t: &Tally, observers: usize) -> (Recorder, Map<String, Value>) {
     let mut detect = Recorder::new("detect_ms");
     let mut detections: Vec<(Instant, u64)> =
         t.detected.values().map(|&(ms, at)| (at, ms)).collect();
@@ -335,10 +365,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for (at, ms) in detections {
         detect.record_at(at, ms);
     }
-    // Victims actually killed (none when the start failed).
-    let killed = t.killed.len();
-    let pairs = (n - killed) * killed;
-    let r = results.as_object_mut().context("results are an object")?;
+    let pairs = observers * t.killed.len();
+    let mut r = Map::new();
     r.insert("detect_ms".into(), detect.summary());
     r.insert("detected".into(), json!(t.detected.len()));
     r.insert(
@@ -377,9 +405,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .collect(),
         ),
     );
-    drop(t);
-    run.add(detect);
-    run.finish(results)
+    (detect, r)
 }
 
 #[cfg(test)]

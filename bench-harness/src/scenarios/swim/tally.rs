@@ -103,13 +103,51 @@ impl Tally {
     }
 }
 
-pub(super) fn lock(t: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
+pub(crate) fn lock(t: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
     // The tally is plain counters: a panic elsewhere leaves it usable.
     t.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The thread that drains a host's events into a [`Tally`] for the whole run.
+pub(crate) struct EventThread {
+    /// What it has seen so far.
+    pub tally: Arc<Mutex<Tally>>,
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl EventThread {
+    /// Starts draining `events`.
+    pub fn start(events: crossbeam_channel::Receiver<HostEvent>) -> std::io::Result<EventThread> {
+        let tally = Arc::new(Mutex::new(Tally::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = {
+            let (tally, stop) = (Arc::clone(&tally), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("swim-events".to_owned())
+                .spawn(move || drain(events, tally, stop))?
+        };
+        Ok(EventThread {
+            tally,
+            stop,
+            handle,
+        })
+    }
+
+    /// Asks the thread to stop (it drains what is queued first).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops the thread and waits for it; whether it ended without a panic.
+    pub fn join(self) -> bool {
+        self.stop();
+        self.handle.join().is_ok()
+    }
+}
+
 /// Drains `events` into `tally` until `stop` is set.
-pub(super) fn drain(
+fn drain(
     events: crossbeam_channel::Receiver<HostEvent>,
     tally: Arc<Mutex<Tally>>,
     stop: Arc<AtomicBool>,
