@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod netns;
 
 #[derive(Parser, Debug)]
 #[command(name = "ringleader-tools", version, about = "Ringleader tools")]
@@ -56,6 +57,8 @@ enum Command {
     ForceLeave(cmd::agent_cli::ForceLeaveArgs),
     /// Stream a running agent's events (NDJSON with --json).
     Monitor(cmd::agent_cli::MonitorArgs),
+    /// An emulated network in namespaces rlh1..rlhN (bridge in rlbr), and faults on it.
+    Netns(cmd::netns::Args),
 }
 
 /// Sends the engine's `tracing` events to stderr, filtered by `RUST_LOG` or `--log-level`.
@@ -102,5 +105,6 @@ fn main() -> anyhow::Result<()> {
         Command::Join(a) => cmd::agent_cli::run(cmd::agent_cli::Cmd::Join(a)),
         Command::ForceLeave(a) => cmd::agent_cli::run(cmd::agent_cli::Cmd::ForceLeave(a)),
         Command::Monitor(a) => cmd::agent_cli::run(cmd::agent_cli::Cmd::Monitor(a)),
+        Command::Netns(a) => cmd::netns::run(a),
     }
 }

@@ -6,6 +6,7 @@ pub mod compare;
 pub mod flamegraph;
 pub mod flood;
 pub mod kv;
+pub mod netns;
 pub mod node;
 pub mod raft_crash;
 pub mod server;
