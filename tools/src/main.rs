@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod kvload;
 mod netns;
 
 #[derive(Parser, Debug)]
@@ -59,6 +60,16 @@ enum Command {
     Monitor(cmd::agent_cli::MonitorArgs),
     /// An emulated network in namespaces rlh1..rlhN (bridge in rlbr), and faults on it.
     Netns(cmd::netns::Args),
+    /// A fault scenario on an emulated network (namespaces set up and torn down by
+    /// itself); the last stdout line is its JSON report, `"ok": true|false`.
+    Faults(cmd::faults::Args),
+    /// The part of `faults` that runs inside the checker's namespace.
+    #[command(hide = true)]
+    FaultsDriver(cmd::faults::Args),
+    /// N SWIM members on one host, their failure events and views as JSON lines (for the
+    /// fault suites).
+    #[command(hide = true)]
+    SwimMembers(cmd::swim_members::Args),
 }
 
 /// Sends the engine's `tracing` events to stderr, filtered by `RUST_LOG` or `--log-level`.
@@ -106,5 +117,8 @@ fn main() -> anyhow::Result<()> {
         Command::ForceLeave(a) => cmd::agent_cli::run(cmd::agent_cli::Cmd::ForceLeave(a)),
         Command::Monitor(a) => cmd::agent_cli::run(cmd::agent_cli::Cmd::Monitor(a)),
         Command::Netns(a) => cmd::netns::run(a),
+        Command::Faults(a) => cmd::faults::run(a),
+        Command::FaultsDriver(a) => cmd::faults::run_driver(a),
+        Command::SwimMembers(a) => cmd::swim_members::run(a),
     }
 }

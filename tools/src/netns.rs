@@ -204,17 +204,6 @@ pub fn up(hosts: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes our namespaces when dropped (also while unwinding from a panic).
-pub struct Teardown;
-
-impl Drop for Teardown {
-    fn drop(&mut self) {
-        if let Err(e) = down() {
-            eprintln!("netns: tearing down: {e:#}");
-        }
-    }
-}
-
 /// `ip netns exec NS program`: a command that runs inside host `i`'s namespace (`ip`
 /// switches namespace and execs the program, so the child's pid is the program's).
 pub fn exec_in(i: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
@@ -417,12 +406,6 @@ pub fn partition_one_way(from: usize, to: usize) -> anyhow::Result<()> {
     }
     ensure_root(from)?;
     tc_in(&host_ns(from), &drop_to_args(HOST_DEV, host_addr(to)))
-}
-
-/// Takes host `i`'s bridge port up again (undoes [`partition`] only).
-pub fn reconnect(i: usize) -> anyhow::Result<()> {
-    check_host(i)?;
-    ip(&["-n", BRIDGE_NS, "link", "set", &port_dev(i), "up"]).map(drop)
 }
 
 /// Removes every fault: each host's queueing disciplines and filters, and every bridge
