@@ -58,7 +58,7 @@ impl Suite {
     /// Wall-clock bound of a whole run.
     fn deadline(self, short: bool) -> Duration {
         Duration::from_secs(match (self, short) {
-            (Suite::SwimPartition, true) => 240,
+            (Suite::SwimPartition, true) => 330,
             (Suite::SwimPartition, false) => 420,
             (Suite::RaftPartitionLeader, true) => 240,
             (Suite::RaftPartitionLeader, false) => 420,

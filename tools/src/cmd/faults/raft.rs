@@ -3,7 +3,9 @@
 //! linearizable gets, and unique puts): two contended workers and the unique writer in the
 //! checker's namespace, two contended workers in the leader's. Once writes are acknowledged
 //! the leader's host is cut off for 20 s (8 s with `--short`). Checked: the majority elects
-//! a new leader (the leader change time is the first write another node acknowledges); a
+//! a new leader (the leader change time: from the cut until another node serves a
+//! linearizable read; also reported, when the clients' first write was acknowledged by
+//! another node, which includes their request timeout on the old leader); a
 //! reader in the old leader's namespace keeps sending it lease and linearizable reads, and
 //! none may be answered later than its lease plus an election timeout after the cut
 //! (CheckQuorum steps it down); after the heal every acknowledged write is read back and
@@ -94,6 +96,30 @@ fn minority_reader(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Asks every node but `old` for a linearizable read, round after round, until one serves
+/// it (it leads, and a heartbeat quorum confirmed it) or `limit` passes: that node, and
+/// when it answered.
+fn probe_new_leader(addrs: &[SocketAddr], old: usize, limit: Duration) -> Option<(usize, Instant)> {
+    let mut clients: Vec<Client> = (0..addrs.len())
+        .map(|i| Client::new(addrs.to_vec(), i))
+        .collect();
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        for (i, c) in clients.iter_mut().enumerate().filter(|(i, _)| *i != old) {
+            c.retarget(i);
+            let got = c.attempt(&ClientOp::Get {
+                key: key_bytes(0),
+                consistency: Consistency::Linearizable,
+            });
+            if matches!(got, Attempt::Answer(ClientResult::Value(_))) {
+                return Some((i, Instant::now()));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
 }
 
 /// Polls until `cond` holds or `limit` passes; whether it held.
@@ -187,12 +213,15 @@ pub fn partition_leader(a: &Args) -> anyhow::Result<serde_json::Value> {
     let cut_at = Instant::now();
     let acked_at_cut = sh.acked.load(Ordering::SeqCst);
     say(format!("cut node {} off", old + 1));
-    let changed = wait_until(cut_for, || {
+    let probed = probe_new_leader(&addrs, old, cut_for);
+    let leader_change_ms = probed.map(|(_, t)| t.duration_since(cut_at).as_millis() as u64);
+    let new_leader = probed.map_or(usize::MAX, |(i, _)| i);
+    // What the clients saw: the first write another node acknowledged.
+    let changed = wait_until(cut_for.saturating_sub(cut_at.elapsed()), || {
         let l = leader();
         l != old && l < NODES && sh.acked.load(Ordering::SeqCst) > acked_at_cut
     });
-    let leader_change_ms = changed.then(|| cut_at.elapsed().as_millis() as u64);
-    let new_leader = leader();
+    let clients_moved_ms = changed.then(|| cut_at.elapsed().as_millis() as u64);
     std::thread::sleep(cut_for.saturating_sub(cut_at.elapsed()));
     let acked_during_cut = sh.acked.load(Ordering::SeqCst) - acked_at_cut;
     netns::heal()?;
@@ -252,7 +281,8 @@ pub fn partition_leader(a: &Args) -> anyhow::Result<serde_json::Value> {
         .max();
     let answered_before = reads.iter().filter(|r| r.answered && r.at <= t_cut).count();
     let acknowledged = sh.acked.load(Ordering::SeqCst);
-    let ok = changed
+    let ok = probed.is_some()
+        && changed
         && resumed
         && lost == 0
         && unreadable == 0
@@ -274,6 +304,7 @@ pub fn partition_leader(a: &Args) -> anyhow::Result<serde_json::Value> {
         "old_leader": old + 1,
         "new_leader": (new_leader < NODES).then_some(new_leader + 1),
         "leader_change_ms": leader_change_ms,
+        "clients_moved_ms": clients_moved_ms,
         "acknowledged": acknowledged,
         "acknowledged_during_cut": acked_during_cut,
         "resumed_after_heal": resumed,

@@ -1,6 +1,8 @@
 //! `faults swim-partition`: 3 hosts × 100 SWIM members (one `swim-members` process per
 //! host namespace). Once every member sees all 300 alive, host 3 is cut off for 60 s (20 s
-//! with `--short`); both sides must declare the other side failed, and after the heal the
+//! with `--short`), and longer if need be until both sides have declared the other side
+//! failed (every member of the other side declared down by a member of this side; at most
+//! 40 s longer, a run where they do not fails); after the heal the
 //! cluster must re-merge by itself (the SWIM core's periodic reconnects to failed members;
 //! `reconnect_interval_ms`). Checked over the whole run: no member was ever declared failed
 //! by a member on its own side of the cut (false positives).
@@ -23,11 +25,22 @@ pub const HOSTS: usize = 3;
 const MEMBERS: usize = 100;
 /// Member k of a host binds this port + k.
 const PORT: u16 = 7000;
+/// The cut lasts at least the suite's duration, and longer (up to this beyond it) until
+/// both sides have declared every member of the other failed.
+const CUT_EXTRA_MAX: Duration = Duration::from_secs(40);
 /// The host cut off.
 const CUT: usize = HOSTS;
-/// The suite's own overrides of the preset (a `--set` of the same key wins): reconnects
-/// every 10 s instead of lan's 30 s, so a re-merge is measured in seconds.
-const SUITE_SETS: &[&str] = &["reconnect_interval_ms=10000"];
+/// The suite's own overrides of the lan preset (a `--set` of the same key wins). With lan's
+/// timers a 300-member cluster takes up to a minute to declare a member dead
+/// (`suspicion_max_timeout_mult` 6 × 4 × log10(300) × 1 s): twice as fast probes and a
+/// maximum suspicion timeout of 3× the minimum (15 s) let both sides finish declaring the
+/// other failed within a 20 s cut; reconnects every 10 s instead of 30 s bound the re-merge.
+const SUITE_SETS: &[&str] = &[
+    "probe_interval_ms=500",
+    "probe_timeout_ms=250",
+    "suspicion_max_timeout_mult=3",
+    "reconnect_interval_ms=10000",
+];
 
 /// What the member processes reported.
 #[derive(Default)]
@@ -46,6 +59,9 @@ struct Seen {
     downs_across: u64,
     /// Lines that did not parse.
     bad_lines: u64,
+    /// Per side (false: the majority, true: the cut host), the members of the other side
+    /// some member of this side declared down, and when the last of them was.
+    declared: [(std::collections::HashSet<String>, u64); 2],
 }
 
 /// The host a member name `hI-K` belongs to.
@@ -89,7 +105,13 @@ impl Seen {
                             ));
                         }
                     }
-                    ("down", false) => self.downs_across += 1,
+                    ("down", false) => {
+                        self.downs_across += 1;
+                        let d = &mut self.declared[usize::from(side(by))];
+                        if d.0.insert(s("m").to_owned()) {
+                            d.1 = d.1.max(u("t"));
+                        }
+                    }
                     ("suspect", true) => self.same_side_suspicions += 1,
                     _ => {}
                 }
@@ -213,7 +235,8 @@ pub fn partition(a: &Args) -> anyhow::Result<serde_json::Value> {
     }
     let converge_limit = Duration::from_secs(90);
     let remerge_limit = reconnect * 3 + Duration::from_secs(60);
-    let exit_after = converge_limit + cut_for + remerge_limit + Duration::from_secs(60);
+    let exit_after =
+        converge_limit + cut_for + CUT_EXTRA_MAX + remerge_limit + Duration::from_secs(60);
 
     let seen = Arc::new(Mutex::new(Seen {
         views: vec![Vec::new(); HOSTS],
@@ -243,14 +266,26 @@ pub fn partition(a: &Args) -> anyhow::Result<serde_json::Value> {
     ));
     netns::partition(CUT)?;
     let t_cut = mono_ms();
-    // Each side must see exactly itself alive: the majority hosts 200, the cut host 100.
-    let split_pred = |h: usize, lo: usize, hi: usize| {
+    // Each side declares the other failed: every member of the other side declared down
+    // by a member of this side. The cut holds until then (at most CUT_EXTRA_MAX longer):
+    // a heal half way through the suspicions is another scenario (docs/BENCHMARKS.md).
+    let declared = |s: &Seen| {
+        let [(a, ta), (b, tb)] = &s.declared;
+        (a.len() == MEMBERS && b.len() == total - MEMBERS).then(|| (*ta).max(*tb))
+    };
+    let split = wait_for(&seen, cut_for + CUT_EXTRA_MAX, declared);
+    // Reported too: when every member's own view showed only its side (a member that
+    // missed the rumours learns by probing, which Lifeguard slows on the cut side).
+    let views_pred = |h: usize, lo: usize, hi: usize| {
         let own = if side(h) { MEMBERS } else { total - MEMBERS };
         lo == own && hi == own
     };
-    let split = wait_for(&seen, cut_for, |s| s.all_first(t_cut, split_pred));
     let rest = cut_for.saturating_sub(Duration::from_millis(mono_ms() - t_cut));
     std::thread::sleep(rest);
+    let views_split = seen
+        .lock()
+        .ok()
+        .and_then(|s| s.all_first(t_cut, views_pred));
     netns::heal()?;
     let t_heal = mono_ms();
     say(format!(
@@ -298,7 +333,8 @@ pub fn partition(a: &Args) -> anyhow::Result<serde_json::Value> {
         "converge_ms": t_conv - t0,
         "cut_ms": t_heal - t_cut,
         "split": split.is_some(),
-        "split_ms": split.map(|t| t - t_cut),
+        "split_ms": split.map(|t| t.saturating_sub(t_cut)),
+        "views_split_ms": views_split.map(|t| t.saturating_sub(t_cut)),
         "remerged": remerged.is_some(),
         "remerge_ms": remerged.map(|t| t.saturating_sub(t_heal)),
         "remerge_limit_ms": remerge_limit.as_millis() as u64,
