@@ -531,6 +531,20 @@ pub struct ReadBack {
     pub deadline_hit: bool,
 }
 
+/// Stops the workers, waits for them, and reads back (see [`read_back`]).
+pub fn stop_and_read_back(
+    sh: &Shared,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    addrs: &[SocketAddr],
+    deadline: Instant,
+) -> ReadBack {
+    sh.stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        let _ = t.join();
+    }
+    read_back(addrs, sh, deadline)
+}
+
 /// Once the workers have stopped: reads back every acknowledged unique key, and every
 /// contended key into the history. It gives up once the cluster has answered nothing for
 /// 60 s or at `deadline`: one request at a time over thousands of keys must not turn a

@@ -40,7 +40,9 @@ use rand::{Rng, SeedableRng};
 use ringleader_sim::raft::check::{self, CheckResult};
 use serde_json::json;
 
-use crate::kvload::{Cluster, ReadBack, Shared, print_log_tails, read_back, spawn_workers};
+use crate::kvload::{
+    Cluster, ReadBack, Shared, print_log_tails, spawn_workers, stop_and_read_back,
+};
 
 const NODES: usize = 3;
 
@@ -171,18 +173,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     while sh.acked.load(Ordering::SeqCst) < base + 20 && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(10));
     }
-    sh.stop.store(true, Ordering::SeqCst);
-    for t in threads {
-        let _ = t.join();
-    }
-
     let ReadBack {
         lost,
         unreadable,
         unique,
         history,
         deadline_hit: rb_deadline,
-    } = read_back(&addrs, &sh, deadline);
+    } = stop_and_read_back(&sh, threads, &addrs, deadline);
     deadline_hit |= rb_deadline;
     drop(cluster);
     let verdict = check::check(&history, 5_000_000);

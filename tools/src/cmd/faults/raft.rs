@@ -23,8 +23,8 @@ use serde_json::json;
 
 use super::{Args, say};
 use crate::kvload::{
-    Attempt, Client, Cluster, ReadBack, Shared, key_bytes, print_log_tails, read_back,
-    spawn_workers, value_of,
+    Attempt, Client, Cluster, ReadBack, Shared, key_bytes, print_log_tails, spawn_workers,
+    stop_and_read_back, value_of,
 };
 use crate::netns;
 
@@ -237,19 +237,19 @@ pub fn partition_leader(a: &Args) -> anyhow::Result<serde_json::Value> {
     });
     std::thread::sleep(Duration::from_secs(2));
     reader_stop.store(true, Ordering::SeqCst);
-    sh.stop.store(true, Ordering::SeqCst);
     let _ = reader.join();
-    for t in threads {
-        let _ = t.join();
-    }
-
     let ReadBack {
         lost,
         unreadable,
         unique,
         history,
         deadline_hit,
-    } = read_back(&addrs, &sh, Instant::now() + Duration::from_secs(120));
+    } = stop_and_read_back(
+        &sh,
+        threads,
+        &addrs,
+        Instant::now() + Duration::from_secs(120),
+    );
     drop(cluster);
     let verdict = check::check(&history, 5_000_000);
     let linearizable = verdict == CheckResult::Linearizable;
