@@ -37,6 +37,12 @@ pub enum Suite {
     /// 5 Raft nodes under writes; the leader's host is cut off: a new leader, the old one
     /// serves no lease read past its lease; healed: nothing acknowledged lost, linearizable.
     RaftPartitionLeader,
+    /// As raft-partition-leader, but only what the leader sends to the other nodes is
+    /// dropped (it still receives).
+    RaftAsymmetric,
+    /// As raft-partition-leader, but the leader's link goes down and up every 2 s; checked:
+    /// nothing acknowledged lost, linearizable, writes acknowledged throughout.
+    RaftFlapping,
 }
 
 impl Suite {
@@ -44,6 +50,8 @@ impl Suite {
         match self {
             Suite::SwimPartition => "swim-partition",
             Suite::RaftPartitionLeader => "raft-partition-leader",
+            Suite::RaftAsymmetric => "raft-asymmetric",
+            Suite::RaftFlapping => "raft-flapping",
         }
     }
 
@@ -51,7 +59,7 @@ impl Suite {
     fn node_hosts(self) -> usize {
         match self {
             Suite::SwimPartition => swim::HOSTS,
-            Suite::RaftPartitionLeader => raft::NODES,
+            Suite::RaftPartitionLeader | Suite::RaftAsymmetric | Suite::RaftFlapping => raft::NODES,
         }
     }
 
@@ -60,8 +68,8 @@ impl Suite {
         Duration::from_secs(match (self, short) {
             (Suite::SwimPartition, true) => 330,
             (Suite::SwimPartition, false) => 420,
-            (Suite::RaftPartitionLeader, true) => 240,
-            (Suite::RaftPartitionLeader, false) => 420,
+            (_, true) => 240,
+            (_, false) => 420,
         })
     }
 }
@@ -212,7 +220,9 @@ fn outer(a: &Args) -> anyhow::Result<bool> {
 pub fn run_driver(a: Args) -> anyhow::Result<()> {
     let report = match a.suite {
         Suite::SwimPartition => swim::partition(&a),
-        Suite::RaftPartitionLeader => raft::partition_leader(&a),
+        Suite::RaftPartitionLeader => raft::leader_fault(&a, raft::LeaderFault::Cut),
+        Suite::RaftAsymmetric => raft::leader_fault(&a, raft::LeaderFault::OneWay),
+        Suite::RaftFlapping => raft::leader_fault(&a, raft::LeaderFault::Flap),
     };
     let report = match report {
         Ok(r) => r,
