@@ -1,5 +1,5 @@
 //! `ringleader-tools`: histogram compare and plots, flamegraphs, WAL crash tests, node agent,
-//! key-value client.
+//! key-value client, network-namespace test clusters and fault suites.
 
 use clap::{Parser, Subcommand};
 
