@@ -74,7 +74,8 @@ pub enum Cmd {
         #[arg(long)]
         one_way_to: Option<usize>,
     },
-    /// Take a host's link down and up every --period-ms until --for-s passes (or Ctrl-C).
+    /// Take a host's link down and up every --period-ms until --for-s passes, then leave it
+    /// up (after an interrupted run, `netns heal` brings it up).
     Flap {
         /// Host number.
         #[arg(long)]
