@@ -1,9 +1,11 @@
 //! `ringleader-tools`: histogram compare and plots, flamegraphs, WAL crash tests, node agent,
-//! key-value client.
+//! key-value client, network-namespace test clusters and fault suites.
 
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod kvload;
+mod netns;
 
 #[derive(Parser, Debug)]
 #[command(name = "ringleader-tools", version, about = "Ringleader tools")]
@@ -56,6 +58,18 @@ enum Command {
     ForceLeave(cmd::agent_cli::ForceLeaveArgs),
     /// Stream a running agent's events (NDJSON with --json).
     Monitor(cmd::agent_cli::MonitorArgs),
+    /// An emulated network in namespaces rlh1..rlhN (bridge in rlbr), and faults on it.
+    Netns(cmd::netns::Args),
+    /// A fault scenario on an emulated network (namespaces set up and torn down by
+    /// itself); the last stdout line is its JSON report, `"ok": true|false`.
+    Faults(cmd::faults::Args),
+    /// The part of `faults` that runs inside the checker's namespace.
+    #[command(hide = true)]
+    FaultsDriver(cmd::faults::Args),
+    /// N SWIM members on one host, their failure events and views as JSON lines (for the
+    /// fault suites).
+    #[command(hide = true)]
+    SwimMembers(cmd::swim_members::Args),
 }
 
 /// Sends the engine's `tracing` events to stderr, filtered by `RUST_LOG` or `--log-level`.
@@ -102,5 +116,9 @@ fn main() -> anyhow::Result<()> {
         Command::Join(a) => cmd::agent_cli::run(cmd::agent_cli::Cmd::Join(a)),
         Command::ForceLeave(a) => cmd::agent_cli::run(cmd::agent_cli::Cmd::ForceLeave(a)),
         Command::Monitor(a) => cmd::agent_cli::run(cmd::agent_cli::Cmd::Monitor(a)),
+        Command::Netns(a) => cmd::netns::run(a),
+        Command::Faults(a) => cmd::faults::run(a),
+        Command::FaultsDriver(a) => cmd::faults::run_driver(a),
+        Command::SwimMembers(a) => cmd::swim_members::run(a),
     }
 }
