@@ -169,11 +169,12 @@ impl<R: Rng> Member<R> {
             node,
         );
         self.set_entry(node, incarnation, e.info, MemberState::Suspect, now);
-        if from != self.me {
-            // The buddy system, for a suspicion learned from someone else: tell the suspect
-            // now, so that it refutes within a round trip instead of when the rumor happens
-            // to reach it (after a healed partition, stale accusations from the other side
-            // otherwise raced their refutations to the suspicion timeout).
+        {
+            // The buddy system at the start of every suspicion: tell the suspect now, so
+            // that a live one refutes within a round trip instead of when the rumor, or
+            // this member's next probe of it, happens to reach it (after a healed
+            // partition, stale accusations and probes lost in the burst otherwise raced
+            // their refutations to the suspicion timeout).
             let addr = self.dir.borrow().info(e.info).addr;
             let item = Item::Suspect {
                 incarnation,
