@@ -93,8 +93,8 @@ fn lifeguard_reduces_false_positives_with_slow_members_under_loss() {
                 let mut cfg = Config::lan();
                 cfg.lifeguard = lifeguard;
                 let mut sc = Scenario::new(60, cfg, lan(), seed);
-                sc.loss = 0.1;
-                sc.slow = 4;
+                sc.loss = 0.25;
+                sc.slow = 8;
                 sc.virtual_secs = 150;
                 sc.run(|_| {}).false_positive_events
             })

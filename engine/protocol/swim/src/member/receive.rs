@@ -118,10 +118,11 @@ impl<R: Rng> Member<R> {
             Item::Suspect {
                 incarnation,
                 node,
-                from,
+                from: accuser,
             } => {
-                if self.accepts_accusation(node, from) {
-                    self.suspect_node(now, incarnation, node, from)
+                if self.accepts_accusation(node, accuser) {
+                    self.suspect_node(now, incarnation, node, accuser);
+                    self.answer_accusation(node, from);
                 }
             }
             Item::Alive { incarnation, info } => {
@@ -130,10 +131,11 @@ impl<R: Rng> Member<R> {
             Item::Dead {
                 incarnation,
                 node,
-                from,
+                from: accuser,
             } => {
-                if node == from || self.accepts_accusation(node, from) {
-                    self.dead_node(now, incarnation, node, from)
+                if node == accuser || self.accepts_accusation(node, accuser) {
+                    self.dead_node(now, incarnation, node, accuser);
+                    self.answer_accusation(node, from);
                 }
             }
             Item::Other(msg) => self.receive_other(from, msg),
