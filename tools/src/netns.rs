@@ -456,6 +456,20 @@ pub fn nft_loss(i: usize, loss_pct: f64) -> anyhow::Result<()> {
     nft_in(i, &command).map(drop)
 }
 
+/// Packets host `i`'s nftables loss rule has dropped so far; `None` without one.
+pub fn nft_dropped(i: usize) -> Option<u64> {
+    let out = nft_in(i, &format!("list table inet {NFT_TABLE}")).ok()?;
+    parse_nft_dropped(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The packet counter of the loss rule in `nft list table` output.
+pub fn parse_nft_dropped(text: &str) -> Option<u64> {
+    let rule = text.lines().find(|l| l.contains("numgen"))?;
+    let w: Vec<&str> = rule.split_whitespace().collect();
+    let p = w.iter().position(|x| *x == "packets")?;
+    w.get(p + 1)?.parse().ok()
+}
+
 /// Which mechanism carried a fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -817,6 +831,15 @@ mod tests {
             nft_clear_command(),
             "add table inet rlfault; delete table inet rlfault"
         );
+    }
+
+    #[test]
+    fn the_drop_counter_is_read_from_the_rule() {
+        let text = "table inet rlfault {\n\tchain out {\n\t\ttype filter hook output priority \
+                    filter; policy accept;\n\t\toifname \"rl0\" numgen random mod 1000 < 100 \
+                    counter packets 1234 bytes 99 drop\n\t}\n}\n";
+        assert_eq!(parse_nft_dropped(text), Some(1234));
+        assert_eq!(parse_nft_dropped("table inet rlfault {\n}\n"), None);
     }
 
     #[test]

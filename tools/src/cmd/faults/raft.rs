@@ -293,6 +293,7 @@ pub fn leader_fault(a: &Args, fault: LeaderFault) -> anyhow::Result<serde_json::
     std::thread::sleep(cut_for.saturating_sub(cut_at.elapsed()));
     let acked_during_cut = sh.acked.load(Ordering::SeqCst) - acked_at_cut;
     let flaps = flapper.map(netns::Flapper::stop).transpose()?;
+    let nft_dropped: Vec<Option<u64>> = (1..=NODES).map(netns::nft_dropped).collect();
     netns::heal()?;
     let t_heal = sh.now();
     say(format!(
@@ -398,6 +399,7 @@ pub fn leader_fault(a: &Args, fault: LeaderFault) -> anyhow::Result<serde_json::
         report["loss_percent"] = json!(LOSSY_LOSS_PCT);
         report["mechanism"] = json!(applied.mechanism.name());
         report["delay_applied"] = json!(applied.delay_applied);
+        report["nft_dropped_packets"] = json!(nft_dropped);
         report["delay_ms"] = json!(applied.delay_applied.then_some(LOSSY_DELAY_MS));
         report["jitter_ms"] = json!(applied.delay_applied.then_some(LOSSY_JITTER_MS));
         if !applied.delay_applied {

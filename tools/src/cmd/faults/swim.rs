@@ -542,6 +542,7 @@ pub fn lossy(a: &Args) -> anyhow::Result<serde_json::Value> {
     let detected = wait_for(&seen, detect_limit, |s| {
         (victim_detection(&s.victim_events, t_kill, observers).observers == observers).then(mono_ms)
     });
+    let nft_dropped: Vec<Option<u64>> = (1..=HOSTS).map(netns::nft_dropped).collect();
     netns::heal()?;
     drop(members);
     let s = seen
@@ -566,6 +567,7 @@ pub fn lossy(a: &Args) -> anyhow::Result<serde_json::Value> {
         "jitter_ms": applied.delay_applied.then_some(LOSSY_JITTER_MS),
         "delay_note": (!applied.delay_applied).then_some(
             "no delay: this kernel has no sch_netem; loss only, by nftables"),
+        "nft_dropped_packets": nft_dropped,
         "converge_ms": t_conv - t0,
         "duration_s": (t_kill - t_loss) / 1000,
         "false_positives": false_positives,
