@@ -280,7 +280,18 @@ pub fn leader_fault(a: &Args, fault: LeaderFault) -> anyhow::Result<serde_json::
     let t_cut = sh.now();
     let cut_at = Instant::now();
     let acked_at_cut = sh.acked.load(Ordering::SeqCst);
-    say(format!("{fault:?} on node {}", old + 1));
+    match applied {
+        Some(a) => say(format!(
+            "{LOSSY_LOSS_PCT} % loss by {} on every node's link (delay {})",
+            a.mechanism.name(),
+            if a.delay_applied {
+                "applied"
+            } else {
+                "not applied: no sch_netem"
+            }
+        )),
+        None => say(format!("{fault:?} on node {}", old + 1)),
+    }
     let probed = probe_new_leader(&addrs, old, cut_for);
     let leader_change_ms = probed.map(|(_, t)| t.duration_since(cut_at).as_millis() as u64);
     let new_leader = probed.map_or(usize::MAX, |(i, _)| i);
@@ -297,9 +308,9 @@ pub fn leader_fault(a: &Args, fault: LeaderFault) -> anyhow::Result<serde_json::
     netns::heal()?;
     let t_heal = sh.now();
     say(format!(
-        "healed after {} ms; new leader node {} after {leader_change_ms:?} ms",
+        "healed after {} ms; new leader node {:?} after {leader_change_ms:?} ms",
         cut_at.elapsed().as_millis(),
-        new_leader.saturating_add(1)
+        (new_leader < NODES).then_some(new_leader + 1)
     ));
     let base = sh.acked.load(Ordering::SeqCst);
     let resumed = wait_until(Duration::from_secs(30), || {
