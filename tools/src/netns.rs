@@ -116,6 +116,64 @@ fn tc(args: &[&str]) -> anyhow::Result<Output> {
     run("tc", args)
 }
 
+/// Where the runs that create, use and remove our namespaces take turns: their names are
+/// fixed, so a second run's set-up would kill the first's processes and its teardown would
+/// remove namespaces the other is using.
+pub const LOCK_PATH: &str = "/run/lock/ringleader-netns.lock";
+
+/// An exclusive hold on [`LOCK_PATH`] (flock(2)); released on drop or when the process
+/// ends. The descriptor is close-on-exec, so children do not keep it.
+pub struct Lock {
+    _file: std::fs::File,
+}
+
+/// Takes [`LOCK_PATH`], waiting at most `wait` for another run to let it go.
+pub fn lock(wait: Duration) -> anyhow::Result<Lock> {
+    lock_at(std::path::Path::new(LOCK_PATH), wait)
+}
+
+/// Takes the lock file `path`, waiting at most `wait`.
+pub fn lock_at(path: &std::path::Path, wait: Duration) -> anyhow::Result<Lock> {
+    use std::os::fd::AsRawFd as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let until = std::time::Instant::now() + wait;
+    let mut said = false;
+    loop {
+        // SAFETY: flock(2) on a descriptor we own and keep open.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Lock { _file: file });
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            bail!("locking {}: {e}", path.display());
+        }
+        if std::time::Instant::now() >= until {
+            bail!(
+                "another run holds {} (a fault suite or `netns up`/`down` using the same \
+                 namespace names); gave up after {wait:?}",
+                path.display()
+            );
+        }
+        if !said {
+            eprintln!(
+                "netns: another run holds {}; waiting up to {wait:?}",
+                path.display()
+            );
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Our namespaces that exist now, hosts in numeric order, the bridge's last.
 pub fn list() -> anyhow::Result<Vec<String>> {
     let out = ip(&["netns", "list"])?;
@@ -831,6 +889,17 @@ mod tests {
             nft_clear_command(),
             "add table inet rlfault; delete table inet rlfault"
         );
+    }
+
+    #[test]
+    fn the_lock_admits_one_run_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/netns.lock");
+        let first = lock_at(&path, Duration::ZERO).unwrap();
+        let refused = lock_at(&path, Duration::from_millis(300));
+        assert!(refused.is_err());
+        drop(first);
+        assert!(lock_at(&path, Duration::ZERO).is_ok());
     }
 
     #[test]

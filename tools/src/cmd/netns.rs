@@ -95,6 +95,11 @@ pub enum Cmd {
 
 /// Runs `netns`.
 pub fn run(a: Args) -> anyhow::Result<()> {
+    // Creating or removing the namespaces under a running suite would wreck it.
+    let _lock = match a.cmd {
+        Cmd::Up { .. } | Cmd::Down => Some(netns::lock(Duration::ZERO)?),
+        _ => None,
+    };
     match a.cmd {
         Cmd::Up { hosts } => {
             netns::up(hosts)?;

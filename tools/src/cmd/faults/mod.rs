@@ -131,6 +131,9 @@ impl Args {
     }
 }
 
+/// How long a suite waits for another run's namespaces to go.
+const LOCK_WAIT: Duration = Duration::from_secs(900);
+
 /// Progress, on stderr.
 pub(crate) fn say(msg: impl std::fmt::Display) {
     eprintln!("faults: {msg}");
@@ -139,6 +142,8 @@ pub(crate) fn say(msg: impl std::fmt::Display) {
 /// Runs `faults`: set-up, the driver inside a namespace, and teardown on every way out.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let suite = a.suite;
+    // One run at a time on this machine (CI's included): the namespace names are fixed.
+    let _lock = netns::lock(LOCK_WAIT)?;
     let started = Instant::now();
     let outcome = std::panic::catch_unwind(|| outer(&a))
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the suite panicked")));
