@@ -16,8 +16,14 @@
 //! - loss, delay with jitter, reordering and duplication are a `netem` leaf under the
 //!   default class of the same HTB root, on the host's egress (kernels without `sch_netem`
 //!   refuse it, and the error says so);
+//! - without `sch_netem`, loss alone can still be had from nftables (`nft`, package
+//!   `nftables`): a table `inet rlfault` in the host's namespace whose output chain drops
+//!   `numgen random mod 1000 < PERMILLE` of what leaves through the host's link (packets
+//!   between members of one host, over loopback, are spared, as with netem); delay,
+//!   reordering and duplication have no such fallback and are refused;
 //! - flapping takes a bridge port down and up from a thread until it is stopped;
-//! - heal removes every queueing discipline and takes every port up.
+//! - heal removes every queueing discipline and nftables table of ours and takes every
+//!   port up.
 
 use std::net::Ipv4Addr;
 use std::process::{Command, Output, Stdio};
@@ -108,6 +114,64 @@ fn ip(args: &[&str]) -> anyhow::Result<Output> {
 /// Runs `tc args`.
 fn tc(args: &[&str]) -> anyhow::Result<Output> {
     run("tc", args)
+}
+
+/// Where the runs that create, use and remove our namespaces take turns: their names are
+/// fixed, so a second run's set-up would kill the first's processes and its teardown would
+/// remove namespaces the other is using.
+pub const LOCK_PATH: &str = "/run/lock/ringleader-netns.lock";
+
+/// An exclusive hold on [`LOCK_PATH`] (flock(2)); released on drop or when the process
+/// ends. The descriptor is close-on-exec, so children do not keep it.
+pub struct Lock {
+    _file: std::fs::File,
+}
+
+/// Takes [`LOCK_PATH`], waiting at most `wait` for another run to let it go.
+pub fn lock(wait: Duration) -> anyhow::Result<Lock> {
+    lock_at(std::path::Path::new(LOCK_PATH), wait)
+}
+
+/// Takes the lock file `path`, waiting at most `wait`.
+pub fn lock_at(path: &std::path::Path, wait: Duration) -> anyhow::Result<Lock> {
+    use std::os::fd::AsRawFd as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let until = std::time::Instant::now() + wait;
+    let mut said = false;
+    loop {
+        // SAFETY: flock(2) on a descriptor we own and keep open.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Lock { _file: file });
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            bail!("locking {}: {e}", path.display());
+        }
+        if std::time::Instant::now() >= until {
+            bail!(
+                "another run holds {} (a fault suite or `netns up`/`down` using the same \
+                 namespace names); gave up after {wait:?}",
+                path.display()
+            );
+        }
+        if !said {
+            eprintln!(
+                "netns: another run holds {}; waiting up to {wait:?}",
+                path.display()
+            );
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Our namespaces that exist now, hosts in numeric order, the bridge's last.
@@ -382,13 +446,144 @@ pub fn impair(i: usize, imp: &Impairment) -> anyhow::Result<()> {
     args.extend(netem);
     tc_in(&host_ns(i), &args).map_err(|e| {
         if format!("{e}").contains("qdisc kind is unknown") {
-            e.context(
-                "this kernel has no netem queueing discipline (CONFIG_NET_SCH_NETEM / sch_netem)",
-            )
+            e.context(NoNetem)
         } else {
             e
         }
     })
+}
+
+/// The error context of a netem fault this kernel cannot apply.
+#[derive(Debug)]
+pub struct NoNetem;
+
+impl std::fmt::Display for NoNetem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "this kernel has no netem queueing discipline (CONFIG_NET_SCH_NETEM / sch_netem)",
+        )
+    }
+}
+
+/// The nftables table of our loss faults, in family `inet` of a host's namespace.
+pub const NFT_TABLE: &str = "rlfault";
+
+/// The `nft` command (one transaction) that gives a host's namespace a loss of `loss_pct`
+/// percent on what leaves through its link, replacing an earlier one. nft draws a number
+/// in 0..1000 per packet, so the loss goes in steps of 0.1 %.
+pub fn nft_loss_command(loss_pct: f64) -> anyhow::Result<String> {
+    let permille = loss_pct * 10.0;
+    if !(loss_pct > 0.0 && loss_pct <= 100.0) || (permille - permille.round()).abs() > 1e-6 {
+        bail!("--loss for nftables is a percentage in 0.1..=100 in steps of 0.1, got {loss_pct}");
+    }
+    let permille = permille.round() as u32;
+    Ok(format!(
+        "add table inet {NFT_TABLE}; delete table inet {NFT_TABLE}; add table inet {NFT_TABLE}; \
+         add chain inet {NFT_TABLE} out {{ type filter hook output priority 0; policy accept; }}; \
+         add rule inet {NFT_TABLE} out oifname \"{HOST_DEV}\" numgen random mod 1000 < {permille} \
+         counter drop"
+    ))
+}
+
+/// The `nft` command that removes the loss table (a no-op where there is none).
+pub fn nft_clear_command() -> String {
+    format!("add table inet {NFT_TABLE}; delete table inet {NFT_TABLE}")
+}
+
+/// Whether `nft` is on the PATH (`ip netns exec` looks it up there).
+pub fn nft_installed() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("nft").is_file()))
+}
+
+/// Runs `nft COMMAND` inside host `i`'s namespace.
+fn nft_in(i: usize, command: &str) -> anyhow::Result<Output> {
+    if !nft_installed() {
+        bail!(
+            "`nft` is not installed (loss without sch_netem needs nftables: \
+             apt-get install nftables)"
+        );
+    }
+    run("ip", &["netns", "exec", &host_ns(i), "nft", command])
+}
+
+/// Loss on host `i`'s link by nftables (see [`nft_loss_command`]).
+pub fn nft_loss(i: usize, loss_pct: f64) -> anyhow::Result<()> {
+    let command = nft_loss_command(loss_pct)?;
+    check_host(i)?;
+    nft_in(i, &command).map(drop)
+}
+
+/// Packets host `i`'s nftables loss rule has dropped so far; `None` without one.
+pub fn nft_dropped(i: usize) -> Option<u64> {
+    let out = nft_in(i, &format!("list table inet {NFT_TABLE}")).ok()?;
+    parse_nft_dropped(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The packet counter of the loss rule in `nft list table` output.
+pub fn parse_nft_dropped(text: &str) -> Option<u64> {
+    let rule = text.lines().find(|l| l.contains("numgen"))?;
+    let w: Vec<&str> = rule.split_whitespace().collect();
+    let p = w.iter().position(|x| *x == "packets")?;
+    w.get(p + 1)?.parse().ok()
+}
+
+/// Which mechanism carried a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mechanism {
+    /// `tc netem`: loss, delay, jitter, reordering, duplication.
+    Netem,
+    /// nftables `numgen`: loss only.
+    Nft,
+}
+
+impl Mechanism {
+    /// As the JSON reports spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::Netem => "netem",
+            Mechanism::Nft => "nft",
+        }
+    }
+}
+
+/// What [`impair_best`] applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// netem, or nftables for loss alone.
+    pub mechanism: Mechanism,
+    /// Whether the requested delay (and jitter) is in force.
+    pub delay_applied: bool,
+}
+
+/// Applies `imp` on host `i` with netem if the kernel has it; otherwise its loss with
+/// nftables. Without netem, a delay is dropped (and `delay_applied` says so) when
+/// `delay_optional`, and refused otherwise, as are reordering and duplication always.
+pub fn impair_best(i: usize, imp: &Impairment, delay_optional: bool) -> anyhow::Result<Applied> {
+    match impair(i, imp) {
+        Ok(()) => Ok(Applied {
+            mechanism: Mechanism::Netem,
+            delay_applied: imp.delay_ms > 0,
+        }),
+        Err(e) if e.downcast_ref::<NoNetem>().is_some() => {
+            let only_loss = imp.reorder_pct == 0.0
+                && imp.duplicate_pct == 0.0
+                && (delay_optional || imp.delay_ms == 0);
+            if !only_loss || imp.loss_pct == 0.0 {
+                return Err(e.context(
+                    "without netem only --loss can be applied (by nftables); delay, jitter, \
+                     reordering and duplication cannot on this kernel",
+                ));
+            }
+            nft_loss(i, imp.loss_pct)?;
+            Ok(Applied {
+                mechanism: Mechanism::Nft,
+                delay_applied: false,
+            })
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Cuts host `i` off: its bridge port goes down, nothing passes either way.
@@ -408,8 +603,26 @@ pub fn partition_one_way(from: usize, to: usize) -> anyhow::Result<()> {
     tc_in(&host_ns(from), &drop_to_args(HOST_DEV, host_addr(to)))
 }
 
-/// Removes every fault: each host's queueing disciplines and filters, and every bridge
-/// port up. Returns the hosts healed.
+/// [`impair_best`] with an optional delay on every host of `hosts`: what they got (the
+/// same on all, since they share the kernel).
+pub fn impair_all(
+    hosts: impl IntoIterator<Item = usize>,
+    imp: &Impairment,
+) -> anyhow::Result<Applied> {
+    let mut applied: Option<Applied> = None;
+    for h in hosts {
+        let a = impair_best(h, imp, true)
+            .with_context(|| format!("impairing the link of {}", host_ns(h)))?;
+        if applied.is_some_and(|b| b != a) {
+            bail!("{} got {a:?}, other hosts {applied:?}", host_ns(h));
+        }
+        applied = Some(a);
+    }
+    applied.context("no host to impair")
+}
+
+/// Removes every fault: each host's queueing disciplines, filters and nftables loss table,
+/// and every bridge port up. Returns the hosts healed.
 pub fn heal() -> anyhow::Result<usize> {
     let names = list()?;
     let mut hosts = 0;
@@ -422,6 +635,10 @@ pub fn heal() -> anyhow::Result<usize> {
         };
         if has_root(i)? {
             tc(&["-n", name, "qdisc", "del", "dev", HOST_DEV, "root"])?;
+        }
+        // Without nft no table of ours can exist.
+        if nft_installed() {
+            nft_in(i, &nft_clear_command())?;
         }
         ip(&["-n", BRIDGE_NS, "link", "set", &port_dev(i), "up"])?;
         hosts += 1;
@@ -516,6 +733,8 @@ pub struct HostView {
     pub port_up: bool,
     /// Its egress queueing disciplines (`tc qdisc show`), one per line.
     pub qdiscs: Vec<String>,
+    /// Its nftables loss rules (table `inet rlfault`), one per line.
+    pub nft_loss: Vec<String>,
 }
 
 /// Every host of ours with its address, port state and faults.
@@ -549,11 +768,22 @@ pub fn hosts() -> anyhow::Result<Vec<HostView>> {
                     .collect()
             })
             .unwrap_or_default();
+        let nft_loss = nft_in(i, &format!("list table inet {NFT_TABLE}"))
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| l.contains("numgen"))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
         v.push(HostView {
             name,
             addr,
             port_up,
             qdiscs,
+            nft_loss,
         });
     }
     Ok(v)
@@ -626,6 +856,68 @@ mod tests {
         for imp in bad {
             assert!(imp.netem_args().is_err(), "{imp:?}");
         }
+    }
+
+    #[test]
+    fn nft_loss_is_one_transaction_on_the_link_in_permille() {
+        let c = nft_loss_command(10.0).unwrap();
+        assert_eq!(
+            c,
+            "add table inet rlfault; delete table inet rlfault; add table inet rlfault; \
+             add chain inet rlfault out { type filter hook output priority 0; policy accept; }; \
+             add rule inet rlfault out oifname \"rl0\" numgen random mod 1000 < 100 counter drop"
+        );
+        assert!(
+            nft_loss_command(5.0)
+                .unwrap()
+                .contains("mod 1000 < 50 counter drop")
+        );
+        assert!(
+            nft_loss_command(0.1)
+                .unwrap()
+                .contains("mod 1000 < 1 counter drop")
+        );
+        assert!(
+            nft_loss_command(100.0)
+                .unwrap()
+                .contains("mod 1000 < 1000 counter")
+        );
+        for bad in [0.0, -1.0, 100.1, 0.05, 12.34, f64::NAN] {
+            assert!(nft_loss_command(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            nft_clear_command(),
+            "add table inet rlfault; delete table inet rlfault"
+        );
+    }
+
+    #[test]
+    fn the_lock_admits_one_run_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/netns.lock");
+        let first = lock_at(&path, Duration::ZERO).unwrap();
+        let refused = lock_at(&path, Duration::from_millis(300));
+        assert!(refused.is_err());
+        drop(first);
+        assert!(lock_at(&path, Duration::ZERO).is_ok());
+    }
+
+    #[test]
+    fn the_drop_counter_is_read_from_the_rule() {
+        let text = "table inet rlfault {\n\tchain out {\n\t\ttype filter hook output priority \
+                    filter; policy accept;\n\t\toifname \"rl0\" numgen random mod 1000 < 100 \
+                    counter packets 1234 bytes 99 drop\n\t}\n}\n";
+        assert_eq!(parse_nft_dropped(text), Some(1234));
+        assert_eq!(parse_nft_dropped("table inet rlfault {\n}\n"), None);
+    }
+
+    #[test]
+    fn no_netem_is_found_in_the_error_chain() {
+        let e = anyhow::anyhow!("`tc ...` failed: qdisc kind is unknown").context(NoNetem);
+        assert!(e.downcast_ref::<NoNetem>().is_some());
+        assert!(format!("{e:#}").contains("sch_netem"));
+        assert_eq!(Mechanism::Nft.name(), "nft");
+        assert_eq!(serde_json::to_value(Mechanism::Netem).unwrap(), "netem");
     }
 
     #[test]

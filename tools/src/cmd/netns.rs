@@ -43,7 +43,8 @@ pub enum Cmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
-    /// Loss, delay with jitter, reordering or duplication on a host's egress (tc netem).
+    /// Loss, delay with jitter, reordering or duplication on a host's egress (tc netem);
+    /// on a kernel without sch_netem, loss alone by nftables (needs `nft`), the rest refused.
     Fault {
         /// Host number.
         #[arg(long)]
@@ -87,12 +88,18 @@ pub enum Cmd {
         #[arg(long, default_value_t = 30)]
         for_s: u64,
     },
-    /// Remove every fault: queueing disciplines and filters gone, every link up.
+    /// Remove every fault: queueing disciplines, filters and nftables loss gone, every link
+    /// up.
     Heal,
 }
 
 /// Runs `netns`.
 pub fn run(a: Args) -> anyhow::Result<()> {
+    // Creating or removing the namespaces under a running suite would wreck it.
+    let _lock = match a.cmd {
+        Cmd::Up { .. } | Cmd::Down => Some(netns::lock(Duration::ZERO)?),
+        _ => None,
+    };
     match a.cmd {
         Cmd::Up { hosts } => {
             netns::up(hosts)?;
@@ -122,11 +129,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 );
                 for h in hosts {
                     println!(
-                        "{} {} port {} {}",
+                        "{} {} port {} {}{}",
                         h.name,
                         h.addr.as_deref().unwrap_or("-"),
                         if h.port_up { "up" } else { "down" },
-                        h.qdiscs.join(" | ")
+                        h.qdiscs.join(" | "),
+                        if h.nft_loss.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" | nft: {}", h.nft_loss.join(" | "))
+                        }
                     );
                 }
             }
@@ -149,7 +161,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             reorder,
             duplicate,
         } => {
-            netns::impair(
+            let applied = netns::impair_best(
                 host,
                 &netns::Impairment {
                     loss_pct: loss,
@@ -158,8 +170,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     reorder_pct: reorder,
                     duplicate_pct: duplicate,
                 },
+                false,
             )?;
-            println!("fault set on {}", netns::host_ns(host));
+            println!(
+                "fault set on {} by {}",
+                netns::host_ns(host),
+                applied.mechanism.name()
+            );
         }
         Cmd::Partition { host, one_way_to } => match one_way_to {
             Some(to) => {

@@ -34,9 +34,13 @@ pub struct Args {
     /// Members to run.
     #[arg(long, default_value_t = 100)]
     pub members: usize,
-    /// Member names are PREFIX-k.
+    /// Member names are PREFIX-(first + k).
     #[arg(long)]
     pub prefix: String,
+    /// Index of the first member's name (a second process on a host continues the first's
+    /// names).
+    #[arg(long, default_value_t = 0)]
+    pub first: usize,
     /// Seeds to join through (none: member 0 starts the cluster, the others join it).
     #[arg(long = "seed")]
     pub seeds: Vec<SocketAddr>,
@@ -90,7 +94,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     hc.runtime.name = format!("swim-{}", a.prefix);
     let host = Host::start(hc).context("starting the host")?;
     let names: Vec<String> = (0..a.members)
-        .map(|k| format!("{}-{k}", a.prefix))
+        .map(|k| format!("{}-{}", a.prefix, a.first + k))
         .collect();
     let first = SocketAddr::new(a.ip, a.port);
     for (k, name) in names.iter().enumerate() {

@@ -173,7 +173,7 @@ fn read_reports(mut out: impl Read, tx: mpsc::Sender<Report>) -> anyhow::Result<
 }
 
 /// Percentile `p` (0..=100) of `v` by nearest rank; 0 for an empty list.
-fn percentile(v: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(v: &[f64], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
     }

@@ -43,6 +43,14 @@ pub enum Suite {
     /// As raft-partition-leader, but the leader's link goes down and up every 2 s; checked:
     /// nothing acknowledged lost, linearizable, writes acknowledged throughout.
     RaftFlapping,
+    /// 3 hosts × 100 SWIM members (wan preset) under 10 % loss on every link (and 50±10 ms
+    /// delay where the kernel has netem; loss alone by nftables otherwise) for 5 min: no
+    /// false positive; then one more member is killed: how long the others take to declare
+    /// it failed.
+    SwimLossy,
+    /// 5 Raft nodes under writes with 5 % loss on every node's link (and 20±5 ms delay
+    /// where the kernel has netem): nothing acknowledged lost, linearizable.
+    RaftLossy,
 }
 
 impl Suite {
@@ -52,14 +60,19 @@ impl Suite {
             Suite::RaftPartitionLeader => "raft-partition-leader",
             Suite::RaftAsymmetric => "raft-asymmetric",
             Suite::RaftFlapping => "raft-flapping",
+            Suite::SwimLossy => "swim-lossy",
+            Suite::RaftLossy => "raft-lossy",
         }
     }
 
     /// Hosts that run nodes (the checker gets the next one).
     fn node_hosts(self) -> usize {
         match self {
-            Suite::SwimPartition => swim::HOSTS,
-            Suite::RaftPartitionLeader | Suite::RaftAsymmetric | Suite::RaftFlapping => raft::NODES,
+            Suite::SwimPartition | Suite::SwimLossy => swim::HOSTS,
+            Suite::RaftPartitionLeader
+            | Suite::RaftAsymmetric
+            | Suite::RaftFlapping
+            | Suite::RaftLossy => raft::NODES,
         }
     }
 
@@ -68,6 +81,10 @@ impl Suite {
         Duration::from_secs(match (self, short) {
             (Suite::SwimPartition, true) => 330,
             (Suite::SwimPartition, false) => 420,
+            // Convergence (≤ 120 s), the run, and detection within wan's longest suspicion
+            // (≈ 450 s with 301 members) plus 40 s.
+            (Suite::SwimLossy, true) => 780,
+            (Suite::SwimLossy, false) => 1020,
             (_, true) => 240,
             (_, false) => 420,
         })
@@ -114,6 +131,9 @@ impl Args {
     }
 }
 
+/// How long a suite waits for another run's namespaces to go.
+const LOCK_WAIT: Duration = Duration::from_secs(900);
+
 /// Progress, on stderr.
 pub(crate) fn say(msg: impl std::fmt::Display) {
     eprintln!("faults: {msg}");
@@ -122,6 +142,8 @@ pub(crate) fn say(msg: impl std::fmt::Display) {
 /// Runs `faults`: set-up, the driver inside a namespace, and teardown on every way out.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let suite = a.suite;
+    // One run at a time on this machine (CI's included): the namespace names are fixed.
+    let _lock = netns::lock(LOCK_WAIT)?;
     let started = Instant::now();
     let outcome = std::panic::catch_unwind(|| outer(&a))
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the suite panicked")));
@@ -223,6 +245,8 @@ pub fn run_driver(a: Args) -> anyhow::Result<()> {
         Suite::RaftPartitionLeader => raft::leader_fault(&a, raft::LeaderFault::Cut),
         Suite::RaftAsymmetric => raft::leader_fault(&a, raft::LeaderFault::OneWay),
         Suite::RaftFlapping => raft::leader_fault(&a, raft::LeaderFault::Flap),
+        Suite::SwimLossy => swim::lossy(&a),
+        Suite::RaftLossy => raft::leader_fault(&a, raft::LeaderFault::Lossy),
     };
     let report = match report {
         Ok(r) => r,

@@ -1,5 +1,6 @@
 //! `faults raft-partition-leader` (and `raft-asymmetric`, `raft-flapping`, the same with a
-//! one-way cut of what the leader sends, or its link flapping): 5 `server` nodes, one per host namespace, one Raft group,
+//! one-way cut of what the leader sends, or its link flapping; `raft-lossy`, the same with
+//! 5 % loss on every node's link instead of a fault of the leader's): 5 `server` nodes, one per host namespace, one Raft group,
 //! under writes from clients on both sides (`crate::kvload`: contended puts, CASes and
 //! linearizable gets, and unique puts): two contended workers and the unique writer in the
 //! checker's namespace, two contended workers in the leader's. Once writes are acknowledged
@@ -144,7 +145,16 @@ pub enum LeaderFault {
     OneWay,
     /// Its link goes down and up every `FLAP_PERIOD` for the fault's duration.
     Flap,
+    /// Every node's link loses `LOSSY_LOSS_PCT` of its packets (and is delayed by
+    /// `LOSSY_DELAY_MS` ± `LOSSY_JITTER_MS` where the kernel has netem).
+    Lossy,
 }
+
+/// `raft-lossy`'s loss on every node's link, percent.
+const LOSSY_LOSS_PCT: f64 = 5.0;
+/// And its delay and jitter where netem exists (well below the election timeout).
+const LOSSY_DELAY_MS: u64 = 20;
+const LOSSY_JITTER_MS: u64 = 5;
 
 /// Down, then up, for this long each while a link flaps.
 const FLAP_PERIOD: Duration = Duration::from_secs(2);
@@ -155,20 +165,24 @@ impl LeaderFault {
             LeaderFault::Cut => "raft-partition-leader",
             LeaderFault::OneWay => "raft-asymmetric",
             LeaderFault::Flap => "raft-flapping",
+            LeaderFault::Lossy => "raft-lossy",
         }
     }
 }
 
-/// Runs `raft-partition-leader`, `raft-asymmetric` or `raft-flapping`; the report.
+/// Runs `raft-partition-leader`, `raft-asymmetric`, `raft-flapping` or `raft-lossy`; the
+/// report.
 ///
-/// For a flapping link the old leader may lead again whenever its link is up, so the lease
-/// and leader-change figures are reported, not checked; what is checked is the same
-/// safety: nothing acknowledged lost, the history linearizable, writes acknowledged during
-/// the fault and after it.
+/// For a flapping link the old leader may lead again whenever its link is up, and under
+/// loss it need not lose its lead at all, so the lease and leader-change figures are
+/// reported, not checked; what is checked is the same safety: nothing acknowledged lost,
+/// the history linearizable, writes acknowledged during the fault and after it.
 pub fn leader_fault(a: &Args, fault: LeaderFault) -> anyhow::Result<serde_json::Value> {
     let cut_for = Duration::from_secs(match (fault, a.short) {
         (LeaderFault::Flap, true) => 12,
         (LeaderFault::Flap, false) => 30,
+        (LeaderFault::Lossy, true) => 20,
+        (LeaderFault::Lossy, false) => 60,
         (_, true) => 8,
         (_, false) => 20,
     });
@@ -244,6 +258,7 @@ pub fn leader_fault(a: &Args, fault: LeaderFault) -> anyhow::Result<serde_json::
     std::thread::sleep(Duration::from_secs(2));
 
     let mut flapper = None;
+    let mut applied = None;
     match fault {
         LeaderFault::Cut => netns::partition(old + 1)?,
         LeaderFault::OneWay => {
@@ -252,11 +267,31 @@ pub fn leader_fault(a: &Args, fault: LeaderFault) -> anyhow::Result<serde_json::
             }
         }
         LeaderFault::Flap => flapper = Some(netns::Flapper::start(old + 1, FLAP_PERIOD)?),
+        LeaderFault::Lossy => {
+            let imp = netns::Impairment {
+                loss_pct: LOSSY_LOSS_PCT,
+                delay_ms: LOSSY_DELAY_MS,
+                jitter_ms: LOSSY_JITTER_MS,
+                ..netns::Impairment::default()
+            };
+            applied = Some(netns::impair_all(1..=NODES, &imp)?);
+        }
     }
     let t_cut = sh.now();
     let cut_at = Instant::now();
     let acked_at_cut = sh.acked.load(Ordering::SeqCst);
-    say(format!("{fault:?} on node {}", old + 1));
+    match applied {
+        Some(a) => say(format!(
+            "{LOSSY_LOSS_PCT} % loss by {} on every node's link (delay {})",
+            a.mechanism.name(),
+            if a.delay_applied {
+                "applied"
+            } else {
+                "not applied: no sch_netem"
+            }
+        )),
+        None => say(format!("{fault:?} on node {}", old + 1)),
+    }
     let probed = probe_new_leader(&addrs, old, cut_for);
     let leader_change_ms = probed.map(|(_, t)| t.duration_since(cut_at).as_millis() as u64);
     let new_leader = probed.map_or(usize::MAX, |(i, _)| i);
@@ -269,12 +304,13 @@ pub fn leader_fault(a: &Args, fault: LeaderFault) -> anyhow::Result<serde_json::
     std::thread::sleep(cut_for.saturating_sub(cut_at.elapsed()));
     let acked_during_cut = sh.acked.load(Ordering::SeqCst) - acked_at_cut;
     let flaps = flapper.map(netns::Flapper::stop).transpose()?;
+    let nft_dropped: Vec<Option<u64>> = (1..=NODES).map(netns::nft_dropped).collect();
     netns::heal()?;
     let t_heal = sh.now();
     say(format!(
-        "healed after {} ms; new leader node {} after {leader_change_ms:?} ms",
+        "healed after {} ms; new leader node {:?} after {leader_change_ms:?} ms",
         cut_at.elapsed().as_millis(),
-        new_leader.saturating_add(1)
+        (new_leader < NODES).then_some(new_leader + 1)
     ));
     let base = sh.acked.load(Ordering::SeqCst);
     let resumed = wait_until(Duration::from_secs(30), || {
@@ -326,7 +362,7 @@ pub fn leader_fault(a: &Args, fault: LeaderFault) -> anyhow::Result<serde_json::
         .max();
     let answered_before = reads.iter().filter(|r| r.answered && r.at <= t_cut).count();
     let acknowledged = sh.acked.load(Ordering::SeqCst);
-    let checks_leader = fault != LeaderFault::Flap;
+    let checks_leader = !matches!(fault, LeaderFault::Flap | LeaderFault::Lossy);
     let ok = (!checks_leader || probed.is_some() && changed && late.is_empty() && tried_late > 0)
         && resumed
         && lost == 0
@@ -338,7 +374,7 @@ pub fn leader_fault(a: &Args, fault: LeaderFault) -> anyhow::Result<serde_json::
     if !ok {
         print_log_tails(&dir, NODES);
     }
-    Ok(json!({
+    let mut report = json!({
         "suite": fault.suite(),
         "leader_checked": checks_leader,
         "flaps": flaps,
@@ -369,5 +405,18 @@ pub fn leader_fault(a: &Args, fault: LeaderFault) -> anyhow::Result<serde_json::
             "lease_bound_ms": 2 * ELECTION_TIMEOUT_MS,
         },
         "deadline_hit": deadline_hit,
-    }))
+    });
+    if let Some(applied) = applied {
+        report["loss_percent"] = json!(LOSSY_LOSS_PCT);
+        report["mechanism"] = json!(applied.mechanism.name());
+        report["delay_applied"] = json!(applied.delay_applied);
+        report["nft_dropped_packets"] = json!(nft_dropped);
+        report["delay_ms"] = json!(applied.delay_applied.then_some(LOSSY_DELAY_MS));
+        report["jitter_ms"] = json!(applied.delay_applied.then_some(LOSSY_JITTER_MS));
+        if !applied.delay_applied {
+            report["delay_note"] =
+                json!("no delay: this kernel has no sch_netem; loss only, by nftables");
+        }
+    }
+    Ok(report)
 }

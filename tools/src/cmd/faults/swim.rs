@@ -45,7 +45,14 @@ const SUITE_SETS: &[&str] = &[
 /// What the member processes reported.
 #[derive(Default)]
 struct Seen {
-    /// Per host: (t, live_min, live_max) of each view line.
+    /// The host cut off, if any: members on it and the others are on two sides, and a
+    /// down event across is no false positive.
+    cut: Option<usize>,
+    /// The member killed on purpose, if any: its events are kept apart (`victim_events`).
+    victim: Option<String>,
+    /// Events about the victim: (t, kind, local member that saw it).
+    victim_events: Vec<(u64, String, String)>,
+    /// Per member process: (t, live_min, live_max) of each view line.
     views: Vec<Vec<(u64, usize, usize)>>,
     /// Down events whose member and accuser are on the same side.
     false_downs: u64,
@@ -69,13 +76,24 @@ fn host_of(name: &str) -> Option<usize> {
     name.strip_prefix('h')?.split_once('-')?.0.parse().ok()
 }
 
-/// Which side of the cut a host is on.
-fn side(host: usize) -> bool {
-    host == CUT
-}
-
 impl Seen {
-    fn take(&mut self, host: usize, line: &str) {
+    /// Nothing seen yet, from `procs` member processes.
+    fn new(procs: usize, cut: Option<usize>, victim: Option<String>) -> Seen {
+        Seen {
+            cut,
+            victim,
+            views: vec![Vec::new(); procs],
+            ..Seen::default()
+        }
+    }
+
+    /// Which side of the cut a host is on.
+    fn side(&self, host: usize) -> bool {
+        self.cut == Some(host)
+    }
+
+    /// A line of member process `slot` (0-based).
+    fn take(&mut self, slot: usize, line: &str) {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             self.bad_lines += 1;
             return;
@@ -84,13 +102,18 @@ impl Seen {
         let s = |k: &str| v.get(k).and_then(serde_json::Value::as_str).unwrap_or("");
         match s("kind") {
             "view" => {
-                self.views[host - 1].push((u("t"), u("live_min") as usize, u("live_max") as usize))
+                self.views[slot].push((u("t"), u("live_min") as usize, u("live_max") as usize))
             }
             "ev" => {
+                if self.victim.as_deref() == Some(s("m")) {
+                    self.victim_events
+                        .push((u("t"), s("e").to_owned(), s("l").to_owned()));
+                    return;
+                }
                 let (Some(m), Some(by)) = (host_of(s("m")), host_of(s("by"))) else {
                     return;
                 };
-                let same = side(m) == side(by);
+                let same = self.side(m) == self.side(by);
                 match (s("e"), same) {
                     ("down", true) => {
                         self.false_downs += 1;
@@ -107,7 +130,7 @@ impl Seen {
                     }
                     ("down", false) => {
                         self.downs_across += 1;
-                        let d = &mut self.declared[usize::from(side(by))];
+                        let d = &mut self.declared[usize::from(self.side(by))];
                         if d.0.insert(s("m").to_owned()) {
                             d.1 = d.1.max(u("t"));
                         }
@@ -120,8 +143,8 @@ impl Seen {
         }
     }
 
-    /// The first time at or after `from` when host `h`'s members all saw `live` members
-    /// (min and max), if any.
+    /// The first time at or after `from` when process `h`'s members (1-based: host `h`'s
+    /// when there is one process per host) satisfied `pred(live_min, live_max)`, if any.
     fn first(&self, h: usize, from: u64, pred: impl Fn(usize, usize) -> bool) -> Option<u64> {
         self.views[h - 1]
             .iter()
@@ -129,9 +152,9 @@ impl Seen {
             .map(|&(t, _, _)| t)
     }
 
-    /// The time every host satisfied `pred(host, lo, hi)` at least once since `from`.
+    /// The time every process satisfied `pred(h, lo, hi)` at least once since `from`.
     fn all_first(&self, from: u64, pred: impl Fn(usize, usize, usize) -> bool) -> Option<u64> {
-        (1..=HOSTS)
+        (1..=self.views.len())
             .map(|h| self.first(h, from, |lo, hi| pred(h, lo, hi)))
             .collect::<Option<Vec<u64>>>()
             .map(|v| v.into_iter().max().unwrap_or(from))
@@ -142,6 +165,15 @@ impl Seen {
 struct Members {
     child: Child,
     stdin: Option<ChildStdin>,
+}
+
+impl Members {
+    /// SIGKILLs the process (a crash: its members say nothing) and reaps it.
+    fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().context("killing a member process")?;
+        self.child.wait().context("reaping a member process")?;
+        Ok(())
+    }
 }
 
 impl Drop for Members {
@@ -159,22 +191,48 @@ impl Drop for Members {
     }
 }
 
-fn spawn(
+/// One `swim-members` process: `members` members `hHOST-FIRST..` on host `host`, ports
+/// from `PORT + first`; its view lines go to slot `slot` of [`Seen::views`].
+struct Proc {
     host: usize,
+    slot: usize,
+    first: usize,
+    members: usize,
+}
+
+impl Proc {
+    /// The usual process of host `h`: its [`MEMBERS`] members.
+    fn host(h: usize) -> Proc {
+        Proc {
+            host: h,
+            slot: h - 1,
+            first: 0,
+            members: MEMBERS,
+        }
+    }
+}
+
+/// Starts `p` with SWIM preset `config` and overrides `sets`, and its reader; the process
+/// and a channel that says when its members are started.
+fn spawn(
+    p: &Proc,
+    config: &str,
     sets: &[String],
     seen: &Arc<Mutex<Seen>>,
     exit_after: Duration,
 ) -> anyhow::Result<(Members, std::sync::mpsc::Receiver<()>)> {
+    let (host, slot) = (p.host, p.slot);
     let exe = std::env::current_exe().context("finding this program")?;
     let mut cmd = netns::exec_in(host, exe);
     cmd.arg("swim-members")
         .args(["--ip", &netns::host_addr(host).to_string()])
-        .args(["--port", &PORT.to_string()])
-        .args(["--members", &MEMBERS.to_string()])
+        .args(["--port", &(PORT as usize + p.first).to_string()])
+        .args(["--members", &p.members.to_string()])
         .args(["--prefix", &format!("h{host}")])
-        .args(["--config", "lan"])
+        .args(["--first", &p.first.to_string()])
+        .args(["--config", config])
         .args(["--exit-after-s", &exit_after.as_secs().to_string()]);
-    if host != 1 {
+    if host != 1 || p.first != 0 {
         cmd.args(["--seed", &format!("{}:{PORT}", netns::host_addr(1))]);
     }
     for s in sets {
@@ -196,11 +254,35 @@ fn spawn(
                 let _ = ready_tx.send(());
             }
             if let Ok(mut s) = seen.lock() {
-                s.take(host, &line);
+                s.take(slot, &line);
             }
         }
     });
     Ok((Members { child, stdin }, ready_rx))
+}
+
+/// Starts every process of `procs` in turn, each within 30 s.
+fn start_all(
+    procs: &[Proc],
+    config: &str,
+    sets: &[String],
+    seen: &Arc<Mutex<Seen>>,
+    exit_after: Duration,
+) -> anyhow::Result<Vec<Members>> {
+    let mut started = Vec::new();
+    for p in procs {
+        let (m, ready) = spawn(p, config, sets, seen, exit_after)?;
+        started.push(m);
+        ready
+            .recv_timeout(Duration::from_secs(30))
+            .with_context(|| {
+                format!(
+                    "the members of host {} (from {}) did not start within 30 s",
+                    p.host, p.first
+                )
+            })?;
+    }
+    Ok(started)
 }
 
 /// Waits until `done` holds or `limit` passes, polling the reports; the time it held.
@@ -238,19 +320,10 @@ pub fn partition(a: &Args) -> anyhow::Result<serde_json::Value> {
     let exit_after =
         converge_limit + cut_for + CUT_EXTRA_MAX + remerge_limit + Duration::from_secs(60);
 
-    let seen = Arc::new(Mutex::new(Seen {
-        views: vec![Vec::new(); HOSTS],
-        ..Seen::default()
-    }));
+    let seen = Arc::new(Mutex::new(Seen::new(HOSTS, Some(CUT), None)));
     let t0 = mono_ms();
-    let mut procs = Vec::new();
-    for h in 1..=HOSTS {
-        let (p, ready) = spawn(h, &sets, &seen, exit_after)?;
-        procs.push(p);
-        ready
-            .recv_timeout(Duration::from_secs(30))
-            .with_context(|| format!("the members of host {h} did not start within 30 s"))?;
-    }
+    let hosts: Vec<Proc> = (1..=HOSTS).map(Proc::host).collect();
+    let procs = start_all(&hosts, "lan", &sets, &seen, exit_after)?;
     say(format!(
         "{total} members started on {HOSTS} hosts; converging"
     ));
@@ -277,7 +350,7 @@ pub fn partition(a: &Args) -> anyhow::Result<serde_json::Value> {
     // Reported too: when every member's own view showed only its side (a member that
     // missed the rumours learns by probing, which Lifeguard slows on the cut side).
     let views_pred = |h: usize, lo: usize, hi: usize| {
-        let own = if side(h) { MEMBERS } else { total - MEMBERS };
+        let own = if h == CUT { MEMBERS } else { total - MEMBERS };
         lo == own && hi == own
     };
     let rest = cut_for.saturating_sub(Duration::from_millis(mono_ms() - t_cut));
@@ -349,6 +422,168 @@ pub fn partition(a: &Args) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
+/// How the others learned of the victim's death.
+#[derive(Debug, Default)]
+struct Detection {
+    /// Members that saw the victim declared down after the kill.
+    observers: usize,
+    /// Per observer, its first such event after the kill, ms after it (sorted).
+    detect_ms: Vec<u64>,
+    /// The first suspicion of the victim after the kill, ms after it.
+    first_suspect_ms: Option<u64>,
+    /// Down events about the victim before the kill: false positives.
+    early_downs: u64,
+}
+
+/// Sorts the victim's `events` (t, kind, observer) out against the kill at `t_kill`;
+/// `expected` observers are awaited (the summary is complete once they all saw it).
+fn victim_detection(events: &[(u64, String, String)], t_kill: u64, expected: usize) -> Detection {
+    let mut first = std::collections::HashMap::<&str, u64>::new();
+    let mut d = Detection::default();
+    for (t, e, l) in events {
+        match (e.as_str(), *t >= t_kill) {
+            ("down", false) => d.early_downs += 1,
+            ("down", true) => {
+                let f = first.entry(l.as_str()).or_insert(*t);
+                *f = (*f).min(*t);
+            }
+            ("suspect", true) => {
+                let ms = t - t_kill;
+                d.first_suspect_ms = Some(d.first_suspect_ms.map_or(ms, |x| x.min(ms)));
+            }
+            _ => {}
+        }
+    }
+    d.observers = first.len().min(expected);
+    d.detect_ms = first.values().map(|t| t - t_kill).collect();
+    d.detect_ms.sort_unstable();
+    d
+}
+
+/// `swim-lossy`'s loss on every host's links, percent.
+const LOSSY_LOSS_PCT: f64 = 10.0;
+/// And its delay and jitter, where the kernel has netem.
+const LOSSY_DELAY_MS: u64 = 50;
+const LOSSY_JITTER_MS: u64 = 10;
+/// The host whose second process runs the member killed at the end.
+const VICTIM_HOST: usize = HOSTS;
+
+/// Runs `swim-lossy`: 3 hosts × 100 members with the `wan` preset converge; then
+/// `LOSSY_LOSS_PCT` loss (and 50±10 ms delay with netem) on every host's link for 5 min
+/// (60 s with `--short`), during which no member may be declared failed; then one more
+/// member, alone in a process of its own on host 3, is SIGKILLed, and every other member
+/// must declare it failed within the preset's longest suspicion (Lifeguard's maximum
+/// timeout) plus two probe intervals and 30 s. The report.
+pub fn lossy(a: &Args) -> anyhow::Result<serde_json::Value> {
+    let total = HOSTS * MEMBERS + 1;
+    let run_for = Duration::from_secs(if a.short { 60 } else { 300 });
+    let sets = a.set.clone();
+    let mut swim = ringleader_engine::swim::Config::wan();
+    ringleader_bench::scenarios::swim::apply_sets(&mut swim, &sets)?;
+    let probe = Duration::from_millis(swim.probe_interval_ms);
+    let suspicion_max =
+        ringleader_engine::swim::config::suspicion_timeout_min(swim.suspicion_mult, total, probe)
+            * swim.suspicion_max_timeout_mult.max(1);
+    let detect_limit = suspicion_max + probe * 2 + Duration::from_secs(30);
+    let converge_limit = Duration::from_secs(120);
+    let exit_after = converge_limit + run_for + detect_limit + Duration::from_secs(60);
+
+    let victim = format!("h{VICTIM_HOST}-{MEMBERS}");
+    let mut procs: Vec<Proc> = (1..=HOSTS).map(Proc::host).collect();
+    procs.push(Proc {
+        host: VICTIM_HOST,
+        slot: HOSTS,
+        first: MEMBERS,
+        members: 1,
+    });
+    let seen = Arc::new(Mutex::new(Seen::new(
+        procs.len(),
+        None,
+        Some(victim.clone()),
+    )));
+    let t0 = mono_ms();
+    let mut members = start_all(&procs, "wan", &sets, &seen, exit_after)?;
+    say(format!(
+        "{total} members started on {HOSTS} hosts (wan); converging"
+    ));
+    let Some(t_conv) = wait_for(&seen, converge_limit, |s| {
+        s.all_first(t0, |_, lo, _| lo == total)
+    }) else {
+        bail!("the {total} members did not converge within {converge_limit:?}");
+    };
+    let imp = netns::Impairment {
+        loss_pct: LOSSY_LOSS_PCT,
+        delay_ms: LOSSY_DELAY_MS,
+        jitter_ms: LOSSY_JITTER_MS,
+        ..netns::Impairment::default()
+    };
+    let applied = netns::impair_all(1..=HOSTS, &imp)?;
+    let t_loss = mono_ms();
+    say(format!(
+        "converged in {} ms; {LOSSY_LOSS_PCT} % loss by {} on every host (delay {}) for \
+         {run_for:?}",
+        t_conv - t0,
+        applied.mechanism.name(),
+        if applied.delay_applied {
+            format!("{LOSSY_DELAY_MS}±{LOSSY_JITTER_MS} ms")
+        } else {
+            "not applied: no sch_netem".to_owned()
+        }
+    ));
+    std::thread::sleep(run_for);
+    let t_kill = mono_ms();
+    members[HOSTS].kill()?;
+    say(format!(
+        "{} s under loss; {victim} killed, waiting up to {detect_limit:?} for the others to \
+         declare it failed",
+        (t_kill - t_loss) / 1000
+    ));
+    let observers = total - 1;
+    let detected = wait_for(&seen, detect_limit, |s| {
+        (victim_detection(&s.victim_events, t_kill, observers).observers == observers).then(mono_ms)
+    });
+    let nft_dropped: Vec<Option<u64>> = (1..=HOSTS).map(netns::nft_dropped).collect();
+    netns::heal()?;
+    drop(members);
+    let s = seen
+        .lock()
+        .map_err(|_| anyhow::anyhow!("a reader panicked"))?;
+    let d = victim_detection(&s.victim_events, t_kill, observers);
+    let ms: Vec<f64> = d.detect_ms.iter().map(|&x| x as f64).collect();
+    let q = |p: f64| (!ms.is_empty()).then(|| crate::cmd::wal_crash::percentile(&ms, p) as u64);
+    let false_positives = s.false_downs + d.early_downs;
+    let ok = detected.is_some() && false_positives == 0 && s.bad_lines == 0;
+    Ok(json!({
+        "suite": "swim-lossy",
+        "ok": ok,
+        "hosts": HOSTS,
+        "members": total,
+        "config": "wan",
+        "set": sets,
+        "loss_percent": LOSSY_LOSS_PCT,
+        "mechanism": applied.mechanism.name(),
+        "delay_applied": applied.delay_applied,
+        "delay_ms": applied.delay_applied.then_some(LOSSY_DELAY_MS),
+        "jitter_ms": applied.delay_applied.then_some(LOSSY_JITTER_MS),
+        "delay_note": (!applied.delay_applied).then_some(
+            "no delay: this kernel has no sch_netem; loss only, by nftables"),
+        "nft_dropped_packets": nft_dropped,
+        "converge_ms": t_conv - t0,
+        "duration_s": (t_kill - t_loss) / 1000,
+        "false_positives": false_positives,
+        "false_positive_examples": s.false_examples,
+        "suspicions": s.same_side_suspicions,
+        "victim": victim,
+        "detected": detected.is_some(),
+        "observers": observers,
+        "observers_detected": d.observers,
+        "first_suspect_ms": d.first_suspect_ms,
+        "detect_ms": { "p50": q(50.0), "p99": q(99.0), "max": q(100.0) },
+        "detect_limit_ms": detect_limit.as_millis() as u64,
+        "bad_lines": s.bad_lines,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,51 +594,81 @@ mod tests {
         assert_eq!(host_of("h12-0"), Some(12));
         assert_eq!(host_of("x3-1"), None);
         assert_eq!(host_of("h-1"), None);
-        assert!(side(CUT) && !side(1));
+        let s = Seen::new(HOSTS, Some(CUT), None);
+        assert!(s.side(CUT) && !s.side(1));
+        let s = Seen::new(HOSTS, None, None);
+        assert!(!s.side(CUT) && !s.side(1));
     }
 
     #[test]
     fn same_side_downs_are_false_positives_and_across_are_not() {
-        let mut s = Seen {
-            views: vec![Vec::new(); HOSTS],
-            ..Seen::default()
-        };
+        let mut s = Seen::new(HOSTS, Some(CUT), None);
         s.take(
-            1,
+            0,
             r#"{"kind":"ev","t":5,"e":"down","l":"h1-0","m":"h3-4","by":"h2-9"}"#,
         );
         s.take(
-            3,
+            2,
             r#"{"kind":"ev","t":6,"e":"down","l":"h3-0","m":"h1-4","by":"h3-9"}"#,
         );
         assert_eq!((s.false_downs, s.downs_across), (0, 2));
         s.take(
-            1,
+            0,
             r#"{"kind":"ev","t":7,"e":"down","l":"h1-0","m":"h2-4","by":"h1-9"}"#,
         );
         s.take(
-            1,
+            0,
             r#"{"kind":"ev","t":7,"e":"suspect","l":"h1-0","m":"h2-4","by":"h1-9"}"#,
         );
         assert_eq!((s.false_downs, s.same_side_suspicions), (1, 1));
-        s.take(2, "not json");
+        s.take(1, "not json");
         assert_eq!(s.bad_lines, 1);
     }
 
     #[test]
+    fn without_a_cut_every_down_but_the_victims_is_false() {
+        let mut s = Seen::new(HOSTS + 1, None, Some("h3-100".into()));
+        s.take(
+            3,
+            r#"{"kind":"ev","t":4,"e":"suspect","l":"h1-0","m":"h3-100","by":"h2-1"}"#,
+        );
+        s.take(
+            0,
+            r#"{"kind":"ev","t":5,"e":"down","l":"h1-0","m":"h3-100","by":"h2-1"}"#,
+        );
+        s.take(
+            0,
+            r#"{"kind":"ev","t":6,"e":"down","l":"h1-0","m":"h3-4","by":"h2-9"}"#,
+        );
+        assert_eq!((s.false_downs, s.downs_across), (1, 0));
+        let d = victim_detection(&s.victim_events, 5, 2);
+        assert_eq!(d.observers, 1);
+        assert_eq!(d.detect_ms, vec![0]);
+        // Seen down before the kill: not a detection, a false positive.
+        let d = victim_detection(&s.victim_events, 6, 2);
+        assert_eq!((d.observers, d.early_downs), (0, 1));
+        assert_eq!(d.first_suspect_ms, None);
+        let d = victim_detection(&s.victim_events, 3, 2);
+        assert_eq!(
+            (d.first_suspect_ms, d.detect_ms.clone()),
+            (Some(1), vec![2])
+        );
+    }
+
+    #[test]
     fn all_hosts_must_agree_and_the_latest_counts() {
-        let mut s = Seen {
-            views: vec![Vec::new(); HOSTS],
-            ..Seen::default()
-        };
+        let mut s = Seen::new(HOSTS, Some(CUT), None);
         for h in 1..=HOSTS {
-            s.take(h, r#"{"kind":"view","t":10,"live_min":299,"live_max":300}"#);
+            s.take(
+                h - 1,
+                r#"{"kind":"view","t":10,"live_min":299,"live_max":300}"#,
+            );
         }
         assert_eq!(s.all_first(0, |_, lo, _| lo == 300), None);
-        s.take(1, r#"{"kind":"view","t":20,"live_min":300,"live_max":300}"#);
-        s.take(2, r#"{"kind":"view","t":30,"live_min":300,"live_max":300}"#);
+        s.take(0, r#"{"kind":"view","t":20,"live_min":300,"live_max":300}"#);
+        s.take(1, r#"{"kind":"view","t":30,"live_min":300,"live_max":300}"#);
         assert_eq!(s.all_first(0, |_, lo, _| lo == 300), None);
-        s.take(3, r#"{"kind":"view","t":25,"live_min":300,"live_max":300}"#);
+        s.take(2, r#"{"kind":"view","t":25,"live_min":300,"live_max":300}"#);
         assert_eq!(s.all_first(0, |_, lo, _| lo == 300), Some(30));
         assert_eq!(s.all_first(26, |_, lo, _| lo == 300), None);
     }
