@@ -36,13 +36,24 @@
 //!   Demers et al.'s counter). Members learned from a push-pull are not re-broadcast at
 //!   all. With memberlist's rules a join of 10,000 members is an n² × limit gossip storm
 //!   that saturates every queue for minutes; here push-pull carries the bulk instead.
-//! - The first periodic push-pull after a join goes to a seed, half to one base interval
-//!   after the join (seeds saw every join); so does every later one while the previous
-//!   push-pulls brought members no rumor had (`seed_catch_up`: the cluster grows faster
-//!   than damped join rumors reach this member), so a paced mass join converges within one
-//!   scaled interval of the last join instead of the ~ln n intervals random anti-entropy
-//!   needs. A probe from an unknown member triggers a push-pull with it (it takes the
-//!   place of the next periodic one).
+//! - Push-pull is a digest exchange, not a swap of whole tables: per-bucket digests of the
+//!   member table travel, the answer carries the differing buckets' entries (only those
+//!   changed since the last exchange with that peer, when known), and a push sends back
+//!   what the answerer lacked; members that agree exchange a few hundred bytes whatever
+//!   the cluster's size (DESIGN.md, "Anti-entropy and joins"). A join is still a full
+//!   exchange; `push_pull_digest = false` restores memberlist's full exchanges.
+//! - After a join has been answered, catch-up push-pulls go to a seed (seeds saw every
+//!   join) `catch_up_interval_ms` later and then at doubling intervals while they bring
+//!   members no rumor had (`seed_catch_up`), so a cluster started at once converges about
+//!   a second after its last join. An exchange that finds two tables equal retires the
+//!   join rumors still queued. A probe from an unknown member triggers a push-pull (it
+//!   takes the place of the next periodic one).
+//! - Accusations (suspect, dead) count only from a member this one sees up, or about this
+//!   member itself: after a healed partition the other side's accusations only say it
+//!   could not reach this side. Refutations, and alives that clear a suspicion, go in the
+//!   first priority class with the suspicions, and every new suspicion is also sent to the
+//!   suspect at once (the buddy system at the start, not only at the next probe), so a
+//!   live suspect refutes within a round trip.
 //! - Join rumors can also start gossip rounds of their own (`join_rumor_gossip_nodes`, off
 //!   in the presets): faster dissemination at the price of datagrams, which a host
 //!   simulating thousands of members on two cores cannot pay (measured at 3,000 members
@@ -52,7 +63,7 @@
 //!   (dead, or reaped within `reconnect_timeout_ms`) and push-pulls with it if it answers;
 //!   alone, it re-joins its seeds. memberlist forgets reaped members, so a healed partition
 //!   never re-merges without an outside join.
-//! - Failure news (suspect, dead, refutations, leaves) keeps memberlist's rules exactly.
+//! - Otherwise failure news (suspect, dead, refutations, leaves) keeps memberlist's rules.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
