@@ -276,6 +276,9 @@ pub struct Member<R: Rng> {
     /// push-pull: evidence that join rumors are not reaching this member
     /// (`Config::seed_catch_up`).
     learned_by_push_pull: u64,
+    /// Seeds of a join still to contact: after the first full exchange is answered, by
+    /// digest exchanges; after it failed, the next one by a full exchange.
+    join_queue: Vec<SocketAddr>,
     /// The next catch-up push-pull with a seed comes this long after the last (doubling
     /// while catch-ups bring news, `Config::catch_up_interval_ms`); 0 when not catching up.
     catch_up_ms: u64,
@@ -373,6 +376,7 @@ impl<R: Rng> Member<R> {
             seeds: Vec::new(),
             seeded: false,
             learned_by_push_pull: 0,
+            join_queue: Vec::new(),
             catch_up_ms: 0,
             digest: vec![0; digest::BUCKETS],
             watermarks: VecDeque::new(),
@@ -568,8 +572,25 @@ impl<R: Rng> Member<R> {
                 self.seeds.push(seed);
             }
         }
-        for &seed in seeds {
-            self.push_pull_to(now, seed, true, Purpose::Join { seed })?;
+        // One full exchange, then digest exchanges with the other seeds once it has been
+        // answered (they then carry only what the first seed had not): a mass join of
+        // 10,000 members spent most of its CPU interning one full state per seed per joiner.
+        let mut fresh = seeds
+            .iter()
+            .copied()
+            .filter(|s| !self.join_queue.contains(s));
+        if let Some(first) = fresh.next() {
+            let rest: Vec<SocketAddr> = fresh.collect();
+            self.push_pull_to(now, first, true, Purpose::Join { seed: first })?;
+            for seed in rest {
+                // Bounded like the exchanges in flight: a seed past it is answered at once.
+                if self.join_queue.len() < self.cfg.streams_max {
+                    self.join_queue.push(seed);
+                } else {
+                    self.stats.dropped += 1;
+                    self.push_event(Event::Joined { seed, ok: false });
+                }
+            }
         }
         // The first periodic push-pull, with a seed, comes half to one base interval later.
         let base = self.cfg.push_pull_interval_ms;

@@ -41,6 +41,8 @@ impl<R: Rng> Member<R> {
             seeds: _,
             seeded: _,
             learned_by_push_pull: _,
+            // Addresses: no id.
+            join_queue: _,
             catch_up_ms: _,
             // Hashes of names and triples: no id.
             digest: _,

@@ -282,7 +282,7 @@ impl<R: Rng> Member<R> {
             (purpose, Ok(StreamResponse::PushPull(remote))) => {
                 if !self.acceptable(&remote) || remote.delta.mode == PushPullMode::Digest {
                     self.stats.push_pull_refused += 1;
-                    self.stream_failed(purpose);
+                    self.stream_failed(now, purpose);
                     return;
                 }
                 self.merge(now, &remote);
@@ -290,6 +290,7 @@ impl<R: Rng> Member<R> {
                     Purpose::Join { seed } => {
                         self.push_event(Event::Joined { seed, ok: true });
                         self.catch_up_after_join(now);
+                        self.join_rest(now, true);
                     }
                     Purpose::PushPull | Purpose::Reconnect
                         if remote.delta.mode == PushPullMode::Delta =>
@@ -309,7 +310,37 @@ impl<R: Rng> Member<R> {
                     _ => {}
                 }
             }
-            (purpose, _) => self.stream_failed(purpose),
+            (purpose, _) => self.stream_failed(now, purpose),
+        }
+    }
+
+    /// The seeds of a join after the first answer: all of them by digest exchanges if it
+    /// was answered (`ok`), else the next one by a full exchange.
+    fn join_rest(&mut self, now: Time, ok: bool) {
+        if self.status != Status::Alive {
+            self.join_queue.clear();
+            return;
+        }
+        if ok {
+            for seed in std::mem::take(&mut self.join_queue) {
+                if self
+                    .push_pull_to(now, seed, false, Purpose::Join { seed })
+                    .is_err()
+                {
+                    self.push_event(Event::Joined { seed, ok: false });
+                }
+            }
+        } else {
+            while !self.join_queue.is_empty() {
+                let seed = self.join_queue.remove(0);
+                if self
+                    .push_pull_to(now, seed, true, Purpose::Join { seed })
+                    .is_ok()
+                {
+                    break;
+                }
+                self.push_event(Event::Joined { seed, ok: false });
+            }
         }
     }
 
@@ -358,9 +389,10 @@ impl<R: Rng> Member<R> {
         );
     }
 
-    pub(super) fn stream_failed(&mut self, purpose: Purpose) {
+    pub(super) fn stream_failed(&mut self, now: Time, purpose: Purpose) {
         if let Purpose::Join { seed } = purpose {
             self.push_event(Event::Joined { seed, ok: false });
+            self.join_rest(now, false);
         }
     }
 }

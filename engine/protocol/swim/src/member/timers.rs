@@ -51,7 +51,7 @@ impl<R: Rng> Member<R> {
         while i < self.streams.len() {
             if now >= self.streams[i].deadline {
                 let s = self.streams.swap_remove(i);
-                self.stream_failed(s.purpose);
+                self.stream_failed(now, s.purpose);
             } else {
                 i += 1;
             }
