@@ -274,12 +274,7 @@ impl<R: Rng> Member<R> {
             .map(|e| e.info);
         if let Some(info) = to {
             let addr = self.dir.borrow().info(info).addr;
-            let item = Item::Alive {
-                incarnation: self.incarnation,
-                info: self.my_info,
-            };
-            let size = self.size(&item);
-            self.send(addr, vec![item], size);
+            self.send_alive_to(addr);
         }
     }
 
@@ -290,12 +285,17 @@ impl<R: Rng> Member<R> {
         if node != self.me || self.status != Status::Alive {
             return;
         }
+        self.send_alive_to(sender);
+    }
+
+    /// Sends this member's current alive to `to` in a datagram of its own.
+    fn send_alive_to(&mut self, to: std::net::SocketAddr) {
         let item = Item::Alive {
             incarnation: self.incarnation,
             info: self.my_info,
         };
         let size = self.size(&item);
-        self.send(sender, vec![item], size);
+        self.send(to, vec![item], size);
     }
 
     fn refute(&mut self, now: Time, accused: u64) {
